@@ -19,8 +19,11 @@ impl NodeId {
     /// Parses and checks the `n-<16 hex>` shape.
     pub fn parse(s: &str) -> Option<Self> {
         let hex = s.strip_prefix("n-")?;
-        (hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| NodeId(s.to_string()))
+        (hex.len() == 16
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| NodeId(s.to_string()))
     }
 
     /// The id as text.
