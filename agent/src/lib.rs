@@ -1,1 +1,57 @@
-//! placeholder
+//! The Tandem agent: reports its node's hardware, heartbeats to the coordinator over QUIC,
+//! and holds the lease under which the node may run jobs.
+//!
+//! # Layout
+//! - `config`: flags and TOML, checked into a typed `Config`.
+//! - `cli`: the `run` arguments (shared with the coordinator's dev mode).
+//! - `identity`: the node's key, certificate and id on disk.
+//! - `lease`: the lease, a plain struct driven by `now` (the agent's half of the fencing argument).
+//! - `link`: join, register, heartbeat, reconnect.
+//! - `probe`: the hardware report (sysinfo, NVML, GPU fixtures).
+
+pub mod cli;
+pub mod config;
+pub mod identity;
+pub mod lease;
+pub mod link;
+pub mod probe;
+
+use std::future::Future;
+use tokio::sync::watch;
+
+pub use link::{AgentError, LeaseView};
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    cfg: config::Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let (lease_tx, _lease_rx) = watch::channel(LeaseView::default());
+    let prober = probe::Prober::new(probe::ProbeOptions {
+        gpu_fixture: cfg.gpu_fixture.clone(),
+        ..Default::default()
+    });
+    link::Link::new(cfg, prober, lease_tx)?.run(shutdown).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+/// Sets up logging to stderr: journald-friendly (no colours unless a terminal), level from
+/// `RUST_LOG` or `default_level`.
+pub fn init_tracing(default_level: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}

@@ -2,12 +2,18 @@
 //!
 //! # Layout
 //! - `ids`: node ids.
-//! - `hardware`: the hardware report.
+//! - `proto`: the typed messages of the wire protocol, and its version rule.
+//! - `codec`: the only code that turns messages into bytes and back (frames, limits).
+//! - `hardware`: the hardware report an agent sends.
 //! - `pki`: the coordinator's CA, node keys and CSRs, node and server certificates, CA pins.
 //! - `token`: join tokens (`tdm1.<id>.<secret>.<pin>`) and hashing of their secrets.
 //! - `tls`: the rustls/quinn client and server configurations (mutual TLS, ALPN `tandem/1`).
+//! - `time`: wall-clock helpers for records and events.
+pub mod codec;
 pub mod hardware;
 pub mod ids;
 pub mod pki;
+pub mod proto;
+pub mod time;
 pub mod tls;
 pub mod token;

@@ -1,1 +1,244 @@
-//! placeholder
+//! The Tandem coordinator: the fleet's membership, its failure detector, and the admin API.
+//!
+//! # Layout
+//! - `config`: `coordinator.toml`, checked into a typed `Config`.
+//! - `init`: `tandem-coordinator init`: the CA, the admin token, the config file.
+//! - `store`: the durable state behind the `StateStore` trait (sled).
+//! - `model`: the records kept (nodes, tokens, events).
+//! - `detector`: the failure detector, a plain struct driven by `now` (the fencing argument).
+//! - `membership`: the node table; every change durable before it is acted on.
+//! - `join`: join tokens and CSRs traded for node certificates.
+//! - `server`: the QUIC endpoint, one task per connection.
+//! - `admin`: the HTTP/JSON admin endpoint and `/metrics`.
+//! - `metrics`: counters and histograms.
+//! - `dev`: `tandem-coordinator dev`, a coordinator and a few agents on loopback.
+//! - `ctl`: the `tandemctl` client.
+
+pub mod admin;
+pub mod config;
+pub mod ctl;
+pub mod detector;
+pub mod dev;
+pub mod init;
+pub mod join;
+pub mod membership;
+pub mod metrics;
+pub mod model;
+pub mod server;
+pub mod store;
+
+use crate::config::Config;
+use crate::detector::{DetectorConfig, FailureDetector};
+use crate::membership::Membership;
+use crate::store::{SledStore, StateStore};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_common::pki::CertificateAuthority;
+
+/// Why the coordinator could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The store could not be opened or written.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The CA or TLS setup failed.
+    #[error("pki: {0}")]
+    Pki(String),
+    /// A socket could not be bound or served.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// `init` found an existing installation.
+    #[error("{0} already holds a coordinator; refusing to overwrite it")]
+    AlreadyInitialised(String),
+}
+
+/// How often the failure detector is run.
+const TICK: Duration = Duration::from_millis(20);
+
+/// A coordinator that is serving.
+pub struct Running {
+    /// Where the admin endpoint listens.
+    pub admin_addr: SocketAddr,
+    /// Where the QUIC endpoint listens.
+    pub quic_addr: SocketAddr,
+    /// The membership table (for in-process use, e.g. dev mode).
+    pub membership: Arc<Membership>,
+    /// The CA.
+    pub ca: Arc<CertificateAuthority>,
+    endpoint: quinn::Endpoint,
+    admin_stop: tokio::sync::oneshot::Sender<()>,
+    admin_task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts serving: opens the store, loads the CA, binds both endpoints.
+pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
+    let now = Instant::now();
+    let store: Arc<dyn StateStore> = Arc::new(SledStore::open(&cfg.data_dir.join("state"))?);
+    let ca = Arc::new(
+        CertificateAuthority::load(&cfg.data_dir)
+            .map_err(|e| CoordinatorError::Pki(e.to_string()))?,
+    );
+    let metrics = Arc::new(metrics::Metrics::default());
+    let detector = FailureDetector::new(
+        DetectorConfig {
+            heartbeat: cfg.heartbeat,
+            lease: cfg.lease,
+            fence_grace: cfg.fence_grace,
+            suspect_after_missed: cfg.suspect_after_missed,
+            restart_grace: cfg.restart_grace,
+        },
+        now,
+    );
+    let membership = Arc::new(Membership::load(store.clone(), detector, metrics, now)?);
+
+    // A fresh server certificate at every start; agents trust the CA, not this certificate.
+    let serial = store.next_serial()?;
+    let ips: Vec<_> = [cfg.quic_addr.ip()]
+        .into_iter()
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    let (cert_pem, key_pem) = ca
+        .issue_server_cert(serial, &ips)
+        .map_err(|e| CoordinatorError::Pki(e.to_string()))?;
+    let mut server_cfg = tandem_common::tls::server_config(ca.cert_der(), &cert_pem, &key_pem)
+        .map_err(|e| CoordinatorError::Pki(e.to_string()))?;
+    server_cfg.transport_config(Arc::new(server::transport_config()));
+    let endpoint = quinn::Endpoint::server(server_cfg, cfg.quic_addr).map_err(|source| {
+        CoordinatorError::Io {
+            what: format!("binding QUIC {}", cfg.quic_addr),
+            source,
+        }
+    })?;
+    let quic_addr = endpoint
+        .local_addr()
+        .map_err(|source| CoordinatorError::Io {
+            what: "reading the QUIC address".into(),
+            source,
+        })?;
+
+    let srv = Arc::new(server::Server {
+        membership: membership.clone(),
+        joiner: join::Joiner {
+            ca: ca.clone(),
+            membership: membership.clone(),
+            cert_validity: cfg.cert_validity,
+            lease: cfg.lease,
+            lock: Default::default(),
+        },
+        heartbeat: cfg.heartbeat,
+        max_frame: cfg.max_frame_bytes,
+    });
+    let mut tasks = vec![tokio::spawn(srv.serve(endpoint.clone()))];
+    let m = membership.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut iv = tokio::time::interval(TICK);
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            iv.tick().await;
+            let m = m.clone();
+            // The tick may write to the store (fsync): keep it off the async workers.
+            let _ = tokio::task::spawn_blocking(move || m.tick(Instant::now())).await;
+        }
+    }));
+
+    let listener = tokio::net::TcpListener::bind(cfg.admin_addr)
+        .await
+        .map_err(|source| CoordinatorError::Io {
+            what: format!("binding admin {}", cfg.admin_addr),
+            source,
+        })?;
+    let admin_addr = listener
+        .local_addr()
+        .map_err(|source| CoordinatorError::Io {
+            what: "reading the admin address".into(),
+            source,
+        })?;
+    let router = admin::router(Arc::new(admin::AdminState {
+        membership: membership.clone(),
+        ca: ca.clone(),
+        admin_token: cfg.admin_token.clone(),
+    }));
+    let (admin_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn(async move {
+        let r = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "admin endpoint failed");
+        }
+    });
+
+    // Tell tools where we listen (tests bind port 0 and read this).
+    let endpoints = serde_json::json!({
+        "pid": std::process::id(),
+        "admin": admin_addr.to_string(),
+        "quic": quic_addr.to_string(),
+    });
+    let tmp = cfg.data_dir.join("endpoints.json.tmp");
+    if std::fs::write(&tmp, endpoints.to_string())
+        .and_then(|_| std::fs::rename(&tmp, cfg.data_dir.join("endpoints.json")))
+        .is_err()
+    {
+        tracing::warn!("could not write endpoints.json");
+    }
+    tracing::info!(admin = %admin_addr, quic = %quic_addr, nodes = membership.snapshot().len(), "coordinator serving");
+    Ok(Running {
+        admin_addr,
+        quic_addr,
+        membership,
+        ca,
+        endpoint,
+        admin_stop,
+        admin_task,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Serves until `shutdown` resolves, then stops cleanly.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), CoordinatorError> {
+        shutdown.await;
+        tracing::info!("coordinator shutting down");
+        self.endpoint.close(
+            membership::close_code::SHUTDOWN,
+            b"coordinator shutting down",
+        );
+        let _ = self.admin_stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.admin_task).await;
+        for t in self.tasks {
+            t.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        Ok(())
+    }
+}
+
+/// Starts the coordinator and serves until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), CoordinatorError> {
+    start(cfg).await?.run_until(shutdown).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}

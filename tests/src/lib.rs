@@ -1,1 +1,335 @@
-//! placeholder
+//! Helpers for end-to-end tests that start the real binaries.
+//!
+//! # Layout
+//! - `Proc`: a child process killed (SIGKILL) and reaped on drop, so a failing test never
+//!   leaves daemons behind.
+//! - `Coordinator`, `Agent`: start `tandem-coordinator serve` / `tandem-agent run` on ports
+//!   chosen at run time (the coordinator binds port 0 and reports its ports in
+//!   `DATA_DIR/endpoints.json`).
+//! - `Api`: a small client of the admin API.
+//! - `wait_for`: polls a condition until a deadline; tests never sleep blindly.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory holding the workspace's built binaries (next to this test executable).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/e2e-xxxx -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// The path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.is_file(),
+        "{} is not built; run `cargo build --workspace --bins` (cargo test --workspace builds it)",
+        p.display()
+    );
+    p
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or fails after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process that is killed and reaped when dropped.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Its stderr log file.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program args`, stderr to `log`.
+    pub fn spawn(program: &Path, args: &[&str], log: &Path) -> Result<Proc> {
+        let err = std::fs::File::create(log)?;
+        let child = Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        Ok(Proc {
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// The pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it has exited, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A client of the admin API.
+#[derive(Clone)]
+pub struct Api {
+    /// `http://host:port`.
+    pub base: String,
+    /// The bearer token.
+    pub token: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    /// A client for `base` with `token`.
+    pub fn new(base: String, token: String) -> Api {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        Api { base, token, agent }
+    }
+
+    /// Any request: returns status and parsed body (or the text as a JSON string).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, Value)> {
+        let url = format!("{}{}", self.base, path);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let res = match method {
+            "GET" => {
+                let mut r = self.agent.get(&url);
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.call()
+            }
+            _ => {
+                let mut r = self
+                    .agent
+                    .post(&url)
+                    .header("Content-Type", "application/json");
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
+                }
+                r.send(body.unwrap_or(b""))
+            }
+        };
+        let mut res = res.map_err(|e| anyhow!("{method} {url}: {e}"))?;
+        let status = res.status().as_u16();
+        let text = res.body_mut().read_to_string().unwrap_or_default();
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
+    /// GET with the token; fails on a non-2xx answer.
+    pub fn get(&self, path: &str) -> Result<Value> {
+        let (s, v) = self.request("GET", path, Some(&self.token), None)?;
+        if !(200..300).contains(&s) {
+            bail!("GET {path}: {s} {v}");
+        }
+        Ok(v)
+    }
+
+    /// POST JSON with the token; fails on a non-2xx answer.
+    pub fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        let (s, v) = self.request(
+            "POST",
+            path,
+            Some(&self.token),
+            Some(body.to_string().as_bytes()),
+        )?;
+        if !(200..300).contains(&s) {
+            bail!("POST {path}: {s} {v}");
+        }
+        Ok(v)
+    }
+
+    /// A join token for `uses` nodes.
+    pub fn token(&self, uses: u32) -> Result<String> {
+        let v = self.post(
+            "/v1/join-tokens",
+            &serde_json::json!({"ttl_s": 600, "uses": uses}),
+        )?;
+        Ok(v["token"].as_str().context("token in answer")?.to_string())
+    }
+
+    /// All nodes.
+    pub fn nodes(&self) -> Result<Vec<Value>> {
+        Ok(self.get("/v1/nodes")?["nodes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// One node by id or name, if it exists.
+    pub fn node(&self, id: &str) -> Option<Value> {
+        self.get(&format!("/v1/nodes/{id}")).ok()
+    }
+
+    /// The state of a node by name.
+    pub fn state(&self, name: &str) -> Option<String> {
+        self.node(name)
+            .and_then(|n| n["state"].as_str().map(str::to_string))
+    }
+
+    /// Events, oldest first.
+    pub fn events(&self) -> Result<Vec<Value>> {
+        Ok(self.get("/v1/events?limit=1000")?["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// A coordinator process.
+pub struct Coordinator {
+    /// The process.
+    pub proc: Proc,
+    /// Its data dir.
+    pub dir: PathBuf,
+    /// The admin client.
+    pub api: Api,
+    /// The QUIC address agents use.
+    pub quic: String,
+}
+
+impl Coordinator {
+    /// Initialises `dir` (if needed) and serves from it; `quic` fixes the QUIC address (for a
+    /// restart that agents must find again), else port 0.
+    pub fn start(dir: &Path, quic: Option<&str>) -> Result<Coordinator> {
+        let exe = bin("tandem-coordinator");
+        if !dir.join("coordinator.toml").exists() {
+            let d = dir.to_str().context("utf-8 dir")?;
+            let out = Command::new(&exe)
+                .args([
+                    "init",
+                    "--data-dir",
+                    d,
+                    "--admin-addr",
+                    "127.0.0.1:0",
+                    "--quic-addr",
+                    "127.0.0.1:0",
+                ])
+                .output()?;
+            if !out.status.success() {
+                bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        let _ = std::fs::remove_file(dir.join("endpoints.json"));
+        let d = dir.to_str().context("utf-8 dir")?;
+        let mut args = vec!["serve", "--data-dir", d];
+        if let Some(q) = quic {
+            args.extend(["--quic-addr", q]);
+        }
+        let n = std::fs::read_dir(dir)?.count();
+        let mut proc = Proc::spawn(&exe, &args, &dir.join(format!("coordinator-{n}.log")))?;
+        let pid = proc.pid();
+        let endpoints: Value =
+            wait_for(Duration::from_secs(20), "the coordinator to serve", || {
+                if proc.exited().is_some() {
+                    return Some(Value::Null);
+                }
+                let v: Value = serde_json::from_str(
+                    &std::fs::read_to_string(dir.join("endpoints.json")).ok()?,
+                )
+                .ok()?;
+                (v["pid"].as_i64() == Some(pid as i64)).then_some(v)
+            })?;
+        if endpoints.is_null() {
+            bail!("the coordinator exited:\n{}", proc.log_text());
+        }
+        let token = std::fs::read_to_string(dir.join("admin.token"))?
+            .trim()
+            .to_string();
+        let api = Api::new(
+            format!("http://{}", endpoints["admin"].as_str().unwrap_or_default()),
+            token,
+        );
+        Ok(Coordinator {
+            proc,
+            dir: dir.to_path_buf(),
+            api,
+            quic: endpoints["quic"].as_str().unwrap_or_default().to_string(),
+        })
+    }
+}
+
+/// Starts an agent named `name` with state in `state_dir`.
+pub fn start_agent(
+    quic: &str,
+    state_dir: &Path,
+    token: Option<&str>,
+    name: &str,
+    extra: &[&str],
+) -> Result<Proc> {
+    std::fs::create_dir_all(state_dir)?;
+    let sd = state_dir.to_str().context("utf-8 dir")?;
+    let mut args = vec![
+        "run",
+        "--state-dir",
+        sd,
+        "--coordinator",
+        quic,
+        "--name",
+        name,
+        "--bind-addr",
+        "127.0.0.1",
+    ];
+    if let Some(t) = token {
+        args.extend(["--token", t]);
+    }
+    args.extend(extra);
+    let n = std::fs::read_dir(state_dir)?.count();
+    Proc::spawn(
+        &bin("tandem-agent"),
+        &args,
+        &state_dir.join(format!("agent-{n}.log")),
+    )
+}

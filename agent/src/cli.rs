@@ -1,0 +1,59 @@
+//! Command-line arguments of `tandem-agent run`, shared with the coordinator's dev mode, which
+//! starts agents as child processes of itself when no `tandem-agent` binary sits beside it.
+
+use crate::config::RawConfig;
+use clap::Args;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// `tandem-agent run` arguments. Flags override the `--config` file.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// A TOML config file (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where the agent keeps its identity and state.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// The coordinator's QUIC address, HOST:PORT.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// The join token; needed only until the node has its certificate.
+    #[arg(long, env = "TANDEM_JOIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The node name (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The local IP address to send from.
+    #[arg(long)]
+    pub bind_addr: Option<IpAddr>,
+    /// Testing aid: a JSON list of GPUs that replaces the NVML readings.
+    #[arg(long)]
+    pub gpu_fixture: Option<PathBuf>,
+    /// Testing aid: send heartbeats on a stream even where datagrams work.
+    #[arg(long, hide = true)]
+    pub force_stream_heartbeats: bool,
+}
+
+impl RunArgs {
+    /// The file (if any) overlaid with the flags.
+    pub fn to_raw(&self) -> Result<RawConfig, crate::config::ConfigError> {
+        let base = match &self.config {
+            Some(p) => RawConfig::load(p)?,
+            None => RawConfig::default(),
+        };
+        Ok(base.overlay(RawConfig {
+            state_dir: self.state_dir.clone(),
+            coordinator: self.coordinator.clone(),
+            token: self.token.clone(),
+            token_file: self.token_file.clone(),
+            name: self.name.clone(),
+            bind_addr: self.bind_addr,
+            gpu_fixture: self.gpu_fixture.clone(),
+            force_stream_heartbeats: self.force_stream_heartbeats.then_some(true),
+        }))
+    }
+}

@@ -1,0 +1,494 @@
+//! The agent's link to the coordinator: join, register, heartbeat, reconnect.
+//!
+//! One connection at a time. A new node first connects *without* a client certificate, pinning
+//! the coordinator's CA by the hash carried in its join token (so the token's secret is never
+//! sent to an impostor), and trades the token and a CSR for a certificate. From then on it
+//! connects with that certificate and needs no token. After `Welcome`, it beats every
+//! `heartbeat_ms` on QUIC datagrams (or a uni stream where the path has none) and holds its
+//! lease as the `lease` module describes; the lease is published on a `watch` channel for the
+//! code that runs jobs.
+//!
+//! Failures are retried with capped exponential backoff and full jitter, so a fleet that lost
+//! its coordinator does not reconnect in lock-step. Refusals that cannot get better by retrying
+//! (a bad join token, a node that was removed) end the agent with the coordinator's reason.
+
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::lease::{AckOutcome, Lease};
+use crate::probe::Prober;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_common::codec::{self, DEFAULT_MAX_FRAME};
+use tandem_common::ids::NodeId;
+use tandem_common::pki::NodeKey;
+use tandem_common::proto::*;
+use tandem_common::tls;
+use tokio::sync::{mpsc, watch};
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration is wrong.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The coordinator refused us in a way retrying cannot fix.
+    #[error("the coordinator refused this node ({code:?}): {reason}")]
+    Refused {
+        /// The refusal's kind.
+        code: RejectCode,
+        /// The coordinator's reason.
+        reason: String,
+    },
+    /// The node has no certificate yet and no join token was given.
+    #[error("this node has not joined yet (no identity in {0}) and no join token was given: pass --token or --token-file")]
+    NoIdentity(String),
+    /// Local I/O failed (state dir, socket).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Keys, certificates or TLS setup failed.
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+/// The lease as the rest of the agent sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseView {
+    /// Our node id, once joined.
+    pub node_id: Option<NodeId>,
+    /// Until when we may run jobs; `None` when no lease is held.
+    pub held_until: Option<Instant>,
+    /// Whether a registered connection is up.
+    pub connected: bool,
+}
+
+/// How a session ended when it can be retried.
+enum Retry {
+    /// Right away (we just joined and have a certificate now).
+    Now,
+    /// After backoff, for this reason.
+    Later(String),
+}
+
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Capped exponential backoff with full jitter.
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let cap = BACKOFF_BASE
+            .saturating_mul(1 << self.attempt.min(10))
+            .min(BACKOFF_MAX);
+        self.attempt += 1;
+        let ms = cap.as_millis() as u64;
+        Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
+    }
+}
+
+/// The agent's link.
+pub struct Link {
+    cfg: Config,
+    endpoint: quinn::Endpoint,
+    lease: Lease,
+    lease_tx: watch::Sender<LeaseView>,
+    prober: Prober,
+    /// Heartbeat sequence numbers grow across sessions, so an ack can never be matched to a
+    /// beat of an older connection.
+    seq: u64,
+}
+
+fn tls_err(e: impl std::fmt::Display) -> AgentError {
+    AgentError::Tls(e.to_string())
+}
+
+impl Link {
+    /// Binds the local endpoint.
+    pub fn new(
+        cfg: Config,
+        prober: Prober,
+        lease_tx: watch::Sender<LeaseView>,
+    ) -> Result<Self, AgentError> {
+        let endpoint =
+            quinn::Endpoint::client(SocketAddr::new(cfg.bind_addr, 0)).map_err(|source| {
+                AgentError::Io {
+                    what: format!("binding {}", cfg.bind_addr),
+                    source,
+                }
+            })?;
+        Ok(Self {
+            cfg,
+            endpoint,
+            lease: Lease::new(),
+            lease_tx,
+            prober,
+            seq: 0,
+        })
+    }
+
+    /// Runs until `shutdown` resolves or a final refusal.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        tokio::pin!(shutdown);
+        let mut backoff = Backoff { attempt: 0 };
+        let result = loop {
+            let r = tokio::select! {
+                r = self.connect_once(&mut backoff) => r,
+                _ = &mut shutdown => break Ok(()),
+            };
+            self.publish(false);
+            let wait = match r {
+                Ok(Retry::Now) => Duration::ZERO,
+                Ok(Retry::Later(reason)) => {
+                    let d = backoff.next();
+                    tracing::warn!(coordinator = %self.cfg.coordinator, %reason, retry_in_ms = d.as_millis() as u64, "link down; reconnecting");
+                    d
+                }
+                Err(e) => break Err(e),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = &mut shutdown => break Ok(()),
+            }
+        };
+        self.endpoint.close(0u32.into(), b"agent stopping");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        result
+    }
+
+    fn publish(&self, connected: bool) {
+        let now = Instant::now();
+        let view = LeaseView {
+            node_id: self.lease_tx.borrow().node_id.clone(),
+            held_until: self.lease.expires_at().filter(|t| *t > now),
+            connected,
+        };
+        self.lease_tx.send_if_modified(|v| {
+            let changed = *v != view;
+            *v = view;
+            changed
+        });
+    }
+
+    async fn connect_once(&mut self, backoff: &mut Backoff) -> Result<Retry, AgentError> {
+        let identity = Identity::load(&self.cfg.state_dir).map_err(|source| AgentError::Io {
+            what: format!("reading the identity in {}", self.cfg.state_dir.display()),
+            source,
+        })?;
+        let Some(identity) = identity else {
+            return self.join().await;
+        };
+        self.lease_tx
+            .send_modify(|v| v.node_id = Some(identity.node_id.clone()));
+        let client =
+            tls::node_client_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)
+                .map_err(tls_err)?;
+        let conn = match self.connect(client).await {
+            Ok(c) => c,
+            Err(reason) => return Ok(Retry::Later(reason)),
+        };
+        let (mut send, mut recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => return Ok(Retry::Later(format!("cannot open the control stream: {e}"))),
+        };
+        let datagrams = conn.max_datagram_size().is_some() && !self.cfg.force_stream_heartbeats;
+        let hello = AgentMsg::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            name: identity.name.clone(),
+            node_id: Some(identity.node_id.clone()),
+            join: None,
+            datagrams,
+            hardware: self.prober.report().await,
+        });
+        let welcome = match self.exchange(&conn, &mut send, &mut recv, &hello).await? {
+            Ok(CoordMsg::Welcome(w)) => w,
+            Ok(other) => {
+                return Ok(Retry::Later(format!(
+                    "unexpected answer to Hello: {other:?}"
+                )))
+            }
+            Err(reason) => return Ok(Retry::Later(reason)),
+        };
+        *backoff = Backoff { attempt: 0 };
+        tracing::info!(node = %welcome.node_id, name = %welcome.name, session = welcome.session, lease_ms = welcome.lease_ms, heartbeat_ms = welcome.heartbeat_ms, datagrams, "registered with the coordinator");
+        self.publish(true);
+        let reason = self.session(&conn, send, recv, &welcome, datagrams).await;
+        conn.close(0u32.into(), b"session ended");
+        Ok(Retry::Later(reason))
+    }
+
+    async fn connect(&self, client: quinn::ClientConfig) -> Result<quinn::Connection, String> {
+        let mut client = client;
+        client.transport_config(Arc::new(transport_config()));
+        let connecting = self
+            .endpoint
+            .connect_with(client, self.cfg.coordinator_addr, tls::SERVER_NAME)
+            .map_err(|e| format!("cannot connect to {}: {e}", self.cfg.coordinator))?;
+        match tokio::time::timeout(REPLY_TIMEOUT, connecting).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(format!("connecting to {}: {e}", self.cfg.coordinator)),
+            Err(_) => Err(format!(
+                "connecting to {}: no answer within 5 s",
+                self.cfg.coordinator
+            )),
+        }
+    }
+
+    /// Sends the first frame and reads the answer. A final refusal is an `AgentError`; a
+    /// passing failure is the inner `Err(reason)`.
+    async fn exchange(
+        &self,
+        conn: &quinn::Connection,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+        hello: &AgentMsg,
+    ) -> Result<Result<CoordMsg, String>, AgentError> {
+        if let Err(e) = codec::write_msg(send, hello, DEFAULT_MAX_FRAME).await {
+            return Ok(Err(format!("sending Hello: {e}")));
+        }
+        let answer = tokio::time::timeout(
+            REPLY_TIMEOUT,
+            codec::read_msg::<CoordMsg, _>(recv, DEFAULT_MAX_FRAME),
+        )
+        .await;
+        match answer {
+            Ok(Ok(Some(CoordMsg::Reject(r)))) => {
+                tracing::error!(code = ?r.code, reason = %r.reason, "the coordinator refused this node");
+                match r.code {
+                    RejectCode::BadToken
+                    | RejectCode::UnknownNode
+                    | RejectCode::NotAdmitted
+                    | RejectCode::UnsupportedVersion => Err(AgentError::Refused {
+                        code: r.code,
+                        reason: r.reason,
+                    }),
+                    _ => Ok(Err(format!("refused ({:?}): {}", r.code, r.reason))),
+                }
+            }
+            Ok(Ok(Some(m))) => Ok(Ok(m)),
+            Ok(Ok(None)) => Ok(Err(format!(
+                "the coordinator closed the stream: {}",
+                conn.close_reason()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default()
+            ))),
+            Ok(Err(e)) => Ok(Err(format!("reading the answer: {e}"))),
+            Err(_) => Ok(Err("no answer to Hello within 5 s".into())),
+        }
+    }
+
+    async fn join(&mut self) -> Result<Retry, AgentError> {
+        let Some(token) = self.cfg.token.clone() else {
+            return Err(AgentError::NoIdentity(
+                self.cfg.state_dir.display().to_string(),
+            ));
+        };
+        let key = NodeKey::generate().map_err(tls_err)?;
+        let csr_pem = key.csr_pem(&self.cfg.name).map_err(tls_err)?;
+        let client = tls::join_client_config(token.ca_pin).map_err(tls_err)?;
+        let conn = match self.connect(client).await {
+            Ok(c) => c,
+            Err(reason) => {
+                return Ok(Retry::Later(format!(
+                    "join: {reason} (is the token's CA pin this coordinator's?)"
+                )))
+            }
+        };
+        let (mut send, mut recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                return Ok(Retry::Later(format!(
+                    "join: cannot open the control stream: {e}"
+                )))
+            }
+        };
+        let hello = AgentMsg::Hello(Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            name: self.cfg.name.clone(),
+            node_id: None,
+            join: Some(JoinRequest {
+                token_id: token.id.clone(),
+                token_secret: token.secret.clone(),
+                csr_pem,
+            }),
+            datagrams: conn.max_datagram_size().is_some(),
+            hardware: self.prober.report().await,
+        });
+        let joined = match self.exchange(&conn, &mut send, &mut recv, &hello).await? {
+            Ok(CoordMsg::Joined(j)) => j,
+            Ok(other) => {
+                return Ok(Retry::Later(format!(
+                    "unexpected answer to a join: {other:?}"
+                )))
+            }
+            Err(reason) => return Ok(Retry::Later(reason)),
+        };
+        conn.close(0u32.into(), b"joined");
+        let identity = Identity {
+            node_id: joined.node_id.clone(),
+            name: joined.name.clone(),
+            key_pem: key.key_pem(),
+            cert_pem: joined.cert_pem,
+            ca_pem: joined.ca_pem,
+        };
+        identity
+            .save(&self.cfg.state_dir)
+            .map_err(|source| AgentError::Io {
+                what: format!("saving the identity in {}", self.cfg.state_dir.display()),
+                source,
+            })?;
+        tracing::info!(node = %joined.node_id, name = %joined.name, "joined the cluster; reconnecting with the new certificate");
+        Ok(Retry::Now)
+    }
+
+    async fn session(
+        &mut self,
+        conn: &quinn::Connection,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        welcome: &Welcome,
+        datagrams: bool,
+    ) -> String {
+        let heartbeat = Duration::from_millis(welcome.heartbeat_ms.max(10).into());
+        // Beats sent on an older connection must not extend this session's lease.
+        let (mut beat_stream, mut acks) = if datagrams {
+            (None, None)
+        } else {
+            let s = match conn.open_uni().await {
+                Ok(s) => s,
+                Err(e) => return format!("cannot open the heartbeat stream: {e}"),
+            };
+            let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
+            let c = conn.clone();
+            tokio::spawn(async move {
+                if let Ok(mut uni) = c.accept_uni().await {
+                    while let Ok(Some(b)) = codec::read_frame(&mut uni, DEFAULT_MAX_FRAME).await {
+                        if tx.send(b).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            (Some(s), Some(rx))
+        };
+        let mut iv = tokio::time::interval(heartbeat);
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_ack = Instant::now();
+        // Silence this long means the connection is gone (e.g. the coordinator restarted and
+        // forgot it): register again on a new one rather than wait for QUIC's idle timeout.
+        // The lease is unaffected: it still runs out on its own time if no new ack comes.
+        let lease_len = Duration::from_millis(welcome.lease_ms.into());
+        let give_up_after = (3 * heartbeat).max(lease_len / 2);
+        loop {
+            tokio::select! {
+                _ = iv.tick() => {
+                    let now = Instant::now();
+                    if now.duration_since(last_ack) > give_up_after {
+                        return format!("no heartbeat ack for {} ms; registering again", now.duration_since(last_ack).as_millis());
+                    }
+                    self.seq += 1;
+                    let seq = self.seq;
+                    let beat = AgentDatagram::Heartbeat(Heartbeat {
+                        seq,
+                        last_rtt_us: self.lease.last_rtt().map(|d| d.as_micros().min(u32::MAX as u128) as u32).unwrap_or(0),
+                        load: self.prober.load_summary(),
+                    });
+                    self.lease.on_beat_sent(seq, now);
+                    let sent = match &mut beat_stream {
+                        None => codec::encode(&beat).map_err(|e| e.to_string()).and_then(|b| conn.send_datagram(b.into()).map_err(|e| e.to_string())),
+                        Some(s) => match codec::encode_frame(&beat, DEFAULT_MAX_FRAME) {
+                            Ok(f) => tokio::io::AsyncWriteExt::write_all(s, &f).await.map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        },
+                    };
+                    if let Err(e) = sent {
+                        return format!("sending a heartbeat: {e}");
+                    }
+                    self.publish(true);
+                }
+                dg = conn.read_datagram(), if datagrams => match dg {
+                    Ok(b) => { if self.on_ack(&b) { last_ack = Instant::now(); } }
+                    Err(e) => return self.closed(e),
+                },
+                Some(b) = async { match acks.as_mut() { Some(rx) => rx.recv().await, None => None } }, if !datagrams => {
+                    if self.on_ack(&b) { last_ack = Instant::now(); }
+                }
+                msg = codec::read_msg::<CoordMsg, _>(&mut recv, DEFAULT_MAX_FRAME) => match msg {
+                    Ok(Some(CoordMsg::Ping { nonce })) => {
+                        if let Err(e) = codec::write_msg(&mut send, &AgentMsg::Pong { nonce }, DEFAULT_MAX_FRAME).await {
+                            return format!("answering a ping: {e}");
+                        }
+                    }
+                    Ok(Some(CoordMsg::Reject(r))) => {
+                        self.lease.revoke();
+                        return format!("refused ({:?}): {}", r.code, r.reason);
+                    }
+                    Ok(Some(other)) => tracing::warn!(?other, "ignored an unexpected control message"),
+                    Ok(None) => return self.closed_reason(conn, "the coordinator closed the control stream"),
+                    Err(e) => return self.closed_reason(conn, &format!("control stream: {e}")),
+                },
+            }
+        }
+    }
+
+    fn on_ack(&mut self, body: &[u8]) -> bool {
+        match codec::decode_datagram::<CoordDatagram>(body) {
+            Ok(CoordDatagram::HeartbeatAck { seq, lease_ms }) => {
+                let out =
+                    self.lease
+                        .on_ack(seq, Duration::from_millis(lease_ms.into()), Instant::now());
+                if out != AckOutcome::Ignored {
+                    self.publish(true);
+                }
+                out != AckOutcome::Ignored
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "dropped an ack that does not decode");
+                false
+            }
+        }
+    }
+
+    fn closed(&mut self, e: quinn::ConnectionError) -> String {
+        if let quinn::ConnectionError::ApplicationClosed(c) = &e {
+            if c.error_code == 2u32.into() {
+                // Declared down: whatever lease we think we hold is void.
+                self.lease.revoke();
+            }
+        }
+        format!("connection closed: {e}")
+    }
+
+    fn closed_reason(&mut self, conn: &quinn::Connection, fallback: &str) -> String {
+        match conn.close_reason() {
+            Some(e) => self.closed(e),
+            None => fallback.to_string(),
+        }
+    }
+}
+
+/// Transport parameters for the agent's connections (see the coordinator's `transport_config`).
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        Duration::from_secs(15)
+            .try_into()
+            .expect("15 s fits a VarInt"),
+    ));
+    t.keep_alive_interval(Some(Duration::from_secs(3)));
+    t.stream_receive_window((1u32 << 20).into());
+    t.receive_window((2u32 << 20).into());
+    t.datagram_receive_buffer_size(Some(64 * 1024));
+    t
+}

@@ -1,0 +1,183 @@
+//! The messages agents and the coordinator exchange.
+//!
+//! Two channels carry them (DESIGN.md, "Wire protocol"):
+//! - one bidirectional **control stream** per connection, in length-prefixed frames
+//!   (`AgentMsg` up, `CoordMsg` down), for everything that must arrive: registration, hardware
+//!   reports, the answer to an on-demand ping;
+//! - QUIC **datagrams** for heartbeats (`AgentDatagram` up, `CoordDatagram` down), which must
+//!   never wait behind a slow stream and are worthless once stale, so they are never
+//!   retransmitted. Where a path has no datagram support the same heartbeat messages travel as
+//!   frames on one unidirectional stream each way instead.
+//!
+//! # Version rule
+//! The first frame on a control stream is always `AgentMsg::Hello`, and `Hello` begins with
+//! `protocol_version`. Both stay first in every future version, so that
+//! [`crate::codec::peek_protocol_version`] can read the version of a peer whose other messages it
+//! cannot decode, and answer it with `CoordMsg::Reject` (also kept first) instead of failing.
+
+use crate::hardware::HardwareReport;
+use crate::ids::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Messages from an agent to the coordinator on the control stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AgentMsg {
+    /// First frame of every connection. Keep this variant first (see the version rule).
+    Hello(Hello),
+    /// The hardware report changed since the last one sent.
+    HardwareUpdate(Box<HardwareReport>),
+    /// The answer to [`CoordMsg::Ping`].
+    Pong {
+        /// The nonce of the ping.
+        nonce: u64,
+    },
+    /// The agent is shutting down on purpose and leaves the cluster.
+    Goodbye {
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// The agent's introduction: who it is, or the token it joins with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Must stay the first field (see the version rule).
+    pub protocol_version: u16,
+    /// The agent's build version, for display.
+    pub agent_version: String,
+    /// The node name the agent wants (its host name by default).
+    pub name: String,
+    /// The node id from the agent's certificate; `None` while joining.
+    pub node_id: Option<NodeId>,
+    /// Present only on the first connection of a new node, which has no certificate yet.
+    pub join: Option<JoinRequest>,
+    /// Whether the agent can send and receive QUIC datagrams on this path.
+    pub datagrams: bool,
+    /// What the machine has.
+    pub hardware: HardwareReport,
+}
+
+/// A new node's request for a certificate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The token's public id.
+    pub token_id: String,
+    /// The token's secret; the coordinator keeps only its hash.
+    pub token_secret: String,
+    /// A PEM certificate signing request for the agent's own key. Only its public key is used.
+    pub csr_pem: String,
+}
+
+/// Messages from the coordinator to an agent on the control stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CoordMsg {
+    /// The coordinator refuses the connection; it closes right after. Keep this variant first.
+    Reject(Reject),
+    /// Registration accepted: the node is a member and may heartbeat.
+    Welcome(Welcome),
+    /// Join accepted: here is the node's certificate. The agent reconnects with it.
+    Joined(Joined),
+    /// An on-demand liveness check; answer with [`AgentMsg::Pong`].
+    Ping {
+        /// Echoed in the answer.
+        nonce: u64,
+    },
+}
+
+/// Why a connection was refused. Stable: agents act on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectCode {
+    /// The peer speaks a protocol version this coordinator does not.
+    UnsupportedVersion,
+    /// The join token is unknown, wrong, expired or used up.
+    BadToken,
+    /// The node is unknown or was removed; its certificate is no longer valid.
+    UnknownNode,
+    /// The message does not fit the connection's state (e.g. `Hello` naming another node).
+    ProtocolViolation,
+    /// The node does not meet a rule of its cluster.
+    NotAdmitted,
+    /// The coordinator cannot serve now (retry later).
+    Unavailable,
+}
+
+/// A refusal with its reason.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reject {
+    /// What kind of refusal.
+    pub code: RejectCode,
+    /// The reason in words, for the agent's log.
+    pub reason: String,
+}
+
+/// Registration accepted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// The node's name as the coordinator records it.
+    pub name: String,
+    /// Identifies this connection; heartbeats of older sessions are ignored.
+    pub session: u64,
+    /// How often to heartbeat.
+    pub heartbeat_ms: u32,
+    /// The lease each acknowledged heartbeat grants.
+    pub lease_ms: u32,
+}
+
+/// A new node's identity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Joined {
+    /// The id the coordinator chose.
+    pub node_id: NodeId,
+    /// The node's name.
+    pub name: String,
+    /// The node's certificate, signed by the coordinator's CA.
+    pub cert_pem: String,
+    /// The CA certificate, which the agent trusts from now on.
+    pub ca_pem: String,
+}
+
+/// Heartbeats, agent to coordinator, as datagrams.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AgentDatagram {
+    /// One beat.
+    Heartbeat(Heartbeat),
+}
+
+/// One heartbeat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Grows by one each beat; the ack echoes it.
+    pub seq: u64,
+    /// The round trip of the last acknowledged beat, in microseconds (0 if none yet).
+    pub last_rtt_us: u32,
+    /// A small load summary.
+    pub load: LoadSummary,
+}
+
+/// What rides with every beat: small on purpose.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadSummary {
+    /// CPU usage in hundredths of a percent of the whole machine.
+    pub cpu_centi_percent: u16,
+    /// Available memory in MiB.
+    pub memory_available_mib: u32,
+    /// Jobs running now.
+    pub jobs_running: u16,
+}
+
+/// Heartbeat answers, coordinator to agent, as datagrams.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CoordDatagram {
+    /// The beat `seq` was seen in time: the lease runs `lease_ms` from when it was sent.
+    HeartbeatAck {
+        /// The acknowledged beat.
+        seq: u64,
+        /// The lease granted.
+        lease_ms: u32,
+    },
+}

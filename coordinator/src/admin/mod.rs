@@ -1,0 +1,243 @@
+//! The admin endpoint: HTTP/JSON over axum, bearer-token auth, one error envelope.
+//!
+//! Every route but `/healthz` and `/metrics` needs `Authorization: Bearer <token>`, compared in
+//! constant time. Bodies are capped, JSON that does not parse or has unknown fields is refused
+//! with `invalid_argument` and the parser's reason, and unknown routes answer `not_found` in the
+//! same envelope.
+
+mod error;
+mod views;
+
+pub use error::{ApiError, Code};
+
+use crate::membership::Membership;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Instant;
+use subtle::ConstantTimeEq;
+use tandem_common::pki::CertificateAuthority;
+use tandem_common::token::{self, JoinToken};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// What the handlers share.
+pub struct AdminState {
+    /// The membership table.
+    pub membership: Arc<Membership>,
+    /// The CA (its pin goes into join tokens).
+    pub ca: Arc<CertificateAuthority>,
+    /// The bearer token.
+    pub admin_token: String,
+}
+
+type Shared = State<Arc<AdminState>>;
+
+/// The router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/join-tokens", post(create_token))
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{id}", get(get_node))
+        .route("/v1/events", get(list_events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/metrics", get(metrics))
+        .merge(v1)
+        .fallback(|| async { ApiError::new(Code::NotFound, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                code: Code::InvalidArgument,
+                message: "method not allowed on this route".into(),
+                status: Some(StatusCode::METHOD_NOT_ALLOWED),
+            }
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn auth(State(s): Shared, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if bool::from(t.as_bytes().ct_eq(s.admin_token.as_bytes())) => next.run(req).await,
+        Some(_) => {
+            ApiError::new(Code::Unauthenticated, "the bearer token is wrong").into_response()
+        }
+        None => ApiError::new(
+            Code::Unauthenticated,
+            "missing `Authorization: Bearer <admin token>` header",
+        )
+        .into_response(),
+    }
+}
+
+/// `Json` that answers in our envelope when the body is refused.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rej) => {
+                let status = rej.status();
+                let message = match &rej {
+                    JsonRejection::BytesRejection(_) if status == StatusCode::PAYLOAD_TOO_LARGE => {
+                        format!("request body is over the {MAX_BODY}-byte limit")
+                    }
+                    _ => format!("request body refused: {}", rej.body_text()),
+                };
+                Err(ApiError {
+                    code: Code::InvalidArgument,
+                    message,
+                    status: Some(status),
+                })
+            }
+        }
+    }
+}
+
+async fn metrics(State(s): Shared) -> impl IntoResponse {
+    let (by_state, connected) = s.membership.counts();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.membership.metrics.render(&by_state, connected),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    #[serde(default = "default_ttl")]
+    ttl_s: u64,
+    #[serde(default = "default_uses")]
+    uses: u32,
+}
+
+fn default_ttl() -> u64 {
+    600
+}
+fn default_uses() -> u32 {
+    1
+}
+
+async fn create_token(
+    State(s): Shared,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !(1..=30 * 86_400).contains(&req.ttl_s) {
+        return Err(ApiError::new(
+            Code::InvalidArgument,
+            "ttl_s must be between 1 and 2592000 (30 days)",
+        ));
+    }
+    if !(1..=100_000).contains(&req.uses) {
+        return Err(ApiError::new(
+            Code::InvalidArgument,
+            "uses must be between 1 and 100000",
+        ));
+    }
+    let tok = JoinToken::generate(s.ca.pin());
+    let now = tandem_common::time::unix_ms();
+    let rec = crate::model::TokenRecord {
+        id: tok.id.clone(),
+        secret_sha256: hex::encode(token::hash_secret(&tok.secret)),
+        created_ms: now,
+        expires_ms: now + req.ttl_s * 1000,
+        uses_allowed: req.uses,
+        uses: 0,
+    };
+    s.membership.store().commit(vec![
+        crate::store::Change::PutToken(rec.clone()),
+        crate::store::Change::Event(crate::model::NewEvent {
+            kind: "token_created",
+            node: None,
+            message: format!(
+                "join token {} created: {} uses, expires in {} s",
+                rec.id, rec.uses_allowed, req.ttl_s
+            ),
+        }),
+    ])?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "token": tok.to_string(),
+            "id": rec.id,
+            "uses": rec.uses_allowed,
+            "expires_at": tandem_common::time::rfc3339(rec.expires_ms),
+        })),
+    ))
+}
+
+async fn list_nodes(State(s): Shared) -> Json<serde_json::Value> {
+    let now = Instant::now();
+    let nodes: Vec<_> = s
+        .membership
+        .snapshot()
+        .iter()
+        .map(|e| views::node(&s.membership, e, now))
+        .collect();
+    Json(serde_json::json!({ "nodes": nodes }))
+}
+
+async fn get_node(
+    State(s): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let e = s
+        .membership
+        .find(&id)
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("no node with id or name `{id}`")))?;
+    Ok(Json(views::node(&s.membership, &e, Instant::now())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+    node: Option<String>,
+}
+
+async fn list_events(
+    State(s): Shared,
+    q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::new(
+            Code::InvalidArgument,
+            format!("query refused: {}", e.body_text()),
+        )
+    })?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let store = s.membership.store();
+    let mut events = match q.after {
+        Some(after) => store.events_after(after, limit)?,
+        None => store.recent_events(if q.node.is_some() { 10_000 } else { limit })?,
+    };
+    if let Some(n) = &q.node {
+        let id = s.membership.find(n).map(|e| e.record.id.0);
+        events.retain(|e| e.node.as_deref() == Some(n.as_str()) || (id.is_some() && e.node == id));
+        let skip = events.len().saturating_sub(limit);
+        events.drain(..skip);
+    }
+    let events: Vec<_> = events.iter().map(views::event).collect();
+    Ok(Json(serde_json::json!({ "events": events })))
+}

@@ -1,0 +1,249 @@
+//! The coordinator's configuration: `DATA_DIR/coordinator.toml`, read with serde, then checked
+//! by [`RawConfig::validate`] into a typed [`Config`].
+//!
+//! Secrets never sit in the TOML: the admin token is read from `admin_token_file`.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Config problems, each naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown fields.
+    #[error("{path}: {message}")]
+    Parse {
+        /// Which file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A field has a value that cannot work.
+    #[error("config field `{field}`: {message}")]
+    Invalid {
+        /// Which field.
+        field: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The file as written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// The admin HTTP endpoint.
+    pub admin_addr: String,
+    /// The QUIC endpoint agents connect to.
+    pub quic_addr: String,
+    /// The file holding the admin bearer token (relative paths are under the data dir).
+    pub admin_token_file: String,
+    /// Agents beat this often.
+    pub heartbeat_ms: u64,
+    /// Each acked beat grants this lease.
+    pub lease_ms: u64,
+    /// How long an agent gives a job between SIGTERM and SIGKILL when it fences itself.
+    pub fence_kill_timeout_ms: u64,
+    /// Missed beats before a node is shown as suspect.
+    pub suspect_after_missed: u32,
+    /// After a restart, nobody is declared down before this (at least lease + fence grace).
+    pub restart_grace_ms: u64,
+    /// Lifetime of node certificates.
+    pub cert_validity_days: u32,
+    /// Largest control-stream frame accepted.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            admin_addr: "127.0.0.1:7070".into(),
+            quic_addr: "127.0.0.1:7443".into(),
+            admin_token_file: "admin.token".into(),
+            heartbeat_ms: 200,
+            lease_ms: 1000,
+            fence_kill_timeout_ms: 250,
+            suspect_after_missed: 3,
+            restart_grace_ms: 5000,
+            cert_validity_days: 30,
+            max_frame_bytes: tandem_common::codec::DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// The checked configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where state, the CA and the config live.
+    pub data_dir: PathBuf,
+    /// The admin HTTP endpoint.
+    pub admin_addr: SocketAddr,
+    /// The QUIC endpoint.
+    pub quic_addr: SocketAddr,
+    /// The admin bearer token.
+    pub admin_token: String,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Lease per acked beat.
+    pub lease: Duration,
+    /// The agent's kill timeout when fencing.
+    pub fence_kill_timeout: Duration,
+    /// `fence_kill_timeout + 5% of lease + 50 ms`: see the detector's module docs.
+    pub fence_grace: Duration,
+    /// Missed beats before suspect.
+    pub suspect_after_missed: u32,
+    /// Restart grace.
+    pub restart_grace: Duration,
+    /// Node certificate lifetime.
+    pub cert_validity: Duration,
+    /// Largest frame.
+    pub max_frame_bytes: usize,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+fn addr(field: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| invalid(field, format!("`{s}` is not an IP:port address")))
+}
+
+impl RawConfig {
+    /// Reads `DATA_DIR/coordinator.toml`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks every field and reads the token file.
+    pub fn validate(self, data_dir: &Path) -> Result<Config, ConfigError> {
+        let admin_addr = addr("admin_addr", &self.admin_addr)?;
+        let quic_addr = addr("quic_addr", &self.quic_addr)?;
+        if !(10..=60_000).contains(&self.heartbeat_ms) {
+            return Err(invalid("heartbeat_ms", "must be between 10 and 60000"));
+        }
+        if self.lease_ms < 2 * self.heartbeat_ms || self.lease_ms > 600_000 {
+            return Err(invalid(
+                "lease_ms",
+                format!(
+                    "must be at least twice heartbeat_ms ({}) and at most 600000",
+                    self.heartbeat_ms
+                ),
+            ));
+        }
+        if self.fence_kill_timeout_ms > 60_000 {
+            return Err(invalid("fence_kill_timeout_ms", "must be at most 60000"));
+        }
+        let min_grace = self.lease_ms + self.fence_kill_timeout_ms + self.lease_ms / 20 + 50;
+        if self.restart_grace_ms < min_grace || self.restart_grace_ms > 600_000 {
+            return Err(invalid(
+                "restart_grace_ms",
+                format!("must be at least lease + fence grace ({min_grace}) and at most 600000"),
+            ));
+        }
+        if self.suspect_after_missed == 0 {
+            return Err(invalid("suspect_after_missed", "must be at least 1"));
+        }
+        if !(1..=3650).contains(&self.cert_validity_days) {
+            return Err(invalid("cert_validity_days", "must be between 1 and 3650"));
+        }
+        if !(64 * 1024..=64 * 1024 * 1024).contains(&self.max_frame_bytes) {
+            return Err(invalid(
+                "max_frame_bytes",
+                "must be between 64 KiB and 64 MiB",
+            ));
+        }
+        let token_path = data_dir.join(&self.admin_token_file);
+        let admin_token = std::fs::read_to_string(&token_path)
+            .map_err(|source| ConfigError::Read {
+                path: token_path.clone(),
+                source,
+            })?
+            .trim()
+            .to_string();
+        if admin_token.len() < 16 {
+            return Err(invalid(
+                "admin_token_file",
+                "the token must be at least 16 characters",
+            ));
+        }
+        let lease = Duration::from_millis(self.lease_ms);
+        let fence_kill_timeout = Duration::from_millis(self.fence_kill_timeout_ms);
+        Ok(Config {
+            data_dir: data_dir.to_path_buf(),
+            admin_addr,
+            quic_addr,
+            admin_token,
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            lease,
+            fence_kill_timeout,
+            fence_grace: fence_kill_timeout + lease / 20 + Duration::from_millis(50),
+            suspect_after_missed: self.suspect_after_missed,
+            restart_grace: Duration::from_millis(self.restart_grace_ms),
+            cert_validity: Duration::from_secs(u64::from(self.cert_validity_days) * 86_400),
+            max_frame_bytes: self.max_frame_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_with_token() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("admin.token"), "0123456789abcdef0123\n").unwrap();
+        d
+    }
+
+    #[test]
+    fn defaults_validate_and_grace_follows_the_formula() {
+        let d = dir_with_token();
+        let c = RawConfig::default().validate(d.path()).unwrap();
+        assert_eq!(c.fence_grace, Duration::from_millis(250 + 50 + 50));
+        assert_eq!(c.admin_token, "0123456789abcdef0123");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let d = dir_with_token();
+        let raw = RawConfig {
+            lease_ms: 300,
+            ..Default::default()
+        };
+        let e = raw.validate(d.path()).unwrap_err().to_string();
+        assert!(e.contains("lease_ms"), "{e}");
+        let raw = RawConfig {
+            quic_addr: "nowhere".into(),
+            ..Default::default()
+        };
+        assert!(raw
+            .validate(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("quic_addr"));
+        let e = toml::from_str::<RawConfig>("bogus = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+}

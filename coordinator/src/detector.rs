@@ -1,0 +1,379 @@
+//! The failure detector: which nodes are alive, suspect or down, decided from heartbeats and
+//! the clock alone.
+//!
+//! # The fencing side of the lease argument
+//! When beat `seq` of a node reaches us at local time `t_recv`, we ack it with a lease of
+//! `lease`, and we promise not to declare the node down before
+//! `deadline = t_recv + lease + fence_grace`. The agent holds its lease only until
+//! `t_send(seq) + lease` (see the agent's `lease` module), and `t_send < t_recv` in real time, so
+//! by our deadline the agent's lease has been over for at least `fence_grace`: time for it to
+//! have killed every job it ran. Only then do we say `Down` and let jobs start elsewhere.
+//!
+//! Two further rules keep the argument whole:
+//! - Once `Down`, a node's beats are never acked again (`handle_heartbeat` returns `None`), even
+//!   a late beat that was sent before it was cut off; the node must register anew, which starts
+//!   a new session. Beats of an older session are ignored the same way.
+//! - After the coordinator (re)starts, nobody is declared down before `restart_grace` has passed
+//!   (at least one `lease + fence_grace`, by default a few seconds so that agents in reconnect
+//!   backoff come back first): a coordinator restart never causes a mass failover.
+//!
+//! Plain struct, no I/O, no clock: `handle_*(now, …)` in, transitions out.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tandem_common::ids::NodeId;
+
+/// The detector's timings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DetectorConfig {
+    /// How often agents beat.
+    pub heartbeat: Duration,
+    /// The lease each ack grants.
+    pub lease: Duration,
+    /// Added to the lease before a node may be declared down (kill time plus drift).
+    pub fence_grace: Duration,
+    /// Missed beats before a node is shown as suspect (no action is taken on suspicion).
+    pub suspect_after_missed: u32,
+    /// After a (re)start, nobody is declared down before this has passed. At least one
+    /// `lease + fence_grace`; longer gives agents in reconnect backoff time to come back.
+    pub restart_grace: Duration,
+}
+
+impl DetectorConfig {
+    /// How long after its last beat a node is suspect.
+    pub fn suspect_after(&self) -> Duration {
+        self.heartbeat * self.suspect_after_missed.max(1)
+    }
+
+    /// The restart grace, never shorter than one `lease + fence_grace`.
+    pub fn restart_grace(&self) -> Duration {
+        self.restart_grace.max(self.lease + self.fence_grace)
+    }
+}
+
+/// What the detector thinks of one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Beating on time.
+    Alive,
+    /// Late, but its lease may still be running: visible, no action.
+    Suspect,
+    /// Its deadline passed: its lease is over and its jobs are dead.
+    Down,
+}
+
+/// A change the caller must record and act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// No beat for `silent_for`; shown, not acted on.
+    Suspect {
+        /// The node.
+        node: NodeId,
+        /// Time since its last beat (or since it was tracked).
+        silent_for: Duration,
+    },
+    /// A suspect node beat again.
+    Recovered {
+        /// The node.
+        node: NodeId,
+    },
+    /// The deadline passed: declare the node down.
+    Down {
+        /// The node.
+        node: NodeId,
+        /// Time since its last beat (or since it was tracked).
+        silent_for: Duration,
+    },
+}
+
+#[derive(Debug)]
+struct Tracked {
+    session: u64,
+    last_beat: Instant,
+    deadline: Instant,
+    liveness: Liveness,
+}
+
+/// The failure detector.
+#[derive(Debug)]
+pub struct FailureDetector {
+    cfg: DetectorConfig,
+    started_at: Instant,
+    nodes: HashMap<NodeId, Tracked>,
+}
+
+impl FailureDetector {
+    /// A detector that started at `now` (the coordinator's start: the restart grace counts from it).
+    pub fn new(cfg: DetectorConfig, now: Instant) -> Self {
+        Self {
+            cfg,
+            started_at: now,
+            nodes: HashMap::new(),
+        }
+    }
+
+    /// The timings.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.cfg
+    }
+
+    /// A node the store says was alive before we started. It has no session yet; its deadline
+    /// is the end of the restart grace, so it has that long to reconnect.
+    pub fn handle_restored(&mut self, node: NodeId, now: Instant) {
+        let deadline =
+            (self.started_at + self.cfg.restart_grace()).max(now + self.cfg.restart_grace());
+        self.nodes.insert(
+            node,
+            Tracked {
+                session: 0,
+                last_beat: now,
+                deadline,
+                liveness: Liveness::Alive,
+            },
+        );
+    }
+
+    /// A node registered on a new connection `session` (sessions only grow). Its lease starts
+    /// with its first acked beat; until then it has one `lease + fence_grace` to beat.
+    pub fn handle_registered(&mut self, node: NodeId, session: u64, now: Instant) {
+        let deadline = now + self.cfg.lease + self.cfg.fence_grace;
+        self.nodes.insert(
+            node,
+            Tracked {
+                session,
+                last_beat: now,
+                deadline,
+                liveness: Liveness::Alive,
+            },
+        );
+    }
+
+    /// A beat from `node` on `session` arrived at `now`. Returns the lease to grant in the ack,
+    /// or `None` when the beat must not be acked (unknown node, stale session, or down).
+    /// The second value is true when a suspect node recovered.
+    pub fn handle_heartbeat(
+        &mut self,
+        node: &NodeId,
+        session: u64,
+        now: Instant,
+    ) -> Option<(Duration, bool)> {
+        let t = self.nodes.get_mut(node)?;
+        if t.session != session || t.liveness == Liveness::Down {
+            return None;
+        }
+        t.last_beat = t.last_beat.max(now);
+        t.deadline = t.deadline.max(now + self.cfg.lease + self.cfg.fence_grace);
+        let recovered = t.liveness == Liveness::Suspect;
+        t.liveness = Liveness::Alive;
+        Some((self.cfg.lease, recovered))
+    }
+
+    /// Stops tracking a node (it left, or was removed).
+    pub fn forget(&mut self, node: &NodeId) {
+        self.nodes.remove(node);
+    }
+
+    /// What the detector thinks of `node`.
+    pub fn liveness(&self, node: &NodeId) -> Option<Liveness> {
+        self.nodes.get(node).map(|t| t.liveness)
+    }
+
+    /// Time since the node's last beat.
+    pub fn silent_for(&self, node: &NodeId, now: Instant) -> Option<Duration> {
+        self.nodes
+            .get(node)
+            .map(|t| now.saturating_duration_since(t.last_beat))
+    }
+
+    /// Whether the restart grace is still running at `now`.
+    pub fn in_restart_grace(&self, now: Instant) -> bool {
+        now < self.started_at + self.cfg.restart_grace()
+    }
+
+    /// Advances time: returns the suspicions and downs due at `now`.
+    pub fn handle_tick(&mut self, now: Instant) -> Vec<Transition> {
+        let mut out = Vec::new();
+        if self.in_restart_grace(now) {
+            return out;
+        }
+        let suspect_after = self.cfg.suspect_after();
+        for (node, t) in self.nodes.iter_mut() {
+            let silent_for = now.saturating_duration_since(t.last_beat);
+            match t.liveness {
+                Liveness::Down => {}
+                _ if now >= t.deadline => {
+                    t.liveness = Liveness::Down;
+                    out.push(Transition::Down {
+                        node: node.clone(),
+                        silent_for,
+                    });
+                }
+                Liveness::Alive if silent_for >= suspect_after => {
+                    t.liveness = Liveness::Suspect;
+                    out.push(Transition::Suspect {
+                        node: node.clone(),
+                        silent_for,
+                    });
+                }
+                _ => {}
+            }
+        }
+        out.sort_by(|a, b| key(a).cmp(key(b)));
+        out
+    }
+}
+
+fn key(t: &Transition) -> &NodeId {
+    match t {
+        Transition::Suspect { node, .. }
+        | Transition::Recovered { node }
+        | Transition::Down { node, .. } => node,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn cfg() -> DetectorConfig {
+        DetectorConfig {
+            heartbeat: 200 * MS,
+            lease: 1000 * MS,
+            fence_grace: 350 * MS,
+            suspect_after_missed: 3,
+            restart_grace: 3000 * MS,
+        }
+    }
+
+    fn node(n: u8) -> NodeId {
+        NodeId(format!("n-{n:016x}"))
+    }
+
+    /// A detector past its restart grace, with node 1 registered on session 1 at that time.
+    fn running() -> (FailureDetector, Instant) {
+        let t0 = Instant::now();
+        let mut d = FailureDetector::new(cfg(), t0);
+        let now = t0 + cfg().restart_grace();
+        d.handle_registered(node(1), 1, now);
+        (d, now)
+    }
+
+    #[test]
+    fn beating_node_stays_alive() {
+        let (mut d, mut now) = running();
+        for _ in 0..50 {
+            now += 200 * MS;
+            assert_eq!(
+                d.handle_heartbeat(&node(1), 1, now),
+                Some((1000 * MS, false))
+            );
+            assert!(d.handle_tick(now).is_empty());
+        }
+    }
+
+    #[test]
+    fn silent_node_is_suspect_then_down_exactly_at_its_deadline() {
+        let (mut d, now) = running();
+        d.handle_heartbeat(&node(1), 1, now);
+        assert!(d.handle_tick(now + 599 * MS).is_empty());
+        assert_eq!(
+            d.handle_tick(now + 600 * MS),
+            vec![Transition::Suspect {
+                node: node(1),
+                silent_for: 600 * MS
+            }]
+        );
+        // Never before t_recv + lease + fence_grace ...
+        assert!(d.handle_tick(now + 1349 * MS).is_empty());
+        // ... and at it.
+        assert_eq!(
+            d.handle_tick(now + 1350 * MS),
+            vec![Transition::Down {
+                node: node(1),
+                silent_for: 1350 * MS
+            }]
+        );
+        assert!(
+            d.handle_tick(now + 5000 * MS).is_empty(),
+            "down is reported once"
+        );
+    }
+
+    #[test]
+    fn a_suspect_that_beats_recovers() {
+        let (mut d, now) = running();
+        d.handle_tick(now + 700 * MS);
+        assert_eq!(d.liveness(&node(1)), Some(Liveness::Suspect));
+        assert_eq!(
+            d.handle_heartbeat(&node(1), 1, now + 800 * MS),
+            Some((1000 * MS, true))
+        );
+        assert_eq!(d.liveness(&node(1)), Some(Liveness::Alive));
+    }
+
+    #[test]
+    fn a_down_node_is_never_acked_again_until_it_registers_anew() {
+        let (mut d, now) = running();
+        d.handle_tick(now + 2000 * MS);
+        assert_eq!(d.liveness(&node(1)), Some(Liveness::Down));
+        // A late beat of the old session, sent before the cut: no ack, no lease.
+        assert_eq!(d.handle_heartbeat(&node(1), 1, now + 2001 * MS), None);
+        d.handle_registered(node(1), 2, now + 2100 * MS);
+        assert_eq!(
+            d.handle_heartbeat(&node(1), 1, now + 2150 * MS),
+            None,
+            "old session"
+        );
+        assert!(d.handle_heartbeat(&node(1), 2, now + 2200 * MS).is_some());
+    }
+
+    #[test]
+    fn unknown_nodes_get_no_lease() {
+        let (mut d, now) = running();
+        assert_eq!(d.handle_heartbeat(&node(9), 1, now), None);
+    }
+
+    #[test]
+    fn restart_grace_declares_nobody_down() {
+        let t0 = Instant::now();
+        let mut d = FailureDetector::new(cfg(), t0);
+        d.handle_restored(node(1), t0);
+        d.handle_restored(node(2), t0);
+        // Node 1 reconnects and beats; node 2 never comes back.
+        d.handle_registered(node(1), 1, t0 + 300 * MS);
+        let mut now = t0 + 300 * MS;
+        while now < t0 + cfg().restart_grace() {
+            d.handle_heartbeat(&node(1), 1, now);
+            assert!(
+                d.handle_tick(now).is_empty(),
+                "nothing happens inside the grace"
+            );
+            now += 50 * MS;
+        }
+        let end = t0 + cfg().restart_grace();
+        d.handle_heartbeat(&node(1), 1, end);
+        let tr = d.handle_tick(end);
+        assert_eq!(
+            tr,
+            vec![Transition::Down {
+                node: node(2),
+                silent_for: cfg().restart_grace()
+            }]
+        );
+        assert_eq!(d.liveness(&node(1)), Some(Liveness::Alive));
+    }
+
+    #[test]
+    fn deadlines_never_move_backwards() {
+        let (mut d, now) = running();
+        d.handle_heartbeat(&node(1), 1, now + 500 * MS);
+        // A beat handled with an earlier `now` (reordered processing) must not shorten it.
+        d.handle_heartbeat(&node(1), 1, now + 100 * MS);
+        assert!(d
+            .handle_tick(now + 1800 * MS)
+            .iter()
+            .all(|t| !matches!(t, Transition::Down { .. })));
+    }
+}

@@ -1,0 +1,142 @@
+//! Joining: a new node trades a join token and a CSR for a certificate.
+//!
+//! The token's secret is compared in constant time with the stored SHA-256 hash (the secret is
+//! never stored). The certificate is made from the CSR's *public key only*: the node id, names,
+//! usages and lifetime are chosen here, so a CSR cannot ask for more than a node certificate.
+//! The node record and the token's raised use count are one durable batch, written before the
+//! certificate is sent: a crash cannot hand out a certificate that the store does not know, nor
+//! let a single-use token be used twice.
+
+use crate::membership::{Membership, MembershipError};
+use crate::model::{NodeRecord, NodeState};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tandem_common::ids::NodeId;
+use tandem_common::pki::CertificateAuthority;
+use tandem_common::proto::{Hello, Joined, RejectCode};
+use tandem_common::token;
+
+/// Join handling.
+pub struct Joiner {
+    /// The CA that signs node certificates.
+    pub ca: Arc<CertificateAuthority>,
+    /// The table the node is added to.
+    pub membership: Arc<Membership>,
+    /// Node certificate lifetime.
+    pub cert_validity: Duration,
+    /// The lease told to agents.
+    pub lease: Duration,
+    /// One join at a time: token use counts and names stay consistent.
+    pub lock: Mutex<()>,
+}
+
+fn refused(code: RejectCode, reason: impl Into<String>) -> MembershipError {
+    MembershipError::Refused {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// Checks a node name: 1-63 characters of letters (any script), digits, `-`, `_` and `.`.
+pub fn check_node_name(name: &str) -> Result<(), String> {
+    let n = name.chars().count();
+    if n == 0 || n > 63 {
+        return Err(format!("node name must be 1-63 characters, got {n}"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "node name `{name}` has the character {c:?}; use letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+impl Joiner {
+    /// Admits a new node, or says why not.
+    pub fn join(&self, hello: &Hello, peer: SocketAddr) -> Result<Joined, MembershipError> {
+        let req = hello.join.as_ref().ok_or_else(|| {
+            refused(
+                RejectCode::ProtocolViolation,
+                "no client certificate and no join token: join with a token first",
+            )
+        })?;
+        check_node_name(&hello.name).map_err(|r| refused(RejectCode::NotAdmitted, r))?;
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let store = self.membership.store();
+        let bad = || {
+            refused(
+                RejectCode::BadToken,
+                "the join token is not valid (unknown id or wrong secret)",
+            )
+        };
+        let rec = store.token(&req.token_id)?.ok_or_else(bad)?;
+        let stored = hex::decode(&rec.secret_sha256)
+            .ok()
+            .and_then(|v| <[u8; 32]>::try_from(v).ok());
+        match stored {
+            Some(hash) if token::verify_secret(&req.token_secret, &hash) => {}
+            _ => return Err(bad()),
+        }
+        let now_ms = tandem_common::time::unix_ms();
+        rec.usable(now_ms)
+            .map_err(|r| refused(RejectCode::BadToken, r))?;
+        if let Some(other) = self.membership.name_taken(&hello.name) {
+            return Err(refused(
+                RejectCode::NotAdmitted,
+                format!("node name `{}` is already used by node {other}; remove that node first or choose another --name", hello.name),
+            ));
+        }
+        let node_id = NodeId::random();
+        let serial = store.next_serial()?;
+        let issued = self
+            .ca
+            .sign_node_csr(&req.csr_pem, &node_id, serial, self.cert_validity)
+            .map_err(|e| {
+                refused(
+                    RejectCode::NotAdmitted,
+                    format!("the certificate signing request was refused: {e}"),
+                )
+            })?;
+        let record = NodeRecord {
+            id: node_id.clone(),
+            name: hello.name.clone(),
+            state: NodeState::Joining,
+            state_reason: "joined; has not registered with its certificate yet".into(),
+            state_since_ms: now_ms,
+            address: peer.to_string(),
+            agent_version: hello.agent_version.clone(),
+            cert_serial: issued.serial,
+            cert_not_after_unix: issued.not_after_unix as i64,
+            created_ms: now_ms,
+            joined_with_token: rec.id.clone(),
+            hardware: hello.hardware.clone(),
+        };
+        self.membership.record_join(record, rec)?;
+        tracing::info!(%peer, node = %node_id, name = %hello.name, "node joined");
+        Ok(Joined {
+            node_id,
+            name: hello.name.clone(),
+            cert_pem: issued.cert_pem,
+            ca_pem: self.ca.cert_pem().to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_node_name;
+
+    #[test]
+    fn node_names() {
+        assert!(check_node_name("edge-01.rack3").is_ok());
+        assert!(check_node_name("边缘-1").is_ok());
+        assert!(check_node_name("").is_err());
+        assert!(check_node_name(&"a".repeat(64)).is_err());
+        assert!(check_node_name("a b").is_err());
+        assert!(check_node_name("a/b").is_err());
+    }
+}

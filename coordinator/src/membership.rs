@@ -1,0 +1,421 @@
+//! Membership: the node table, and every change to it.
+//!
+//! The table lives in memory for reads and in the [`StateStore`] for durability. Every change
+//! (a join, a registration, a state change) is committed to the store — written and flushed —
+//! *before* the in-memory table changes and before anyone is told: a `kill -9` between the two
+//! loses nothing that was acknowledged. Changes are serialised by the table's lock, so the order
+//! in the store is the order of the decisions.
+//!
+//! Heartbeats never come through here; they go to the failure detector, which is in memory.
+
+use crate::detector::{FailureDetector, Transition};
+use crate::metrics::Metrics;
+use crate::model::{NewEvent, NodeRecord, NodeState, TokenRecord};
+use crate::store::{Change, StateStore, StoreError};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tandem_common::hardware::HardwareReport;
+use tandem_common::ids::NodeId;
+use tandem_common::proto::{CoordMsg, RejectCode};
+use tokio::sync::mpsc;
+
+/// Why a membership operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// The request was refused; the code and reason go back to the agent.
+    #[error("{reason}")]
+    Refused {
+        /// The refusal's kind.
+        code: RejectCode,
+        /// Why, in words.
+        reason: String,
+    },
+    /// The store failed; nothing was changed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+fn refused(code: RejectCode, reason: impl Into<String>) -> MembershipError {
+    MembershipError::Refused {
+        code,
+        reason: reason.into(),
+    }
+}
+
+/// A node's live connection.
+#[derive(Clone, Debug)]
+pub struct Live {
+    /// The connection's session number.
+    pub session: u64,
+    /// The QUIC connection (to close it).
+    pub conn: quinn::Connection,
+    /// Messages to send on its control stream.
+    pub control: mpsc::Sender<CoordMsg>,
+}
+
+/// One row of the table.
+#[derive(Clone, Debug)]
+pub struct NodeEntry {
+    /// What is stored.
+    pub record: NodeRecord,
+    /// Its connection, if it has one now.
+    pub live: Option<Live>,
+}
+
+/// The membership table and the detector, with the store behind them.
+pub struct Membership {
+    store: Arc<dyn StateStore>,
+    table: Mutex<HashMap<NodeId, NodeEntry>>,
+    detector: Mutex<FailureDetector>,
+    sessions: AtomicU64,
+    /// Shared with the admin endpoint.
+    pub metrics: Arc<Metrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a successful registration returns.
+pub struct Registered {
+    /// The new session.
+    pub session: u64,
+    /// The node's name.
+    pub name: String,
+}
+
+impl Membership {
+    /// Loads the table from the store. Nodes that were alive when the coordinator stopped are
+    /// handed to the detector as restored: they have the restart grace to come back.
+    pub fn load(
+        store: Arc<dyn StateStore>,
+        detector: FailureDetector,
+        metrics: Arc<Metrics>,
+        now: Instant,
+    ) -> Result<Self, StoreError> {
+        let mut detector = detector;
+        let mut table = HashMap::new();
+        for rec in store.nodes()? {
+            if matches!(
+                rec.state,
+                NodeState::Ready | NodeState::Suspect | NodeState::Joining
+            ) {
+                detector.handle_restored(rec.id.clone(), now);
+            }
+            table.insert(
+                rec.id.clone(),
+                NodeEntry {
+                    record: rec,
+                    live: None,
+                },
+            );
+        }
+        Ok(Self {
+            store,
+            table: Mutex::new(table),
+            detector: Mutex::new(detector),
+            sessions: AtomicU64::new(0),
+            metrics,
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    /// A snapshot of every node.
+    pub fn snapshot(&self) -> Vec<NodeEntry> {
+        let mut v: Vec<_> = lock(&self.table).values().cloned().collect();
+        v.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        v
+    }
+
+    /// One node by id or name.
+    pub fn find(&self, id_or_name: &str) -> Option<NodeEntry> {
+        let t = lock(&self.table);
+        if let Some(e) = NodeId::parse(id_or_name).and_then(|id| t.get(&id)) {
+            return Some(e.clone());
+        }
+        t.values().find(|e| e.record.name == id_or_name).cloned()
+    }
+
+    /// Milliseconds since the node's last beat, as the detector saw it.
+    pub fn silent_for_ms(&self, node: &NodeId, now: Instant) -> Option<u64> {
+        lock(&self.detector)
+            .silent_for(node, now)
+            .map(|d| d.as_millis() as u64)
+    }
+
+    /// Counts by state, for metrics.
+    pub fn counts(&self) -> (Vec<(&'static str, usize)>, usize) {
+        let t = lock(&self.table);
+        let by_state = NodeState::ALL
+            .iter()
+            .map(|s| {
+                (
+                    s.as_str(),
+                    t.values().filter(|e| e.record.state == *s).count(),
+                )
+            })
+            .collect();
+        (by_state, t.values().filter(|e| e.live.is_some()).count())
+    }
+
+    /// Whether a node name is free (names are unique).
+    pub fn name_taken(&self, name: &str) -> Option<NodeId> {
+        lock(&self.table)
+            .values()
+            .find(|e| e.record.name == name)
+            .map(|e| e.record.id.clone())
+    }
+
+    /// Records a new node that joined with `token` (whose use count is raised in the same batch).
+    pub fn record_join(
+        &self,
+        rec: NodeRecord,
+        mut token: TokenRecord,
+    ) -> Result<(), MembershipError> {
+        let mut t = lock(&self.table);
+        if let Some(other) = t.values().find(|e| e.record.name == rec.name) {
+            return Err(refused(
+                RejectCode::NotAdmitted,
+                format!("node name `{}` is already used by node {}; remove that node first or choose another --name", rec.name, other.record.id),
+            ));
+        }
+        token.uses += 1;
+        self.store.commit(vec![
+            Change::PutNode(Box::new(rec.clone())),
+            Change::PutToken(token.clone()),
+            Change::Event(NewEvent {
+                kind: "node_joined",
+                node: Some(rec.id.clone()),
+                message: format!(
+                    "node {} joined from {} with token {} ({} of {} uses)",
+                    rec.name, rec.address, token.id, token.uses, token.uses_allowed
+                ),
+            }),
+        ])?;
+        self.metrics.joins.fetch_add(1, Ordering::Relaxed);
+        t.insert(
+            rec.id.clone(),
+            NodeEntry {
+                record: rec,
+                live: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// A node presented its certificate and said hello: it is ready on a new session. An older
+    /// connection of the same node is closed. Durable before it returns.
+    #[allow(clippy::too_many_arguments)]
+    pub fn register(
+        &self,
+        node: &NodeId,
+        cert_serial: u64,
+        address: SocketAddr,
+        agent_version: String,
+        hardware: HardwareReport,
+        conn: quinn::Connection,
+        control: mpsc::Sender<CoordMsg>,
+        now: Instant,
+    ) -> Result<Registered, MembershipError> {
+        let mut t = lock(&self.table);
+        let entry = t.get_mut(node).ok_or_else(|| {
+            refused(RejectCode::UnknownNode, format!("node {node} is not a member (it was removed); delete the agent's state dir and join again with a new token"))
+        })?;
+        if entry.record.cert_serial != cert_serial {
+            return Err(refused(
+                RejectCode::UnknownNode,
+                format!("certificate serial {cert_serial} of node {node} was replaced or revoked"),
+            ));
+        }
+        let mut rec = entry.record.clone();
+        let previous = rec.state;
+        rec.address = address.to_string();
+        rec.agent_version = agent_version;
+        rec.hardware = hardware;
+        rec.state = NodeState::Ready;
+        rec.state_reason = match previous {
+            NodeState::Down => "registered again after being declared down".into(),
+            NodeState::Joining => "registered with its new certificate".into(),
+            _ => "registered".into(),
+        };
+        rec.state_since_ms = tandem_common::time::unix_ms();
+        self.store.commit(vec![
+            Change::PutNode(Box::new(rec.clone())),
+            Change::Event(NewEvent {
+                kind: "node_state",
+                node: Some(node.clone()),
+                message: format!(
+                    "node {} is ready ({}) from {}",
+                    rec.name, rec.state_reason, rec.address
+                ),
+            }),
+        ])?;
+        let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
+        lock(&self.detector).handle_registered(node.clone(), session, now);
+        if let Some(old) = entry.live.take() {
+            old.conn.close(
+                close_code::REPLACED,
+                b"replaced by a newer connection of this node",
+            );
+        }
+        let name = rec.name.clone();
+        entry.record = rec;
+        entry.live = Some(Live {
+            session,
+            conn,
+            control,
+        });
+        Ok(Registered { session, name })
+    }
+
+    /// A node's connection ended. Its state stays until the detector decides: a crash must go
+    /// through lease expiry like any other silence.
+    pub fn disconnected(&self, node: &NodeId, session: u64) {
+        let mut t = lock(&self.table);
+        if let Some(e) = t.get_mut(node) {
+            if e.live.as_ref().is_some_and(|l| l.session == session) {
+                e.live = None;
+            }
+        }
+    }
+
+    /// A beat arrived: returns the lease to grant, or `None` to send no ack.
+    pub fn heartbeat(
+        &self,
+        node: &NodeId,
+        session: u64,
+        now: Instant,
+    ) -> Option<std::time::Duration> {
+        let r = lock(&self.detector).handle_heartbeat(node, session, now);
+        match r {
+            Some((lease, recovered)) => {
+                self.metrics
+                    .heartbeats_received
+                    .fetch_add(1, Ordering::Relaxed);
+                if recovered {
+                    self.apply(Transition::Recovered { node: node.clone() });
+                }
+                Some(lease)
+            }
+            None => {
+                self.metrics
+                    .heartbeats_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// The agent left on purpose.
+    pub fn left(&self, node: &NodeId, session: u64, reason: &str) -> Result<(), MembershipError> {
+        let mut t = lock(&self.table);
+        let Some(e) = t.get_mut(node) else {
+            return Ok(());
+        };
+        if e.live.as_ref().is_none_or(|l| l.session != session) {
+            return Ok(());
+        }
+        let mut rec = e.record.clone();
+        rec.state = NodeState::Left;
+        rec.state_reason = format!("the agent left: {reason}");
+        rec.state_since_ms = tandem_common::time::unix_ms();
+        self.store.commit(vec![
+            Change::PutNode(Box::new(rec.clone())),
+            Change::Event(NewEvent {
+                kind: "node_state",
+                node: Some(node.clone()),
+                message: format!("node {} left: {reason}", rec.name),
+            }),
+        ])?;
+        lock(&self.detector).forget(node);
+        e.record = rec;
+        Ok(())
+    }
+
+    /// Runs the detector at `now` and applies what it decides.
+    pub fn tick(&self, now: Instant) {
+        let transitions = lock(&self.detector).handle_tick(now);
+        for tr in transitions {
+            self.apply(tr);
+        }
+    }
+
+    fn apply(&self, tr: Transition) {
+        let (node, state, reason) = match &tr {
+            Transition::Suspect { node, silent_for } => (
+                node,
+                NodeState::Suspect,
+                format!("no heartbeat for {} ms", silent_for.as_millis()),
+            ),
+            Transition::Recovered { node } => (node, NodeState::Ready, "heartbeats resumed".into()),
+            Transition::Down { node, silent_for } => {
+                self.metrics
+                    .nodes_declared_down
+                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.detection.observe(*silent_for);
+                (
+                    node,
+                    NodeState::Down,
+                    format!(
+                        "no heartbeat for {} ms: its lease and fence grace ran out",
+                        silent_for.as_millis()
+                    ),
+                )
+            }
+        };
+        let mut t = lock(&self.table);
+        let Some(e) = t.get_mut(node) else { return };
+        if e.record.state == state || e.record.state == NodeState::Left {
+            return;
+        }
+        let mut rec = e.record.clone();
+        rec.state = state;
+        rec.state_reason = reason.clone();
+        rec.state_since_ms = tandem_common::time::unix_ms();
+        let res = self.store.commit(vec![
+            Change::PutNode(Box::new(rec.clone())),
+            Change::Event(NewEvent {
+                kind: "node_state",
+                node: Some(node.clone()),
+                message: format!("node {} is {}: {reason}", rec.name, state.as_str()),
+            }),
+        ]);
+        match res {
+            Ok(_) => {
+                tracing::info!(node = %node, name = %rec.name, state = state.as_str(), %reason, "node state changed");
+                e.record = rec;
+                if state == NodeState::Down {
+                    if let Some(live) = e.live.take() {
+                        live.conn
+                            .close(close_code::DECLARED_DOWN, b"declared down: register again");
+                    }
+                }
+            }
+            // Nothing is acted on without a durable record. The detector has moved on and
+            // refuses this node's beats, so the node will register again, which is recorded.
+            Err(err) => tracing::error!(node = %node, %err, "could not record a state change"),
+        }
+    }
+}
+
+/// QUIC application close codes the coordinator uses.
+pub mod close_code {
+    use quinn::VarInt;
+    /// A newer connection of the same node replaced this one.
+    pub const REPLACED: VarInt = VarInt::from_u32(1);
+    /// The node was declared down; it must register again.
+    pub const DECLARED_DOWN: VarInt = VarInt::from_u32(2);
+    /// The connection was refused (the reason came in a `Reject`).
+    pub const REFUSED: VarInt = VarInt::from_u32(3);
+    /// The coordinator is shutting down.
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(4);
+    /// The peer broke the protocol.
+    pub const PROTOCOL: VarInt = VarInt::from_u32(5);
+}

@@ -1,0 +1,418 @@
+//! The QUIC endpoint: one task per connection.
+//!
+//! A connection proves nothing by completing its handshake (a QUIC client's connect succeeds
+//! even when its certificate is about to be refused), so a node counts only after the
+//! application-level exchange: `Hello` in, `Welcome` (or `Joined`, or `Reject`) out. Every
+//! refusal is logged with the peer's address and reason and answered with a `Reject` before the
+//! connection closes; nothing a peer sends can panic this code or touch another node.
+
+use crate::join::Joiner;
+use crate::membership::{close_code, Membership, MembershipError};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_common::codec::{self, CodecError};
+use tandem_common::ids::NodeId;
+use tandem_common::proto::*;
+use tokio::sync::mpsc;
+
+/// How long a peer has to finish its handshake and send `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the connection tasks share.
+pub struct Server {
+    /// The membership table.
+    pub membership: Arc<Membership>,
+    /// Join handling.
+    pub joiner: Joiner,
+    /// Heartbeat interval and lease told to agents.
+    pub heartbeat: Duration,
+    /// Largest control frame.
+    pub max_frame: usize,
+}
+
+/// The transport parameters both sides use: small windows (messages are small), datagrams on,
+/// and an idle timeout well beyond any lease so that liveness is decided by leases, not QUIC.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(
+        Duration::from_secs(15)
+            .try_into()
+            .expect("15 s fits a VarInt"),
+    ));
+    t.keep_alive_interval(Some(Duration::from_secs(3)));
+    t.max_concurrent_bidi_streams(4u32.into());
+    t.max_concurrent_uni_streams(4u32.into());
+    t.stream_receive_window((1u32 << 20).into());
+    t.receive_window((2u32 << 20).into());
+    t.send_window(2 << 20);
+    t.datagram_receive_buffer_size(Some(64 * 1024));
+    t
+}
+
+impl Server {
+    /// Accepts connections until the endpoint closes.
+    pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        while let Some(incoming) = endpoint.accept().await {
+            let peer = incoming.remote_address();
+            let server = self.clone();
+            tokio::spawn(async move {
+                let conn = match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, error = %e, "refused a connection at the QUIC/TLS handshake");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "refused a connection: handshake took longer than 5 s");
+                        return;
+                    }
+                };
+                server.connection(conn, peer).await;
+            });
+        }
+    }
+
+    async fn connection(&self, conn: quinn::Connection, peer: SocketAddr) {
+        let (mut send, mut recv) = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connection ended before its control stream opened");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "refused a connection: no control stream within 5 s");
+                conn.close(close_code::PROTOCOL, b"no control stream");
+                return;
+            }
+        };
+        let first =
+            match tokio::time::timeout(HELLO_TIMEOUT, codec::read_frame(&mut recv, self.max_frame))
+                .await
+            {
+                Ok(Ok(Some(body))) => body,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    return self
+                        .refuse(
+                            &conn,
+                            &mut send,
+                            peer,
+                            RejectCode::ProtocolViolation,
+                            format!("bad first frame: {e}"),
+                        )
+                        .await
+                }
+                Err(_) => {
+                    return self
+                        .refuse(
+                            &conn,
+                            &mut send,
+                            peer,
+                            RejectCode::ProtocolViolation,
+                            "no Hello within 5 s".into(),
+                        )
+                        .await
+                }
+            };
+        match codec::peek_protocol_version(&first) {
+            Some(PROTOCOL_VERSION) => {}
+            Some(v) => {
+                return self
+                    .refuse(&conn, &mut send, peer, RejectCode::UnsupportedVersion, format!("protocol version {v} is not supported; this coordinator speaks {PROTOCOL_VERSION}"))
+                    .await
+            }
+            None => return self.refuse(&conn, &mut send, peer, RejectCode::ProtocolViolation, "the first frame is not a Hello".into()).await,
+        }
+        let hello = match codec::decode::<AgentMsg>(&first) {
+            Ok(AgentMsg::Hello(h)) => h,
+            Ok(_) => {
+                return self
+                    .refuse(
+                        &conn,
+                        &mut send,
+                        peer,
+                        RejectCode::ProtocolViolation,
+                        "the first frame is not a Hello".into(),
+                    )
+                    .await
+            }
+            Err(e) => {
+                return self
+                    .refuse(
+                        &conn,
+                        &mut send,
+                        peer,
+                        RejectCode::ProtocolViolation,
+                        format!("Hello does not decode: {e}"),
+                    )
+                    .await
+            }
+        };
+
+        let cert_node = tandem_common::tls::peer_node_id(&conn);
+        let Some(cert_node) = cert_node else {
+            // No client certificate: the only thing such a peer may do is join.
+            let reply = match self.joiner.join(&hello, peer) {
+                Ok(joined) => CoordMsg::Joined(joined),
+                Err(e) => return self.refuse_err(&conn, &mut send, peer, e).await,
+            };
+            let _ = codec::write_msg(&mut send, &reply, self.max_frame).await;
+            let _ = send.finish();
+            // Give the agent a moment to read the certificate, then close.
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            return;
+        };
+        if hello.node_id.as_ref() != Some(&cert_node) {
+            let claimed = hello
+                .node_id
+                .as_ref()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "none".into());
+            return self
+                .refuse(
+                    &conn,
+                    &mut send,
+                    peer,
+                    RejectCode::ProtocolViolation,
+                    format!(
+                        "Hello claims node {claimed} but the certificate is for node {cert_node}"
+                    ),
+                )
+                .await;
+        }
+        let serial = tandem_common::tls::peer_cert_serial(&conn).unwrap_or(0);
+        let (ctl_tx, ctl_rx) = mpsc::channel::<CoordMsg>(16);
+        let reg = match self.membership.register(
+            &cert_node,
+            serial,
+            peer,
+            hello.agent_version.clone(),
+            hello.hardware.clone(),
+            conn.clone(),
+            ctl_tx,
+            Instant::now(),
+        ) {
+            Ok(r) => r,
+            Err(e) => return self.refuse_err(&conn, &mut send, peer, e).await,
+        };
+        tracing::info!(%peer, node = %cert_node, name = %reg.name, session = reg.session, "node registered");
+        let lease = self.membership_lease();
+        let welcome = CoordMsg::Welcome(Welcome {
+            node_id: cert_node.clone(),
+            name: reg.name.clone(),
+            session: reg.session,
+            heartbeat_ms: self.heartbeat.as_millis() as u32,
+            lease_ms: lease.as_millis() as u32,
+        });
+        if codec::write_msg(&mut send, &welcome, self.max_frame)
+            .await
+            .is_err()
+        {
+            self.membership.disconnected(&cert_node, reg.session);
+            return;
+        }
+        let datagrams = hello.datagrams && conn.max_datagram_size().is_some();
+        let why = self
+            .session(
+                &conn,
+                send,
+                recv,
+                ctl_rx,
+                &cert_node,
+                reg.session,
+                datagrams,
+                peer,
+            )
+            .await;
+        tracing::info!(%peer, node = %cert_node, session = reg.session, reason = %why, "node connection ended");
+        self.membership.disconnected(&cert_node, reg.session);
+    }
+
+    fn membership_lease(&self) -> Duration {
+        // The lease is fixed by config; the detector holds it.
+        self.joiner.lease
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn session(
+        &self,
+        conn: &quinn::Connection,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        mut ctl_rx: mpsc::Receiver<CoordMsg>,
+        node: &NodeId,
+        session: u64,
+        datagrams: bool,
+        peer: SocketAddr,
+    ) -> String {
+        // Heartbeats arrive as datagrams, or as frames on a uni stream where the path has none.
+        let (beat_tx, mut beat_rx) = mpsc::channel::<Vec<u8>>(64);
+        let mut ack_stream: Option<quinn::SendStream> = None;
+        if !datagrams {
+            let conn2 = conn.clone();
+            let tx = beat_tx.clone();
+            let max = self.max_frame;
+            tokio::spawn(async move {
+                if let Ok(mut uni) = conn2.accept_uni().await {
+                    while let Ok(Some(body)) = codec::read_frame(&mut uni, max).await {
+                        if tx.send(body).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            match conn.open_uni().await {
+                Ok(s) => ack_stream = Some(s),
+                Err(e) => return format!("cannot open the heartbeat-ack stream: {e}"),
+            }
+        }
+        drop(beat_tx);
+        let mut control_open = true;
+        loop {
+            tokio::select! {
+                dg = conn.read_datagram(), if datagrams => {
+                    match dg {
+                        Ok(b) => self.on_beat(conn, &mut ack_stream, &b, node, session, peer).await,
+                        Err(e) => return e.to_string(),
+                    }
+                }
+                Some(b) = beat_rx.recv(), if !datagrams => {
+                    self.on_beat(conn, &mut ack_stream, &b, node, session, peer).await;
+                }
+                msg = codec::read_msg::<AgentMsg, _>(&mut recv, self.max_frame), if control_open => {
+                    match msg {
+                        Ok(Some(AgentMsg::Goodbye { reason })) => {
+                            if let Err(e) = self.membership.left(node, session, &reason) {
+                                tracing::error!(%node, error = %e, "could not record that the node left");
+                            }
+                            return format!("the agent left: {reason}");
+                        }
+                        Ok(Some(AgentMsg::HardwareUpdate(_))) | Ok(Some(AgentMsg::Pong { .. })) => {}
+                        Ok(Some(AgentMsg::Hello(_))) => {
+                            self.membership.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%peer, %node, "refused a second Hello on a registered connection");
+                        }
+                        Ok(None) => control_open = false,
+                        Err(CodecError::Decode(e)) => {
+                            self.membership.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%peer, %node, error = %e, "refused a control frame that does not decode; closing the connection");
+                            conn.close(close_code::PROTOCOL, b"control frame does not decode");
+                            return format!("bad frame: {e}");
+                        }
+                        Err(e) => {
+                            self.membership.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%peer, %node, error = %e, "control stream failed; closing the connection");
+                            conn.close(close_code::PROTOCOL, b"control stream error");
+                            return e.to_string();
+                        }
+                    }
+                }
+                Some(out) = ctl_rx.recv() => {
+                    if let Err(e) = codec::write_msg(&mut send, &out, self.max_frame).await {
+                        return format!("control stream write failed: {e}");
+                    }
+                }
+                reason = conn.closed() => return reason.to_string(),
+            }
+        }
+    }
+
+    async fn on_beat(
+        &self,
+        conn: &quinn::Connection,
+        ack_stream: &mut Option<quinn::SendStream>,
+        body: &[u8],
+        node: &NodeId,
+        session: u64,
+        peer: SocketAddr,
+    ) {
+        let beat = match codec::decode_datagram::<AgentDatagram>(body) {
+            Ok(AgentDatagram::Heartbeat(b)) => b,
+            Err(e) => {
+                self.membership
+                    .metrics
+                    .bad_messages
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, %node, error = %e, "dropped a heartbeat that does not decode");
+                return;
+            }
+        };
+        let Some(lease) = self.membership.heartbeat(node, session, Instant::now()) else {
+            return;
+        };
+        if beat.last_rtt_us > 0 {
+            self.membership
+                .metrics
+                .heartbeat_rtt
+                .observe(Duration::from_micros(beat.last_rtt_us.into()));
+        }
+        let ack = CoordDatagram::HeartbeatAck {
+            seq: beat.seq,
+            lease_ms: lease.as_millis() as u32,
+        };
+        let Ok(body) = codec::encode(&ack) else {
+            return;
+        };
+        match ack_stream {
+            None => {
+                let _ = conn.send_datagram(body.into());
+            }
+            Some(s) => {
+                if let Ok(frame) = codec::encode_frame(&ack, self.max_frame) {
+                    let _ = tokio::io::AsyncWriteExt::write_all(s, &frame).await;
+                }
+            }
+        }
+    }
+
+    async fn refuse_err(
+        &self,
+        conn: &quinn::Connection,
+        send: &mut quinn::SendStream,
+        peer: SocketAddr,
+        e: MembershipError,
+    ) {
+        match e {
+            MembershipError::Refused { code, reason } => {
+                self.refuse(conn, send, peer, code, reason).await
+            }
+            MembershipError::Store(err) => {
+                tracing::error!(%peer, error = %err, "store failure while admitting a node");
+                self.refuse(
+                    conn,
+                    send,
+                    peer,
+                    RejectCode::Unavailable,
+                    "the coordinator cannot write its store; try again later".into(),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn refuse(
+        &self,
+        conn: &quinn::Connection,
+        send: &mut quinn::SendStream,
+        peer: SocketAddr,
+        code: RejectCode,
+        reason: String,
+    ) {
+        self.membership
+            .metrics
+            .registrations_refused
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%peer, ?code, %reason, "refused a connection");
+        let msg = CoordMsg::Reject(Reject { code, reason });
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = codec::write_msg(send, &msg, self.max_frame).await;
+            let _ = send.finish();
+            let _ = send.stopped().await;
+        })
+        .await;
+        conn.close(close_code::REFUSED, b"refused");
+    }
+}

@@ -1,0 +1,74 @@
+//! Durable state, behind a trait.
+//!
+//! Every change to membership is handed to [`StateStore::commit`] as one batch and is on disk
+//! (written and flushed) when `commit` returns; only then does the caller acknowledge it or act
+//! on it. That is what makes a `kill -9` of the coordinator at any moment lose nothing it
+//! acknowledged. Heartbeats never come here: they live in memory.
+//!
+//! The trait exists so that a replicated backend (several coordinators) can replace the
+//! embedded sled store without touching the logic above it.
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+use crate::model::{Event, NewEvent, NodeRecord, TokenRecord};
+use tandem_common::ids::NodeId;
+
+/// The schema version this build writes. A store with a newer one is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything that can go wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine failed (disk full, I/O error, corruption).
+    #[error("store engine: {0}")]
+    Engine(String),
+    /// A record on disk does not decode.
+    #[error("stored record {key} does not decode: {reason}")]
+    Corrupt {
+        /// Which record.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The store was written by a newer Tandem.
+    #[error("store schema version {found} is newer than this build's {supported}")]
+    SchemaTooNew {
+        /// On disk.
+        found: u32,
+        /// What we know.
+        supported: u32,
+    },
+}
+
+/// One change in a batch.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// Insert or replace a node.
+    PutNode(Box<NodeRecord>),
+    /// Remove a node.
+    DeleteNode(NodeId),
+    /// Insert or replace a join token.
+    PutToken(TokenRecord),
+    /// Append an event.
+    Event(NewEvent),
+}
+
+/// Durable coordinator state.
+pub trait StateStore: Send + Sync + 'static {
+    /// Applies a batch atomically and flushes it to disk. Returns the events it recorded.
+    fn commit(&self, changes: Vec<Change>) -> Result<Vec<Event>, StoreError>;
+    /// One node.
+    fn node(&self, id: &NodeId) -> Result<Option<NodeRecord>, StoreError>;
+    /// All nodes.
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError>;
+    /// One join token by id.
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Events with `seq > after`, oldest first, at most `limit`.
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// The newest `limit` events, oldest first.
+    fn recent_events(&self, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// Reserves and durably records the next certificate serial.
+    fn next_serial(&self) -> Result<u64, StoreError>;
+}

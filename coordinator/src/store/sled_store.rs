@@ -1,0 +1,312 @@
+//! The embedded store: sled 0.34 in the data directory.
+//!
+//! Trees: `nodes`, `tokens`, `events` (key: big-endian sequence number) and `meta` (schema
+//! version, certificate serial counter). A batch is one sled transaction over the trees it
+//! touches, followed by `flush`, so a batch is all-or-nothing and durable on return.
+
+use super::{Change, StateStore, StoreError, SCHEMA_VERSION};
+use crate::model::{Event, NodeRecord, TokenRecord};
+use serde::de::DeserializeOwned;
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use std::path::Path;
+use std::sync::Mutex;
+use tandem_common::ids::NodeId;
+
+/// Events kept; older ones are pruned.
+const EVENTS_KEPT: u64 = 10_000;
+
+/// The sled-backed [`StateStore`].
+pub struct SledStore {
+    db: sled::Db,
+    nodes: sled::Tree,
+    tokens: sled::Tree,
+    events: sled::Tree,
+    meta: sled::Tree,
+    /// Serialises commits so event sequence numbers are handed out in commit order.
+    commit_lock: Mutex<u64>,
+}
+
+fn engine(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Engine(e.to_string())
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(engine)?;
+        let meta = db.open_tree("meta").map_err(engine)?;
+        match meta.get("schema_version").map_err(engine)? {
+            Some(v) => {
+                let found =
+                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                        key: "schema_version".into(),
+                        reason: "not 4 bytes".into(),
+                    })?);
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::SchemaTooNew {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+            }
+            None => {
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(engine)?;
+                db.flush().map_err(engine)?;
+            }
+        }
+        let events = db.open_tree("events").map_err(engine)?;
+        let last_seq = match events.last().map_err(engine)? {
+            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])),
+            None => 0,
+        };
+        Ok(Self {
+            nodes: db.open_tree("nodes").map_err(engine)?,
+            tokens: db.open_tree("tokens").map_err(engine)?,
+            events,
+            meta,
+            db,
+            commit_lock: Mutex::new(last_seq),
+        })
+    }
+}
+
+impl StateStore for SledStore {
+    fn commit(&self, changes: Vec<Change>) -> Result<Vec<Event>, StoreError> {
+        let mut seq = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tandem_common::time::unix_ms();
+        let mut next = *seq;
+        let mut recorded = Vec::new();
+        let mut writes: Vec<(u8, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        for c in changes {
+            match c {
+                Change::PutNode(n) => writes.push((
+                    0,
+                    n.id.as_str().as_bytes().to_vec(),
+                    Some(serde_json::to_vec(&n).map_err(engine)?),
+                )),
+                Change::DeleteNode(id) => writes.push((0, id.as_str().as_bytes().to_vec(), None)),
+                Change::PutToken(t) => writes.push((
+                    1,
+                    t.id.as_bytes().to_vec(),
+                    Some(serde_json::to_vec(&t).map_err(engine)?),
+                )),
+                Change::Event(e) => {
+                    next += 1;
+                    let ev = Event {
+                        seq: next,
+                        time_ms: now,
+                        kind: e.kind.to_string(),
+                        node: e.node.map(|n| n.0),
+                        message: e.message,
+                    };
+                    writes.push((
+                        2,
+                        next.to_be_bytes().to_vec(),
+                        Some(serde_json::to_vec(&ev).map_err(engine)?),
+                    ));
+                    recorded.push(ev);
+                }
+            }
+        }
+        let res: Result<(), TransactionError<()>> = (&self.nodes, &self.tokens, &self.events)
+            .transaction(|(nodes, tokens, events)| {
+                for (tree, k, v) in &writes {
+                    let t = match tree {
+                        0 => nodes,
+                        1 => tokens,
+                        _ => events,
+                    };
+                    match v {
+                        Some(v) => {
+                            t.insert(k.as_slice(), v.as_slice())?;
+                        }
+                        None => {
+                            t.remove(k.as_slice())?;
+                        }
+                    }
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        res.map_err(|e| engine(format!("{e:?}")))?;
+        self.db.flush().map_err(engine)?;
+        *seq = next;
+        // Prune old events outside the transaction; losing a prune to a crash is harmless.
+        if next > EVENTS_KEPT && !recorded.is_empty() {
+            let cutoff = (next - EVENTS_KEPT).to_be_bytes();
+            for k in self
+                .events
+                .range(..cutoff.as_slice())
+                .keys()
+                .flatten()
+                .take(256)
+            {
+                let _ = self.events.remove(k);
+            }
+        }
+        Ok(recorded)
+    }
+
+    fn node(&self, id: &NodeId) -> Result<Option<NodeRecord>, StoreError> {
+        let key = id.as_str().as_bytes();
+        self.nodes
+            .get(key)
+            .map_err(engine)?
+            .map(|v| decode(key, &v))
+            .transpose()
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.nodes
+            .iter()
+            .map(|r| {
+                let (k, v) = r.map_err(engine)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.tokens
+            .get(id)
+            .map_err(engine)?
+            .map(|v| decode(id.as_bytes(), &v))
+            .transpose()
+    }
+
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let start = after.saturating_add(1).to_be_bytes();
+        self.events
+            .range(start.as_slice()..)
+            .take(limit)
+            .map(|r| {
+                let (k, v) = r.map_err(engine)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn recent_events(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let mut out: Vec<Event> = self
+            .events
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|r| {
+                let (k, v) = r.map_err(engine)?;
+                decode(&k, &v)
+            })
+            .collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    fn next_serial(&self) -> Result<u64, StoreError> {
+        let new = self
+            .meta
+            .update_and_fetch("cert_serial", |old| {
+                let cur = old
+                    .and_then(|o| o.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(1);
+                Some((cur + 1).to_be_bytes().to_vec())
+            })
+            .map_err(engine)?
+            .ok_or_else(|| engine("serial counter vanished"))?;
+        self.db.flush().map_err(engine)?;
+        Ok(u64::from_be_bytes(new.as_ref().try_into().map_err(engine)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{NewEvent, NodeState};
+
+    fn node(name: &str) -> NodeRecord {
+        NodeRecord {
+            id: NodeId::random(),
+            name: name.into(),
+            state: NodeState::Ready,
+            state_reason: "registered".into(),
+            state_since_ms: 1,
+            address: "127.0.0.1:1".into(),
+            agent_version: "0.1.0".into(),
+            cert_serial: 2,
+            cert_not_after_unix: 0,
+            created_ms: 1,
+            joined_with_token: "t".into(),
+            hardware: Default::default(),
+        }
+    }
+
+    #[test]
+    fn batches_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = node("a");
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let evs = s
+                .commit(vec![
+                    Change::PutNode(Box::new(n.clone())),
+                    Change::Event(NewEvent {
+                        kind: "node_joined",
+                        node: Some(n.id.clone()),
+                        message: "hi".into(),
+                    }),
+                ])
+                .unwrap();
+            assert_eq!(evs[0].seq, 1);
+            assert_eq!(s.next_serial().unwrap(), 2);
+            assert_eq!(s.next_serial().unwrap(), 3);
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.node(&n.id).unwrap(), Some(n.clone()));
+        assert_eq!(s.nodes().unwrap().len(), 1);
+        assert_eq!(
+            s.next_serial().unwrap(),
+            4,
+            "serials never repeat across restarts"
+        );
+        let evs = s
+            .commit(vec![Change::Event(NewEvent {
+                kind: "x",
+                node: None,
+                message: "m".into(),
+            })])
+            .unwrap();
+        assert_eq!(evs[0].seq, 2, "event numbers continue after reopen");
+        assert_eq!(s.events_after(1, 10).unwrap().len(), 1);
+        assert_eq!(s.recent_events(1).unwrap()[0].seq, 2);
+        s.commit(vec![Change::DeleteNode(n.id.clone())]).unwrap();
+        assert_eq!(s.node(&n.id).unwrap(), None);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("schema_version", &99u32.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(
+            SledStore::open(dir.path()),
+            Err(StoreError::SchemaTooNew { found: 99, .. })
+        ));
+    }
+}
