@@ -97,17 +97,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(rej) => {
-                let status = rej.status();
-                let message = match &rej {
-                    JsonRejection::BytesRejection(_) if status == StatusCode::PAYLOAD_TOO_LARGE => {
-                        format!("request body is over the {MAX_BODY}-byte limit")
+                // axum answers 422 for well-formed JSON of the wrong shape (an unknown field, a
+                // wrong type) and 415 for a missing content type; our contract says
+                // `invalid_argument` is 400. Only an oversized body keeps its own status (413).
+                let (message, status) = match &rej {
+                    JsonRejection::BytesRejection(_)
+                        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+                    {
+                        (
+                            format!("request body is over the {MAX_BODY}-byte limit"),
+                            Some(StatusCode::PAYLOAD_TOO_LARGE),
+                        )
                     }
-                    _ => format!("request body refused: {}", rej.body_text()),
+                    _ => (format!("request body refused: {}", rej.body_text()), None),
                 };
                 Err(ApiError {
                     code: Code::InvalidArgument,
                     message,
-                    status: Some(status),
+                    status,
                 })
             }
         }
