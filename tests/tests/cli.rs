@@ -1,0 +1,330 @@
+//! End to end: `tandemctl` against a real coordinator, and `tandem-coordinator dev`.
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tandem_common::token::JoinToken;
+use tandem_tests::*;
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// What a finished command left.
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `tandemctl args` with `env` (and no inherited TANDEM_* variables), killed after 20 s.
+fn ctl(args: &[&str], env: &[(&str, &str)]) -> Result<Out> {
+    let dir = tempfile::tempdir()?;
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut cmd = Command::new(bin("tandemctl"));
+    cmd.args(args)
+        .env_remove("TANDEM_ENDPOINT")
+        .env_remove("TANDEM_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out)?)
+        .stderr(std::fs::File::create(&err)?);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut p = Proc {
+        child: cmd.spawn()?,
+        log: err.clone(),
+    };
+    let status = wait_for(Duration::from_secs(20), "tandemctl to finish", || {
+        p.exited()
+    })
+    .with_context(|| format!("tandemctl {args:?}"))?;
+    Ok(Out {
+        ok: status.success(),
+        stdout: std::fs::read_to_string(&out)?,
+        stderr: std::fs::read_to_string(&err)?,
+    })
+}
+
+/// `ctl` that must succeed.
+fn ctl_ok(args: &[&str], env: &[(&str, &str)]) -> Result<String> {
+    let o = ctl(args, env)?;
+    ensure!(
+        o.ok,
+        "tandemctl {args:?} failed:\n{}\n{}",
+        o.stdout,
+        o.stderr
+    );
+    Ok(o.stdout)
+}
+
+fn ids_and_states(nodes: &Value) -> BTreeMap<String, String> {
+    nodes["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap_or_default().to_string(),
+                n["state"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tandemctl_lists_shows_creates_and_refuses() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let coord = Coordinator::start(&tmp.path().join("coord"), None)?;
+    let api = &coord.api;
+    let token = api.token(2)?;
+    let names = ["ctl-a", "ctl-b"];
+    let mut _agents = Vec::new();
+    for n in names {
+        _agents.push(start_agent(
+            &coord.quic,
+            &tmp.path().join(n),
+            Some(&token),
+            n,
+            &[],
+        )?);
+    }
+    wait_for(LONG, "both agents ready", || {
+        names
+            .iter()
+            .all(|n| api.state(n).as_deref() == Some("ready"))
+            .then_some(())
+    })?;
+    let ep = api.base.as_str();
+    let tk = api.token.as_str();
+    let flags = ["--endpoint", ep, "--token", tk];
+    let with = |rest: &[&'static str]| -> Vec<&str> {
+        flags.iter().copied().chain(rest.iter().copied()).collect()
+    };
+
+    // nodes list: a table with each name and its state.
+    let table = ctl_ok(&with(&["nodes", "list"]), &[])?;
+    ensure!(table.contains("NAME") && table.contains("STATE"), "{table}");
+    for n in names {
+        let row = table
+            .lines()
+            .find(|l| l.contains(n))
+            .with_context(|| format!("no row for {n}:\n{table}"))?;
+        ensure!(row.contains("ready"), "{n}'s row: {row}");
+    }
+
+    // -o json: the API's answer, the same nodes in the same states.
+    let json: Value = serde_json::from_str(&ctl_ok(&with(&["nodes", "list", "-o", "json"]), &[])?)?;
+    let from_api = api.get("/v1/nodes")?;
+    ensure!(
+        ids_and_states(&json) == ids_and_states(&from_api) && ids_and_states(&json).len() == 2,
+        "tandemctl: {json}\nAPI: {from_api}"
+    );
+
+    // nodes show NAME prints the id.
+    let id_a = api.node("ctl-a").context("ctl-a")?["id"]
+        .as_str()
+        .context("id")?
+        .to_string();
+    let shown = ctl_ok(&with(&["nodes", "show", "ctl-a"]), &[])?;
+    ensure!(shown.contains(&id_a) && shown.contains("ready"), "{shown}");
+
+    // tokens create, with the endpoint and token from the environment.
+    let created = ctl_ok(
+        &["tokens", "create", "--uses", "3"],
+        &[("TANDEM_ENDPOINT", ep), ("TANDEM_TOKEN", tk)],
+    )?;
+    let tdm = created
+        .split_whitespace()
+        .find(|w| w.starts_with("tdm1."))
+        .with_context(|| format!("no token in:\n{created}"))?;
+    tdm.parse::<JoinToken>()
+        .with_context(|| format!("not a join token: {tdm}"))?;
+
+    // events, with the token from a file: the joins are there.
+    let token_file = tmp.path().join("admin.token");
+    std::fs::write(&token_file, format!("{tk}\n"))?;
+    let tf = token_file.to_str().context("utf-8")?;
+    let events = ctl_ok(&["--endpoint", ep, "--token-file", tf, "events"], &[])?;
+    let joins = events.lines().filter(|l| l.contains("node_joined")).count();
+    ensure!(joins == 2, "two joins expected:\n{events}");
+    ensure!(events.contains(&id_a), "{events}");
+    let node_events = ctl_ok(
+        &[
+            "--endpoint",
+            ep,
+            "--token-file",
+            tf,
+            "events",
+            "--node",
+            "ctl-b",
+            "-o",
+            "json",
+        ],
+        &[],
+    )?;
+    let node_events: Value = serde_json::from_str(&node_events)?;
+    let id_b = api.node("ctl-b").context("ctl-b")?["id"]
+        .as_str()
+        .context("id")?
+        .to_string();
+    let evs = node_events["events"].as_array().context("events")?;
+    ensure!(
+        !evs.is_empty() && evs.iter().all(|e| e["node"] == id_b.as_str()),
+        "{node_events}"
+    );
+
+    // Refusals: a wrong token, no token, a node that does not exist, nobody listening.
+    let o = ctl(
+        &["--endpoint", ep, "--token", "wrong", "nodes", "list"],
+        &[],
+    )?;
+    ensure!(!o.ok, "a wrong token succeeded: {}", o.stdout);
+    ensure!(o.stderr.contains("unauthenticated"), "stderr: {}", o.stderr);
+    let o = ctl(&["--endpoint", ep, "nodes", "list"], &[])?;
+    ensure!(
+        !o.ok && o.stderr.contains("no admin token"),
+        "stderr: {}",
+        o.stderr
+    );
+    let o = ctl(&with(&["nodes", "show", "no-such-node"]), &[])?;
+    ensure!(
+        !o.ok && o.stderr.contains("not_found") && o.stderr.contains("no-such-node"),
+        "stderr: {}",
+        o.stderr
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let dead = format!("http://{}", closed.local_addr()?);
+    drop(closed);
+    let o = ctl(&["--endpoint", &dead, "--token", tk, "nodes", "list"], &[])?;
+    ensure!(
+        !o.ok && o.stderr.contains("cannot reach"),
+        "stderr: {}",
+        o.stderr
+    );
+    Ok(())
+}
+
+/// SIGKILLs a process group on drop unless disarmed: dev mode's agents are in its group, so a
+/// failing test leaves none of them behind.
+struct Group {
+    pgid: i32,
+    armed: bool,
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if self.armed {
+            unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+        }
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[test]
+fn dev_mode_runs_a_fleet_and_stops_it_on_sigterm() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("dev");
+    let out_path = tmp.path().join("dev.out");
+    use std::os::unix::process::CommandExt;
+    let child = Command::new(bin("tandem-coordinator"))
+        .args([
+            "dev",
+            "--agents",
+            "2",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--dir",
+        ])
+        .arg(&dir)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(tmp.path().join("dev.log"))?)
+        .process_group(0)
+        .spawn()?;
+    let mut dev = Proc {
+        child,
+        log: tmp.path().join("dev.log"),
+    };
+    let pid = dev.pid();
+    let mut group = Group {
+        pgid: pid,
+        armed: true,
+    };
+    let coord_dir = dir.join("coordinator");
+    let endpoints: Value = wait_for(LONG, "dev mode to serve", || {
+        if dev.exited().is_some() {
+            return Some(Value::Null);
+        }
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(coord_dir.join("endpoints.json")).ok()?)
+                .ok()?;
+        (v["pid"].as_i64() == Some(pid as i64)).then_some(v)
+    })?;
+    if endpoints.is_null() {
+        bail!("dev mode exited:\n{}", dev.log_text());
+    }
+    let token = std::fs::read_to_string(coord_dir.join("admin.token"))?
+        .trim()
+        .to_string();
+    let api = Api::new(
+        format!("http://{}", endpoints["admin"].as_str().context("admin")?),
+        token,
+    );
+    wait_for(LONG, "two dev agents ready", || {
+        let nodes = api.nodes().ok()?;
+        (nodes.len() == 2 && nodes.iter().all(|n| n["state"] == "ready")).then_some(())
+    })
+    .with_context(|| dev.log_text())?;
+
+    let stdout = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let pids: Vec<i32> = wait_for(Duration::from_secs(10), "the `Agent pids:` line", || {
+        let text = stdout(&out_path);
+        let line = text.lines().find(|l| l.starts_with("Agent pids:"))?;
+        let pids: Vec<i32> = line["Agent pids:".len()..]
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        (pids.len() == 2).then_some(pids)
+    })?;
+    let text = stdout(&out_path);
+    ensure!(
+        text.contains(api.base.as_str()),
+        "the admin URL is printed:\n{text}"
+    );
+    ensure!(
+        text.contains(&api.token),
+        "the admin token is printed:\n{text}"
+    );
+    for p in &pids {
+        ensure!(alive(*p), "agent {p} is not running");
+    }
+
+    dev.signal(libc::SIGTERM);
+    let asked = Instant::now();
+    let status = wait_for(
+        Duration::from_secs(15),
+        "dev mode to exit after SIGTERM",
+        || dev.exited(),
+    )
+    .with_context(|| dev.log_text())?;
+    println!(
+        "dev mode exited {status} {:?} after SIGTERM",
+        asked.elapsed()
+    );
+    ensure!(
+        status.success(),
+        "dev mode exit: {status}\n{}",
+        dev.log_text()
+    );
+    wait_for(Duration::from_secs(5), "the dev agents to be gone", || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    })?;
+    group.armed = false;
+    Ok(())
+}
