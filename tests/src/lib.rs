@@ -15,14 +15,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The directory holding the workspace's built binaries (next to this test executable).
+/// The directory holding the workspace's built binaries: beside this executable (a bench
+/// binary in target/release) or one level up (a test in target/debug/deps).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/e2e-xxxx -> target/debug
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf()
+    let here = exe.parent().expect("exe dir").to_path_buf();
+    if here.join("tandem-coordinator").is_file() {
+        return here;
+    }
+    here.parent().expect("target dir").to_path_buf()
 }
 
 /// The path of a workspace binary.
