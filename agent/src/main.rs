@@ -1,1 +1,88 @@
-fn main() {}
+//! `tandem-agent`: the node daemon's command line.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tandem_agent::inventory;
+use tandem_agent::probe::{fixture, ProbeOptions, Prober};
+
+#[derive(Parser)]
+#[command(name = "tandem-agent", version, about = "Tandem node agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print this node's hardware report (no coordinator needed) and exit.
+    Inventory(InventoryArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    /// A summary for people.
+    Table,
+    /// The report as JSON, as the admin API shows it.
+    Json,
+}
+
+#[derive(clap::Args)]
+struct InventoryArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    output: Output,
+    /// Testing aid: read the GPUs from this JSON file (a list of GPUs in the report's format)
+    /// instead of NVML.
+    #[arg(long, value_name = "FILE")]
+    gpu_fixture: Option<PathBuf>,
+    /// How long to wait for NVML before reporting it unresponsive, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1500)]
+    nvml_timeout_ms: u64,
+}
+
+fn inventory_cmd(args: InventoryArgs) -> ExitCode {
+    if let Some(path) = &args.gpu_fixture {
+        // A broken fixture is a broken test: say so instead of printing no GPUs.
+        if let Err(e) = fixture::load(path) {
+            eprintln!("tandem-agent: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = ProbeOptions {
+        gpu_fixture: args.gpu_fixture,
+        nvml_timeout: Duration::from_millis(args.nvml_timeout_ms),
+    };
+    let report = runtime.block_on(async move { Prober::new(options).report().await });
+    match args.output {
+        Output::Table => print!("{}", inventory::render_table(&report)),
+        Output::Json => println!("{}", inventory::render_json(&report)),
+    }
+    // A hung NVML thread must not keep the process alive: exit without waiting for it.
+    runtime.shutdown_background();
+    ExitCode::SUCCESS
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Inventory(args) => inventory_cmd(args),
+    }
+}
