@@ -7,11 +7,14 @@
 //! - `identity`: the node's key, certificate and id on disk.
 //! - `lease`: the lease, a plain struct driven by `now` (the agent's half of the fencing argument).
 //! - `link`: join, register, heartbeat, reconnect.
-//! - `probe`: the hardware report (sysinfo, NVML, GPU fixtures).
+//! - `probe`: the hardware report: the host through sysinfo and `/proc`, GPUs through NVML on a
+//!   dedicated thread with a deadline, GPU health events, GPU fixtures.
+//! - `inventory`: the `tandem-agent inventory` command's output (table or JSON).
 
 pub mod cli;
 pub mod config;
 pub mod identity;
+pub mod inventory;
 pub mod lease;
 pub mod link;
 pub mod probe;
@@ -31,7 +34,8 @@ pub async fn run(
         gpu_fixture: cfg.gpu_fixture.clone(),
         ..Default::default()
     });
-    link::Link::new(cfg, prober, lease_tx)?.run(shutdown).await
+    let reports = probe::spawn_sampler(prober, probe::SAMPLE_INTERVAL).await;
+    link::Link::new(cfg, reports, lease_tx)?.run(shutdown).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

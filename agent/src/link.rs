@@ -15,12 +15,12 @@
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::lease::{AckOutcome, Lease};
-use crate::probe::Prober;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_common::codec::{self, DEFAULT_MAX_FRAME};
+use tandem_common::hardware::HardwareReport;
 use tandem_common::ids::NodeId;
 use tandem_common::pki::NodeKey;
 use tandem_common::proto::*;
@@ -102,7 +102,7 @@ pub struct Link {
     endpoint: quinn::Endpoint,
     lease: Lease,
     lease_tx: watch::Sender<LeaseView>,
-    prober: Prober,
+    reports: watch::Receiver<HardwareReport>,
     /// Heartbeat sequence numbers grow across sessions, so an ack can never be matched to a
     /// beat of an older connection.
     seq: u64,
@@ -116,7 +116,7 @@ impl Link {
     /// Binds the local endpoint.
     pub fn new(
         cfg: Config,
-        prober: Prober,
+        reports: watch::Receiver<HardwareReport>,
         lease_tx: watch::Sender<LeaseView>,
     ) -> Result<Self, AgentError> {
         let endpoint =
@@ -131,7 +131,7 @@ impl Link {
             endpoint,
             lease: Lease::new(),
             lease_tx,
-            prober,
+            reports,
             seq: 0,
         })
     }
@@ -208,7 +208,7 @@ impl Link {
             node_id: Some(identity.node_id.clone()),
             join: None,
             datagrams,
-            hardware: self.prober.report().await,
+            hardware: self.reports.borrow().clone(),
         });
         let welcome = match self.exchange(&conn, &mut send, &mut recv, &hello).await? {
             Ok(CoordMsg::Welcome(w)) => w,
@@ -323,7 +323,7 @@ impl Link {
                 csr_pem,
             }),
             datagrams: conn.max_datagram_size().is_some(),
-            hardware: self.prober.report().await,
+            hardware: self.reports.borrow().clone(),
         });
         let joined = match self.exchange(&conn, &mut send, &mut recv, &hello).await? {
             Ok(CoordMsg::Joined(j)) => j,
@@ -356,10 +356,11 @@ impl Link {
         &mut self,
         conn: &quinn::Connection,
         mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
+        recv: quinn::RecvStream,
         welcome: &Welcome,
         datagrams: bool,
     ) -> String {
+        let mut control = codec::spawn_reader::<CoordMsg, _>(recv, DEFAULT_MAX_FRAME);
         let heartbeat = Duration::from_millis(welcome.heartbeat_ms.max(10).into());
         // Beats sent on an older connection must not extend this session's lease.
         let (mut beat_stream, mut acks) = if datagrams {
@@ -384,6 +385,8 @@ impl Link {
         };
         let mut iv = tokio::time::interval(heartbeat);
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What the coordinator has: the report sent in Hello, then every delta applied to it.
+        let mut sent = self.reports.borrow_and_update().clone();
         let mut last_ack = Instant::now();
         // Silence this long means the connection is gone (e.g. the coordinator restarted and
         // forgot it): register again on a new one rather than wait for QUIC's idle timeout.
@@ -402,7 +405,7 @@ impl Link {
                     let beat = AgentDatagram::Heartbeat(Heartbeat {
                         seq,
                         last_rtt_us: self.lease.last_rtt().map(|d| d.as_micros().min(u32::MAX as u128) as u32).unwrap_or(0),
-                        load: self.prober.load_summary(),
+                        load: load_summary(&self.reports.borrow()),
                     });
                     self.lease.on_beat_sent(seq, now);
                     let sent = match &mut beat_stream {
@@ -424,7 +427,17 @@ impl Link {
                 Some(b) = async { match acks.as_mut() { Some(rx) => rx.recv().await, None => None } }, if !datagrams => {
                     if self.on_ack(&b) { last_ack = Instant::now(); }
                 }
-                msg = codec::read_msg::<CoordMsg, _>(&mut recv, DEFAULT_MAX_FRAME) => match msg {
+                Ok(()) = self.reports.changed() => {
+                    let current = self.reports.borrow_and_update().clone();
+                    if let Some(delta) = current.diff(&sent) {
+                        sent.apply(delta.clone());
+                        let msg = AgentMsg::HardwareUpdate(Box::new(delta));
+                        if let Err(e) = codec::write_msg(&mut send, &msg, DEFAULT_MAX_FRAME).await {
+                            return format!("sending a hardware update: {e}");
+                        }
+                    }
+                }
+                msg = control.recv() => match msg.transpose() {
                     Ok(Some(CoordMsg::Ping { nonce })) => {
                         if let Err(e) = codec::write_msg(&mut send, &AgentMsg::Pong { nonce }, DEFAULT_MAX_FRAME).await {
                             return format!("answering a ping: {e}");
@@ -475,6 +488,15 @@ impl Link {
             Some(e) => self.closed(e),
             None => fallback.to_string(),
         }
+    }
+}
+
+/// The small summary that rides with every beat, from the latest report.
+fn load_summary(r: &HardwareReport) -> LoadSummary {
+    LoadSummary {
+        cpu_centi_percent: (r.cpu.usage_percent.clamp(0.0, 100.0) * 100.0) as u16,
+        memory_available_mib: (r.memory.available_bytes >> 20).min(u32::MAX as u64) as u32,
+        jobs_running: 0,
     }
 }
 

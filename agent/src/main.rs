@@ -1,7 +1,12 @@
 //! `tandem-agent`: thin binary over the `tandem_agent` library.
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 use tandem_agent::cli::RunArgs;
+use tandem_agent::inventory;
+use tandem_agent::probe::{fixture, ProbeOptions, Prober};
 
 #[derive(Parser)]
 #[command(
@@ -11,24 +16,107 @@ use tandem_agent::cli::RunArgs;
 )]
 struct Cli {
     #[command(subcommand)]
-    cmd: Cmd,
+    command: Command,
 }
 
 #[derive(Subcommand)]
-enum Cmd {
+enum Command {
     /// Join (once) and stay registered with a coordinator.
     Run(RunArgs),
+    /// Print this node's hardware report (no coordinator needed) and exit.
+    Inventory(InventoryArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.cmd {
-        Cmd::Run(args) => {
-            tandem_agent::init_tracing("info");
-            let cfg = args.to_raw()?.validate()?;
-            tandem_agent::run(cfg, tandem_agent::shutdown_signal()).await?;
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    /// A summary for people.
+    Table,
+    /// The report as JSON, as the admin API shows it.
+    Json,
+}
+
+#[derive(clap::Args)]
+struct InventoryArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    output: Output,
+    /// Testing aid: read the GPUs from this JSON file (a list of GPUs in the report's format)
+    /// instead of NVML.
+    #[arg(long, value_name = "FILE")]
+    gpu_fixture: Option<PathBuf>,
+    /// How long to wait for NVML before reporting it unresponsive, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1500)]
+    nvml_timeout_ms: u64,
+}
+
+fn inventory_cmd(args: InventoryArgs) -> ExitCode {
+    tandem_agent::init_tracing("warn");
+    if let Some(path) = &args.gpu_fixture {
+        // A broken fixture is a broken test: say so instead of printing no GPUs.
+        if let Err(e) = fixture::load(path) {
+            eprintln!("tandem-agent: {e}");
+            return ExitCode::from(2);
         }
     }
-    Ok(())
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = ProbeOptions {
+        gpu_fixture: args.gpu_fixture,
+        nvml_timeout: Duration::from_millis(args.nvml_timeout_ms),
+    };
+    let report = runtime.block_on(async move { Prober::new(options).report().await });
+    match args.output {
+        Output::Table => print!("{}", inventory::render_table(&report)),
+        Output::Json => println!("{}", inventory::render_json(&report)),
+    }
+    // A hung NVML thread must not keep the process alive: exit without waiting for it.
+    runtime.shutdown_background();
+    ExitCode::SUCCESS
+}
+
+fn run_cmd(args: RunArgs) -> ExitCode {
+    tandem_agent::init_tracing("info");
+    let cfg = match args.to_raw().and_then(|raw| raw.validate()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tandem-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(tandem_agent::run(cfg, tandem_agent::shutdown_signal()));
+    runtime.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "tandem-agent stopped");
+            eprintln!("tandem-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run(args) => run_cmd(args),
+        Command::Inventory(args) => inventory_cmd(args),
+    }
 }

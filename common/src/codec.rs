@@ -143,6 +143,40 @@ pub async fn write_msg<T: Serialize, W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Reads messages from `r` on a task of its own and hands them over a channel.
+///
+/// Reading a frame takes several reads, so `read_msg` must never be a branch of a `select!`
+/// that can drop it half-way (the stream would lose its framing). Loops that wait on several
+/// things at once receive from this channel instead, which is cancel-safe. The channel closes
+/// after the stream ends cleanly, or after one `Err` when it fails.
+pub fn spawn_reader<T, R>(
+    mut r: R,
+    max: usize,
+) -> tokio::sync::mpsc::Receiver<Result<T, CodecError>>
+where
+    T: DeserializeOwned + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            match read_msg::<T, R>(&mut r, max).await {
+                Ok(Some(m)) => {
+                    if tx.send(Ok(m)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// Decodes a datagram body, refusing anything over [`MAX_DATAGRAM`].
 pub fn decode_datagram<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
     if body.len() > MAX_DATAGRAM {

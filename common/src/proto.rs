@@ -15,7 +15,7 @@
 //! [`crate::codec::peek_protocol_version`] can read the version of a peer whose other messages it
 //! cannot decode, and answer it with `CoordMsg::Reject` (also kept first) instead of failing.
 
-use crate::hardware::HardwareReport;
+use crate::hardware::{HardwareDelta, HardwareReport};
 use crate::ids::NodeId;
 use serde::{Deserialize, Serialize};
 
@@ -27,8 +27,9 @@ pub const PROTOCOL_VERSION: u16 = 1;
 pub enum AgentMsg {
     /// First frame of every connection. Keep this variant first (see the version rule).
     Hello(Hello),
-    /// The hardware report changed since the last one sent.
-    HardwareUpdate(Box<HardwareReport>),
+    /// The sections of the hardware report that changed since the last one sent (the
+    /// coordinator applies it to what it has).
+    HardwareUpdate(Box<HardwareDelta>),
     /// The answer to [`CoordMsg::Ping`].
     Pong {
         /// The nonce of the ping.

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
-use tandem_common::hardware::HardwareReport;
+use tandem_common::hardware::{GpuInfo, HardwareDelta, HardwareReport};
 use tandem_common::ids::NodeId;
 use tandem_common::proto::{CoordMsg, RejectCode};
 use tokio::sync::mpsc;
@@ -313,6 +313,33 @@ impl Membership {
         }
     }
 
+    /// Applies a hardware delta from a node, recording an event for every GPU whose health
+    /// changed (or that appeared or vanished).
+    pub fn hardware_update(
+        &self,
+        node: &NodeId,
+        delta: HardwareDelta,
+    ) -> Result<(), MembershipError> {
+        let mut t = lock(&self.table);
+        let Some(e) = t.get_mut(node) else {
+            return Ok(());
+        };
+        let mut rec = e.record.clone();
+        let before = rec.hardware.gpus.clone();
+        rec.hardware.apply(delta);
+        let mut changes = vec![Change::PutNode(Box::new(rec.clone()))];
+        for ev in gpu_health_events(&rec.name, &before, &rec.hardware.gpus) {
+            changes.push(Change::Event(NewEvent {
+                kind: "gpu_health",
+                node: Some(node.clone()),
+                message: ev,
+            }));
+        }
+        self.store.commit(changes)?;
+        e.record = rec;
+        Ok(())
+    }
+
     /// The agent left on purpose.
     pub fn left(&self, node: &NodeId, session: u64, reason: &str) -> Result<(), MembershipError> {
         let mut t = lock(&self.table);
@@ -403,6 +430,41 @@ impl Membership {
             Err(err) => tracing::error!(node = %node, %err, "could not record a state change"),
         }
     }
+}
+
+/// Messages for GPUs whose health changed between two lists (GPUs are matched by UUID: indexes
+/// change across boots).
+pub fn gpu_health_events(node: &str, before: &[GpuInfo], after: &[GpuInfo]) -> Vec<String> {
+    let mut out = Vec::new();
+    let label = |g: &GpuInfo| format!("GPU {} ({})", g.index, g.uuid);
+    for g in after {
+        match before.iter().find(|b| b.uuid == g.uuid) {
+            Some(b) if b.health == g.health => {}
+            Some(b) => out.push(format!(
+                "node {node}: {} health {} -> {}{}",
+                label(g),
+                b.health.state.as_str(),
+                g.health.state.as_str(),
+                g.health
+                    .reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            )),
+            None => out.push(format!(
+                "node {node}: {} appeared, {}",
+                label(g),
+                g.health.state.as_str()
+            )),
+        }
+    }
+    for b in before
+        .iter()
+        .filter(|b| !after.iter().any(|g| g.uuid == b.uuid))
+    {
+        out.push(format!("node {node}: {} is gone", label(b)));
+    }
+    out
 }
 
 /// QUIC application close codes the coordinator uses.

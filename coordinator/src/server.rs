@@ -241,7 +241,7 @@ impl Server {
         &self,
         conn: &quinn::Connection,
         mut send: quinn::SendStream,
-        mut recv: quinn::RecvStream,
+        recv: quinn::RecvStream,
         mut ctl_rx: mpsc::Receiver<CoordMsg>,
         node: &NodeId,
         session: u64,
@@ -270,6 +270,7 @@ impl Server {
             }
         }
         drop(beat_tx);
+        let mut control = codec::spawn_reader::<AgentMsg, _>(recv, self.max_frame);
         let mut control_open = true;
         loop {
             tokio::select! {
@@ -282,15 +283,20 @@ impl Server {
                 Some(b) = beat_rx.recv(), if !datagrams => {
                     self.on_beat(conn, &mut ack_stream, &b, node, session, peer).await;
                 }
-                msg = codec::read_msg::<AgentMsg, _>(&mut recv, self.max_frame), if control_open => {
-                    match msg {
+                msg = control.recv(), if control_open => {
+                    match msg.transpose() {
                         Ok(Some(AgentMsg::Goodbye { reason })) => {
                             if let Err(e) = self.membership.left(node, session, &reason) {
                                 tracing::error!(%node, error = %e, "could not record that the node left");
                             }
                             return format!("the agent left: {reason}");
                         }
-                        Ok(Some(AgentMsg::HardwareUpdate(_))) | Ok(Some(AgentMsg::Pong { .. })) => {}
+                        Ok(Some(AgentMsg::HardwareUpdate(delta))) => {
+                            if let Err(e) = self.membership.hardware_update(node, *delta) {
+                                tracing::error!(%node, error = %e, "could not record a hardware update");
+                            }
+                        }
+                        Ok(Some(AgentMsg::Pong { .. })) => {}
                         Ok(Some(AgentMsg::Hello(_))) => {
                             self.membership.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(%peer, %node, "refused a second Hello on a registered connection");
