@@ -201,7 +201,7 @@ impl Link {
             Err(e) => return Ok(Retry::Later(format!("cannot open the control stream: {e}"))),
         };
         let datagrams = conn.max_datagram_size().is_some() && !self.cfg.force_stream_heartbeats;
-        let hello = AgentMsg::Hello(Hello {
+        let hello = AgentMsg::Hello(Box::new(Hello {
             protocol_version: PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").into(),
             name: identity.name.clone(),
@@ -209,7 +209,7 @@ impl Link {
             join: None,
             datagrams,
             hardware: self.reports.borrow().clone(),
-        });
+        }));
         let welcome = match self.exchange(&conn, &mut send, &mut recv, &hello).await? {
             Ok(CoordMsg::Welcome(w)) => w,
             Ok(other) => {
@@ -312,7 +312,7 @@ impl Link {
                 )))
             }
         };
-        let hello = AgentMsg::Hello(Hello {
+        let hello = AgentMsg::Hello(Box::new(Hello {
             protocol_version: PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").into(),
             name: self.cfg.name.clone(),
@@ -324,7 +324,7 @@ impl Link {
             }),
             datagrams: conn.max_datagram_size().is_some(),
             hardware: self.reports.borrow().clone(),
-        });
+        }));
         let joined = match self.exchange(&conn, &mut send, &mut recv, &hello).await? {
             Ok(CoordMsg::Joined(j)) => j,
             Ok(other) => {

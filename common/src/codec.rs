@@ -197,7 +197,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn hello(version: u16) -> AgentMsg {
-        AgentMsg::Hello(Hello {
+        AgentMsg::Hello(Box::new(Hello {
             protocol_version: version,
             agent_version: "0.1.0".into(),
             name: "edge-1".into(),
@@ -205,7 +205,7 @@ mod tests {
             join: None,
             datagrams: true,
             hardware: HardwareReport::default(),
-        })
+        }))
     }
 
     #[test]
@@ -291,7 +291,7 @@ mod tests {
                 proptest::option::of((".{0,20}", ".{0,60}", ".{0,200}"))
             )
                 .prop_map(|(v, agent_version, name, datagrams, join)| AgentMsg::Hello(
-                    Hello {
+                    Box::new(Hello {
                         protocol_version: v,
                         agent_version,
                         name,
@@ -303,7 +303,7 @@ mod tests {
                         }),
                         datagrams,
                         hardware: HardwareReport::default(),
-                    }
+                    })
                 )),
             any::<u64>().prop_map(|nonce| AgentMsg::Pong { nonce }),
             ".{0,100}".prop_map(|reason| AgentMsg::Goodbye { reason }),

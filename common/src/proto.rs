@@ -26,7 +26,7 @@ pub const PROTOCOL_VERSION: u16 = 1;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum AgentMsg {
     /// First frame of every connection. Keep this variant first (see the version rule).
-    Hello(Hello),
+    Hello(Box<Hello>),
     /// The sections of the hardware report that changed since the last one sent (the
     /// coordinator applies it to what it has).
     HardwareUpdate(Box<HardwareDelta>),

@@ -216,7 +216,7 @@ async fn expect_reject(
 }
 
 fn hello(version: u16, node_id: Option<NodeId>, join: Option<JoinRequest>) -> AgentMsg {
-    AgentMsg::Hello(Hello {
+    AgentMsg::Hello(Box::new(Hello {
         protocol_version: version,
         agent_version: "0.0.0-test".into(),
         name: "intruder".into(),
@@ -224,7 +224,7 @@ fn hello(version: u16, node_id: Option<NodeId>, join: Option<JoinRequest>) -> Ag
         join,
         datagrams: true,
         hardware: HardwareReport::default(),
-    })
+    }))
 }
 
 /// The CA pin of a join token.

@@ -210,6 +210,34 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How often the agent samples its hardware while running.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Samples the hardware every `interval` on its own task and publishes the latest report.
+///
+/// Probing can be slow (a hung driver is only given up on after the NVML deadline), so it never
+/// runs inside the link's loop: heartbeats must not wait for it. The first report is taken
+/// before this returns, so registration always carries a full one.
+pub async fn spawn_sampler(
+    mut prober: Prober,
+    interval: Duration,
+) -> tokio::sync::watch::Receiver<HardwareReport> {
+    let (tx, rx) = tokio::sync::watch::channel(prober.report().await);
+    tokio::spawn(async move {
+        let mut iv = tokio::time::interval(interval);
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        iv.tick().await;
+        loop {
+            iv.tick().await;
+            let report = prober.report().await;
+            if tx.send(report).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,32 +332,4 @@ mod tests {
         send(&p);
         send(&p.report());
     }
-}
-
-/// How often the agent samples its hardware while running.
-pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Samples the hardware every `interval` on its own task and publishes the latest report.
-///
-/// Probing can be slow (a hung driver is only given up on after the NVML deadline), so it never
-/// runs inside the link's loop: heartbeats must not wait for it. The first report is taken
-/// before this returns, so registration always carries a full one.
-pub async fn spawn_sampler(
-    mut prober: Prober,
-    interval: Duration,
-) -> tokio::sync::watch::Receiver<HardwareReport> {
-    let (tx, rx) = tokio::sync::watch::channel(prober.report().await);
-    tokio::spawn(async move {
-        let mut iv = tokio::time::interval(interval);
-        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        iv.tick().await;
-        loop {
-            iv.tick().await;
-            let report = prober.report().await;
-            if tx.send(report).is_err() {
-                break;
-            }
-        }
-    });
-    rx
 }
