@@ -36,6 +36,9 @@ pub struct RunArgs {
     /// Testing aid: send heartbeats on a stream even where datagrams work.
     #[arg(long, hide = true)]
     pub force_stream_heartbeats: bool,
+    /// How often to sample the hardware, in milliseconds (default 5000).
+    #[arg(long)]
+    pub sample_interval_ms: Option<u64>,
 }
 
 impl RunArgs {
@@ -54,6 +57,7 @@ impl RunArgs {
             bind_addr: self.bind_addr,
             gpu_fixture: self.gpu_fixture.clone(),
             force_stream_heartbeats: self.force_stream_heartbeats.then_some(true),
+            sample_interval_ms: self.sample_interval_ms,
         }))
     }
 }

@@ -57,6 +57,8 @@ pub struct RawConfig {
     pub gpu_fixture: Option<PathBuf>,
     /// Send heartbeats on a stream even where datagrams work (testing aid).
     pub force_stream_heartbeats: Option<bool>,
+    /// How often to sample the hardware, in milliseconds (default 5000).
+    pub sample_interval_ms: Option<u64>,
 }
 
 /// The checked configuration.
@@ -78,6 +80,8 @@ pub struct Config {
     pub gpu_fixture: Option<PathBuf>,
     /// Heartbeats on a stream (testing aid).
     pub force_stream_heartbeats: bool,
+    /// Hardware sampling interval.
+    pub sample_interval: std::time::Duration,
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
@@ -113,13 +117,21 @@ impl RawConfig {
             name,
             bind_addr,
             gpu_fixture,
-            force_stream_heartbeats
+            force_stream_heartbeats,
+            sample_interval_ms
         );
         self
     }
 
     /// Checks every field, reads the token file and resolves the coordinator's address.
     pub fn validate(self) -> Result<Config, ConfigError> {
+        let sample_interval_ms = self.sample_interval_ms.unwrap_or(5000);
+        if !(100..=3_600_000).contains(&sample_interval_ms) {
+            return Err(invalid(
+                "sample_interval_ms",
+                "must be between 100 and 3600000",
+            ));
+        }
         let state_dir = self
             .state_dir
             .ok_or_else(|| invalid("state_dir", "is required (--state-dir)"))?;
@@ -175,6 +187,7 @@ impl RawConfig {
             bind_addr,
             gpu_fixture: self.gpu_fixture,
             force_stream_heartbeats: self.force_stream_heartbeats.unwrap_or(false),
+            sample_interval: std::time::Duration::from_millis(sample_interval_ms),
         })
     }
 }

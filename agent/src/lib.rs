@@ -34,7 +34,7 @@ pub async fn run(
         gpu_fixture: cfg.gpu_fixture.clone(),
         ..Default::default()
     });
-    let reports = probe::spawn_sampler(prober, probe::SAMPLE_INTERVAL).await;
+    let reports = probe::spawn_sampler(prober, cfg.sample_interval).await;
     link::Link::new(cfg, reports, lease_tx)?.run(shutdown).await
 }
 

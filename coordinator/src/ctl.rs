@@ -352,7 +352,7 @@ fn print_node(n: &Value) {
                 s(&g["index"]),
                 s(&g["name"]),
                 s(&g["uuid"]),
-                gib(&g["memory_total_bytes"]),
+                gib(&g["memory"]["total_bytes"]),
                 g["utilization_gpu_percent"]
                     .as_u64()
                     .map(|u| format!("{u}%"))

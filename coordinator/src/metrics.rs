@@ -6,6 +6,7 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+use tandem_common::hardware::{GpuInfo, HealthState};
 
 /// A fixed-bucket histogram of seconds.
 pub struct Histogram {
@@ -99,8 +100,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Renders everything; `nodes_by_state` comes from the membership table.
-    pub fn render(&self, nodes_by_state: &[(&str, usize)], connected: usize) -> String {
+    /// Renders everything; `nodes_by_state` comes from the membership table, `gpus` are
+    /// `(node name, GPU)` pairs (one series per GPU: bounded by the fleet's GPU count).
+    pub fn render(
+        &self,
+        nodes_by_state: &[(&str, usize)],
+        connected: usize,
+        gpus: &[(String, GpuInfo)],
+    ) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -159,7 +166,57 @@ impl Metrics {
             "tandem_detection_seconds",
             "Time from a node's last heartbeat to its being declared down.",
         );
+        render_gpus(&mut out, gpus);
         out
+    }
+}
+
+/// Escapes a label value for the text format.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn render_gpus(out: &mut String, gpus: &[(String, GpuInfo)]) {
+    type Get = fn(&GpuInfo) -> Option<f64>;
+    let gauges: [(&str, &str, Get); 5] = [
+        ("tandem_gpu_utilization_percent", "GPU utilisation.", |g| {
+            g.utilization_gpu_percent.map(f64::from)
+        }),
+        ("tandem_gpu_memory_used_bytes", "GPU memory in use.", |g| {
+            g.memory.used_bytes.map(|b| b as f64)
+        }),
+        ("tandem_gpu_temperature_celsius", "GPU temperature.", |g| {
+            g.temperature_c.map(f64::from)
+        }),
+        ("tandem_gpu_power_watts", "GPU power draw.", |g| {
+            g.power_draw_mw.map(|mw| f64::from(mw) / 1000.0)
+        }),
+        (
+            "tandem_gpu_healthy",
+            "1 if the GPU is healthy, 0.5 on a warning, 0 if unhealthy.",
+            |g| {
+                Some(match g.health.state {
+                    HealthState::Healthy => 1.0,
+                    HealthState::Warning => 0.5,
+                    HealthState::Unhealthy => 0.0,
+                })
+            },
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (node, g) in gpus {
+            if let Some(v) = get(g) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{node=\"{}\",uuid=\"{}\"}} {v}",
+                    label(node),
+                    label(&g.uuid)
+                );
+            }
+        }
     }
 }
 
@@ -173,7 +230,7 @@ mod tests {
         m.heartbeat_rtt.observe(Duration::from_micros(300));
         m.heartbeat_rtt.observe(Duration::from_millis(3));
         m.heartbeat_rtt.observe(Duration::from_secs(9));
-        let text = m.render(&[("ready", 2)], 2);
+        let text = m.render(&[("ready", 2)], 2, &[]);
         assert!(
             text.contains("tandem_heartbeat_rtt_seconds_bucket{le=\"0.0005\"} 1"),
             "{text}"

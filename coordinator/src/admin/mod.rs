@@ -123,9 +123,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 
 async fn metrics(State(s): Shared) -> impl IntoResponse {
     let (by_state, connected) = s.membership.counts();
+    let gpus: Vec<_> = s
+        .membership
+        .snapshot()
+        .into_iter()
+        .flat_map(|e| {
+            let name = e.record.name;
+            e.record
+                .hardware
+                .gpus
+                .into_iter()
+                .map(move |g| (name.clone(), g))
+        })
+        .collect();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.membership.metrics.render(&by_state, connected),
+        s.membership.metrics.render(&by_state, connected, &gpus),
     )
 }
 

@@ -24,6 +24,7 @@ pub fn node(m: &Membership, e: &NodeEntry, now: Instant) -> Value {
         "created_at": rfc3339(r.created_ms),
         "cert_serial": r.cert_serial,
         "cert_not_after": rfc3339((r.cert_not_after_unix.max(0) as u64) * 1000),
+        "model": r.hardware.model(),
         "hardware": r.hardware,
     })
 }
