@@ -129,3 +129,139 @@ pub struct NewEvent {
     /// What happened.
     pub message: String,
 }
+
+/// How a cluster places and moves work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterMode {
+    /// Nodes of one hardware model form primary/standby pairs; work runs on the primary and
+    /// moves to the standby.
+    HaPairs,
+    /// Work goes to any node with room and moves to another.
+    Pool,
+}
+
+/// The least a node must have to join a cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinNode {
+    /// Logical cores.
+    #[serde(default)]
+    pub cores: u32,
+    /// Memory in bytes.
+    #[serde(default)]
+    pub memory_bytes: u64,
+}
+
+/// A cluster as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    /// `c-` and 12 hex digits.
+    pub id: String,
+    /// Unique name (1-63 letters, digits, CJK characters and `-`).
+    pub name: String,
+    /// Optional second name.
+    pub alias: String,
+    /// Free text.
+    pub description: String,
+    /// Placement mode.
+    pub mode: ClusterMode,
+    /// Labels (at most 20).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// A protected cluster cannot be deleted.
+    pub deletion_protection: bool,
+    /// Node minimums enforced at join.
+    pub min_node: Option<MinNode>,
+    /// Whether a recovered old primary takes its role back.
+    pub failback: bool,
+    /// In `ha_pairs`: the hardware model of the first node; every node must match it.
+    pub model: Option<String>,
+    /// When it was made (Unix ms).
+    pub created_ms: u64,
+}
+
+/// How a primary/standby pair stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairState {
+    /// Both members up.
+    Healthy,
+    /// One member is down and the other holds the primary role (no failover was needed, or
+    /// the standby is the one missing).
+    Degraded,
+    /// The primary went down and the standby was promoted.
+    FailedOver,
+}
+
+/// A primary/standby pair as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairRecord {
+    /// `p-` and 12 hex digits.
+    pub id: String,
+    /// The cluster's id.
+    pub cluster: String,
+    /// Runs the work.
+    pub primary: NodeId,
+    /// Takes over when the primary goes down.
+    pub standby: NodeId,
+    /// How it stands.
+    pub state: PairState,
+    /// Why it is in that state.
+    pub reason: String,
+    /// When it was formed (Unix ms).
+    pub created_ms: u64,
+    /// When its state last changed (Unix ms).
+    pub since_ms: u64,
+}
+
+/// A taint: nodes with one get no new work unless the work tolerates it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Taint {
+    /// The key (label rules).
+    pub key: String,
+    /// The value (label rules).
+    #[serde(default)]
+    pub value: String,
+    /// Only `no_schedule` for now.
+    pub effect: TaintEffect,
+}
+
+/// What a taint does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaintEffect {
+    /// No new work is placed on the node.
+    NoSchedule,
+}
+
+/// How an operation went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationState {
+    /// Still running.
+    Pending,
+    /// Finished.
+    Done,
+    /// Failed; see `error`.
+    Failed,
+}
+
+/// A long-running action that can be polled (`GET /v1/operations/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OperationRecord {
+    /// `op-` and 12 hex digits.
+    pub id: String,
+    /// What it does, e.g. `create_cluster`.
+    pub kind: String,
+    /// The object it acts on.
+    pub target: String,
+    /// How it went.
+    pub state: OperationState,
+    /// The error when failed.
+    pub error: Option<String>,
+    /// When it started (Unix ms).
+    pub created_ms: u64,
+    /// When it ended (Unix ms).
+    pub done_ms: Option<u64>,
+}

@@ -12,7 +12,9 @@ mod sled_store;
 
 pub use sled_store::SledStore;
 
-use crate::model::{Event, NewEvent, NodeRecord, TokenRecord};
+use crate::model::{
+    ClusterRecord, Event, NewEvent, NodeRecord, OperationRecord, PairRecord, TokenRecord,
+};
 use tandem_common::ids::NodeId;
 
 /// The schema version this build writes. A store with a newer one is refused.
@@ -53,6 +55,16 @@ pub enum Change {
     PutToken(TokenRecord),
     /// Append an event.
     Event(NewEvent),
+    /// Insert or replace a cluster.
+    PutCluster(Box<ClusterRecord>),
+    /// Remove a cluster by id.
+    DeleteCluster(String),
+    /// Insert or replace a pair.
+    PutPair(PairRecord),
+    /// Remove a pair by id.
+    DeletePair(String),
+    /// Insert or replace an operation.
+    PutOperation(OperationRecord),
 }
 
 /// Durable coordinator state.
@@ -71,4 +83,10 @@ pub trait StateStore: Send + Sync + 'static {
     fn recent_events(&self, limit: usize) -> Result<Vec<Event>, StoreError>;
     /// Reserves and durably records the next certificate serial.
     fn next_serial(&self) -> Result<u64, StoreError>;
+    /// All clusters.
+    fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError>;
+    /// All pairs.
+    fn pairs(&self) -> Result<Vec<PairRecord>, StoreError>;
+    /// One operation.
+    fn operation(&self, id: &str) -> Result<Option<OperationRecord>, StoreError>;
 }

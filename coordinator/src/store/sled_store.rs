@@ -1,11 +1,11 @@
 //! The embedded store: sled 0.34 in the data directory.
 //!
-//! Trees: `nodes`, `tokens`, `events` (key: big-endian sequence number) and `meta` (schema
-//! version, certificate serial counter). A batch is one sled transaction over the trees it
+//! Trees: `nodes`, `tokens`, `clusters`, `pairs`, `operations`, `events` (key: big-endian
+//! sequence number) and `meta` (schema version, certificate serial counter). A batch is one sled transaction over the trees it
 //! touches, followed by `flush`, so a batch is all-or-nothing and durable on return.
 
 use super::{Change, StateStore, StoreError, SCHEMA_VERSION};
-use crate::model::{Event, NodeRecord, TokenRecord};
+use crate::model::{ClusterRecord, Event, NodeRecord, OperationRecord, PairRecord, TokenRecord};
 use serde::de::DeserializeOwned;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::path::Path;
@@ -21,6 +21,9 @@ pub struct SledStore {
     nodes: sled::Tree,
     tokens: sled::Tree,
     events: sled::Tree,
+    clusters: sled::Tree,
+    pairs: sled::Tree,
+    operations: sled::Tree,
     meta: sled::Tree,
     /// Serialises commits so event sequence numbers are handed out in commit order.
     commit_lock: Mutex<u64>,
@@ -35,6 +38,15 @@ fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
         key: String::from_utf8_lossy(key).into_owned(),
         reason: e.to_string(),
     })
+}
+
+fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+    tree.iter()
+        .map(|r| {
+            let (k, v) = r.map_err(engine)?;
+            decode(&k, &v)
+        })
+        .collect()
 }
 
 impl SledStore {
@@ -74,6 +86,9 @@ impl SledStore {
         Ok(Self {
             nodes: db.open_tree("nodes").map_err(engine)?,
             tokens: db.open_tree("tokens").map_err(engine)?,
+            clusters: db.open_tree("clusters").map_err(engine)?,
+            pairs: db.open_tree("pairs").map_err(engine)?,
+            operations: db.open_tree("operations").map_err(engine)?,
             events,
             meta,
             db,
@@ -102,6 +117,23 @@ impl StateStore for SledStore {
                     t.id.as_bytes().to_vec(),
                     Some(serde_json::to_vec(&t).map_err(engine)?),
                 )),
+                Change::PutCluster(c) => writes.push((
+                    3,
+                    c.id.as_bytes().to_vec(),
+                    Some(serde_json::to_vec(&c).map_err(engine)?),
+                )),
+                Change::DeleteCluster(id) => writes.push((3, id.into_bytes(), None)),
+                Change::PutPair(p) => writes.push((
+                    4,
+                    p.id.as_bytes().to_vec(),
+                    Some(serde_json::to_vec(&p).map_err(engine)?),
+                )),
+                Change::DeletePair(id) => writes.push((4, id.into_bytes(), None)),
+                Change::PutOperation(o) => writes.push((
+                    5,
+                    o.id.as_bytes().to_vec(),
+                    Some(serde_json::to_vec(&o).map_err(engine)?),
+                )),
                 Change::Event(e) => {
                     next += 1;
                     let ev = Event {
@@ -120,12 +152,23 @@ impl StateStore for SledStore {
                 }
             }
         }
-        let res: Result<(), TransactionError<()>> = (&self.nodes, &self.tokens, &self.events)
-            .transaction(|(nodes, tokens, events)| {
+        let trees = (
+            &self.nodes,
+            &self.tokens,
+            &self.events,
+            &self.clusters,
+            &self.pairs,
+            &self.operations,
+        );
+        let res: Result<(), TransactionError<()>> =
+            trees.transaction(|(nodes, tokens, events, clusters, pairs, operations)| {
                 for (tree, k, v) in &writes {
                     let t = match tree {
                         0 => nodes,
                         1 => tokens,
+                        3 => clusters,
+                        4 => pairs,
+                        5 => operations,
                         _ => events,
                     };
                     match v {
@@ -210,6 +253,22 @@ impl StateStore for SledStore {
             .collect::<Result<_, _>>()?;
         out.reverse();
         Ok(out)
+    }
+
+    fn clusters(&self) -> Result<Vec<ClusterRecord>, StoreError> {
+        all(&self.clusters)
+    }
+
+    fn pairs(&self) -> Result<Vec<PairRecord>, StoreError> {
+        all(&self.pairs)
+    }
+
+    fn operation(&self, id: &str) -> Result<Option<OperationRecord>, StoreError> {
+        self.operations
+            .get(id)
+            .map_err(engine)?
+            .map(|v| decode(id.as_bytes(), &v))
+            .transpose()
     }
 
     fn next_serial(&self) -> Result<u64, StoreError> {
