@@ -5,6 +5,7 @@
 //! - `init`: `tandem-coordinator init`: the CA, the admin token, the config file.
 //! - `store`: the durable state behind the `StateStore` trait (sled).
 //! - `model`: the records kept (nodes, tokens, events).
+//! - `cluster`: the pure decisions for clusters and pairs (validation, capacity, pairing).
 //! - `detector`: the failure detector, a plain struct driven by `now` (the fencing argument).
 //! - `membership`: the node table; every change durable before it is acted on.
 //! - `join`: join tokens and CSRs traded for node certificates.
@@ -15,6 +16,7 @@
 //! - `ctl`: the `tandemctl` client.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod detector;
