@@ -475,8 +475,8 @@ impl Link {
 
     fn closed(&mut self, e: quinn::ConnectionError) -> String {
         if let quinn::ConnectionError::ApplicationClosed(c) = &e {
-            if c.error_code == 2u32.into() {
-                // Declared down: whatever lease we think we hold is void.
+            if c.error_code == 2u32.into() || c.error_code == 6u32.into() {
+                // Declared down, or removed: whatever lease we think we hold is void.
                 self.lease.revoke();
             }
         }

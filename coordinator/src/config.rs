@@ -61,6 +61,10 @@ pub struct RawConfig {
     pub cert_validity_days: u32,
     /// Largest control-stream frame accepted.
     pub max_frame_bytes: usize,
+    /// Clusters this coordinator holds at most.
+    pub max_clusters: usize,
+    /// Nodes one cluster holds at most.
+    pub max_nodes_per_cluster: usize,
 }
 
 impl Default for RawConfig {
@@ -76,6 +80,8 @@ impl Default for RawConfig {
             restart_grace_ms: 5000,
             cert_validity_days: 30,
             max_frame_bytes: tandem_common::codec::DEFAULT_MAX_FRAME,
+            max_clusters: 50,
+            max_nodes_per_cluster: 100,
         }
     }
 }
@@ -107,6 +113,8 @@ pub struct Config {
     pub cert_validity: Duration,
     /// Largest frame.
     pub max_frame_bytes: usize,
+    /// Cluster quotas.
+    pub quotas: crate::administration::Quotas,
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
@@ -172,6 +180,15 @@ impl RawConfig {
                 "must be between 64 KiB and 64 MiB",
             ));
         }
+        if !(1..=100_000).contains(&self.max_clusters) {
+            return Err(invalid("max_clusters", "must be between 1 and 100000"));
+        }
+        if !(1..=1_000_000).contains(&self.max_nodes_per_cluster) {
+            return Err(invalid(
+                "max_nodes_per_cluster",
+                "must be between 1 and 1000000",
+            ));
+        }
         let token_path = data_dir.join(&self.admin_token_file);
         let admin_token = std::fs::read_to_string(&token_path)
             .map_err(|source| ConfigError::Read {
@@ -201,6 +218,10 @@ impl RawConfig {
             restart_grace: Duration::from_millis(self.restart_grace_ms),
             cert_validity: Duration::from_secs(u64::from(self.cert_validity_days) * 86_400),
             max_frame_bytes: self.max_frame_bytes,
+            quotas: crate::administration::Quotas {
+                max_clusters: self.max_clusters,
+                max_nodes_per_cluster: self.max_nodes_per_cluster,
+            },
         })
     }
 }

@@ -85,6 +85,7 @@ pub async fn run(
             expires_ms: now + 3_600_000,
             uses_allowed: opts.agents.max(1),
             uses: 0,
+            cluster: None,
         }),
         Change::Event(NewEvent {
             kind: "token_created",

@@ -90,6 +90,15 @@ impl Joiner {
                 format!("node name `{}` is already used by node {other}; remove that node first or choose another --name", hello.name),
             ));
         }
+        // A token for a cluster admits only nodes that meet the cluster's rules.
+        let cluster = match &rec.cluster {
+            Some(cid) => Some(self.membership.admit_to_cluster(
+                cid,
+                &hello.name,
+                &hello.hardware,
+            )?),
+            None => None,
+        };
         let node_id = NodeId::random();
         let serial = store.next_serial()?;
         let issued = self
@@ -114,8 +123,13 @@ impl Joiner {
             created_ms: now_ms,
             joined_with_token: rec.id.clone(),
             hardware: hello.hardware.clone(),
+            cluster: cluster.as_ref().map(|c| c.id.clone()),
+            labels: Default::default(),
+            taints: Vec::new(),
+            protected: false,
+            draining: false,
         };
-        self.membership.record_join(record, rec)?;
+        self.membership.record_join(record, rec, cluster)?;
         tracing::info!(%peer, node = %node_id, name = %hello.name, "node joined");
         Ok(Joined {
             node_id,

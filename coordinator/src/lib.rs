@@ -8,6 +8,8 @@
 //! - `cluster`: the pure decisions for clusters and pairs (validation, capacity, pairing).
 //! - `detector`: the failure detector, a plain struct driven by `now` (the fencing argument).
 //! - `membership`: the node table; every change durable before it is acted on.
+//! - `administration`: cluster, pair and node operations behind the admin API.
+//! - `pairs`: the pair planner's decisions turned into durable changes.
 //! - `join`: join tokens and CSRs traded for node certificates.
 //! - `server`: the QUIC endpoint, one task per connection.
 //! - `admin`: the HTTP/JSON admin endpoint and `/metrics`.
@@ -16,6 +18,7 @@
 //! - `ctl`: the `tandemctl` client.
 
 pub mod admin;
+pub mod administration;
 pub mod cluster;
 pub mod config;
 pub mod ctl;
@@ -26,6 +29,7 @@ pub mod join;
 pub mod membership;
 pub mod metrics;
 pub mod model;
+pub mod pairs;
 pub mod server;
 pub mod store;
 
@@ -102,7 +106,8 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         },
         now,
     );
-    let membership = Arc::new(Membership::load(store.clone(), detector, metrics, now)?);
+    let membership =
+        Arc::new(Membership::load(store.clone(), detector, metrics, now)?.with_quotas(cfg.quotas));
 
     // A fresh server certificate at every start; agents trust the CA, not this certificate.
     let serial = store.next_serial()?;

@@ -8,9 +8,13 @@
 //!
 //! Heartbeats never come through here; they go to the failure detector, which is in memory.
 
+use crate::cluster::pairing::{self, PairDecision, PairNode};
 use crate::detector::{FailureDetector, Transition};
 use crate::metrics::Metrics;
-use crate::model::{NewEvent, NodeRecord, NodeState, TokenRecord};
+use crate::model::{
+    ClusterMode, ClusterRecord, NewEvent, NodeRecord, NodeState, PairRecord, TokenRecord,
+};
+use crate::pairs;
 use crate::store::{Change, StateStore, StoreError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -65,17 +69,32 @@ pub struct NodeEntry {
     pub live: Option<Live>,
 }
 
+/// Everything membership decides on, under one lock so that decisions are serialised.
+#[derive(Default)]
+pub struct Fleet {
+    /// Nodes by id.
+    pub nodes: HashMap<NodeId, NodeEntry>,
+    /// Clusters by id.
+    pub clusters: HashMap<String, ClusterRecord>,
+    /// Pairs by id.
+    pub pairs: HashMap<String, PairRecord>,
+}
+
 /// The membership table and the detector, with the store behind them.
 pub struct Membership {
     store: Arc<dyn StateStore>,
-    table: Mutex<HashMap<NodeId, NodeEntry>>,
+    table: Mutex<Fleet>,
     detector: Mutex<FailureDetector>,
     sessions: AtomicU64,
+    /// Limits on clusters and their nodes.
+    pub quotas: crate::administration::Quotas,
+    /// On-demand pings waiting for their pong, by nonce.
+    pings: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
     /// Shared with the admin endpoint.
     pub metrics: Arc<Metrics>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -97,7 +116,13 @@ impl Membership {
         now: Instant,
     ) -> Result<Self, StoreError> {
         let mut detector = detector;
-        let mut table = HashMap::new();
+        let mut table = Fleet::default();
+        for c in store.clusters()? {
+            table.clusters.insert(c.id.clone(), c);
+        }
+        for p in store.pairs()? {
+            table.pairs.insert(p.id.clone(), p);
+        }
         for rec in store.nodes()? {
             if matches!(
                 rec.state,
@@ -105,7 +130,7 @@ impl Membership {
             ) {
                 detector.handle_restored(rec.id.clone(), now);
             }
-            table.insert(
+            table.nodes.insert(
                 rec.id.clone(),
                 NodeEntry {
                     record: rec,
@@ -118,8 +143,16 @@ impl Membership {
             table: Mutex::new(table),
             detector: Mutex::new(detector),
             sessions: AtomicU64::new(0),
+            quotas: Default::default(),
+            pings: Mutex::new(HashMap::new()),
             metrics,
         })
+    }
+
+    /// The fleet table, locked. Every change to it is committed to the store while the lock
+    /// is held, before the table itself changes.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Fleet> {
+        lock(&self.table)
     }
 
     /// The store.
@@ -129,7 +162,7 @@ impl Membership {
 
     /// A snapshot of every node.
     pub fn snapshot(&self) -> Vec<NodeEntry> {
-        let mut v: Vec<_> = lock(&self.table).values().cloned().collect();
+        let mut v: Vec<_> = lock(&self.table).nodes.values().cloned().collect();
         v.sort_by(|a, b| a.record.name.cmp(&b.record.name));
         v
     }
@@ -137,10 +170,13 @@ impl Membership {
     /// One node by id or name.
     pub fn find(&self, id_or_name: &str) -> Option<NodeEntry> {
         let t = lock(&self.table);
-        if let Some(e) = NodeId::parse(id_or_name).and_then(|id| t.get(&id)) {
+        if let Some(e) = NodeId::parse(id_or_name).and_then(|id| t.nodes.get(&id)) {
             return Some(e.clone());
         }
-        t.values().find(|e| e.record.name == id_or_name).cloned()
+        t.nodes
+            .values()
+            .find(|e| e.record.name == id_or_name)
+            .cloned()
     }
 
     /// Milliseconds since the node's last beat, as the detector saw it.
@@ -158,36 +194,44 @@ impl Membership {
             .map(|s| {
                 (
                     s.as_str(),
-                    t.values().filter(|e| e.record.state == *s).count(),
+                    t.nodes.values().filter(|e| e.record.state == *s).count(),
                 )
             })
             .collect();
-        (by_state, t.values().filter(|e| e.live.is_some()).count())
+        (
+            by_state,
+            t.nodes.values().filter(|e| e.live.is_some()).count(),
+        )
     }
 
     /// Whether a node name is free (names are unique).
     pub fn name_taken(&self, name: &str) -> Option<NodeId> {
         lock(&self.table)
+            .nodes
             .values()
             .find(|e| e.record.name == name)
             .map(|e| e.record.id.clone())
     }
 
     /// Records a new node that joined with `token` (whose use count is raised in the same batch).
+    /// When the node is the first of an `ha_pairs` cluster, `cluster` carries the cluster with
+    /// its hardware model now fixed, written in the same batch.
     pub fn record_join(
         &self,
         rec: NodeRecord,
         mut token: TokenRecord,
+        cluster: Option<ClusterRecord>,
     ) -> Result<(), MembershipError> {
-        let mut t = lock(&self.table);
-        if let Some(other) = t.values().find(|e| e.record.name == rec.name) {
+        let mut t = self.lock();
+        if let Some(other) = t.nodes.values().find(|e| e.record.name == rec.name) {
             return Err(refused(
                 RejectCode::NotAdmitted,
                 format!("node name `{}` is already used by node {}; remove that node first or choose another --name", rec.name, other.record.id),
             ));
         }
         token.uses += 1;
-        self.store.commit(vec![
+        let model_fixed = cluster.filter(|c| t.clusters.get(&c.id) != Some(c));
+        let mut changes = vec![
             Change::PutNode(Box::new(rec.clone())),
             Change::PutToken(token.clone()),
             Change::Event(NewEvent {
@@ -198,9 +242,26 @@ impl Membership {
                     rec.name, rec.address, token.id, token.uses, token.uses_allowed
                 ),
             }),
-        ])?;
+        ];
+        if let Some(c) = &model_fixed {
+            changes.push(Change::PutCluster(Box::new(c.clone())));
+            changes.push(Change::Event(NewEvent {
+                kind: "cluster",
+                node: Some(rec.id.clone()),
+                message: format!(
+                    "cluster {}: hardware model fixed by its first node {}: {}",
+                    c.name,
+                    rec.name,
+                    c.model.as_deref().unwrap_or("-")
+                ),
+            }));
+        }
+        self.store.commit(changes)?;
+        if let Some(c) = model_fixed {
+            t.clusters.insert(c.id.clone(), c);
+        }
         self.metrics.joins.fetch_add(1, Ordering::Relaxed);
-        t.insert(
+        t.nodes.insert(
             rec.id.clone(),
             NodeEntry {
                 record: rec,
@@ -225,16 +286,16 @@ impl Membership {
         now: Instant,
     ) -> Result<Registered, MembershipError> {
         let mut t = lock(&self.table);
-        let entry = t.get_mut(node).ok_or_else(|| {
+        let current = t.nodes.get(node).map(|e| e.record.clone()).ok_or_else(|| {
             refused(RejectCode::UnknownNode, format!("node {node} is not a member (it was removed); delete the agent's state dir and join again with a new token"))
         })?;
-        if entry.record.cert_serial != cert_serial {
+        if current.cert_serial != cert_serial {
             return Err(refused(
                 RejectCode::UnknownNode,
                 format!("certificate serial {cert_serial} of node {node} was replaced or revoked"),
             ));
         }
-        let mut rec = entry.record.clone();
+        let mut rec = current;
         let previous = rec.state;
         rec.address = address.to_string();
         rec.agent_version = agent_version;
@@ -246,7 +307,7 @@ impl Membership {
             _ => "registered".into(),
         };
         rec.state_since_ms = tandem_common::time::unix_ms();
-        self.store.commit(vec![
+        let mut changes = vec![
             Change::PutNode(Box::new(rec.clone())),
             Change::Event(NewEvent {
                 kind: "node_state",
@@ -256,9 +317,26 @@ impl Membership {
                     rec.name, rec.state_reason, rec.address
                 ),
             }),
-        ])?;
+        ];
+        // A node that comes up may complete or restore a pair, or form a new one.
+        let plan = self.plan_pairs(&t, &rec, true, rec.state_since_ms, |nodes, pairs, c| {
+            pairing::on_node_up(nodes, pairs, node, c.failback, rec.state_since_ms)
+        });
+        if let Some((_, p)) = &plan {
+            changes.extend(p.changes.iter().cloned());
+        }
+        self.store.commit(changes)?;
+        if let Some((cid, p)) = plan {
+            pairs::install(&mut t, &cid, p);
+        }
         let session = self.sessions.fetch_add(1, Ordering::Relaxed) + 1;
         lock(&self.detector).handle_registered(node.clone(), session, now);
+        let Some(entry) = t.nodes.get_mut(node) else {
+            return Err(refused(
+                RejectCode::UnknownNode,
+                format!("node {node} vanished"),
+            ));
+        };
         if let Some(old) = entry.live.take() {
             old.conn.close(
                 close_code::REPLACED,
@@ -279,7 +357,7 @@ impl Membership {
     /// through lease expiry like any other silence.
     pub fn disconnected(&self, node: &NodeId, session: u64) {
         let mut t = lock(&self.table);
-        if let Some(e) = t.get_mut(node) {
+        if let Some(e) = t.nodes.get_mut(node) {
             if e.live.as_ref().is_some_and(|l| l.session == session) {
                 e.live = None;
             }
@@ -321,7 +399,7 @@ impl Membership {
         delta: HardwareDelta,
     ) -> Result<(), MembershipError> {
         let mut t = lock(&self.table);
-        let Some(e) = t.get_mut(node) else {
+        let Some(e) = t.nodes.get_mut(node) else {
             return Ok(());
         };
         let mut rec = e.record.clone();
@@ -343,7 +421,7 @@ impl Membership {
     /// The agent left on purpose.
     pub fn left(&self, node: &NodeId, session: u64, reason: &str) -> Result<(), MembershipError> {
         let mut t = lock(&self.table);
-        let Some(e) = t.get_mut(node) else {
+        let Some(e) = t.nodes.get_mut(node) else {
             return Ok(());
         };
         if e.live.as_ref().is_none_or(|l| l.session != session) {
@@ -364,6 +442,85 @@ impl Membership {
         lock(&self.detector).forget(node);
         e.record = rec;
         Ok(())
+    }
+
+    /// Plans the pair changes an event on node `rec` causes in its `ha_pairs` cluster: `decide`
+    /// gets the planner's view (with `rec` counted as `live`) and returns the decisions.
+    fn plan_pairs(
+        &self,
+        t: &Fleet,
+        rec: &NodeRecord,
+        live: bool,
+        now_ms: u64,
+        decide: impl FnOnce(&[PairNode], &[PairRecord], &ClusterRecord) -> Vec<PairDecision>,
+    ) -> Option<(String, pairs::PairPlan)> {
+        let cid = rec.cluster.as_ref()?;
+        let cluster = t.clusters.get(cid)?;
+        if cluster.mode != ClusterMode::HaPairs {
+            return None;
+        }
+        let nodes = pairs::pair_nodes(t, cid, Some((&rec.id, live)));
+        let current = pairs::cluster_pairs(t, cid);
+        let decisions = decide(&nodes, &current, cluster);
+        let plan = pairs::plan(t, cluster, &nodes, decisions, now_ms, true);
+        plan.changed.then(|| (cid.clone(), plan))
+    }
+
+    /// Sets the cluster quotas (at start-up).
+    pub fn with_quotas(mut self, quotas: crate::administration::Quotas) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
+    /// The on-demand heartbeat check: pings the node over its live connection now and waits
+    /// at most `timeout` for the answer. `Ok(round trip)` or `Err(why not alive)`.
+    pub async fn check(
+        &self,
+        node: &NodeId,
+        timeout: std::time::Duration,
+    ) -> Result<std::time::Duration, String> {
+        let control = {
+            let t = self.lock();
+            let e = t.nodes.get(node).ok_or_else(|| format!("no node {node}"))?;
+            match &e.live {
+                Some(l) => l.control.clone(),
+                None => {
+                    return Err(format!(
+                        "node {} has no connection to the coordinator (state {})",
+                        e.record.name,
+                        e.record.state.as_str()
+                    ))
+                }
+            }
+        };
+        let nonce = rand::random::<u64>();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.pings).insert(nonce, tx);
+        let start = Instant::now();
+        let sent = control.send(CoordMsg::Ping { nonce }).await.is_ok();
+        let r = if !sent {
+            Err("the node's connection closed".to_string())
+        } else {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(())) => Ok(start.elapsed()),
+                Ok(Err(_)) => Err("the node's connection closed".to_string()),
+                Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+            }
+        };
+        lock(&self.pings).remove(&nonce);
+        r
+    }
+
+    /// A pong arrived.
+    pub fn pong(&self, nonce: u64) {
+        if let Some(tx) = lock(&self.pings).remove(&nonce) {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Stops the detector tracking a node that was removed.
+    pub fn forget(&self, node: &NodeId) {
+        lock(&self.detector).forget(node);
     }
 
     /// Runs the detector at `now` and applies what it decides.
@@ -398,30 +555,60 @@ impl Membership {
             }
         };
         let mut t = lock(&self.table);
-        let Some(e) = t.get_mut(node) else { return };
-        if e.record.state == state || e.record.state == NodeState::Left {
+        let Some(current) = t.nodes.get(node).map(|e| e.record.clone()) else {
+            return;
+        };
+        if current.state == state || current.state == NodeState::Left {
             return;
         }
-        let mut rec = e.record.clone();
+        let mut rec = current;
         rec.state = state;
         rec.state_reason = reason.clone();
         rec.state_since_ms = tandem_common::time::unix_ms();
-        let res = self.store.commit(vec![
+        let mut changes = vec![
             Change::PutNode(Box::new(rec.clone())),
             Change::Event(NewEvent {
                 kind: "node_state",
                 node: Some(node.clone()),
                 message: format!("node {} is {}: {reason}", rec.name, state.as_str()),
             }),
-        ]);
+        ];
+        // Only `down` changes a pair: a suspect node may still hold its lease.
+        let plan = if state == NodeState::Down {
+            let now_ms = rec.state_since_ms;
+            let silent = match &tr {
+                Transition::Down { silent_for, .. } => silent_for.as_millis(),
+                _ => 0,
+            };
+            self.plan_pairs(&t, &rec, false, now_ms, |nodes, pairs, _| {
+                let mut d = pairing::on_node_down(nodes, pairs, node, now_ms);
+                for x in &mut d {
+                    if let PairDecision::Promote { reason, .. } = x {
+                        reason.push_str(&format!("; {silent} ms after its last heartbeat"));
+                    }
+                }
+                d
+            })
+        } else {
+            None
+        };
+        if let Some((_, p)) = &plan {
+            changes.extend(p.changes.iter().cloned());
+        }
+        let res = self.store.commit(changes);
         match res {
             Ok(_) => {
                 tracing::info!(node = %node, name = %rec.name, state = state.as_str(), %reason, "node state changed");
-                e.record = rec;
-                if state == NodeState::Down {
-                    if let Some(live) = e.live.take() {
-                        live.conn
-                            .close(close_code::DECLARED_DOWN, b"declared down: register again");
+                if let Some((cid, p)) = plan {
+                    pairs::install(&mut t, &cid, p);
+                }
+                if let Some(e) = t.nodes.get_mut(node) {
+                    e.record = rec;
+                    if state == NodeState::Down {
+                        if let Some(live) = e.live.take() {
+                            live.conn
+                                .close(close_code::DECLARED_DOWN, b"declared down: register again");
+                        }
                     }
                 }
             }
@@ -478,6 +665,8 @@ pub mod close_code {
     pub const REFUSED: VarInt = VarInt::from_u32(3);
     /// The coordinator is shutting down.
     pub const SHUTDOWN: VarInt = VarInt::from_u32(4);
+    /// The node was removed; its certificate is revoked.
+    pub const REMOVED: VarInt = VarInt::from_u32(6);
     /// The peer broke the protocol.
     pub const PROTOCOL: VarInt = VarInt::from_u32(5);
 }

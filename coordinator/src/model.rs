@@ -72,6 +72,21 @@ pub struct NodeRecord {
     pub joined_with_token: String,
     /// Its last hardware report.
     pub hardware: HardwareReport,
+    /// The cluster it belongs to (from its join token), if any.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Labels (label rules).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Taints.
+    #[serde(default)]
+    pub taints: Vec<Taint>,
+    /// A protected node cannot be removed.
+    #[serde(default)]
+    pub protected: bool,
+    /// Draining: no new work; its work is moved away.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A join token as stored: never the secret, only its hash.
@@ -89,6 +104,9 @@ pub struct TokenRecord {
     pub uses_allowed: u32,
     /// Joins it was used for.
     pub uses: u32,
+    /// The cluster a node joining with it enters.
+    #[serde(default)]
+    pub cluster: Option<String>,
 }
 
 impl TokenRecord {

@@ -296,7 +296,7 @@ impl Server {
                                 tracing::error!(%node, error = %e, "could not record a hardware update");
                             }
                         }
-                        Ok(Some(AgentMsg::Pong { .. })) => {}
+                        Ok(Some(AgentMsg::Pong { nonce })) => self.membership.pong(nonce),
                         Ok(Some(AgentMsg::Hello(_))) => {
                             self.membership.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(%peer, %node, "refused a second Hello on a registered connection");

@@ -6,6 +6,7 @@
 //! same envelope.
 
 mod error;
+mod fleet;
 mod views;
 
 pub use error::{ApiError, Code};
@@ -39,14 +40,42 @@ pub struct AdminState {
     pub admin_token: String,
 }
 
-type Shared = State<Arc<AdminState>>;
+pub(crate) type Shared = State<Arc<AdminState>>;
 
 /// The router.
 pub fn router(state: Arc<AdminState>) -> Router {
     let v1 = Router::new()
         .route("/v1/join-tokens", post(create_token))
         .route("/v1/nodes", get(list_nodes))
-        .route("/v1/nodes/{id}", get(get_node))
+        .route(
+            "/v1/nodes/{id}",
+            get(get_node)
+                .patch(fleet::patch_node)
+                .delete(fleet::remove_node),
+        )
+        .route("/v1/nodes/{id}/check", post(fleet::check_node))
+        .route("/v1/nodes/{id}/drain", post(fleet::drain))
+        .route("/v1/nodes/{id}/undrain", post(fleet::undrain))
+        .route("/v1/recycle", post(fleet::recycle))
+        .route(
+            "/v1/clusters",
+            post(fleet::create_cluster).get(fleet::list_clusters),
+        )
+        .route(
+            "/v1/clusters/{id}",
+            get(fleet::get_cluster)
+                .patch(fleet::patch_cluster)
+                .delete(fleet::delete_cluster),
+        )
+        .route("/v1/operations/{id}", get(fleet::get_operation))
+        .route(
+            "/v1/clusters/{id}/pairs",
+            get(fleet::list_pairs).post(fleet::create_pair),
+        )
+        .route(
+            "/v1/clusters/{id}/pairs/{pair}",
+            axum::routing::delete(fleet::delete_pair),
+        )
         .route("/v1/events", get(list_events))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -149,6 +178,9 @@ struct TokenRequest {
     ttl_s: u64,
     #[serde(default = "default_uses")]
     uses: u32,
+    /// The cluster (id or name) joining nodes enter.
+    #[serde(default)]
+    cluster: Option<String>,
 }
 
 fn default_ttl() -> u64 {
@@ -174,6 +206,20 @@ async fn create_token(
             "uses must be between 1 and 100000",
         ));
     }
+    let cluster = match &req.cluster {
+        Some(c) => Some(
+            s.membership
+                .cluster(c)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        Code::NotFound,
+                        format!("cluster: no cluster with id or name `{c}`"),
+                    )
+                })?
+                .id,
+        ),
+        None => None,
+    };
     let tok = JoinToken::generate(s.ca.pin());
     let now = tandem_common::time::unix_ms();
     let rec = crate::model::TokenRecord {
@@ -183,6 +229,7 @@ async fn create_token(
         expires_ms: now + req.ttl_s * 1000,
         uses_allowed: req.uses,
         uses: 0,
+        cluster: cluster.clone(),
     };
     s.membership.store().commit(vec![
         crate::store::Change::PutToken(rec.clone()),

@@ -2,9 +2,10 @@
 //! the live table knows (connection, heartbeat age).
 
 use crate::membership::{Membership, NodeEntry};
-use crate::model::Event;
+use crate::model::{ClusterRecord, Event, NodeState, PairRecord};
 use serde_json::{json, Value};
 use std::time::Instant;
+use tandem_common::ids::NodeId;
 use tandem_common::time::rfc3339;
 
 /// A node object.
@@ -13,7 +14,7 @@ pub fn node(m: &Membership, e: &NodeEntry, now: Instant) -> Value {
     json!({
         "id": r.id,
         "name": r.name,
-        "state": r.state.as_str(),
+        "state": if r.draining && r.state == NodeState::Ready { "draining" } else { r.state.as_str() },
         "state_reason": r.state_reason,
         "state_since": rfc3339(r.state_since_ms),
         "state_since_ms": r.state_since_ms,
@@ -24,6 +25,11 @@ pub fn node(m: &Membership, e: &NodeEntry, now: Instant) -> Value {
         "created_at": rfc3339(r.created_ms),
         "cert_serial": r.cert_serial,
         "cert_not_after": rfc3339((r.cert_not_after_unix.max(0) as u64) * 1000),
+        "cluster": r.cluster,
+        "labels": r.labels,
+        "taints": r.taints,
+        "protected": r.protected,
+        "draining": r.draining,
         "model": r.hardware.model(),
         "hardware": r.hardware,
     })
@@ -38,5 +44,51 @@ pub fn event(e: &Event) -> Value {
         "kind": e.kind,
         "node": e.node,
         "message": e.message,
+    })
+}
+
+/// A cluster object: the record, its status, capacity, nodes, pairs and jobs.
+pub fn cluster(m: &Membership, c: &ClusterRecord) -> Value {
+    let (nodes, pairs, status, capacity) = m.cluster_overview(&c.id);
+    let name_of = |id: &NodeId| nodes.iter().find(|n| n.id == *id).map(|n| n.name.clone());
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "alias": c.alias,
+        "description": c.description,
+        "mode": c.mode,
+        "status": status,
+        "labels": c.labels,
+        "deletion_protection": c.deletion_protection,
+        "min_node": c.min_node,
+        "failback": c.failback,
+        "model": c.model,
+        "created_at": rfc3339(c.created_ms),
+        "created_ms": c.created_ms,
+        "capacity": capacity,
+        "nodes": nodes.iter().map(|n| json!({
+            "id": n.id,
+            "name": n.name,
+            "state": if n.draining && n.state == NodeState::Ready { "draining" } else { n.state.as_str() },
+            "model": n.hardware.model(),
+        })).collect::<Vec<_>>(),
+        "pairs": pairs.iter().map(|p| pair(p, name_of(&p.primary), name_of(&p.standby))).collect::<Vec<_>>(),
+        "jobs": [],
+    })
+}
+
+/// A pair object.
+pub fn pair(p: &PairRecord, primary_name: Option<String>, standby_name: Option<String>) -> Value {
+    json!({
+        "id": p.id,
+        "cluster": p.cluster,
+        "primary": p.primary,
+        "primary_name": primary_name,
+        "standby": p.standby,
+        "standby_name": standby_name,
+        "state": p.state,
+        "reason": p.reason,
+        "since": rfc3339(p.since_ms),
+        "created_at": rfc3339(p.created_ms),
     })
 }

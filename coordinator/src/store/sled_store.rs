@@ -307,6 +307,11 @@ mod tests {
             created_ms: 1,
             joined_with_token: "t".into(),
             hardware: Default::default(),
+            cluster: None,
+            labels: Default::default(),
+            taints: Vec::new(),
+            protected: false,
+            draining: false,
         }
     }
 

@@ -1,0 +1,617 @@
+//! Cluster, pair and node administration: the operations behind the admin API's cluster and
+//! node routes.
+//!
+//! Every operation checks its input (the rules live in `cluster::validate`), decides under the
+//! fleet lock, commits the records and an event to the store, and only then changes the
+//! in-memory table: an acknowledged change survives a `kill -9` at any moment.
+
+use crate::cluster::validate::{self, ValidationError};
+use crate::membership::{close_code, Membership, MembershipError};
+use crate::model::*;
+use crate::store::{Change, StoreError};
+use std::collections::BTreeMap;
+use tandem_common::hardware::HardwareReport;
+use tandem_common::ids::NodeId;
+use tandem_common::proto::RejectCode;
+use tandem_common::time::unix_ms;
+
+/// Why an administrative operation was refused or failed. Each maps to one API error code.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// A field is malformed or out of range (`invalid_argument`).
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// No such object (`not_found`).
+    #[error("{0}")]
+    NotFound(String),
+    /// The name is taken (`already_exists`).
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The object's state forbids this (`failed_precondition`).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A quota would be exceeded (`quota_exceeded`).
+    #[error("{0}")]
+    Quota(String),
+    /// The store failed (`internal`).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Limits from the coordinator's configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Quotas {
+    /// Clusters per coordinator.
+    pub max_clusters: usize,
+    /// Nodes per cluster.
+    pub max_nodes_per_cluster: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            max_clusters: 50,
+            max_nodes_per_cluster: 100,
+        }
+    }
+}
+
+/// A new cluster as asked for.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCluster {
+    /// Unique name.
+    pub name: String,
+    /// Second name.
+    #[serde(default)]
+    pub alias: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Placement mode.
+    pub mode: ClusterMode,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Deletion protection.
+    #[serde(default)]
+    pub deletion_protection: bool,
+    /// Node minimums.
+    #[serde(default)]
+    pub min_node: Option<MinNode>,
+    /// Fail back to a recovered primary.
+    #[serde(default)]
+    pub failback: bool,
+}
+
+/// Edits to a cluster; absent fields stay as they are, a `null` label value deletes the label.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterPatch {
+    /// New alias.
+    pub alias: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// Labels to set (`null` deletes).
+    pub labels: Option<BTreeMap<String, Option<String>>>,
+    /// New deletion protection.
+    pub deletion_protection: Option<bool>,
+    /// New minimums (`null` clears them).
+    #[serde(default, deserialize_with = "double_option")]
+    pub min_node: Option<Option<MinNode>>,
+    /// New failback setting.
+    pub failback: Option<bool>,
+}
+
+/// Edits to a node.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePatch {
+    /// Node protection.
+    pub protected: Option<bool>,
+    /// Labels to set (`null` deletes).
+    pub labels: Option<BTreeMap<String, Option<String>>>,
+    /// The node's whole taint list.
+    pub taints: Option<Vec<Taint>>,
+}
+
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    serde::Deserialize::deserialize(d).map(Some)
+}
+
+fn short_id(prefix: &str) -> String {
+    format!("{prefix}-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+fn event(kind: &'static str, node: Option<NodeId>, message: String) -> Change {
+    Change::Event(NewEvent {
+        kind,
+        node,
+        message,
+    })
+}
+
+impl Membership {
+    /// Finds a cluster by id or name.
+    pub fn cluster(&self, id_or_name: &str) -> Option<ClusterRecord> {
+        let t = self.lock();
+        t.clusters
+            .get(id_or_name)
+            .or_else(|| t.clusters.values().find(|c| c.name == id_or_name))
+            .cloned()
+    }
+
+    /// Every cluster, oldest first.
+    pub fn clusters(&self) -> Vec<ClusterRecord> {
+        let mut v: Vec<_> = self.lock().clusters.values().cloned().collect();
+        v.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.name.cmp(&b.name)));
+        v
+    }
+
+    /// The pairs of a cluster.
+    pub fn pairs_of(&self, cluster: &str) -> Vec<PairRecord> {
+        let mut v: Vec<_> = self
+            .lock()
+            .pairs
+            .values()
+            .filter(|p| p.cluster == cluster)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.created_ms.cmp(&b.created_ms));
+        v
+    }
+
+    /// A cluster's members, pairs, status and capacity, read together under the lock.
+    pub fn cluster_overview(
+        &self,
+        cid: &str,
+    ) -> (
+        Vec<NodeRecord>,
+        Vec<PairRecord>,
+        crate::cluster::pairing::ClusterStatus,
+        crate::cluster::capacity::Capacity,
+    ) {
+        let t = self.lock();
+        let Some(c) = t.clusters.get(cid) else {
+            return (
+                Vec::new(),
+                Vec::new(),
+                crate::cluster::pairing::ClusterStatus::Uninitialized,
+                Default::default(),
+            );
+        };
+        let mut nodes: Vec<NodeRecord> = t
+            .nodes
+            .values()
+            .filter(|e| e.record.cluster.as_deref() == Some(cid))
+            .map(|e| e.record.clone())
+            .collect();
+        nodes.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.name.cmp(&b.name)));
+        let pairs = crate::pairs::cluster_pairs(&t, cid);
+        let view = crate::pairs::pair_nodes(&t, cid, None);
+        let status = crate::cluster::pairing::cluster_status(c.mode, &view, &pairs);
+        // Draining nodes take no new work, so they add no free capacity.
+        let capacity =
+            crate::cluster::capacity::capacity_idle(nodes.iter().filter(|n| !n.draining));
+        (nodes, pairs, status, capacity)
+    }
+
+    /// An operation record.
+    pub fn operation(&self, id: &str) -> Result<Option<OperationRecord>, StoreError> {
+        self.store().operation(id)
+    }
+
+    /// Creates a cluster; returns it and the id of its (finished) operation.
+    pub fn create_cluster(
+        &self,
+        req: NewCluster,
+        quotas: Quotas,
+    ) -> Result<(ClusterRecord, String), OpError> {
+        validate::check_cluster_name(&req.name)?;
+        validate::check_alias(&req.alias)?;
+        validate::check_description(&req.description)?;
+        validate::check_labels(&req.labels)?;
+        let mut t = self.lock();
+        if let Some(c) = t.clusters.values().find(|c| c.name == req.name) {
+            return Err(OpError::AlreadyExists(format!(
+                "a cluster named `{}` already exists ({})",
+                req.name, c.id
+            )));
+        }
+        if t.clusters.len() >= quotas.max_clusters {
+            return Err(OpError::Quota(format!(
+                "this coordinator already has {} clusters, its quota (max_clusters = {})",
+                t.clusters.len(),
+                quotas.max_clusters
+            )));
+        }
+        let now = unix_ms();
+        let c = ClusterRecord {
+            id: short_id("c"),
+            name: req.name,
+            alias: req.alias,
+            description: req.description,
+            mode: req.mode,
+            labels: req.labels,
+            deletion_protection: req.deletion_protection,
+            min_node: req.min_node,
+            failback: req.failback,
+            model: None,
+            created_ms: now,
+        };
+        let op = OperationRecord {
+            id: short_id("op"),
+            kind: "create_cluster".into(),
+            target: c.id.clone(),
+            state: OperationState::Done,
+            error: None,
+            created_ms: now,
+            done_ms: Some(now),
+        };
+        self.store().commit(vec![
+            Change::PutCluster(Box::new(c.clone())),
+            Change::PutOperation(op.clone()),
+            event(
+                "cluster",
+                None,
+                format!("cluster {} ({}) created, mode {:?}", c.name, c.id, c.mode),
+            ),
+        ])?;
+        t.clusters.insert(c.id.clone(), c.clone());
+        Ok((c, op.id))
+    }
+
+    /// Edits a cluster.
+    pub fn patch_cluster(
+        &self,
+        id_or_name: &str,
+        patch: ClusterPatch,
+    ) -> Result<ClusterRecord, OpError> {
+        let mut t = self.lock();
+        let id = find_cluster_id(&t.clusters, id_or_name)?;
+        let mut c = t.clusters[&id].clone();
+        if let Some(a) = patch.alias {
+            validate::check_alias(&a)?;
+            c.alias = a;
+        }
+        if let Some(d) = patch.description {
+            validate::check_description(&d)?;
+            c.description = d;
+        }
+        if let Some(l) = &patch.labels {
+            let merged = validate::merge_labels(&c.labels, l);
+            validate::check_labels(&merged)?;
+            c.labels = merged;
+        }
+        if let Some(p) = patch.deletion_protection {
+            c.deletion_protection = p;
+        }
+        if let Some(m) = patch.min_node {
+            c.min_node = m;
+        }
+        if let Some(f) = patch.failback {
+            c.failback = f;
+        }
+        self.store().commit(vec![
+            Change::PutCluster(Box::new(c.clone())),
+            event("cluster", None, format!("cluster {} edited", c.name)),
+        ])?;
+        t.clusters.insert(id, c.clone());
+        Ok(c)
+    }
+
+    /// Deletes an empty, unprotected cluster.
+    pub fn delete_cluster(&self, id_or_name: &str) -> Result<ClusterRecord, OpError> {
+        let mut t = self.lock();
+        let id = find_cluster_id(&t.clusters, id_or_name)?;
+        let c = t.clusters[&id].clone();
+        if c.deletion_protection {
+            return Err(OpError::FailedPrecondition(format!(
+                "cluster {} has deletion protection on; clear it first (PATCH deletion_protection=false)",
+                c.name
+            )));
+        }
+        let members = t
+            .nodes
+            .values()
+            .filter(|e| e.record.cluster.as_deref() == Some(id.as_str()))
+            .count();
+        if members > 0 {
+            return Err(OpError::FailedPrecondition(format!(
+                "cluster {} still has {members} node(s); remove them first",
+                c.name
+            )));
+        }
+        self.store().commit(vec![
+            Change::DeleteCluster(id.clone()),
+            event(
+                "cluster",
+                None,
+                format!("cluster {} ({}) deleted", c.name, c.id),
+            ),
+        ])?;
+        t.clusters.remove(&id);
+        Ok(c)
+    }
+
+    /// Pairs two nodes of an `ha_pairs` cluster by hand.
+    pub fn create_pair(
+        &self,
+        cluster: &str,
+        primary: &str,
+        standby: &str,
+    ) -> Result<PairRecord, OpError> {
+        let mut t = self.lock();
+        let cid = find_cluster_id(&t.clusters, cluster)?;
+        let c = t.clusters[&cid].clone();
+        if c.mode != ClusterMode::HaPairs {
+            return Err(OpError::FailedPrecondition(format!(
+                "cluster {} is not an ha_pairs cluster",
+                c.name
+            )));
+        }
+        let p = find_node_id(&t, primary)?;
+        let s = find_node_id(&t, standby)?;
+        let nodes = crate::pairs::pair_nodes(&t, &cid, None);
+        let current = crate::pairs::cluster_pairs(&t, &cid);
+        let d = crate::cluster::pairing::manual_pair(&nodes, &current, &p, &s)
+            .map_err(|e| OpError::FailedPrecondition(e.to_string()))?;
+        let plan = crate::pairs::plan(&t, &c, &nodes, vec![d], unix_ms(), false);
+        let made = plan
+            .pairs
+            .iter()
+            .find(|x| x.primary == p && x.standby == s)
+            .cloned()
+            .ok_or_else(|| OpError::FailedPrecondition("the pair could not be formed".into()))?;
+        self.store().commit(plan.changes.clone())?;
+        crate::pairs::install(&mut t, &cid, plan);
+        Ok(made)
+    }
+
+    /// Dissolves a pair. Its nodes are not paired again automatically until one of them
+    /// changes state.
+    pub fn delete_pair(&self, cluster: &str, pair: &str) -> Result<PairRecord, OpError> {
+        let mut t = self.lock();
+        let cid = find_cluster_id(&t.clusters, cluster)?;
+        let c = t.clusters[&cid].clone();
+        let existing = t
+            .pairs
+            .get(pair)
+            .filter(|p| p.cluster == cid)
+            .cloned()
+            .ok_or_else(|| OpError::NotFound(format!("no pair `{pair}` in cluster {}", c.name)))?;
+        let nodes = crate::pairs::pair_nodes(&t, &cid, None);
+        let d = crate::cluster::pairing::PairDecision::Unpair {
+            pair: pair.to_string(),
+            reason: "unpaired by an operator".into(),
+        };
+        let plan = crate::pairs::plan(&t, &c, &nodes, vec![d], unix_ms(), false);
+        self.store().commit(plan.changes.clone())?;
+        crate::pairs::install(&mut t, &cid, plan);
+        Ok(existing)
+    }
+
+    /// Checks that a node may join cluster `cid`. Returns the cluster, with its hardware model
+    /// fixed by this node when it is the first of an `ha_pairs` cluster.
+    pub fn admit_to_cluster(
+        &self,
+        cid: &str,
+        name: &str,
+        hw: &HardwareReport,
+    ) -> Result<ClusterRecord, MembershipError> {
+        let refused = |reason: String| MembershipError::Refused {
+            code: RejectCode::NotAdmitted,
+            reason,
+        };
+        let t = self.lock();
+        let Some(c) = t.clusters.get(cid).cloned() else {
+            return Err(refused(format!(
+                "the join token names cluster {cid}, which no longer exists"
+            )));
+        };
+        let members = t
+            .nodes
+            .values()
+            .filter(|e| e.record.cluster.as_deref() == Some(cid))
+            .count();
+        if members >= self.quotas.max_nodes_per_cluster {
+            return Err(refused(format!(
+                "cluster {} is full: {members} nodes, its quota (max_nodes_per_cluster = {})",
+                c.name, self.quotas.max_nodes_per_cluster
+            )));
+        }
+        if let Some(min) = c.min_node {
+            let cores = hw.cpu.logical_cores;
+            let mem = hw.memory.total_bytes;
+            if cores < min.cores || mem < min.memory_bytes {
+                return Err(refused(format!(
+                    "node {name} has {cores} cores and {} MiB of memory; cluster {} needs at least {} cores and {} MiB",
+                    mem >> 20,
+                    c.name,
+                    min.cores,
+                    min.memory_bytes >> 20
+                )));
+            }
+        }
+        let mut c = c;
+        if c.mode == ClusterMode::HaPairs {
+            let model = hw.model();
+            match &c.model {
+                Some(m) if *m != model => {
+                    return Err(refused(format!(
+                        "cluster {} is ha_pairs and holds nodes of model `{m}`; node {name} is model `{model}`",
+                        c.name
+                    )))
+                }
+                Some(_) => {}
+                None => c.model = Some(model),
+            }
+        }
+        Ok(c)
+    }
+
+    /// Edits a node's protection, labels and taints.
+    pub fn patch_node(&self, id_or_name: &str, patch: NodePatch) -> Result<NodeRecord, OpError> {
+        let mut t = self.lock();
+        let id = find_node_id(&t, id_or_name)?;
+        let mut rec = t.nodes[&id].record.clone();
+        if let Some(p) = patch.protected {
+            rec.protected = p;
+        }
+        if let Some(l) = &patch.labels {
+            let merged = validate::merge_labels(&rec.labels, l);
+            validate::check_labels(&merged)?;
+            rec.labels = merged;
+        }
+        if let Some(taints) = patch.taints {
+            validate::check_taints(&taints)?;
+            rec.taints = taints;
+        }
+        self.store().commit(vec![
+            Change::PutNode(Box::new(rec.clone())),
+            event(
+                "node_edited",
+                Some(id.clone()),
+                format!("node {} edited", rec.name),
+            ),
+        ])?;
+        if let Some(e) = t.nodes.get_mut(&id) {
+            e.record = rec.clone();
+        }
+        Ok(rec)
+    }
+
+    /// Sets or clears a node's drain flag.
+    pub fn set_draining(&self, id_or_name: &str, draining: bool) -> Result<NodeRecord, OpError> {
+        let mut t = self.lock();
+        let id = find_node_id(&t, id_or_name)?;
+        let mut rec = t.nodes[&id].record.clone();
+        if rec.draining == draining {
+            return Ok(rec);
+        }
+        rec.draining = draining;
+        let what = if draining {
+            "draining: no new work"
+        } else {
+            "no longer draining"
+        };
+        self.store().commit(vec![
+            Change::PutNode(Box::new(rec.clone())),
+            event(
+                "node_drain",
+                Some(id.clone()),
+                format!("node {} is {what}", rec.name),
+            ),
+        ])?;
+        if let Some(e) = t.nodes.get_mut(&id) {
+            e.record = rec.clone();
+        }
+        Ok(rec)
+    }
+
+    /// Removes a node: refused while protected. Its record goes, so its certificate is no
+    /// longer accepted (registration checks the record and its serial), its open connection is
+    /// closed, and a pair it was in is dissolved.
+    pub fn remove_node(&self, id_or_name: &str, why: &str) -> Result<NodeRecord, OpError> {
+        let mut t = self.lock();
+        let id = find_node_id(&t, id_or_name)?;
+        let rec = t.nodes[&id].record.clone();
+        if rec.protected {
+            return Err(OpError::FailedPrecondition(format!(
+                "node {} is protected; clear its protection first (PATCH protected=false)",
+                rec.name
+            )));
+        }
+        let pairs: Vec<String> = t
+            .pairs
+            .values()
+            .filter(|p| p.primary == id || p.standby == id)
+            .map(|p| p.id.clone())
+            .collect();
+        let mut changes = vec![Change::DeleteNode(id.clone())];
+        for p in &pairs {
+            changes.push(Change::DeletePair(p.clone()));
+        }
+        changes.push(event(
+            "node_removed",
+            Some(id.clone()),
+            format!(
+                "node {} removed ({why}); certificate serial {} revoked",
+                rec.name, rec.cert_serial
+            ),
+        ));
+        self.store().commit(changes)?;
+        for p in pairs {
+            t.pairs.remove(&p);
+        }
+        if let Some(e) = t.nodes.remove(&id) {
+            if let Some(live) = e.live {
+                live.conn.close(
+                    close_code::REMOVED,
+                    b"node removed: its certificate is revoked",
+                );
+            }
+        }
+        drop(t);
+        self.forget(&id);
+        Ok(rec)
+    }
+
+    /// Removes every unprotected node that has been down longer than `down_for_ms`.
+    pub fn recycle(
+        &self,
+        down_for_ms: u64,
+    ) -> Result<(Vec<NodeRecord>, Vec<(String, String)>), OpError> {
+        let now = unix_ms();
+        let candidates: Vec<NodeRecord> = self
+            .lock()
+            .nodes
+            .values()
+            .filter(|e| {
+                e.record.state == NodeState::Down
+                    && now.saturating_sub(e.record.state_since_ms) >= down_for_ms
+            })
+            .map(|e| e.record.clone())
+            .collect();
+        let (mut removed, mut skipped) = (Vec::new(), Vec::new());
+        for c in candidates {
+            match self.remove_node(
+                c.id.as_str(),
+                &format!("recycled: down for more than {} s", down_for_ms / 1000),
+            ) {
+                Ok(r) => removed.push(r),
+                Err(e) => skipped.push((c.name, e.to_string())),
+            }
+        }
+        Ok((removed, skipped))
+    }
+}
+
+fn find_cluster_id(
+    clusters: &std::collections::HashMap<String, ClusterRecord>,
+    id_or_name: &str,
+) -> Result<String, OpError> {
+    if clusters.contains_key(id_or_name) {
+        return Ok(id_or_name.to_string());
+    }
+    clusters
+        .values()
+        .find(|c| c.name == id_or_name)
+        .map(|c| c.id.clone())
+        .ok_or_else(|| OpError::NotFound(format!("no cluster with id or name `{id_or_name}`")))
+}
+
+fn find_node_id(t: &crate::membership::Fleet, id_or_name: &str) -> Result<NodeId, OpError> {
+    if let Some(id) = NodeId::parse(id_or_name).filter(|id| t.nodes.contains_key(id)) {
+        return Ok(id);
+    }
+    t.nodes
+        .values()
+        .find(|e| e.record.name == id_or_name)
+        .map(|e| e.record.id.clone())
+        .ok_or_else(|| OpError::NotFound(format!("no node with id or name `{id_or_name}`")))
+}
