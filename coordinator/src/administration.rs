@@ -38,6 +38,9 @@ pub enum OpError {
     Store(#[from] StoreError),
 }
 
+/// What a recycle did: the nodes removed, and `(name, reason)` for those it could not remove.
+pub type Recycled = (Vec<NodeRecord>, Vec<(String, String)>);
+
 /// Limits from the coordinator's configuration.
 #[derive(Clone, Copy, Debug)]
 pub struct Quotas {
@@ -161,7 +164,7 @@ impl Membership {
             .filter(|p| p.cluster == cluster)
             .cloned()
             .collect();
-        v.sort_by(|a, b| a.created_ms.cmp(&b.created_ms));
+        v.sort_by_key(|p| p.created_ms);
         v
     }
 
@@ -565,7 +568,7 @@ impl Membership {
     pub fn recycle(
         &self,
         down_for_ms: u64,
-    ) -> Result<(Vec<NodeRecord>, Vec<(String, String)>), OpError> {
+    ) -> Result<Recycled, OpError> {
         let now = unix_ms();
         let candidates: Vec<NodeRecord> = self
             .lock()
