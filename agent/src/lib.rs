@@ -35,7 +35,10 @@ pub async fn run(
         ..Default::default()
     });
     let reports = probe::spawn_sampler(prober, cfg.sample_interval).await;
-    link::Link::new(cfg, reports, lease_tx)?.run(shutdown).await
+    let link = link::Link::new(cfg.clone(), reports, lease_tx)?;
+    // Ready once local state is loaded: boot never waits on the network.
+    tandem_common::notify::ready(&format!("starting: connecting to {}", cfg.coordinator));
+    link.run(shutdown).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -106,6 +106,8 @@ pub struct Link {
     /// Heartbeat sequence numbers grow across sessions, so an ack can never be matched to a
     /// beat of an older connection.
     seq: u64,
+    /// systemd's watchdog, pinged from this loop only.
+    watchdog: tandem_common::notify::Watchdog,
 }
 
 fn tls_err(e: impl std::fmt::Display) -> AgentError {
@@ -133,6 +135,7 @@ impl Link {
             lease_tx,
             reports,
             seq: 0,
+            watchdog: tandem_common::notify::Watchdog::from_env(),
         })
     }
 
@@ -149,17 +152,32 @@ impl Link {
             let wait = match r {
                 Ok(Retry::Now) => Duration::ZERO,
                 Ok(Retry::Later(reason)) => {
+                    tandem_common::notify::status(&format!("reconnecting: {reason}"));
                     let d = backoff.next();
                     tracing::warn!(coordinator = %self.cfg.coordinator, %reason, retry_in_ms = d.as_millis() as u64, "link down; reconnecting");
                     d
                 }
                 Err(e) => break Err(e),
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = &mut shutdown => break Ok(()),
+            // Wait in short slices so the watchdog keeps being fed while we back off.
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                self.watchdog.ping_if_due(Instant::now());
+                let now = tokio::time::Instant::now();
+                if now >= until {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until.min(now + Duration::from_millis(500))) => {}
+                    _ = &mut shutdown => return self.stop(Ok(())).await,
+                }
             }
         };
+        self.stop(result).await
+    }
+
+    async fn stop(&self, result: Result<(), AgentError>) -> Result<(), AgentError> {
+        tandem_common::notify::stopping();
         self.endpoint.close(0u32.into(), b"agent stopping");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         result
@@ -221,6 +239,12 @@ impl Link {
         };
         *backoff = Backoff { attempt: 0 };
         tracing::info!(node = %welcome.node_id, name = %welcome.name, session = welcome.session, lease_ms = welcome.lease_ms, heartbeat_ms = welcome.heartbeat_ms, datagrams, "registered with the coordinator");
+        tandem_common::notify::status(&format!(
+            "connected to {} as {}, lease {:.1} s",
+            self.cfg.coordinator,
+            welcome.name,
+            f64::from(welcome.lease_ms) / 1000.0
+        ));
         self.publish(true);
         let reason = self.session(&conn, send, recv, &welcome, datagrams).await;
         conn.close(0u32.into(), b"session ended");
@@ -397,6 +421,7 @@ impl Link {
             tokio::select! {
                 _ = iv.tick() => {
                     let now = Instant::now();
+                    self.watchdog.ping_if_due(now);
                     if now.duration_since(last_ack) > give_up_after {
                         return format!("no heartbeat ack for {} ms; registering again", now.duration_since(last_ack).as_millis());
                     }

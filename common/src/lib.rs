@@ -9,9 +9,11 @@
 //! - `token`: join tokens (`tdm1.<id>.<secret>.<pin>`) and hashing of their secrets.
 //! - `tls`: the rustls/quinn client and server configurations (mutual TLS, ALPN `tandem/1`).
 //! - `time`: wall-clock helpers for records and events.
+//! - `notify`: systemd readiness, status and watchdog notifications.
 pub mod codec;
 pub mod hardware;
 pub mod ids;
+pub mod notify;
 pub mod pki;
 pub mod proto;
 pub mod time;

@@ -151,8 +151,11 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     tasks.push(tokio::spawn(async move {
         let mut iv = tokio::time::interval(TICK);
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // The detector's loop is the coordinator's main loop: it feeds systemd's watchdog.
+        let mut watchdog = tandem_common::notify::Watchdog::from_env();
         loop {
             iv.tick().await;
+            watchdog.ping_if_due(Instant::now());
             let m = m.clone();
             // The tick may write to the store (fsync): keep it off the async workers.
             let _ = tokio::task::spawn_blocking(move || m.tick(Instant::now())).await;
@@ -202,6 +205,10 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         tracing::warn!("could not write endpoints.json");
     }
     tracing::info!(admin = %admin_addr, quic = %quic_addr, nodes = membership.snapshot().len(), "coordinator serving");
+    tandem_common::notify::ready(&format!(
+        "serving: admin {admin_addr}, QUIC {quic_addr}, {} nodes",
+        membership.snapshot().len()
+    ));
     Ok(Running {
         admin_addr,
         quic_addr,
@@ -222,6 +229,7 @@ impl Running {
     ) -> Result<(), CoordinatorError> {
         shutdown.await;
         tracing::info!("coordinator shutting down");
+        tandem_common::notify::stopping();
         self.endpoint.close(
             membership::close_code::SHUTDOWN,
             b"coordinator shutting down",
