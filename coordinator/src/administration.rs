@@ -565,10 +565,7 @@ impl Membership {
     }
 
     /// Removes every unprotected node that has been down longer than `down_for_ms`.
-    pub fn recycle(
-        &self,
-        down_for_ms: u64,
-    ) -> Result<Recycled, OpError> {
+    pub fn recycle(&self, down_for_ms: u64) -> Result<Recycled, OpError> {
         let now = unix_ms();
         let candidates: Vec<NodeRecord> = self
             .lock()
