@@ -10,6 +10,8 @@
 //! - `probe`: the hardware report: the host through sysinfo and `/proc`, GPUs through NVML on a
 //!   dedicated thread with a deadline, GPU health events, GPU fixtures.
 //! - `inventory`: the `tandem-agent inventory` command's output (table or JSON).
+//! - `supervisor`: runs jobs, each under a per-job `shim` process that holds the lease deadline
+//!   and fences the job when it passes, even if the agent crashed or hung.
 
 pub mod cli;
 pub mod config;
@@ -18,6 +20,7 @@ pub mod inventory;
 pub mod lease;
 pub mod link;
 pub mod probe;
+pub mod supervisor;
 
 use std::future::Future;
 use tokio::sync::watch;

@@ -25,6 +25,13 @@ enum Command {
     Run(RunArgs),
     /// Print this node's hardware report (no coordinator needed) and exit.
     Inventory(InventoryArgs),
+    /// Internal: the per-job supervisor process, started by the agent.
+    #[command(hide = true)]
+    Shim {
+        /// The job's directory (holding `spec.json`).
+        #[arg(long)]
+        job_dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,5 +125,6 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(args) => run_cmd(args),
         Command::Inventory(args) => inventory_cmd(args),
+        Command::Shim { job_dir } => tandem_agent::supervisor::shim::main(&job_dir),
     }
 }

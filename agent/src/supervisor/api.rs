@@ -1,0 +1,491 @@
+//! The agent's handle on its shims: start, stop, lease refresh, exits, logs.
+
+use super::protocol::*;
+use super::{logs, SupervisorError};
+use crate::link::LeaseView;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tandem_common::ids::NodeId;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+
+/// How long a shim may take to answer `started`.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one line to a shim may take to write (a pipe holds 64 KiB; this is never reached
+/// unless the shim is frozen, and then its deadline ends it anyway).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The default cap of each log file.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 8 * 1024 * 1024;
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A job to start.
+#[derive(Debug, Clone, Default)]
+pub struct JobStart {
+    /// The job's id (also its directory name).
+    pub job_id: String,
+    /// Its name, for `TANDEM_JOB_NAME`.
+    pub job_name: String,
+    /// The placement's fencing token.
+    pub fencing_token: u64,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// The job's own environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default: the job dir).
+    pub workdir: Option<PathBuf>,
+    /// Assigned GPU UUIDs, for `CUDA_VISIBLE_DEVICES`.
+    pub gpus: Vec<String>,
+}
+
+/// A started job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedJob {
+    /// The job's pid, also its process group id.
+    pub pid: u32,
+    /// The shim's pid.
+    pub shim_pid: u32,
+    /// The job dir.
+    pub job_dir: PathBuf,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobExit {
+    /// The job.
+    pub job_id: String,
+    /// The token it ran with.
+    pub fencing_token: u64,
+    /// Its exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    /// Why it ended.
+    pub reason: ExitReason,
+}
+
+/// The end of a job's logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogTail {
+    /// The last lines of stdout, oldest first.
+    pub stdout: Vec<String>,
+    /// The last lines of stderr, oldest first.
+    pub stderr: Vec<String>,
+}
+
+struct Running {
+    token: u64,
+    ctl: mpsc::Sender<ShimCommand>,
+}
+
+struct Inner {
+    jobs: Mutex<HashMap<String, Running>>,
+    exits_tx: mpsc::Sender<JobExit>,
+}
+
+/// Starts and watches the shims of this node's jobs. Dropping it is what an agent crash looks
+/// like to the shims: their stdin closes, and each job lives until its last deadline.
+pub struct Supervisor {
+    jobs_dir: PathBuf,
+    node_id: NodeId,
+    node_name: String,
+    fence_kill_timeout: Duration,
+    shim_program: PathBuf,
+    log_max_bytes: u64,
+    path_env: String,
+    inner: Arc<Inner>,
+    /// The lease deadline in CLOCK_MONOTONIC ns; `None` = no lease. Dropped with the supervisor,
+    /// which closes every shim's stdin.
+    deadline: Arc<watch::Sender<Option<u64>>>,
+    exits_rx: Mutex<Option<mpsc::Receiver<JobExit>>>,
+    start_lock: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> SupervisorError {
+    move |source| SupervisorError::Io { what, source }
+}
+
+impl Supervisor {
+    /// A supervisor keeping job dirs under `state_dir/jobs`, using this executable as the shim.
+    pub fn new(
+        state_dir: &Path,
+        node_id: NodeId,
+        node_name: impl Into<String>,
+        fence_kill_timeout: Duration,
+    ) -> Result<Self, SupervisorError> {
+        let jobs_dir = state_dir.join("jobs");
+        std::fs::create_dir_all(&jobs_dir)
+            .map_err(io_err(format!("creating {}", jobs_dir.display())))?;
+        let shim_program =
+            std::env::current_exe().map_err(io_err("finding the agent's executable".into()))?;
+        let (exits_tx, exits_rx) = mpsc::channel(1024);
+        Ok(Self {
+            jobs_dir,
+            node_id,
+            node_name: node_name.into(),
+            fence_kill_timeout,
+            shim_program,
+            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+            path_env: std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string()),
+            inner: Arc::new(Inner {
+                jobs: Mutex::new(HashMap::new()),
+                exits_tx,
+            }),
+            deadline: Arc::new(watch::channel(None).0),
+            exits_rx: Mutex::new(Some(exits_rx)),
+            start_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Uses `program` (a `tandem-agent` binary) as the shim instead of this executable.
+    pub fn with_shim_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.shim_program = program.into();
+        self
+    }
+
+    /// Caps each log file at `bytes` (rotated once; at least 1 KiB).
+    pub fn with_log_limit(mut self, bytes: u64) -> Self {
+        self.log_max_bytes = bytes;
+        self
+    }
+
+    /// The exits of jobs, in the order they are seen. Given out once; later calls get `None`.
+    pub fn exits(&self) -> Option<mpsc::Receiver<JobExit>> {
+        lock(&self.exits_rx).take()
+    }
+
+    /// The jobs running here, with their tokens, sorted by job id.
+    pub fn running(&self) -> Vec<(String, u64)> {
+        let mut v: Vec<_> = lock(&self.inner.jobs)
+            .iter()
+            .map(|(id, r)| (id.clone(), r.token))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Pushes the lease deadline to every shim; `None` (no lease) makes every shim fence now.
+    pub fn refresh(&self, lease_deadline: Option<Instant>) {
+        let ns = lease_deadline.map(instant_to_monotonic_ns);
+        self.deadline.send_replace(ns);
+    }
+
+    /// Follows the link's lease: refreshes on every change until the supervisor or the sender
+    /// is dropped.
+    pub fn follow_lease(
+        &self,
+        mut lease: watch::Receiver<LeaseView>,
+    ) -> tokio::task::JoinHandle<()> {
+        let deadline: Weak<watch::Sender<Option<u64>>> = Arc::downgrade(&self.deadline);
+        tokio::spawn(async move {
+            loop {
+                let held = lease.borrow_and_update().held_until;
+                let Some(tx) = deadline.upgrade() else { return };
+                tx.send_replace(held.map(instant_to_monotonic_ns));
+                drop(tx);
+                if lease.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    fn job_dir(&self, job_id: &str) -> Result<PathBuf, SupervisorError> {
+        validate_job_id(job_id).map_err(SupervisorError::InvalidJob)?;
+        Ok(self.jobs_dir.join(job_id))
+    }
+
+    /// Starts a job under a new shim. Refuses an older fencing token than the job has seen, a
+    /// job that already runs, and any start without a lease.
+    pub async fn start(&self, job: JobStart) -> Result<StartedJob, SupervisorError> {
+        let job_dir = self.job_dir(&job.job_id)?;
+        let id = job.job_id.clone();
+        if job.command.is_empty() || job.command.iter().any(|a| a.contains('\0')) {
+            return Err(SupervisorError::InvalidJob(
+                "the command must be a program and its arguments, without NUL bytes".into(),
+            ));
+        }
+        let env = build_env(&EnvParts {
+            job_env: &job.env,
+            job_id: &job.job_id,
+            job_name: &job.job_name,
+            node_id: self.node_id.as_str(),
+            node_name: &self.node_name,
+            fencing_token: job.fencing_token,
+            gpus: &job.gpus,
+            path: &self.path_env,
+        })
+        .map_err(SupervisorError::InvalidJob)?;
+        let _serial = self.start_lock.lock().await;
+        if let Some(r) = lock(&self.inner.jobs).get(&id) {
+            return Err(SupervisorError::AlreadyRunning {
+                job_id: id,
+                token: r.token,
+            });
+        }
+        // Subscribe before reading the deadline: a refresh after this read reaches the shim.
+        let mut deadline_rx = self.deadline.subscribe();
+        let deadline = match *deadline_rx.borrow_and_update() {
+            Some(ns) if monotonic_ns().is_some_and(|now| now < ns) => ns,
+            _ => return Err(SupervisorError::NoLease),
+        };
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&job_dir)
+            .map_err(io_err(format!("creating {}", job_dir.display())))?;
+        let highest = read_token(&job_dir)?;
+        if !token_allowed(highest, job.fencing_token) {
+            return Err(SupervisorError::StaleToken {
+                job_id: id,
+                token: job.fencing_token,
+                highest: highest.unwrap_or(0),
+            });
+        }
+        write_token(&job_dir, job.fencing_token)?;
+        let spec = JobSpec {
+            job_id: id.clone(),
+            fencing_token: job.fencing_token,
+            command: job.command,
+            env,
+            workdir: job.workdir.unwrap_or_else(|| job_dir.clone()),
+            lease_deadline_ns: deadline,
+            fence_kill_timeout_ms: u64::try_from(self.fence_kill_timeout.as_millis())
+                .unwrap_or(u64::MAX),
+            log_max_bytes: self.log_max_bytes,
+        };
+        let spec_path = job_dir.join(SPEC_FILE);
+        let bytes = serde_json::to_vec_pretty(&spec).map_err(|e| SupervisorError::Io {
+            what: "encoding the spec".into(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&spec_path, &bytes)
+            .map_err(io_err(format!("writing {}", spec_path.display())))?;
+        let shim_log = job_dir.join(SHIM_LOG);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&shim_log)
+            .map_err(io_err(format!("opening {}", shim_log.display())))?;
+        let mut cmd = tokio::process::Command::new(&self.shim_program);
+        cmd.arg("shim")
+            .arg("--job-dir")
+            .arg(&job_dir)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(false);
+        if let Ok(level) = std::env::var("RUST_LOG") {
+            cmd.env("RUST_LOG", level);
+        }
+        // SAFETY: setsid is async-signal-safe. The shim gets its own session, so it outlives a
+        // signal to the agent's process group.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let shim_err = |reason: String| SupervisorError::Shim {
+            job_id: id.clone(),
+            reason,
+        };
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| shim_err(format!("cannot run {}: {e}", self.shim_program.display())))?;
+        let shim_pid = child.id().unwrap_or(0);
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.start_kill();
+            return Err(shim_err("no pipes to the shim".into()));
+        };
+        let mut line = String::new();
+        let mut reader = BufReader::new(stdout).take(MAX_LINE as u64);
+        let read = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read_line(&mut line)).await;
+        let pid = match read.map(|r| r.map(|_| ShimReply::parse(&line))) {
+            Ok(Ok(Ok(ShimReply::Started(pid)))) => pid,
+            Ok(Ok(Ok(ShimReply::Busy))) => return Err(SupervisorError::Busy { job_id: id }),
+            Ok(Ok(Ok(ShimReply::Failed(reason)))) => {
+                return Err(SupervisorError::SpawnFailed { job_id: id, reason })
+            }
+            other => {
+                // The shim ends its job (if it started one) on SIGTERM.
+                if shim_pid > 1 {
+                    // SAFETY: kill has no memory-safety preconditions; this is our child.
+                    unsafe { libc::kill(shim_pid as i32, libc::SIGTERM) };
+                }
+                let why = match other {
+                    Err(_) => "no answer in time".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Ok(Ok(Err(e))) => e,
+                    Ok(Ok(Ok(_))) => "unexpected answer".to_string(),
+                };
+                return Err(shim_err(why));
+            }
+        };
+        let (ctl_tx, ctl_rx) = mpsc::channel(16);
+        lock(&self.inner.jobs).insert(
+            id.clone(),
+            Running {
+                token: spec.fencing_token,
+                ctl: ctl_tx,
+            },
+        );
+        tokio::spawn(control(stdin, deadline_rx, ctl_rx));
+        tokio::spawn(monitor(
+            child,
+            Arc::clone(&self.inner),
+            job_dir.clone(),
+            id,
+            spec.fencing_token,
+            pid,
+        ));
+        Ok(StartedJob {
+            pid,
+            shim_pid,
+            job_dir,
+        })
+    }
+
+    /// Stops a job: SIGTERM to its group now, SIGKILL after `kill_timeout`. Returns once the
+    /// shim has the command; the end comes through [`Supervisor::exits`]. A token lower than
+    /// the running copy's is refused; a higher one is recorded as the job's highest.
+    pub async fn stop(
+        &self,
+        job_id: &str,
+        token: u64,
+        kill_timeout: Duration,
+    ) -> Result<(), SupervisorError> {
+        let job_dir = self.job_dir(job_id)?;
+        let (running, ctl) = match lock(&self.inner.jobs).get(job_id) {
+            Some(r) => (r.token, r.ctl.clone()),
+            None => {
+                return Err(SupervisorError::NotRunning {
+                    job_id: job_id.to_string(),
+                })
+            }
+        };
+        if !token_allowed(Some(running), token) {
+            return Err(SupervisorError::StaleToken {
+                job_id: job_id.to_string(),
+                token,
+                highest: running,
+            });
+        }
+        if token > running {
+            write_token(&job_dir, token)?;
+        }
+        let kill_timeout_ms = u64::try_from(kill_timeout.as_millis()).unwrap_or(u64::MAX);
+        ctl.send(ShimCommand::Stop { kill_timeout_ms })
+            .await
+            .map_err(|_| SupervisorError::NotRunning {
+                job_id: job_id.to_string(),
+            })
+    }
+
+    /// The last `n_lines` lines of a job's stdout and stderr (running or not).
+    pub async fn tail_logs(
+        &self,
+        job_id: &str,
+        n_lines: usize,
+    ) -> Result<LogTail, SupervisorError> {
+        let job_dir = self.job_dir(job_id)?;
+        if !job_dir.is_dir() {
+            return Err(SupervisorError::UnknownJob {
+                job_id: job_id.to_string(),
+            });
+        }
+        let read = move || -> Result<LogTail, SupervisorError> {
+            let one = |name: &str| {
+                let p = job_dir.join(name);
+                logs::tail(&p, n_lines).map_err(io_err(format!("reading {}", p.display())))
+            };
+            Ok(LogTail {
+                stdout: one(STDOUT_LOG)?,
+                stderr: one(STDERR_LOG)?,
+            })
+        };
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| SupervisorError::Io {
+                what: "reading logs".into(),
+                source: std::io::Error::other(e),
+            })?
+    }
+}
+
+/// Writes lease changes and commands to one shim's stdin, until the shim is gone or the
+/// supervisor is dropped (which closes the pipe: the shim keeps its last deadline).
+async fn control(
+    mut stdin: tokio::process::ChildStdin,
+    mut deadline: watch::Receiver<Option<u64>>,
+    mut ctl: mpsc::Receiver<ShimCommand>,
+) {
+    loop {
+        let cmd = tokio::select! {
+            r = deadline.changed() => match r {
+                Ok(()) => match *deadline.borrow_and_update() {
+                    Some(ns) => ShimCommand::Lease(ns),
+                    None => ShimCommand::Fence,
+                },
+                Err(_) => return,
+            },
+            c = ctl.recv() => match c {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        let line = cmd.to_line();
+        match tokio::time::timeout(WRITE_TIMEOUT, stdin.write_all(line.as_bytes())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => tracing::warn!("a shim did not take {:?} in time", line.trim()),
+        }
+    }
+}
+
+/// Waits for a shim to exit and reports its job's end.
+async fn monitor(
+    mut child: tokio::process::Child,
+    inner: Arc<Inner>,
+    job_dir: PathBuf,
+    job_id: String,
+    token: u64,
+    pid: u32,
+) {
+    let _ = child.wait().await;
+    let status = read_status(&job_dir).filter(|s| s.state == JobState::Exited && s.pid == pid);
+    let exit = match status {
+        Some(s) => JobExit {
+            job_id: job_id.clone(),
+            fencing_token: token,
+            code: s.code,
+            signal: s.signal,
+            reason: s.reason.unwrap_or(ExitReason::Exited),
+        },
+        None => {
+            // The shim died without recording an end: whatever is left of the job must not run
+            // unsupervised. The group id is the job's pid.
+            tracing::error!(job = %job_id, pid, "shim died without recording an end; killing the job's group");
+            signal_group(pid as i32, libc::SIGKILL);
+            JobExit {
+                job_id: job_id.clone(),
+                fencing_token: token,
+                code: None,
+                signal: None,
+                reason: ExitReason::Lost,
+            }
+        }
+    };
+    lock(&inner.jobs).remove(&job_id);
+    let _ = inner.exits_tx.send(exit).await;
+}

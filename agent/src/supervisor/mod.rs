@@ -1,0 +1,165 @@
+//! The agent's job supervisor: every job runs under its own small supervisor process, the
+//! *shim* (`tandem-agent shim --job-dir DIR`), which holds the lease deadline and kills the job
+//! when it passes — whatever has happened to the agent.
+//!
+//! # Why a per-job shim (the agent's side of the fencing argument)
+//! DESIGN.md's argument needs every job of a node to be dead by `t_send + lease + kill_timeout`,
+//! before the coordinator's `t_recv + lease + fence_grace`. The agent cannot promise that by
+//! itself: a crashed agent (`kill -9`) or a frozen one (`kill -STOP`) kills nothing. So the
+//! deadline lives in a process that does not share the agent's fate:
+//!
+//! - The agent converts its lease (`LeaseView::held_until`) into CLOCK_MONOTONIC nanoseconds and
+//!   pushes it to every shim on the shim's stdin (`lease <ns>`) each time it changes. That clock
+//!   is one clock for all processes of the host, so the shim's deadline *is* the agent's lease.
+//! - At the deadline the shim SIGTERMs the job's process group and SIGKILLs it after the fence
+//!   kill timeout (default 250 ms), records how the job ended, and exits. The three failures all
+//!   end there: a partition stops the acks, so the agent's lease stops moving (or is revoked:
+//!   `refresh(None)` sends `fence`); a frozen agent stops refreshing; a dead agent closes the pipe,
+//!   and on EOF the shim keeps the last deadline — it never extends one by itself.
+//! - The shim is started in its own session (`setsid`), so a signal to the agent's process group
+//!   or terminal does not reach it; the job runs in its own process group under the shim, so one
+//!   `kill(-pgid)` reaches the job and everything it started. When the job's leader exits, the
+//!   rest of its group is killed too (before the leader is reaped, so the group id cannot have
+//!   been reused): leftover children of a finished job would be a second copy after a restart.
+//! - Defence in depth: the job leader has `PR_SET_PDEATHSIG = SIGKILL`, so if the shim itself is
+//!   killed outright (OOM) the leader dies with it; and when the agent sees a shim die without a
+//!   recorded end, it kills the job's group itself ([`ExitReason::Lost`]).
+//!
+//! Why not the alternatives from the issue: a parent-death signal on the job alone covers a
+//! crash but not a hang, and kills at once rather than at the deadline; systemd's watchdog covers
+//! a hang, but only after `WatchdogSec` (longer than a 1 s lease), and with `KillMode=control-group`
+//! every agent restart would kill every job.
+//!
+//! Converting an `Instant`: it is opaque, so [`protocol::instant_to_monotonic_ns`] reads
+//! `clock_gettime(CLOCK_MONOTONIC)` and then `Instant::now()` and carries the offset across.
+//! Reading the clock first means the pair's error can only move a deadline earlier, never later.
+//! The shim then only compares that number with `clock_gettime` again.
+//!
+//! What this does not cover, said plainly: a job that calls `setsid` itself leaves its process
+//! group and escapes the fence (cgroups would close that); and like every lease on
+//! CLOCK_MONOTONIC, a host that is *suspended* stops the clock, so the agent's lease must be
+//! revoked on resume by the coordinator's refusal. Jobs that write shared state should check
+//! `TANDEM_FENCING_TOKEN` at the storage.
+//!
+//! # Fencing tokens
+//! Each job dir keeps `fencing_token`, the highest token seen for that job, written durably
+//! before a shim is started, so it survives an agent restart. `start` refuses a token lower than
+//! it, and `stop` refuses a token lower than the running copy's (see
+//! [`protocol::token_allowed`]). The shim holds a `flock` on the job dir for its whole life, so a
+//! shim left over from before an agent restart (still running until its deadline) makes a new
+//! `start` fail with [`SupervisorError::Busy`] instead of running the job twice.
+//!
+//! # systemd: `KillMode=process`
+//! Use `KillMode=process` for the agent's unit: on `systemctl restart` or a watchdog restart
+//! systemd then signals only the agent, and the shims (and jobs) are left alone. They are not left
+//! unbounded: the new agent does not adopt them, so each job is fenced at the lease deadline the
+//! old agent gave it (at most one lease, 1 s by default), exactly as after a crash. With the
+//! default `control-group` systemd would SIGTERM every job at once on each restart, and SIGKILL
+//! them with the unit's timeout; `mixed` is the same for the jobs. A shim that receives SIGTERM,
+//! SIGINT or SIGHUP (e.g. `systemctl stop` with `control-group`) stops its job first, with the
+//! fence kill timeout, then exits.
+//!
+//! # Files in a job dir (`STATE_DIR/jobs/<job id>/`)
+//! `spec.json` (what to run, mode 0600: it holds the environment), `fencing_token`, `lock`,
+//! `status.json` (running or exited with code or signal, token, pid, times; written atomically),
+//! `pid`, `shim.log` (the shim's own log), and `stdout.log` / `stderr.log`, each rotated to
+//! `.1` at the size cap (8 MiB by default), so a job keeps its last 8–16 MiB of each stream.
+//!
+//! # The shim protocol
+//! Agent to shim, one line each on stdin: `lease <monotonic ns>`, `fence`, `stop <kill ms>`.
+//! Shim to agent, once on stdout: `started <pid>`, `busy`, or `failed <reason>`. The end is read
+//! from `status.json` once the shim has exited.
+
+pub mod guard;
+pub mod logs;
+pub mod protocol;
+pub mod shim;
+
+mod api;
+
+pub use api::{JobExit, JobStart, LogTail, StartedJob, Supervisor};
+pub use protocol::{ExitReason, JobState, JobStatus};
+
+use std::path::PathBuf;
+
+/// The fence kill timeout when none is configured.
+pub const DEFAULT_FENCE_KILL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// What went wrong in the supervisor or a shim.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// The job (id, command, environment, GPUs) cannot be run as given.
+    #[error("invalid job: {0}")]
+    InvalidJob(String),
+    /// The command carries a fencing token lower than one already seen for the job.
+    #[error("job {job_id}: fencing token {token} is older than {highest}")]
+    StaleToken {
+        /// The job.
+        job_id: String,
+        /// The refused token.
+        token: u64,
+        /// The highest token seen for it.
+        highest: u64,
+    },
+    /// This supervisor already runs the job.
+    #[error("job {job_id} already runs here with fencing token {token}")]
+    AlreadyRunning {
+        /// The job.
+        job_id: String,
+        /// The running copy's token.
+        token: u64,
+    },
+    /// This supervisor does not run the job.
+    #[error("job {job_id} does not run here")]
+    NotRunning {
+        /// The job.
+        job_id: String,
+    },
+    /// There is no record of the job in the state dir.
+    #[error("job {job_id} is unknown here")]
+    UnknownJob {
+        /// The job.
+        job_id: String,
+    },
+    /// No lease is held (or it has run out): no job may start.
+    #[error("no lease is held: jobs may not start")]
+    NoLease,
+    /// A shim (from before an agent restart) still holds the job's dir until its deadline.
+    #[error("job {job_id}: an earlier shim still holds its job dir")]
+    Busy {
+        /// The job.
+        job_id: String,
+    },
+    /// The shim ran but could not start the job (no such program, bad workdir, lease ran out).
+    #[error("job {job_id} could not start: {reason}")]
+    SpawnFailed {
+        /// The job.
+        job_id: String,
+        /// The shim's reason.
+        reason: String,
+    },
+    /// The shim itself could not be started or did not answer.
+    #[error("job {job_id}: shim failed: {reason}")]
+    Shim {
+        /// The job.
+        job_id: String,
+        /// What happened.
+        reason: String,
+    },
+    /// A state file holds something unreadable.
+    #[error("{}: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Local I/O failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,409 @@
+//! `tandem-agent shim --job-dir DIR`: the per-job supervisor process.
+//!
+//! It reads `spec.json`, takes the job dir's lock, starts the job in its own process group,
+//! answers `started <pid>` on stdout, and then holds the lease deadline: `lease`, `fence` and
+//! `stop` lines on stdin move it or end the job; at the deadline it SIGTERMs the job's group and
+//! SIGKILLs it after the fence kill timeout. On stdin EOF (the agent died) it keeps the last
+//! deadline. When the job's leader exits, the rest of its group is killed before the leader is
+//! reaped (so the group id cannot be reused meanwhile), `status.json` records the end, and the
+//! shim exits. Threads, not an async runtime: one each for stdin, the leader's exit, signals,
+//! and each output pipe; the main thread owns all decisions through [`Guard`].
+
+use super::guard::{Action, Guard};
+use super::logs::RotatingLog;
+use super::protocol::*;
+use super::SupervisorError;
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+use tandem_common::time::unix_ms;
+
+enum Event {
+    Command(ShimCommand),
+    BadLine(String),
+    StdinClosed,
+    Signal(i32),
+    LeaderExited,
+}
+
+/// The shim's entry point.
+pub fn main(job_dir: &Path) -> ExitCode {
+    crate::init_tracing("info");
+    match run(job_dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "shim failed");
+            reply(&ShimReply::Failed(e.to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn reply(r: &ShimReply) {
+    // The agent may be gone: SIGPIPE is ignored by Rust's runtime, so this only fails.
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(r.to_line().as_bytes());
+    let _ = out.flush();
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> SupervisorError {
+    let what = what.into();
+    move |source| SupervisorError::Io { what, source }
+}
+
+/// CLOCK_MONOTONIC now; an unreadable clock counts as "every deadline has passed".
+fn now_ns() -> u64 {
+    monotonic_ns().unwrap_or(u64::MAX)
+}
+
+fn run(job_dir: &Path) -> Result<(), SupervisorError> {
+    // The agent starts us with setsid already; this covers being started some other way. Our own
+    // session keeps a signal to the agent's process group (or terminal) from reaching us.
+    // SAFETY: setsid has no memory-safety preconditions; it fails harmlessly when we lead one.
+    unsafe { libc::setsid() };
+    cloexec_inherited_fds();
+    let sigs = block_signals();
+    let spec_path = job_dir.join(SPEC_FILE);
+    let text = fs::read(&spec_path).map_err(io_err(format!("reading {}", spec_path.display())))?;
+    let spec: JobSpec = serde_json::from_slice(&text).map_err(|e| SupervisorError::Corrupt {
+        path: spec_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let lock_path = job_dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(format!("opening {}", lock_path.display())))?;
+    // SAFETY: flock on a descriptor we own; the lock lives as long as `lock` (our whole life).
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        tracing::warn!("another shim holds {}", lock_path.display());
+        reply(&ShimReply::Busy);
+        return Ok(());
+    }
+    if now_ns() >= spec.lease_deadline_ns {
+        reply(&ShimReply::Failed(
+            "the lease ran out before the job started".into(),
+        ));
+        return Ok(());
+    }
+    let max = spec.log_max_bytes;
+    let open_log = |name: &str| {
+        let p = job_dir.join(name);
+        RotatingLog::open(&p, max).map_err(io_err(format!("opening {}", p.display())))
+    };
+    let (out_log, err_log) = (open_log(STDOUT_LOG)?, open_log(STDERR_LOG)?);
+    let Some((program, args)) = spec.command.split_first() else {
+        reply(&ShimReply::Failed("empty command".into()));
+        return Ok(());
+    };
+    let shim_pid = std::process::id();
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(&spec.env)
+        .current_dir(&spec.workdir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: only async-signal-safe calls (sigprocmask, signal, prctl, getppid, raise)
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The job must not inherit our blocked signals (SIGTERM among them: a shell would
+            // then sit out the fence's SIGTERM) nor ignored signals (the
+            // runtime's SIGPIPE, or a `nohup`'s SIGHUP): it starts with default dispositions.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            // If the shim dies without fencing (SIGKILL, OOM), the kernel kills the job leader.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != shim_pid {
+                libc::raise(libc::SIGKILL);
+            }
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            reply(&ShimReply::Failed(format!("cannot start {program:?}: {e}")));
+            return Ok(());
+        }
+    };
+    let pid = child.id();
+    let pgid = pid as i32;
+    let started = unix_ms();
+    let mut status = JobStatus {
+        job_id: spec.job_id.clone(),
+        fencing_token: spec.fencing_token,
+        state: JobState::Running,
+        pid,
+        shim_pid,
+        started_unix_ms: started,
+        ended_unix_ms: None,
+        code: None,
+        signal: None,
+        reason: None,
+    };
+    write_status(job_dir, &status);
+    let _ = write_atomic(&job_dir.join(PID_FILE), format!("{pid}\n").as_bytes());
+    tracing::info!(job = %spec.job_id, token = spec.fencing_token, pid, "job started");
+    reply(&ShimReply::Started(pid));
+
+    let (tx, rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    if let Some(out) = child.stdout.take() {
+        copy_thread(out, out_log, done_tx.clone());
+    }
+    if let Some(err) = child.stderr.take() {
+        copy_thread(err, err_log, done_tx.clone());
+    }
+    drop(done_tx);
+    stdin_thread(tx.clone());
+    signal_thread(sigs, tx.clone());
+    let waiter = tx;
+    std::thread::spawn(move || {
+        wait_exited_nowait(pgid);
+        let _ = waiter.send(Event::LeaderExited);
+    });
+
+    let mut guard = Guard::new(
+        spec.lease_deadline_ns,
+        Duration::from_millis(spec.fence_kill_timeout_ms),
+    );
+    let apply = |acts: Vec<Action>, guard: &Guard| {
+        for a in acts {
+            let reason = guard.reason();
+            match a {
+                Action::Term => {
+                    tracing::info!(?reason, "SIGTERM to the job's process group");
+                    signal_group(pgid, libc::SIGTERM);
+                    signal_group(pgid, libc::SIGCONT);
+                }
+                Action::Kill => {
+                    tracing::info!(?reason, "SIGKILL to the job's process group");
+                    signal_group(pgid, libc::SIGKILL);
+                }
+            }
+        }
+    };
+    loop {
+        let now = now_ns();
+        let acts = guard.poll(now);
+        apply(acts, &guard);
+        let wait = Duration::from_nanos(guard.next_wake().saturating_sub(now));
+        match rx.recv_timeout(wait.min(Duration::from_secs(3600))) {
+            Ok(Event::LeaderExited) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Event::Command(c)) => {
+                let acts = guard.on_command(c, now_ns());
+                apply(acts, &guard);
+            }
+            Ok(Event::BadLine(e)) => tracing::warn!("ignored a bad line from the agent: {e}"),
+            Ok(Event::StdinClosed) => {
+                tracing::warn!("the agent's pipe closed: keeping the last lease deadline");
+            }
+            Ok(Event::Signal(sig)) => {
+                tracing::warn!(sig, "told to terminate: stopping the job first");
+                let acts = guard.on_signal(now_ns());
+                apply(acts, &guard);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+    // The leader is a zombie, so its pid (the group id) cannot be reused: kill what is left of
+    // the group, then reap.
+    signal_group(pgid, libc::SIGKILL);
+    let (code, signal) = reap(pgid);
+    // Give the pipes a moment to drain; a process that left the group may hold them open.
+    let until = std::time::Instant::now() + Duration::from_secs(1);
+    while done_rx
+        .recv_timeout(until.saturating_duration_since(std::time::Instant::now()))
+        .is_ok()
+    {}
+    status.state = JobState::Exited;
+    status.ended_unix_ms = Some(unix_ms());
+    status.code = code;
+    status.signal = signal;
+    status.reason = Some(guard.reason().unwrap_or(ExitReason::Exited));
+    write_status(job_dir, &status);
+    tracing::info!(?code, ?signal, reason = ?status.reason, "job ended");
+    drop(lock);
+    Ok(())
+}
+
+fn write_status(job_dir: &Path, status: &JobStatus) {
+    let path = job_dir.join(STATUS_FILE);
+    let res = serde_json::to_vec_pretty(status)
+        .map_err(io::Error::other)
+        .and_then(|b| write_atomic(&path, &b));
+    if let Err(e) = res {
+        tracing::error!(error = %e, "cannot write {}", path.display());
+    }
+}
+
+fn copy_thread(mut from: impl Read + Send + 'static, mut log: RotatingLog, done: mpsc::Sender<()>) {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if let Err(e) = log.write(&buf[..n]) {
+                        tracing::error!(error = %e, "cannot write a job log");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        drop(done);
+    });
+}
+
+fn stdin_thread(tx: mpsc::Sender<Event>) {
+    std::thread::spawn(move || {
+        let mut input = BufReader::new(io::stdin());
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match (&mut input)
+                .take(MAX_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) if line.last() != Some(&b'\n') && line.len() > MAX_LINE => {
+                    // Too long: drop it up to its newline.
+                    let mut rest = Vec::new();
+                    let _ = input.read_until(b'\n', &mut rest);
+                    let _ = tx.send(Event::BadLine("line too long".into()));
+                }
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&line);
+                    let ev = match ShimCommand::parse(&text) {
+                        Ok(c) => Event::Command(c),
+                        Err(e) => Event::BadLine(e),
+                    };
+                    if tx.send(ev).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = tx.send(Event::StdinClosed);
+    });
+}
+
+/// Marks every descriptor above stderr that we inherited (from the agent, or whatever started
+/// it) close-on-exec, so the job gets only stdin, stdout and stderr.
+fn cloexec_inherited_fds() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets descriptor flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return;
+    }
+    // Kernels before 5.11: walk /proc/self/fd.
+    let Ok(dir) = fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number; a closed one just fails with EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in every thread (they are inherited by threads spawned
+/// after), so that only `sigwait` in the signal thread receives them.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: plain sigset manipulation on a local.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn signal_thread(set: libc::sigset_t, tx: mpsc::Sender<Event>) {
+    std::thread::spawn(move || loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is an initialised sigset and `sig` a valid out-pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
+        }
+        if tx.send(Event::Signal(sig)).is_err() {
+            return;
+        }
+    });
+}
+
+/// Waits until `pid` has exited without reaping it.
+fn wait_exited_nowait(pid: i32) {
+    loop {
+        // SAFETY: zeroed siginfo is a valid out-buffer for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+/// Reaps `pid`: (exit code, terminating signal).
+fn reap(pid: i32) -> (Option<i32>, Option<i32>) {
+    loop {
+        let mut st: libc::c_int = 0;
+        // SAFETY: `st` is a valid out-pointer.
+        let rc = unsafe { libc::waitpid(pid, &mut st, 0) };
+        if rc == pid {
+            if libc::WIFEXITED(st) {
+                return (Some(libc::WEXITSTATUS(st)), None);
+            }
+            if libc::WIFSIGNALED(st) {
+                return (None, Some(libc::WTERMSIG(st)));
+            }
+            continue;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return (None, None);
+        }
+    }
+}

@@ -1,0 +1,568 @@
+//! The job supervisor with the real `tandem-agent shim` binary and real processes: env and logs,
+//! exits, fencing at the lease deadline (whole process group, not before, soon after), a dead
+//! agent, a job that ignores SIGTERM, fencing tokens, user stops.
+//!
+//! Every test has its own state dir, and a `Reaper` SIGKILLs anything still carrying that dir in
+//! its command line or environment when the test ends, passed or failed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tandem_agent::supervisor::{
+    ExitReason, JobExit, JobStart, JobState, Supervisor, SupervisorError,
+};
+use tandem_common::ids::NodeId;
+use tokio::sync::mpsc;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tandem-agent");
+const FENCE_KILL: Duration = Duration::from_millis(250);
+/// The bound asserted on "dead after the deadline" (the design needs fence kill timeout plus
+/// scheduling slack; this is generous for a loaded 2-core test machine).
+const KILL_BOUND: Duration = Duration::from_secs(2);
+
+/// Kills, at drop, every process of ours that names the test's directory.
+struct Reaper(PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let tag = self.0.to_string_lossy().into_owned();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in dir.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let mentions = |f: &str| {
+                std::fs::read(e.path().join(f))
+                    .map(|b| String::from_utf8_lossy(&b).contains(&tag))
+                    .unwrap_or(false)
+            };
+            if pid > 1 && (mentions("cmdline") || mentions("environ")) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    _reaper: Reaper,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let reaper = Reaper(dir.path().to_path_buf());
+    Env {
+        dir,
+        _reaper: reaper,
+    }
+}
+
+impl Env {
+    fn state(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn supervisor(&self) -> Supervisor {
+        Supervisor::new(self.state(), NodeId::random(), "node-a", FENCE_KILL)
+            .unwrap()
+            .with_shim_program(BIN)
+    }
+
+    fn job(&self, id: &str, token: u64, script: &str) -> JobStart {
+        let mut env = BTreeMap::new();
+        // Lets the reaper find the job and everything it starts.
+        env.insert(
+            "TEST_TAG".to_string(),
+            self.state().to_string_lossy().into_owned(),
+        );
+        JobStart {
+            job_id: id.to_string(),
+            job_name: format!("{id}-name"),
+            fencing_token: token,
+            command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env,
+            workdir: None,
+            gpus: Vec::new(),
+        }
+    }
+
+    fn job_dir(&self, id: &str) -> PathBuf {
+        self.state().join("jobs").join(id)
+    }
+}
+
+/// Whether `pid` runs (a zombie counts as dead).
+fn alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.trim_start().chars().next());
+    !matches!(state, Some(Some('Z' | 'X')) | None)
+}
+
+/// Fields 5 and 6 of /proc/PID/stat: process group and session.
+fn pgid_and_session(pid: u32) -> (i32, i32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    (rest[2].parse().unwrap(), rest[3].parse().unwrap())
+}
+
+async fn wait_for_pid_file(path: &Path) -> i32 {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if let Ok(pid) = s.trim().parse() {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < until, "{} never appeared", path.display());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn next_exit(rx: &mut mpsc::Receiver<JobExit>, within: Duration) -> JobExit {
+    tokio::time::timeout(within, rx.recv())
+        .await
+        .expect("no exit in time")
+        .expect("exit channel closed")
+}
+
+/// Polls until every pid is dead; returns when that was seen.
+async fn wait_dead(pids: &[i32], within: Duration) -> Instant {
+    let until = Instant::now() + within;
+    loop {
+        if pids.iter().all(|p| !alive(*p)) {
+            return Instant::now();
+        }
+        assert!(Instant::now() < until, "{pids:?} still alive");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn far() -> Option<Instant> {
+    Some(Instant::now() + Duration::from_secs(60))
+}
+
+#[tokio::test]
+async fn env_logs_exit_codes_and_signals() {
+    let t = env();
+    let sup = t.supervisor().with_log_limit(4096);
+    let mut exits = sup.exits().unwrap();
+    assert!(sup.exits().is_none());
+
+    // No lease, no start.
+    let err = sup.start(t.job("j1", 1, "exit 0")).await.unwrap_err();
+    assert!(matches!(err, SupervisorError::NoLease), "{err}");
+    sup.refresh(far());
+
+    let mut job = t.job(
+        "j1",
+        3,
+        "echo \"token=$TANDEM_FENCING_TOKEN gpus=$CUDA_VISIBLE_DEVICES id=$TANDEM_JOB_ID \
+         name=$TANDEM_JOB_NAME node=$TANDEM_NODE_NAME foo=$FOO\"; echo oops >&2; exit 7",
+    );
+    job.gpus = vec!["GPU-aaa".into(), "GPU-bbb".into()];
+    job.env.insert("FOO".into(), "bar".into());
+    sup.start(job).await.unwrap();
+    let e = next_exit(&mut exits, Duration::from_secs(10)).await;
+    assert_eq!(
+        (
+            e.job_id.as_str(),
+            e.fencing_token,
+            e.code,
+            e.signal,
+            e.reason
+        ),
+        ("j1", 3, Some(7), None, ExitReason::Exited)
+    );
+    let logs = sup.tail_logs("j1", 10).await.unwrap();
+    assert_eq!(
+        logs.stdout,
+        ["token=3 gpus=GPU-aaa,GPU-bbb id=j1 name=j1-name node=node-a foo=bar"]
+    );
+    assert_eq!(logs.stderr, ["oops"]);
+    let status: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.job_dir("j1").join("status.json")).unwrap())
+            .unwrap();
+    assert_eq!(status["state"], "exited");
+    assert_eq!(status["code"], 7);
+    assert_eq!(status["fencing_token"], 3);
+    assert!(status["ended_unix_ms"].as_u64() >= status["started_unix_ms"].as_u64());
+
+    // Killed by a signal.
+    sup.start(t.job("j2", 1, "kill -KILL $$")).await.unwrap();
+    let e = next_exit(&mut exits, Duration::from_secs(10)).await;
+    assert_eq!((e.code, e.signal), (None, Some(libc::SIGKILL)));
+
+    // Output past the cap is rotated, and the tail spans both files.
+    let chatty = "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done";
+    sup.start(t.job("j3", 1, chatty)).await.unwrap();
+    let e = next_exit(&mut exits, Duration::from_secs(20)).await;
+    assert_eq!(e.code, Some(0));
+    let out = t.job_dir("j3").join("stdout.log");
+    assert!(std::fs::metadata(&out).unwrap().len() <= 4096);
+    assert!(
+        std::fs::metadata(t.job_dir("j3").join("stdout.log.1"))
+            .unwrap()
+            .len()
+            <= 4096
+    );
+    let tail = sup.tail_logs("j3", 400).await.unwrap().stdout;
+    assert_eq!(tail.len(), 400);
+    assert_eq!(tail.last().unwrap(), "line 1999");
+
+    // The job starts clean: no blocked or ignored signals from the shim, and no descriptors
+    // beyond 0, 1, 2 (ls's own directory handle is 3). Programs are found on PATH.
+    let mut sigs = t.job("j6", 1, "");
+    sigs.command = ["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"]
+        .map(String::from)
+        .to_vec();
+    sup.start(sigs).await.unwrap();
+    assert_eq!(
+        next_exit(&mut exits, Duration::from_secs(10)).await.code,
+        Some(0)
+    );
+    let lines = sup.tail_logs("j6", 5).await.unwrap().stdout;
+    let mask = |name: &str| {
+        let l = lines.iter().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(l.split('\t').nth(1).unwrap(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{lines:?}");
+    // Standard signals 1 to 31 (above them glibc keeps its own).
+    assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "{lines:?}");
+    let mut fds = t.job("j7", 1, "");
+    fds.command = ["ls", "/proc/self/fd"].map(String::from).to_vec();
+    sup.start(fds).await.unwrap();
+    assert_eq!(
+        next_exit(&mut exits, Duration::from_secs(10)).await.code,
+        Some(0)
+    );
+    assert_eq!(
+        sup.tail_logs("j7", 10).await.unwrap().stdout,
+        ["0", "1", "2", "3"]
+    );
+
+    // Bad input is refused with the reason, never run.
+    let err = sup.start(t.job("../x", 1, "true")).await.unwrap_err();
+    assert!(matches!(err, SupervisorError::InvalidJob(_)), "{err}");
+    let mut nothing = t.job("j4", 1, "");
+    nothing.command.clear();
+    assert!(matches!(
+        sup.start(nothing).await,
+        Err(SupervisorError::InvalidJob(_))
+    ));
+    let mut missing = t.job("j5", 1, "");
+    missing.command = vec!["/nonexistent/program".into()];
+    let err = sup.start(missing).await.unwrap_err();
+    assert!(matches!(err, SupervisorError::SpawnFailed { .. }), "{err}");
+    assert!(matches!(
+        sup.tail_logs("nope", 1).await,
+        Err(SupervisorError::UnknownJob { .. })
+    ));
+    assert!(sup.running().is_empty());
+}
+
+/// A job that starts a background grandchild, writing both pids into its job dir.
+const FAMILY: &str = "sleep 1000 & echo $! > gc.pid; echo $$ > leader.pid; wait";
+
+#[tokio::test]
+async fn the_deadline_kills_the_whole_group_not_before_and_soon_after() {
+    let t = env();
+    let sup = t.supervisor();
+    let mut exits = sup.exits().unwrap();
+    sup.refresh(far());
+    let started = sup.start(t.job("fam", 1, FAMILY)).await.unwrap();
+    let leader = wait_for_pid_file(&t.job_dir("fam").join("leader.pid")).await;
+    let gc = wait_for_pid_file(&t.job_dir("fam").join("gc.pid")).await;
+    assert_eq!(leader as u32, started.pid);
+    assert_eq!(sup.running(), [("fam".to_string(), 1)]);
+    // The job leads its own group; the shim has its own session, apart from ours.
+    assert_eq!(pgid_and_session(started.pid).0, leader);
+    let (_, shim_session) = pgid_and_session(started.shim_pid);
+    assert_eq!(shim_session, started.shim_pid as i32);
+    assert_ne!(shim_session, unsafe { libc::getsid(0) });
+
+    // The agent's lease ends in 800 ms and is never renewed (a hung agent looks the same).
+    let deadline = Instant::now() + Duration::from_millis(800);
+    sup.refresh(Some(deadline));
+    while Instant::now() + Duration::from_millis(80) < deadline {
+        assert!(alive(leader) && alive(gc), "killed before the deadline");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dead_at = wait_dead(&[leader, gc], deadline + KILL_BOUND - Instant::now()).await;
+    assert!(dead_at >= deadline, "died before the deadline");
+    let latency = dead_at - deadline;
+    eprintln!("fence latency after the deadline: {latency:?} (job and grandchild dead)");
+    assert!(latency < KILL_BOUND, "{latency:?}");
+    let e = next_exit(&mut exits, Duration::from_secs(5)).await;
+    assert_eq!(e.reason, ExitReason::Fenced);
+    assert_eq!(e.signal, Some(libc::SIGTERM));
+    assert!(sup.running().is_empty());
+}
+
+#[tokio::test]
+async fn refreshing_keeps_the_job_and_stopping_refreshes_fences_it() {
+    let t = env();
+    let sup = t.supervisor();
+    let mut exits = sup.exits().unwrap();
+    let lease = Duration::from_millis(500);
+    sup.refresh(Some(Instant::now() + Duration::from_secs(10)));
+    sup.start(t.job("beat", 2, FAMILY)).await.unwrap();
+    let leader = wait_for_pid_file(&t.job_dir("beat").join("leader.pid")).await;
+    let gc = wait_for_pid_file(&t.job_dir("beat").join("gc.pid")).await;
+    // Heartbeats: each refresh grants another 500 ms; three leases' worth go by.
+    let mut deadline = Instant::now();
+    let until = Instant::now() + 3 * lease;
+    while Instant::now() < until {
+        deadline = Instant::now() + lease;
+        sup.refresh(Some(deadline));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            alive(leader) && alive(gc),
+            "fenced while the lease was renewed"
+        );
+    }
+    // The agent stops (SIGSTOP): no more refreshes.
+    let dead_at = wait_dead(&[leader, gc], deadline + KILL_BOUND - Instant::now()).await;
+    assert!(dead_at >= deadline);
+    eprintln!(
+        "fence latency after refreshes stopped: {:?}",
+        dead_at - deadline
+    );
+    assert_eq!(
+        next_exit(&mut exits, Duration::from_secs(5)).await.reason,
+        ExitReason::Fenced
+    );
+}
+
+#[tokio::test]
+async fn a_dead_agent_leaves_the_job_until_its_deadline() {
+    let t = env();
+    let sup = t.supervisor();
+    let mut exits = sup.exits().unwrap();
+    sup.refresh(far());
+    let started = sup.start(t.job("orphan", 4, FAMILY)).await.unwrap();
+    let leader = wait_for_pid_file(&t.job_dir("orphan").join("leader.pid")).await;
+    let gc = wait_for_pid_file(&t.job_dir("orphan").join("gc.pid")).await;
+    let deadline = Instant::now() + Duration::from_millis(1200);
+    sup.refresh(Some(deadline));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The agent dies: every shim's stdin closes.
+    drop(sup);
+    while Instant::now() + Duration::from_millis(100) < deadline {
+        assert!(
+            alive(leader) && alive(gc) && alive(started.shim_pid as i32),
+            "the agent's death killed the job before its deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A restarted agent cannot start the job again while the old shim holds it.
+    let sup2 = t.supervisor();
+    sup2.refresh(far());
+    let err = sup2.start(t.job("orphan", 5, "true")).await.unwrap_err();
+    assert!(matches!(err, SupervisorError::Busy { .. }), "{err}");
+
+    let dead_at = wait_dead(&[leader, gc], deadline + KILL_BOUND - Instant::now()).await;
+    assert!(dead_at >= deadline);
+    eprintln!(
+        "fence latency after the agent died: {:?}",
+        dead_at - deadline
+    );
+    let e = next_exit(&mut exits, Duration::from_secs(5)).await;
+    assert_eq!(
+        (e.job_id.as_str(), e.reason),
+        ("orphan", ExitReason::Fenced)
+    );
+    let status = tandem_agent::supervisor::protocol::read_status(&t.job_dir("orphan")).unwrap();
+    assert_eq!(status.state, JobState::Exited);
+    assert_eq!(status.reason, Some(ExitReason::Fenced));
+    wait_dead(&[started.shim_pid as i32], Duration::from_secs(5)).await;
+    // Once the old shim is gone, the job may start again with a newer token.
+    sup2.start(t.job("orphan", 5, "exit 0")).await.unwrap();
+}
+
+/// Ignores SIGTERM (and so does every child it starts), then spins.
+const STUBBORN: &str = "trap '' TERM; echo $$ > leader.pid; while :; do sleep 0.05; done";
+
+#[tokio::test]
+async fn sigterm_ignored_means_sigkill_after_the_kill_timeout() {
+    let t = env();
+    let sup = t.supervisor();
+    let mut exits = sup.exits().unwrap();
+    sup.refresh(far());
+
+    // A user stop with a 400 ms kill timeout.
+    sup.start(t.job("stub", 1, STUBBORN)).await.unwrap();
+    let leader = wait_for_pid_file(&t.job_dir("stub").join("leader.pid")).await;
+    let t0 = Instant::now();
+    sup.stop("stub", 1, Duration::from_millis(400))
+        .await
+        .unwrap();
+    let e = next_exit(&mut exits, Duration::from_secs(10)).await;
+    let took = t0.elapsed();
+    assert_eq!(
+        (e.signal, e.reason),
+        (Some(libc::SIGKILL), ExitReason::Stopped)
+    );
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(took < Duration::from_millis(400) + KILL_BOUND, "{took:?}");
+    assert!(!alive(leader));
+
+    // Fencing uses the fence kill timeout (250 ms).
+    sup.start(t.job("stub2", 1, STUBBORN)).await.unwrap();
+    let leader = wait_for_pid_file(&t.job_dir("stub2").join("leader.pid")).await;
+    let deadline = Instant::now() + Duration::from_millis(300);
+    sup.refresh(Some(deadline));
+    let dead_at = wait_dead(&[leader], Duration::from_secs(5)).await;
+    let after = dead_at - deadline;
+    eprintln!("SIGTERM-ignoring job dead {after:?} after the deadline (fence kill timeout 250 ms)");
+    assert!(after >= FENCE_KILL, "{after:?}");
+    assert!(after < FENCE_KILL + KILL_BOUND, "{after:?}");
+    let e = next_exit(&mut exits, Duration::from_secs(5)).await;
+    assert_eq!(
+        (e.signal, e.reason),
+        (Some(libc::SIGKILL), ExitReason::Fenced)
+    );
+}
+
+#[tokio::test]
+async fn fencing_tokens_and_user_stop() {
+    let t = env();
+    let sup = t.supervisor();
+    let mut exits = sup.exits().unwrap();
+    sup.refresh(far());
+    let polite = "trap 'echo got-term; exit 3' TERM; echo $$ > leader.pid; \
+                  while :; do sleep 0.05; done";
+    sup.start(t.job("tok", 5, polite)).await.unwrap();
+    wait_for_pid_file(&t.job_dir("tok").join("leader.pid")).await;
+    let err = sup.start(t.job("tok", 6, "true")).await.unwrap_err();
+    assert!(
+        matches!(err, SupervisorError::AlreadyRunning { token: 5, .. }),
+        "{err}"
+    );
+    let err = sup
+        .stop("tok", 4, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SupervisorError::StaleToken {
+                token: 4,
+                highest: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        sup.stop("other", 5, Duration::from_secs(5)).await,
+        Err(SupervisorError::NotRunning { .. })
+    ));
+    // The stop sends SIGTERM first: the trap runs long before the 5 s SIGKILL.
+    let t0 = Instant::now();
+    sup.stop("tok", 5, Duration::from_secs(5)).await.unwrap();
+    let e = next_exit(&mut exits, Duration::from_secs(10)).await;
+    assert_eq!(
+        (e.code, e.signal, e.reason, e.fencing_token),
+        (Some(3), None, ExitReason::Stopped, 5)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    assert_eq!(sup.tail_logs("tok", 1).await.unwrap().stdout, ["got-term"]);
+
+    // An older token is refused, also by a restarted agent (the highest is on disk).
+    let err = sup.start(t.job("tok", 3, "true")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SupervisorError::StaleToken {
+                token: 3,
+                highest: 5,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    drop(sup);
+    let sup = t.supervisor();
+    let mut exits = sup.exits().unwrap();
+    sup.refresh(far());
+    let err = sup.start(t.job("tok", 4, "true")).await.unwrap_err();
+    assert!(matches!(err, SupervisorError::StaleToken { .. }), "{err}");
+    sup.start(t.job("tok", 5, "exit 0")).await.unwrap();
+    assert_eq!(
+        next_exit(&mut exits, Duration::from_secs(10)).await.code,
+        Some(0)
+    );
+    sup.start(t.job("tok", 9, "exit 0")).await.unwrap();
+    assert_eq!(
+        next_exit(&mut exits, Duration::from_secs(10))
+            .await
+            .fencing_token,
+        9
+    );
+    assert!(matches!(
+        sup.start(t.job("tok", 8, "true")).await,
+        Err(SupervisorError::StaleToken { highest: 9, .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_killed_shim_or_a_revoked_lease_leaves_nothing_running() {
+    let t = env();
+    let sup = t.supervisor();
+    let mut exits = sup.exits().unwrap();
+    let (lease_tx, lease_rx) = tokio::sync::watch::channel(tandem_agent::LeaseView {
+        held_until: far(),
+        ..Default::default()
+    });
+    let follower = sup.follow_lease(lease_rx);
+    let until = Instant::now() + Duration::from_secs(5);
+    while sup.start(t.job("probe", 1, "exit 0")).await.is_err() {
+        assert!(Instant::now() < until, "the followed lease never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    next_exit(&mut exits, Duration::from_secs(10)).await;
+
+    // The shim is SIGKILLed (OOM killer): the kernel kills the leader (parent-death signal) and
+    // the agent kills the rest of its group.
+    let started = sup.start(t.job("lost", 1, FAMILY)).await.unwrap();
+    let leader = wait_for_pid_file(&t.job_dir("lost").join("leader.pid")).await;
+    let gc = wait_for_pid_file(&t.job_dir("lost").join("gc.pid")).await;
+    unsafe { libc::kill(started.shim_pid as i32, libc::SIGKILL) };
+    let e = next_exit(&mut exits, Duration::from_secs(5)).await;
+    assert_eq!((e.job_id.as_str(), e.reason), ("lost", ExitReason::Lost));
+    wait_dead(&[leader, gc], KILL_BOUND).await;
+
+    // The link loses the lease (revoked, or declared down): every job is fenced at once.
+    sup.start(t.job("rev", 1, FAMILY)).await.unwrap();
+    let leader = wait_for_pid_file(&t.job_dir("rev").join("leader.pid")).await;
+    let gc = wait_for_pid_file(&t.job_dir("rev").join("gc.pid")).await;
+    let t0 = Instant::now();
+    lease_tx.send_modify(|v| v.held_until = None);
+    let dead_at = wait_dead(&[leader, gc], KILL_BOUND).await;
+    eprintln!(
+        "fence latency after the lease was revoked: {:?}",
+        dead_at - t0
+    );
+    let e = next_exit(&mut exits, Duration::from_secs(5)).await;
+    assert_eq!((e.job_id.as_str(), e.reason), ("rev", ExitReason::Fenced));
+    assert!(matches!(
+        sup.start(t.job("rev", 2, "true")).await,
+        Err(SupervisorError::NoLease)
+    ));
+    drop(lease_tx);
+    tokio::time::timeout(Duration::from_secs(5), follower)
+        .await
+        .unwrap()
+        .unwrap();
+}
