@@ -34,6 +34,9 @@ enum Cmd {
         /// The data directory.
         #[arg(long)]
         data_dir: PathBuf,
+        /// The config file (default DATA_DIR/coordinator.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Overrides `admin_addr` in the config.
         #[arg(long)]
         admin_addr: Option<String>,
@@ -84,11 +87,13 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Serve {
             data_dir,
+            config,
             admin_addr,
             quic_addr,
         } => {
             tandem_agent::init_tracing("info");
-            let mut raw = RawConfig::load(&data_dir.join("coordinator.toml"))?;
+            let mut raw =
+                RawConfig::load(&config.unwrap_or_else(|| data_dir.join("coordinator.toml")))?;
             if let Some(a) = admin_addr {
                 raw.admin_addr = a;
             }
