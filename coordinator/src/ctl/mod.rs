@@ -1,0 +1,429 @@
+//! `tandemctl`: the admin API from a shell. Tables for people, `-o json` for scripts (the API's
+//! answer exactly as it came).
+//!
+//! # Layout
+//! - this module: the command line and the dispatch;
+//! - [`client`]: the HTTP calls, percent-encoding, short-id resolution;
+//! - [`parse`]: durations, sizes and labels as people type them;
+//! - [`show`]: table and age helpers;
+//! - `clusters`, `nodes`: the commands.
+
+mod client;
+mod clusters;
+mod nodes;
+pub mod parse;
+mod show;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use client::Client;
+use parse::{parse_duration, parse_label, parse_size};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// tandemctl's arguments.
+#[derive(Parser, Debug)]
+#[command(
+    name = "tandemctl",
+    version,
+    about = "Command-line client of the Tandem coordinator's admin API"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Options for every command.
+#[derive(Args, Debug)]
+pub struct Global {
+    /// The admin endpoint, e.g. http://127.0.0.1:7070.
+    #[arg(
+        long,
+        env = "TANDEM_ENDPOINT",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub endpoint: String,
+    /// The admin bearer token.
+    #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// A file holding the admin bearer token (e.g. DATA_DIR/admin.token).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
+    pub output: Output,
+}
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    /// Tables for people.
+    Table,
+    /// The API's JSON answer.
+    Json,
+}
+
+/// Commands.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Clusters: list, show, create, edit, delete.
+    #[command(subcommand)]
+    Clusters(ClustersCmd),
+    /// Nodes: list, show, check, drain, undrain, remove, label, protect.
+    #[command(subcommand)]
+    Nodes(NodesCmd),
+    /// Primary/standby pairs of an ha_pairs cluster.
+    #[command(subcommand)]
+    Pairs(PairsCmd),
+    /// Remove every node that has been down longer than --down-for.
+    Recycle {
+        /// How long a node must have been down, e.g. 90s, 10m, 2h, 1d.
+        #[arg(long, value_parser = parse_duration)]
+        down_for: Duration,
+    },
+    /// Operations (e.g. a cluster's creation).
+    #[command(subcommand)]
+    Operations(OperationsCmd),
+    /// Join tokens.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Recent events.
+    Events {
+        /// Only events of this node (id or name).
+        #[arg(long)]
+        node: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+/// A cluster's placement mode.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Mode {
+    /// Primary/standby pairs of one hardware model.
+    #[value(name = "ha_pairs")]
+    HaPairs,
+    /// Any node with room.
+    #[value(name = "pool")]
+    Pool,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::HaPairs => "ha_pairs",
+            Mode::Pool => "pool",
+        }
+    }
+}
+
+/// Cluster commands.
+#[derive(Subcommand, Debug)]
+pub enum ClustersCmd {
+    /// List clusters, optionally filtered.
+    List {
+        /// Only clusters whose name or alias contains this.
+        #[arg(long)]
+        query: Option<String>,
+        /// Only clusters with this label (key=value).
+        #[arg(long, value_parser = parse_label)]
+        label: Option<(String, String)>,
+        /// Only clusters created at or after this RFC 3339 time.
+        #[arg(long)]
+        created_after: Option<String>,
+        /// Only clusters created before this RFC 3339 time.
+        #[arg(long)]
+        created_before: Option<String>,
+    },
+    /// Show a cluster (id, short id or name): status, capacity, nodes, pairs.
+    Show {
+        /// Cluster id or name.
+        cluster: String,
+    },
+    /// Create a cluster.
+    Create(CreateCluster),
+    /// Edit a cluster.
+    Edit(EditCluster),
+    /// Delete an empty cluster without deletion protection.
+    Delete {
+        /// Cluster id or name.
+        cluster: String,
+    },
+}
+
+/// `clusters create`.
+#[derive(Args, Debug)]
+pub struct CreateCluster {
+    /// Unique name: 1-63 letters, digits, CJK characters and `-`.
+    #[arg(long)]
+    pub name: String,
+    /// A second name.
+    #[arg(long, default_value = "")]
+    pub alias: String,
+    /// A note.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// ha_pairs (primary/standby pairs of one model) or pool.
+    #[arg(long, value_enum)]
+    pub mode: Mode,
+    /// A label, key=value (repeatable; the same key overwrites).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Refuse deletion until this is cleared.
+    #[arg(long)]
+    pub deletion_protection: bool,
+    /// Nodes need at least this many logical cores to join.
+    #[arg(long)]
+    pub min_cores: Option<u32>,
+    /// Nodes need at least this much memory to join, e.g. 4GiB.
+    #[arg(long, value_parser = parse_size)]
+    pub min_memory: Option<u64>,
+    /// A recovered old primary takes its role back.
+    #[arg(long)]
+    pub failback: bool,
+}
+
+/// `clusters edit`.
+#[derive(Args, Debug)]
+pub struct EditCluster {
+    /// Cluster id or name.
+    pub cluster: String,
+    /// New alias.
+    #[arg(long)]
+    pub alias: Option<String>,
+    /// New description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Set a label, key=value (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Remove a label by key (repeatable).
+    #[arg(long = "remove-label")]
+    pub remove_labels: Vec<String>,
+    /// Deletion protection: `--deletion-protection` or `--deletion-protection=false`.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub deletion_protection: Option<bool>,
+    /// New minimum cores (keeps the memory minimum).
+    #[arg(long)]
+    pub min_cores: Option<u32>,
+    /// New minimum memory, e.g. 4GiB (keeps the cores minimum).
+    #[arg(long, value_parser = parse_size)]
+    pub min_memory: Option<u64>,
+    /// Drop the node minimums.
+    #[arg(long, conflicts_with_all = ["min_cores", "min_memory"])]
+    pub clear_min_node: bool,
+    /// Failback: `--failback` or `--failback=false`.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub failback: Option<bool>,
+}
+
+/// Node commands.
+#[derive(Subcommand, Debug)]
+pub enum NodesCmd {
+    /// List every node.
+    List,
+    /// Show one node (id, short id or name).
+    Show {
+        /// Node id or name.
+        node: String,
+    },
+    /// Ask the node now whether it is alive (exits 1 when it is not).
+    Check {
+        /// Node id or name.
+        node: String,
+    },
+    /// Drain a node: it takes no new work and its work moves away.
+    Drain {
+        /// Node id or name.
+        node: String,
+    },
+    /// Return a drained node to service.
+    Undrain {
+        /// Node id or name.
+        node: String,
+    },
+    /// Remove a node: its certificate is revoked and its pair dissolved.
+    Remove {
+        /// Node id or name.
+        node: String,
+    },
+    /// Set (key=value) or remove (--remove key) node labels.
+    Label {
+        /// Node id or name.
+        node: String,
+        /// Labels to set, key=value.
+        #[arg(value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// A label key to remove (repeatable).
+        #[arg(long = "remove")]
+        remove: Vec<String>,
+    },
+    /// Protect a node from removal (or, with --off, stop protecting it).
+    Protect {
+        /// Node id or name.
+        node: String,
+        /// Clear the protection.
+        #[arg(long)]
+        off: bool,
+    },
+}
+
+/// Pair commands.
+#[derive(Subcommand, Debug)]
+pub enum PairsCmd {
+    /// List a cluster's pairs.
+    List {
+        /// Cluster id or name.
+        #[arg(long)]
+        cluster: String,
+    },
+    /// Pair two nodes by hand.
+    Create {
+        /// Cluster id or name.
+        #[arg(long)]
+        cluster: String,
+        /// The node that runs the work.
+        #[arg(long)]
+        primary: String,
+        /// The node that takes over.
+        #[arg(long)]
+        standby: String,
+    },
+    /// Dissolve a pair.
+    Delete {
+        /// Cluster id or name.
+        #[arg(long)]
+        cluster: String,
+        /// Pair id (or short id).
+        pair: String,
+    },
+}
+
+/// Operation commands.
+#[derive(Subcommand, Debug)]
+pub enum OperationsCmd {
+    /// How an operation went.
+    Show {
+        /// Operation id.
+        id: String,
+    },
+}
+
+/// Token commands.
+#[derive(Subcommand, Debug)]
+pub enum TokensCmd {
+    /// Create a join token.
+    Create {
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 600)]
+        ttl_s: u64,
+        /// How many nodes may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// The cluster (id or name) nodes joining with it enter.
+        #[arg(long)]
+        cluster: Option<String>,
+    },
+}
+
+/// A failed command, with what the API said.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The endpoint could not be reached.
+    #[error("cannot reach {endpoint}: {reason}")]
+    Unreachable {
+        /// Where.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// The API refused the request.
+    #[error("{code}: {message}")]
+    Api {
+        /// The stable code.
+        code: String,
+        /// The API's message.
+        message: String,
+    },
+    /// No token was given.
+    #[error("no admin token: set TANDEM_TOKEN, or pass --token or --token-file")]
+    NoToken,
+    /// The token file could not be read.
+    #[error("cannot read the token file {0}: {1}")]
+    TokenFile(String, std::io::Error),
+    /// A short id matches more than one object.
+    #[error("invalid_argument: `{given}` matches more than one id: {}", matches.join(", "))]
+    Ambiguous {
+        /// What was typed.
+        given: String,
+        /// The ids it matches.
+        matches: Vec<String>,
+    },
+    /// The command line asks for nothing, or for something contradictory.
+    #[error("invalid_argument: {0}")]
+    Usage(String),
+    /// An operation failed or did not finish.
+    #[error("operation_failed: operation {id}: {error}")]
+    Operation {
+        /// The operation.
+        id: String,
+        /// What went wrong.
+        error: String,
+    },
+    /// The heartbeat check found the node not alive.
+    #[error("not_alive: node {node}: {reason}")]
+    NotAlive {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Prints `v` as JSON, or with `table` for people.
+fn emit(out: Output, v: &Value, table: impl FnOnce(&Value)) {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Output::Table => table(v),
+    }
+}
+
+/// Runs a command, printing to stdout.
+pub fn run(cli: Cli) -> Result<(), CtlError> {
+    let token = match (&cli.global.token, &cli.global.token_file) {
+        (Some(t), _) => t.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| CtlError::TokenFile(f.display().to_string(), e))?
+            .trim()
+            .to_string(),
+        (None, None) => return Err(CtlError::NoToken),
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let c = Client {
+        agent,
+        base: cli.global.endpoint.clone(),
+        token,
+    };
+    let out = cli.global.output;
+    match cli.cmd {
+        Cmd::Clusters(cmd) => clusters::clusters(&c, out, cmd),
+        Cmd::Pairs(cmd) => clusters::pairs(&c, out, cmd),
+        Cmd::Operations(OperationsCmd::Show { id }) => clusters::operation(&c, out, &id),
+        Cmd::Nodes(cmd) => nodes::nodes(&c, out, cmd),
+        Cmd::Recycle { down_for } => nodes::recycle(&c, out, down_for),
+        Cmd::Tokens(TokensCmd::Create {
+            ttl_s,
+            uses,
+            cluster,
+        }) => nodes::create_token(&c, out, ttl_s, uses, cluster),
+        Cmd::Events { node, limit } => nodes::events(&c, out, node, limit),
+    }
+}
