@@ -6,6 +6,7 @@
 //! - `store`: the durable state behind the `StateStore` trait (sled).
 //! - `model`: the records kept (nodes, tokens, events).
 //! - `cluster`: the pure decisions for clusters and pairs (validation, capacity, pairing).
+//! - `jobs`: the pure decisions for jobs (spec rules, placement, fencing tokens, failover planner).
 //! - `detector`: the failure detector, a plain struct driven by `now` (the fencing argument).
 //! - `membership`: the node table; every change durable before it is acted on.
 //! - `administration`: cluster, pair and node operations behind the admin API.
@@ -25,6 +26,7 @@ pub mod ctl;
 pub mod detector;
 pub mod dev;
 pub mod init;
+pub mod jobs;
 pub mod join;
 pub mod membership;
 pub mod metrics;

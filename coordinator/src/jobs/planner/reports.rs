@@ -1,0 +1,209 @@
+//! Reports from agents and users: a node registering with what it holds, a job that started
+//! or exited, a stop. Each report about a token that is not the job's current one is about an
+//! old copy: it is ignored, or the copy is killed; it never changes the job.
+
+use super::work::Work;
+use super::{restart_backoff_ms, Reported};
+use crate::jobs::decision::Decision;
+use crate::jobs::fencing::{is_current, next_token};
+use crate::jobs::model::{Exit, JobRecord, JobState, RestartPolicy};
+use std::collections::BTreeSet;
+use tandem_common::ids::NodeId;
+
+/// `NodeUp`: kill what the node holds that is not current; confirm what is; place again what it
+/// should hold and does not.
+pub(super) fn on_up(w: &mut Work, node: &NodeId, running: &[Reported]) {
+    let name = w.name(node);
+    let mut reported: Vec<&Reported> = running.iter().collect();
+    reported.sort_by(|a, b| (&a.job, a.fencing_token).cmp(&(&b.job, b.fencing_token)));
+    let mut confirmed = BTreeSet::new();
+    for r in reported {
+        match w.job(&r.job) {
+            Some(j) if j.node() == Some(node) && is_current(&j, r.fencing_token) => {
+                confirmed.insert(j.id.clone());
+                if j.state != JobState::Running {
+                    w.push(Decision::Started {
+                        job: j.id,
+                        fencing_token: r.fencing_token,
+                    });
+                }
+            }
+            j => w.push(Decision::KillStale {
+                node: node.clone(),
+                job: r.job.clone(),
+                fencing_token: r.fencing_token,
+                reason: stale(w, j.as_ref(), &r.job, &name, r.fencing_token),
+            }),
+        }
+    }
+    for job in w.on_node(node) {
+        if confirmed.contains(&job.id) {
+            continue;
+        }
+        let d = match w.choose(&job, Some(node)) {
+            Ok(to) => Decision::Replace {
+                job: job.id.clone(),
+                from: node.clone(),
+                reason: format!(
+                    "{name} registered without {} (its copy was fenced or never started); it now \
+                     runs on {}",
+                    job.id,
+                    w.describe(&to)
+                ),
+                fencing_token: next_token(&job),
+                to,
+                end_reason: "lost by the node".into(),
+            },
+            Err(e) => Decision::Pending {
+                job: job.id.clone(),
+                end_reason: Some("lost by the node".into()),
+                reason: format!("{name} registered without it and it fits nowhere: {e}"),
+            },
+        };
+        w.push(d);
+    }
+}
+
+/// Why a report about `token` of `id` on `node` is about an old copy.
+fn stale(w: &Work, job: Option<&JobRecord>, id: &str, node: &str, token: u64) -> String {
+    match job.and_then(|j| j.current.as_ref()) {
+        None if job.is_none() => format!("{node} holds job {id}, which does not exist"),
+        None => format!("{node} holds {id} with token {token}, but the job has no placement"),
+        Some(p) => format!(
+            "{node} holds {id} with token {token}; the current copy has token {} on {}",
+            p.fencing_token,
+            w.name(&p.node)
+        ),
+    }
+}
+
+pub(super) fn job_started(w: &mut Work, id: &str, node: &NodeId, token: u64) -> BTreeSet<String> {
+    let job = w.job(id);
+    match &job {
+        Some(j) if j.node() == Some(node) && is_current(j, token) => {
+            if j.state != JobState::Running {
+                w.push(Decision::Started {
+                    job: id.to_string(),
+                    fencing_token: token,
+                });
+            }
+        }
+        _ => {
+            let reason = stale(w, job.as_ref(), id, &w.name(node), token);
+            w.push(Decision::KillStale {
+                node: node.clone(),
+                job: id.to_string(),
+                fencing_token: token,
+                reason,
+            });
+        }
+    }
+    job.map(|j| j.spec.cluster).into_iter().collect()
+}
+
+pub(super) fn job_exited(
+    w: &mut Work,
+    id: &str,
+    node: &NodeId,
+    token: u64,
+    exit: Exit,
+) -> BTreeSet<String> {
+    let Some(job) = w.job(id) else {
+        w.push(Decision::Ignore {
+            job: Some(id.to_string()),
+            reason: format!("exit of job {id}, which does not exist"),
+        });
+        return BTreeSet::new();
+    };
+    let clusters = BTreeSet::from([job.spec.cluster.clone()]);
+    if job.node() != Some(node) || !is_current(&job, token) {
+        let reason = format!(
+            "ignored exit ({exit}): {}",
+            stale(w, Some(&job), id, &w.name(node), token)
+        );
+        w.push(Decision::Ignore {
+            job: Some(id.to_string()),
+            reason,
+        });
+        return clusters;
+    }
+    let end_reason = exit.to_string();
+    let spec = &job.spec;
+    let wants = match spec.restart {
+        RestartPolicy::Never => false,
+        RestartPolicy::OnFailure => !exit.success(),
+        RestartPolicy::Always => true,
+    };
+    let policy = match spec.restart {
+        RestartPolicy::Never => "never",
+        RestartPolicy::OnFailure => "on_failure",
+        RestartPolicy::Always => "always",
+    };
+    if wants && job.restarts < spec.max_restarts {
+        let attempt = job.restarts + 1;
+        let d = match w.choose(&job, Some(node)) {
+            Ok(to) => Decision::Restart {
+                job: id.to_string(),
+                from: node.clone(),
+                reason: format!(
+                    "{end_reason}; restart {attempt} of {} (restart: {policy}) on {}",
+                    spec.max_restarts,
+                    w.describe(&to)
+                ),
+                fencing_token: next_token(&job),
+                to,
+                attempt,
+                backoff_ms: restart_backoff_ms(attempt),
+                end_reason,
+            },
+            Err(e) => Decision::Pending {
+                job: id.to_string(),
+                reason: format!("{end_reason}; to be restarted but it fits nowhere: {e}"),
+                end_reason: Some(end_reason),
+            },
+        };
+        w.push(d);
+    } else if exit.success() {
+        w.push(Decision::Completed {
+            job: id.to_string(),
+            reason: format!("{end_reason} (restart: {policy})"),
+            end_reason,
+        });
+    } else {
+        let reason = if wants {
+            format!(
+                "{end_reason}; gave up after {} restarts (max_restarts {})",
+                job.restarts, spec.max_restarts
+            )
+        } else {
+            format!("{end_reason} (restart: never)")
+        };
+        w.push(Decision::Failed {
+            job: id.to_string(),
+            end_reason,
+            reason,
+        });
+    }
+    clusters
+}
+
+pub(super) fn stop(w: &mut Work, id: &str) -> BTreeSet<String> {
+    match w.job(id) {
+        None => w.push(Decision::Ignore {
+            job: Some(id.to_string()),
+            reason: format!("stop of job {id}, which does not exist"),
+        }),
+        Some(j) if j.state.is_terminal() => w.push(Decision::Ignore {
+            job: Some(id.to_string()),
+            reason: format!("{id} is already {}", j.state),
+        }),
+        Some(j) => w.push(Decision::Stop {
+            job: id.to_string(),
+            node: j.node().cloned(),
+            fencing_token: j.fencing_token(),
+            reason: format!("{id} stopped by user"),
+        }),
+    }
+    // Stopping frees room: the cluster's pending jobs may fit now.
+    w.job(id).map(|j| j.spec.cluster).into_iter().collect()
+}
