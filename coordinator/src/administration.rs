@@ -197,9 +197,18 @@ impl Membership {
         let pairs = crate::pairs::cluster_pairs(&t, cid);
         let view = crate::pairs::pair_nodes(&t, cid, None);
         let status = crate::cluster::pairing::cluster_status(c.mode, &view, &pairs);
-        // Draining nodes take no new work, so they add no free capacity.
-        let capacity =
-            crate::cluster::capacity::capacity_idle(nodes.iter().filter(|n| !n.draining));
+        // Draining nodes take no new work: their capacity counts in the totals, none of it
+        // as free (as if all of it were held).
+        let capacity = crate::cluster::capacity::capacity(&nodes, |id| {
+            match nodes.iter().find(|n| n.id == *id && n.draining) {
+                Some(n) => crate::cluster::capacity::Held {
+                    cpu_millis: u64::from(n.hardware.cpu.logical_cores) * 1000,
+                    memory_bytes: n.hardware.memory.total_bytes,
+                    gpu_uuids: n.hardware.gpus.iter().map(|g| g.uuid.clone()).collect(),
+                },
+                None => Default::default(),
+            }
+        });
         (nodes, pairs, status, capacity)
     }
 
