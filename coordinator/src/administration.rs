@@ -538,16 +538,13 @@ impl Membership {
                 rec.name
             )));
         }
-        let pairs: Vec<String> = t
+        let pairs: Vec<PairRecord> = t
             .pairs
             .values()
             .filter(|p| p.primary == id || p.standby == id)
-            .map(|p| p.id.clone())
+            .cloned()
             .collect();
         let mut changes = vec![Change::DeleteNode(id.clone())];
-        for p in &pairs {
-            changes.push(Change::DeletePair(p.clone()));
-        }
         changes.push(event(
             "node_removed",
             Some(id.clone()),
@@ -556,9 +553,33 @@ impl Membership {
                 rec.name, rec.cert_serial
             ),
         ));
+        for p in &pairs {
+            changes.push(Change::DeletePair(p.id.clone()));
+            let partner = if p.primary == id {
+                &p.standby
+            } else {
+                &p.primary
+            };
+            let partner = t
+                .nodes
+                .get(partner)
+                .map_or_else(|| partner.to_string(), |e| e.record.name.clone());
+            let cluster = t
+                .clusters
+                .get(&p.cluster)
+                .map_or_else(|| p.cluster.clone(), |c| c.name.clone());
+            changes.push(event(
+                "pair",
+                None,
+                format!(
+                    "cluster {cluster}: pair {} dissolved (its member {} was removed: {why}); {partner} is unpaired",
+                    p.id, rec.name
+                ),
+            ));
+        }
         self.store().commit(changes)?;
         for p in pairs {
-            t.pairs.remove(&p);
+            t.pairs.remove(&p.id);
         }
         if let Some(e) = t.nodes.remove(&id) {
             if let Some(live) = e.live {
