@@ -131,7 +131,8 @@ impl Api {
         Api { base, token, agent }
     }
 
-    /// Any request: returns status and parsed body (or the text as a JSON string).
+    /// Any request (GET, DELETE without a body; POST, PATCH with one): returns status and
+    /// parsed body (or the text as a JSON string).
     pub fn request(
         &self,
         method: &str,
@@ -142,18 +143,22 @@ impl Api {
         let url = format!("{}{}", self.base, path);
         let auth = token.map(|t| format!("Bearer {t}"));
         let res = match method {
-            "GET" => {
-                let mut r = self.agent.get(&url);
+            "GET" | "DELETE" => {
+                let mut r = match method {
+                    "GET" => self.agent.get(&url),
+                    _ => self.agent.delete(&url),
+                };
                 if let Some(a) = &auth {
                     r = r.header("Authorization", a);
                 }
                 r.call()
             }
             _ => {
-                let mut r = self
-                    .agent
-                    .post(&url)
-                    .header("Content-Type", "application/json");
+                let r = match method {
+                    "PATCH" => self.agent.patch(&url),
+                    _ => self.agent.post(&url),
+                };
+                let mut r = r.header("Content-Type", "application/json");
                 if let Some(a) = &auth {
                     r = r.header("Authorization", a);
                 }
@@ -190,6 +195,13 @@ impl Api {
             bail!("POST {path}: {s} {v}");
         }
         Ok(v)
+    }
+
+    /// Any method with a JSON body (or none) and the token: status and body, whatever the
+    /// status.
+    pub fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        self.request(method, path, Some(&self.token), bytes.as_deref())
     }
 
     /// A join token for `uses` nodes.
