@@ -420,6 +420,31 @@ fn clusters_are_created_validated_edited_and_deleted() -> Result<()> {
         "{}",
         o.stderr
     );
+    // A join token for a cluster, by name; an unknown cluster is refused.
+    let tok = ctl_json(
+        api,
+        &[
+            "tokens",
+            "create",
+            "--cluster",
+            "边缘-集群-1",
+            "--uses",
+            "2",
+        ],
+    )?;
+    ensure!(
+        tok["token"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("tdm1."))
+            && tok["uses"] == 2,
+        "{tok}"
+    );
+    let o = ctl(api, &["tokens", "create", "--cluster", "nope"])?;
+    ensure!(
+        !o.ok && o.stderr.contains("error: not_found:") && o.stderr.contains("nope"),
+        "{}",
+        o.stderr
+    );
     let created = ctl_json(
         api,
         &["clusters", "create", "--name", "opcheck", "--mode", "pool"],
