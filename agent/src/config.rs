@@ -82,6 +82,9 @@ pub struct Config {
     pub force_stream_heartbeats: bool,
     /// Hardware sampling interval.
     pub sample_interval: std::time::Duration,
+    /// The program run as the per-job supervisor (`<it> shim --job-dir DIR`); default: the
+    /// agent's own executable.
+    pub shim_program: Option<PathBuf>,
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
@@ -188,6 +191,7 @@ impl RawConfig {
             gpu_fixture: self.gpu_fixture,
             force_stream_heartbeats: self.force_stream_heartbeats.unwrap_or(false),
             sample_interval: std::time::Duration::from_millis(sample_interval_ms),
+            shim_program: None,
         })
     }
 }

@@ -15,6 +15,7 @@
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::lease::{AckOutcome, Lease};
+use crate::supervisor::{JobExit, JobStart, Supervisor};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -108,6 +109,22 @@ pub struct Link {
     seq: u64,
     /// systemd's watchdog, pinged from this loop only.
     watchdog: tandem_common::notify::Watchdog,
+    /// Runs jobs; made once the node knows its id and the fencing kill timeout.
+    jobs: Option<Jobs>,
+}
+
+/// The job side of the link: the supervisor, its exits, and messages its tasks want sent.
+struct Jobs {
+    supervisor: Arc<Supervisor>,
+    outbox_tx: mpsc::Sender<AgentMsg>,
+    /// Lent to the session loop while a session runs.
+    rx: Option<JobRx>,
+}
+
+/// What the session loop listens to for jobs.
+struct JobRx {
+    exits: mpsc::Receiver<JobExit>,
+    outbox: mpsc::Receiver<AgentMsg>,
 }
 
 fn tls_err(e: impl std::fmt::Display) -> AgentError {
@@ -136,6 +153,7 @@ impl Link {
             reports,
             seq: 0,
             watchdog: tandem_common::notify::Watchdog::from_env(),
+            jobs: None,
         })
     }
 
@@ -226,6 +244,20 @@ impl Link {
             node_id: Some(identity.node_id.clone()),
             join: None,
             datagrams,
+            jobs: self
+                .jobs
+                .as_ref()
+                .map(|j| {
+                    j.supervisor
+                        .running()
+                        .into_iter()
+                        .map(|(job_id, fencing_token)| HeldJob {
+                            job_id,
+                            fencing_token,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             hardware: self.reports.borrow().clone(),
         }));
         let welcome = match self.exchange(&conn, &mut send, &mut recv, &hello).await? {
@@ -246,7 +278,19 @@ impl Link {
             f64::from(welcome.lease_ms) / 1000.0
         ));
         self.publish(true);
-        let reason = self.session(&conn, send, recv, &welcome, datagrams).await;
+        if self.jobs.is_none() {
+            match self.make_jobs(&identity, &welcome) {
+                Ok(j) => self.jobs = Some(j),
+                Err(e) => tracing::error!(error = %e, "cannot run jobs on this node"),
+            }
+        }
+        let mut rx = self.jobs.as_mut().and_then(|j| j.rx.take());
+        let reason = self
+            .session(&conn, send, recv, &welcome, datagrams, &mut rx)
+            .await;
+        if let Some(j) = self.jobs.as_mut() {
+            j.rx = rx;
+        }
         conn.close(0u32.into(), b"session ended");
         Ok(Retry::Later(reason))
     }
@@ -347,6 +391,7 @@ impl Link {
                 csr_pem,
             }),
             datagrams: conn.max_datagram_size().is_some(),
+            jobs: Vec::new(),
             hardware: self.reports.borrow().clone(),
         }));
         let joined = match self.exchange(&conn, &mut send, &mut recv, &hello).await? {
@@ -383,7 +428,12 @@ impl Link {
         recv: quinn::RecvStream,
         welcome: &Welcome,
         datagrams: bool,
+        rx: &mut Option<JobRx>,
     ) -> String {
+        let (mut exits, mut outbox) = match rx.as_mut() {
+            Some(r) => (Some(&mut r.exits), Some(&mut r.outbox)),
+            None => (None, None),
+        };
         let mut control = codec::spawn_reader::<CoordMsg, _>(recv, DEFAULT_MAX_FRAME);
         let heartbeat = Duration::from_millis(welcome.heartbeat_ms.max(10).into());
         // Beats sent on an older connection must not extend this session's lease.
@@ -462,7 +512,29 @@ impl Link {
                         }
                     }
                 }
+                Some(exit) = async { match exits.as_mut() { Some(r) => r.recv().await, None => None } } => {
+                    let msg = AgentMsg::JobExited(JobExitReport {
+                        job_id: exit.job_id.clone(),
+                        fencing_token: exit.fencing_token,
+                        code: exit.code,
+                        signal: exit.signal,
+                        reason: format!("{:?}", exit.reason).to_lowercase(),
+                    });
+                    if let Err(e) = codec::write_msg(&mut send, &msg, DEFAULT_MAX_FRAME).await {
+                        return format!("reporting a job exit: {e}");
+                    }
+                }
+                Some(out) = async { match outbox.as_mut() { Some(r) => r.recv().await, None => None } } => {
+                    if let Err(e) = codec::write_msg(&mut send, &out, DEFAULT_MAX_FRAME).await {
+                        return format!("sending a job report: {e}");
+                    }
+                }
                 msg = control.recv() => match msg.transpose() {
+                    Ok(Some(CoordMsg::StartJob(cmd))) => self.start_job(*cmd),
+                    Ok(Some(CoordMsg::StopJob { job_id, fencing_token, kill_timeout_ms })) => {
+                        self.stop_job(job_id, fencing_token, kill_timeout_ms)
+                    }
+                    Ok(Some(CoordMsg::TailLogs { request, job_id, lines })) => self.tail_logs(request, job_id, lines),
                     Ok(Some(CoordMsg::Ping { nonce })) => {
                         if let Err(e) = codec::write_msg(&mut send, &AgentMsg::Pong { nonce }, DEFAULT_MAX_FRAME).await {
                             return format!("answering a ping: {e}");
@@ -478,6 +550,112 @@ impl Link {
                 },
             }
         }
+    }
+
+    fn make_jobs(
+        &self,
+        identity: &Identity,
+        welcome: &Welcome,
+    ) -> Result<Jobs, crate::supervisor::SupervisorError> {
+        let supervisor = Supervisor::new(
+            &self.cfg.state_dir,
+            identity.node_id.clone(),
+            identity.name.clone(),
+            Duration::from_millis(welcome.fence_kill_timeout_ms.into()),
+        )?;
+        let supervisor = match &self.cfg.shim_program {
+            Some(p) => supervisor.with_shim_program(p),
+            None => supervisor,
+        };
+        let supervisor = Arc::new(supervisor);
+        supervisor.follow_lease(self.lease_tx.subscribe());
+        let exits = supervisor
+            .exits()
+            .ok_or_else(|| crate::supervisor::SupervisorError::InvalidJob("exits taken".into()))?;
+        let (outbox_tx, outbox) = mpsc::channel(256);
+        Ok(Jobs {
+            supervisor,
+            outbox_tx,
+            rx: Some(JobRx { exits, outbox }),
+        })
+    }
+
+    /// Starts a job copy on a task of its own; the answer (started, or refused as an exit)
+    /// goes back through the outbox.
+    fn start_job(&self, cmd: StartJob) {
+        let Some(j) = &self.jobs else { return };
+        let (sup, out) = (j.supervisor.clone(), j.outbox_tx.clone());
+        tokio::spawn(async move {
+            let (job_id, fencing_token) = (cmd.job_id.clone(), cmd.fencing_token);
+            let start = JobStart {
+                job_id: cmd.job_id,
+                job_name: cmd.job_name,
+                fencing_token: cmd.fencing_token,
+                command: cmd.command,
+                env: cmd.env,
+                workdir: cmd.workdir.map(Into::into),
+                gpus: cmd.gpus,
+            };
+            let msg = match sup.start(start).await {
+                Ok(_) => {
+                    tracing::info!(job = %job_id, fencing_token, "job started");
+                    AgentMsg::JobStarted {
+                        job_id,
+                        fencing_token,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job_id, fencing_token, error = %e, "refused to start a job");
+                    AgentMsg::JobExited(JobExitReport {
+                        job_id,
+                        fencing_token,
+                        code: None,
+                        signal: None,
+                        reason: format!("refused: {e}"),
+                    })
+                }
+            };
+            let _ = out.send(msg).await;
+        });
+    }
+
+    fn stop_job(&self, job_id: String, token: u64, kill_timeout_ms: u32) {
+        let Some(j) = &self.jobs else { return };
+        let sup = j.supervisor.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sup
+                .stop(
+                    &job_id,
+                    token,
+                    Duration::from_millis(kill_timeout_ms.into()),
+                )
+                .await
+            {
+                tracing::info!(job = %job_id, token, error = %e, "stop: nothing to stop");
+            }
+        });
+    }
+
+    fn tail_logs(&self, request: u64, job_id: String, lines: u32) {
+        let Some(j) = &self.jobs else { return };
+        let (sup, out) = (j.supervisor.clone(), j.outbox_tx.clone());
+        tokio::spawn(async move {
+            let msg = match sup.tail_logs(&job_id, lines.min(10_000) as usize).await {
+                Ok(t) => AgentMsg::Logs {
+                    request,
+                    stdout: t.stdout,
+                    stderr: t.stderr,
+                    error: None,
+                },
+                Err(e) => AgentMsg::Logs {
+                    request,
+                    stdout: vec![],
+                    stderr: vec![],
+                    error: Some(e.to_string()),
+                },
+            };
+            let _ = out.send(msg).await;
+        });
     }
 
     fn on_ack(&mut self, body: &[u8]) -> bool {

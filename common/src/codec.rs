@@ -204,6 +204,7 @@ mod tests {
             node_id: Some(NodeId::random()),
             join: None,
             datagrams: true,
+            jobs: vec![],
             hardware: HardwareReport::default(),
         }))
     }
@@ -302,6 +303,7 @@ mod tests {
                             csr_pem
                         }),
                         datagrams,
+                        jobs: vec![],
                         hardware: HardwareReport::default(),
                     })
                 )),
@@ -322,7 +324,8 @@ mod tests {
                     name,
                     session,
                     heartbeat_ms,
-                    lease_ms
+                    lease_ms,
+                    fence_kill_timeout_ms: 250,
                 })
             ),
             (".{0,300}", ".{0,300}").prop_map(|(cert_pem, ca_pem)| CoordMsg::Joined(Joined {

@@ -40,6 +40,69 @@ pub enum AgentMsg {
         /// Why, in words.
         reason: String,
     },
+    /// A job copy started.
+    JobStarted {
+        /// The job.
+        job_id: String,
+        /// The copy's fencing token.
+        fencing_token: u64,
+    },
+    /// A job copy ended (or was never started: see `reason`).
+    JobExited(JobExitReport),
+    /// The answer to [`CoordMsg::TailLogs`].
+    Logs {
+        /// The request it answers.
+        request: u64,
+        /// The last lines of stdout.
+        stdout: Vec<String>,
+        /// The last lines of stderr.
+        stderr: Vec<String>,
+        /// Why the logs could not be read, if they could not.
+        error: Option<String>,
+    },
+}
+
+/// How a job copy ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobExitReport {
+    /// The job.
+    pub job_id: String,
+    /// The copy's fencing token.
+    pub fencing_token: u64,
+    /// Its exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// Why, in words (`exited`, `stopped`, `fenced: lease expired`, `refused: ...`).
+    pub reason: String,
+}
+
+/// A job copy an agent holds, reported at registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldJob {
+    /// The job.
+    pub job_id: String,
+    /// The copy's fencing token.
+    pub fencing_token: u64,
+}
+
+/// The coordinator's order to start a job copy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartJob {
+    /// The job.
+    pub job_id: String,
+    /// Its name.
+    pub job_name: String,
+    /// The placement's fencing token: the agent refuses one lower than it has seen.
+    pub fencing_token: u64,
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Environment.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Working directory.
+    pub workdir: Option<String>,
+    /// GPU UUIDs given to it.
+    pub gpus: Vec<String>,
 }
 
 /// The agent's introduction: who it is, or the token it joins with.
@@ -57,6 +120,8 @@ pub struct Hello {
     pub join: Option<JoinRequest>,
     /// Whether the agent can send and receive QUIC datagrams on this path.
     pub datagrams: bool,
+    /// Every job copy the agent holds or has accepted a start for.
+    pub jobs: Vec<HeldJob>,
     /// What the machine has.
     pub hardware: HardwareReport,
 }
@@ -85,6 +150,26 @@ pub enum CoordMsg {
     Ping {
         /// Echoed in the answer.
         nonce: u64,
+    },
+    /// Start a job copy.
+    StartJob(Box<StartJob>),
+    /// Stop a job copy (SIGTERM, then SIGKILL after `kill_timeout_ms`).
+    StopJob {
+        /// The job.
+        job_id: String,
+        /// The copy's fencing token.
+        fencing_token: u64,
+        /// Time between SIGTERM and SIGKILL.
+        kill_timeout_ms: u32,
+    },
+    /// Send the end of a job's logs ([`AgentMsg::Logs`]).
+    TailLogs {
+        /// Echoed in the answer.
+        request: u64,
+        /// The job.
+        job_id: String,
+        /// How many lines of each stream.
+        lines: u32,
     },
 }
 
@@ -127,6 +212,8 @@ pub struct Welcome {
     pub heartbeat_ms: u32,
     /// The lease each acknowledged heartbeat grants.
     pub lease_ms: u32,
+    /// How long the agent gives a job between SIGTERM and SIGKILL when it fences itself.
+    pub fence_kill_timeout_ms: u32,
 }
 
 /// A new node's identity.

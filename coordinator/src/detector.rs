@@ -185,6 +185,11 @@ impl FailureDetector {
             .map(|t| now.saturating_duration_since(t.last_beat))
     }
 
+    /// How much of the restart grace is left at `now`.
+    pub fn restart_grace_left(&self, now: Instant) -> Duration {
+        (self.started_at + self.cfg.restart_grace()).saturating_duration_since(now)
+    }
+
     /// Whether the restart grace is still running at `now`.
     pub fn in_restart_grace(&self, now: Instant) -> bool {
         now < self.started_at + self.cfg.restart_grace()

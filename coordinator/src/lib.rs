@@ -11,6 +11,7 @@
 //! - `membership`: the node table; every change durable before it is acted on.
 //! - `administration`: cluster, pair and node operations behind the admin API.
 //! - `pairs`: the pair planner's decisions turned into durable changes.
+//! - `job_runtime`: the job planner's decisions made durable, then sent to agents.
 //! - `join`: join tokens and CSRs traded for node certificates.
 //! - `server`: the QUIC endpoint, one task per connection.
 //! - `admin`: the HTTP/JSON admin endpoint and `/metrics`.
@@ -26,6 +27,7 @@ pub mod ctl;
 pub mod detector;
 pub mod dev;
 pub mod init;
+pub mod job_runtime;
 pub mod jobs;
 pub mod join;
 pub mod membership;
@@ -110,6 +112,9 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     );
     let membership =
         Arc::new(Membership::load(store.clone(), detector, metrics, now)?.with_quotas(cfg.quotas));
+    // Finish what a previous run decided but may not have carried out (e.g. a failover cut
+    // short by a crash): the records are durable, the planner re-derives the commands.
+    membership.reconcile_jobs()?;
 
     // A fresh server certificate at every start; agents trust the CA, not this certificate.
     let serial = store.next_serial()?;
@@ -147,6 +152,7 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         },
         heartbeat: cfg.heartbeat,
         max_frame: cfg.max_frame_bytes,
+        fence_kill_timeout: cfg.fence_kill_timeout,
     });
     let mut tasks = vec![tokio::spawn(srv.serve(endpoint.clone()))];
     let m = membership.clone();

@@ -62,11 +62,38 @@ enum Cmd {
     /// Runs the agent (used by dev mode when no tandem-agent binary is beside this one).
     #[command(hide = true)]
     Agent(tandem_agent::cli::RunArgs),
+    /// The per-job supervisor of an agent started in `agent` mode.
+    #[command(hide = true)]
+    Shim {
+        /// The job's directory.
+        #[arg(long)]
+        job_dir: PathBuf,
+    },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The shim is plain synchronous code: it must not start a runtime of threads.
+    if let Cmd::Shim { job_dir } = &cli.cmd {
+        return tandem_agent::supervisor::shim::main(job_dir);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Init {
             data_dir,
@@ -118,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
             };
             tandem_coordinator::dev::run(opts, tandem_coordinator::shutdown_signal()).await?;
         }
+        Cmd::Shim { .. } => unreachable!("handled before the runtime starts"),
         Cmd::Agent(args) => {
             tandem_agent::init_tracing("info");
             let cfg = args.to_raw()?.validate()?;

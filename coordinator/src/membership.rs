@@ -78,6 +78,8 @@ pub struct Fleet {
     pub clusters: HashMap<String, ClusterRecord>,
     /// Pairs by id.
     pub pairs: HashMap<String, PairRecord>,
+    /// Jobs by id.
+    pub jobs: HashMap<String, crate::jobs::model::JobRecord>,
 }
 
 /// The membership table and the detector, with the store behind them.
@@ -88,6 +90,8 @@ pub struct Membership {
     sessions: AtomicU64,
     /// Limits on clusters and their nodes.
     pub quotas: crate::administration::Quotas,
+    /// The job planner and the commands in flight.
+    pub jobs: crate::job_runtime::JobRuntime,
     /// On-demand pings waiting for their pong, by nonce.
     pings: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
     /// Shared with the admin endpoint.
@@ -123,6 +127,9 @@ impl Membership {
         for p in store.pairs()? {
             table.pairs.insert(p.id.clone(), p);
         }
+        for j in store.jobs()? {
+            table.jobs.insert(j.id.clone(), j);
+        }
         for rec in store.nodes()? {
             if matches!(
                 rec.state,
@@ -138,12 +145,18 @@ impl Membership {
                 },
             );
         }
+        // fence_grace = fence kill timeout + 5% of the lease + 50 ms (see the config).
+        let cfg = *detector.config();
+        let fence_kill = cfg
+            .fence_grace
+            .saturating_sub(cfg.lease / 20 + std::time::Duration::from_millis(50));
         Ok(Self {
             store,
             table: Mutex::new(table),
             detector: Mutex::new(detector),
             sessions: AtomicU64::new(0),
             quotas: Default::default(),
+            jobs: crate::job_runtime::JobRuntime::new(cfg.lease, fence_kill),
             pings: Mutex::new(HashMap::new()),
             metrics,
         })
@@ -518,6 +531,11 @@ impl Membership {
         }
     }
 
+    /// How much of the restart grace is left (nobody is declared down before it ends).
+    pub fn restart_grace_left(&self, now: Instant) -> std::time::Duration {
+        lock(&self.detector).restart_grace_left(now)
+    }
+
     /// Stops the detector tracking a node that was removed.
     pub fn forget(&self, node: &NodeId) {
         lock(&self.detector).forget(node);
@@ -609,6 +627,13 @@ impl Membership {
                             live.conn
                                 .close(close_code::DECLARED_DOWN, b"declared down: register again");
                         }
+                    }
+                }
+                if state == NodeState::Down {
+                    drop(t);
+                    // The node's lease and fence grace are over: its jobs may start elsewhere.
+                    if let Err(err) = self.jobs_on_node_down(node) {
+                        tracing::error!(node = %node, %err, "could not place the node's jobs again");
                     }
                 }
             }

@@ -30,6 +30,8 @@ pub struct Server {
     pub heartbeat: Duration,
     /// Largest control frame.
     pub max_frame: usize,
+    /// The agents' SIGTERM-to-SIGKILL time when they fence themselves.
+    pub fence_kill_timeout: Duration,
 }
 
 /// The transport parameters both sides use: small windows (messages are small), datagrams on,
@@ -206,6 +208,7 @@ impl Server {
             session: reg.session,
             heartbeat_ms: self.heartbeat.as_millis() as u32,
             lease_ms: lease.as_millis() as u32,
+            fence_kill_timeout_ms: self.fence_kill_timeout.as_millis() as u32,
         });
         if codec::write_msg(&mut send, &welcome, self.max_frame)
             .await
@@ -213,6 +216,24 @@ impl Server {
         {
             self.membership.disconnected(&cert_node, reg.session);
             return;
+        }
+        // What the node holds decides which of its jobs stay, go, or are placed again.
+        let running = hello
+            .jobs
+            .iter()
+            .map(|j| crate::jobs::planner::Reported {
+                job: j.job_id.clone(),
+                fencing_token: j.fencing_token,
+            })
+            .collect();
+        if let Err(e) = self
+            .membership
+            .job_event(crate::jobs::planner::Event::NodeUp {
+                node: cert_node.clone(),
+                running,
+            })
+        {
+            tracing::error!(node = %cert_node, error = %e, "could not reconcile the node's jobs");
         }
         let datagrams = hello.datagrams && conn.max_datagram_size().is_some();
         let why = self
@@ -297,6 +318,18 @@ impl Server {
                             }
                         }
                         Ok(Some(AgentMsg::Pong { nonce })) => self.membership.pong(nonce),
+                        Ok(Some(AgentMsg::JobStarted { job_id, fencing_token })) => {
+                            if let Err(e) = self.membership.job_started(node, job_id, fencing_token) {
+                                tracing::error!(%node, error = %e, "could not record a job start");
+                            }
+                        }
+                        Ok(Some(AgentMsg::JobExited(r))) => {
+                            tracing::info!(%node, job = %r.job_id, token = r.fencing_token, code = ?r.code, signal = ?r.signal, reason = %r.reason, "job copy ended");
+                            if let Err(e) = self.membership.job_exited(node, r.job_id, r.fencing_token, r.code, r.signal) {
+                                tracing::error!(%node, error = %e, "could not record a job exit");
+                            }
+                        }
+                        Ok(Some(m @ AgentMsg::Logs { .. })) => self.membership.logs_arrived(m),
                         Ok(Some(AgentMsg::Hello(_))) => {
                             self.membership.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(%peer, %node, "refused a second Hello on a registered connection");

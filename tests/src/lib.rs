@@ -254,6 +254,14 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
+    /// Waits until the coordinator's restart grace is over (it declares nobody down before).
+    pub fn wait_restart_grace(&self) -> Result<()> {
+        wait_for(Duration::from_secs(30), "the restart grace to end", || {
+            let (_, v) = self.api.request("GET", "/healthz", None, None).ok()?;
+            (v["restart_grace_remaining_ms"].as_u64() == Some(0)).then_some(())
+        })
+    }
+
     /// Initialises `dir` (if needed) and serves from it; `quic` fixes the QUIC address (for a
     /// restart that agents must find again), else port 0.
     pub fn start(dir: &Path, quic: Option<&str>) -> Result<Coordinator> {

@@ -223,6 +223,7 @@ fn hello(version: u16, node_id: Option<NodeId>, join: Option<JoinRequest>) -> Ag
         node_id,
         join,
         datagrams: true,
+        jobs: vec![],
         hardware: HardwareReport::default(),
     }))
 }

@@ -160,6 +160,10 @@ pub(super) async fn drain(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let rec = s.membership.set_draining(&id, true)?;
+    // Draining moves the node's jobs away (old copy stopped first).
+    s.membership.job_event(crate::jobs::planner::Event::Drain {
+        node: rec.id.clone(),
+    })?;
     let e = s
         .membership
         .find(rec.id.as_str())

@@ -7,6 +7,7 @@
 
 mod error;
 mod fleet;
+mod jobs;
 mod views;
 
 pub use error::{ApiError, Code};
@@ -68,6 +69,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
                 .delete(fleet::delete_cluster),
         )
         .route("/v1/operations/{id}", get(fleet::get_operation))
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::stop))
+        .route("/v1/jobs/{id}/logs", get(jobs::logs))
+        .route("/v1/clusters/{id}/failover", post(jobs::force_failover))
         .route(
             "/v1/clusters/{id}/pairs",
             get(fleet::list_pairs).post(fleet::create_pair),
@@ -79,10 +84,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/events", get(list_events))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(v1)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such route") })
@@ -148,6 +150,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             }
         }
     }
+}
+
+/// Liveness, and how long the restart grace still holds failover back.
+async fn healthz(State(s): Shared) -> Json<serde_json::Value> {
+    let left = s.membership.restart_grace_left(Instant::now());
+    Json(serde_json::json!({"status": "ok", "restart_grace_remaining_ms": left.as_millis() as u64}))
 }
 
 async fn metrics(State(s): Shared) -> impl IntoResponse {

@@ -65,6 +65,8 @@ pub enum Change {
     DeletePair(String),
     /// Insert or replace an operation.
     PutOperation(OperationRecord),
+    /// Insert or replace a job.
+    PutJob(Box<crate::jobs::model::JobRecord>),
 }
 
 /// Durable coordinator state.
@@ -89,4 +91,6 @@ pub trait StateStore: Send + Sync + 'static {
     fn pairs(&self) -> Result<Vec<PairRecord>, StoreError>;
     /// One operation.
     fn operation(&self, id: &str) -> Result<Option<OperationRecord>, StoreError>;
+    /// All jobs.
+    fn jobs(&self) -> Result<Vec<crate::jobs::model::JobRecord>, StoreError>;
 }

@@ -1,6 +1,6 @@
 //! The embedded store: sled 0.34 in the data directory.
 //!
-//! Trees: `nodes`, `tokens`, `clusters`, `pairs`, `operations`, `events` (key: big-endian
+//! Trees: `nodes`, `tokens`, `clusters`, `pairs`, `operations`, `jobs`, `events` (key: big-endian
 //! sequence number) and `meta` (schema version, certificate serial counter). A batch is one sled transaction over the trees it
 //! touches, followed by `flush`, so a batch is all-or-nothing and durable on return.
 
@@ -24,6 +24,7 @@ pub struct SledStore {
     clusters: sled::Tree,
     pairs: sled::Tree,
     operations: sled::Tree,
+    jobs: sled::Tree,
     meta: sled::Tree,
     /// Serialises commits so event sequence numbers are handed out in commit order.
     commit_lock: Mutex<u64>,
@@ -89,6 +90,7 @@ impl SledStore {
             clusters: db.open_tree("clusters").map_err(engine)?,
             pairs: db.open_tree("pairs").map_err(engine)?,
             operations: db.open_tree("operations").map_err(engine)?,
+            jobs: db.open_tree("jobs").map_err(engine)?,
             events,
             meta,
             db,
@@ -134,6 +136,11 @@ impl StateStore for SledStore {
                     o.id.as_bytes().to_vec(),
                     Some(serde_json::to_vec(&o).map_err(engine)?),
                 )),
+                Change::PutJob(j) => writes.push((
+                    6,
+                    j.id.as_bytes().to_vec(),
+                    Some(serde_json::to_vec(&j).map_err(engine)?),
+                )),
                 Change::Event(e) => {
                     next += 1;
                     let ev = Event {
@@ -159,9 +166,10 @@ impl StateStore for SledStore {
             &self.clusters,
             &self.pairs,
             &self.operations,
+            &self.jobs,
         );
-        let res: Result<(), TransactionError<()>> =
-            trees.transaction(|(nodes, tokens, events, clusters, pairs, operations)| {
+        let res: Result<(), TransactionError<()>> = trees.transaction(
+            |(nodes, tokens, events, clusters, pairs, operations, jobs)| {
                 for (tree, k, v) in &writes {
                     let t = match tree {
                         0 => nodes,
@@ -169,6 +177,7 @@ impl StateStore for SledStore {
                         3 => clusters,
                         4 => pairs,
                         5 => operations,
+                        6 => jobs,
                         _ => events,
                     };
                     match v {
@@ -181,7 +190,8 @@ impl StateStore for SledStore {
                     }
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
-            });
+            },
+        );
         res.map_err(|e| engine(format!("{e:?}")))?;
         self.db.flush().map_err(engine)?;
         *seq = next;
@@ -261,6 +271,10 @@ impl StateStore for SledStore {
 
     fn pairs(&self) -> Result<Vec<PairRecord>, StoreError> {
         all(&self.pairs)
+    }
+
+    fn jobs(&self) -> Result<Vec<crate::jobs::model::JobRecord>, StoreError> {
+        all(&self.jobs)
     }
 
     fn operation(&self, id: &str) -> Result<Option<OperationRecord>, StoreError> {

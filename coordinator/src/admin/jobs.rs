@@ -1,0 +1,186 @@
+//! Admin routes for jobs: submit, list, show, stop, logs, and the operator's failover override.
+
+use super::{ApiError, ApiJson, Code, Shared};
+use crate::jobs::model::{new_job_id, JobRecord, JobSpec};
+use crate::jobs::planner::Event;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// A job object: the record plus its current node and token at the top level.
+pub fn view(j: &JobRecord) -> Value {
+    let mut v = json!(j);
+    v["name"] = json!(j.spec.name);
+    v["cluster"] = json!(j.spec.cluster);
+    v["state"] = json!(j.state.as_str());
+    v["node"] = json!(j.current.as_ref().map(|p| p.node.clone()));
+    v["fencing_token"] = json!(j.current.as_ref().map(|p| p.fencing_token));
+    v["gpus"] = json!(j
+        .current
+        .as_ref()
+        .map(|p| p.gpus.clone())
+        .unwrap_or_default());
+    v
+}
+
+fn find(s: &super::AdminState, id: &str) -> Result<JobRecord, ApiError> {
+    let t = s.membership.lock();
+    t.jobs
+        .get(id)
+        .or_else(|| {
+            // By name: the live job of that name first, else the newest.
+            let mut named: Vec<_> = t.jobs.values().filter(|j| j.spec.name == id).collect();
+            named.sort_by_key(|j| (!j.state.is_terminal(), j.created_ms));
+            named.pop()
+        })
+        .cloned()
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("no job with id or name `{id}`")))
+}
+
+pub(super) async fn submit(
+    State(s): Shared,
+    ApiJson(mut spec): ApiJson<JobSpec>,
+) -> Result<impl IntoResponse, ApiError> {
+    let cluster = s.membership.cluster(&spec.cluster).ok_or_else(|| {
+        ApiError::new(
+            Code::InvalidArgument,
+            format!("cluster: no cluster with id or name `{}`", spec.cluster),
+        )
+    })?;
+    spec.cluster = cluster.id.clone();
+    crate::jobs::validate::validate_spec(&spec)
+        .map_err(|e| ApiError::new(Code::InvalidArgument, e.to_string()))?;
+    if let Some(j) = s
+        .membership
+        .lock()
+        .jobs
+        .values()
+        .find(|j| j.spec.name == spec.name && !j.state.is_terminal())
+    {
+        return Err(ApiError::new(
+            Code::AlreadyExists,
+            format!(
+                "a job named `{}` is already {} ({})",
+                spec.name,
+                j.state.as_str(),
+                j.id
+            ),
+        ));
+    }
+    let job = JobRecord::new(
+        new_job_id(rand::random()),
+        spec,
+        tandem_common::time::unix_ms(),
+    );
+    let id = job.id.clone();
+    s.membership.submit_job(job)?;
+    let job = find(&s, &id)?;
+    Ok((StatusCode::CREATED, Json(json!({ "job": view(&job) }))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JobQuery {
+    cluster: Option<String>,
+    state: Option<String>,
+    node: Option<String>,
+}
+
+pub(super) async fn list(
+    State(s): Shared,
+    q: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::new(
+            Code::InvalidArgument,
+            format!("query refused: {}", e.body_text()),
+        )
+    })?;
+    let cluster = q.cluster.as_ref().map(|c| {
+        s.membership
+            .cluster(c)
+            .map(|c| c.id)
+            .unwrap_or_else(|| c.clone())
+    });
+    let node = q.node.as_ref().map(|n| {
+        s.membership
+            .find(n)
+            .map(|e| e.record.id.0)
+            .unwrap_or_else(|| n.clone())
+    });
+    let mut jobs: Vec<JobRecord> = s.membership.lock().jobs.values().cloned().collect();
+    jobs.sort_by_key(|j| j.created_ms);
+    let jobs: Vec<Value> = jobs
+        .iter()
+        .filter(|j| cluster.as_ref().is_none_or(|c| j.spec.cluster == *c))
+        .filter(|j| q.state.as_ref().is_none_or(|st| j.state.as_str() == st))
+        .filter(|j| {
+            node.as_ref()
+                .is_none_or(|n| j.current.as_ref().is_some_and(|p| p.node.0 == *n))
+        })
+        .map(view)
+        .collect();
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+pub(super) async fn get(State(s): Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(view(&find(&s, &id)?)))
+}
+
+pub(super) async fn stop(
+    State(s): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = find(&s, &id)?;
+    s.membership.job_event(Event::StopRequested {
+        job: job.id.clone(),
+    })?;
+    Ok(Json(view(&find(&s, &job.id)?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogQuery {
+    tail: Option<u32>,
+}
+
+pub(super) async fn logs(
+    State(s): Shared,
+    Path(id): Path<String>,
+    q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::new(
+            Code::InvalidArgument,
+            format!("query refused: {}", e.body_text()),
+        )
+    })?;
+    let job = find(&s, &id)?;
+    let (stdout, stderr) = s
+        .membership
+        .job_logs(&job, q.tail.unwrap_or(100).clamp(1, 10_000))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                Code::FailedPrecondition,
+                format!("logs of job {}: {e}", job.spec.name),
+            )
+        })?;
+    Ok(Json(
+        json!({ "job": job.id, "stdout": stdout, "stderr": stderr }),
+    ))
+}
+
+pub(super) async fn force_failover(
+    State(s): Shared,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let c = s.membership.cluster(&id).ok_or_else(|| {
+        ApiError::new(Code::NotFound, format!("no cluster with id or name `{id}`"))
+    })?;
+    s.membership.force_failover(&c.id)?;
+    Ok(Json(json!({ "cluster": c.id, "failover": "forced" })))
+}

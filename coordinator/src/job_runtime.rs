@@ -1,0 +1,517 @@
+//! Jobs at the coordinator: the planner's decisions (`jobs::planner`) made durable, then
+//! carried out.
+//!
+//! # Order of things (the fencing argument's coordinator side)
+//! Every decision is applied to the job records and committed to the store — with its new
+//! fencing token — *before* any command leaves for an agent. A `kill -9` of the coordinator at
+//! any point therefore either loses a decision that nobody acted on, or keeps one whose token
+//! the agents will honour; never a start that the store does not know about. A node's jobs are
+//! placed again only after the detector declared it `down`, which happens only after its lease
+//! and fence grace ran out: by then its per-job supervisors have killed every copy (see the
+//! agent's `supervisor` module).
+//!
+//! A move (drain, failback) stops the old copy first and starts the new one only when the old
+//! copy's exit is reported, or its node is declared down.
+
+use crate::jobs::decision::Decision;
+use crate::jobs::model::{Exit, JobRecord};
+use crate::jobs::placement::NodeView;
+use crate::jobs::planner::{Event, Planner, View};
+use crate::membership::{Fleet, Membership};
+use crate::model::NewEvent;
+use crate::store::{Change, StoreError};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tandem_common::ids::NodeId;
+use tandem_common::proto::{AgentMsg, CoordMsg, StartJob};
+use tandem_common::time::unix_ms;
+
+/// How long a user stop waits between SIGTERM and SIGKILL.
+pub const USER_KILL_TIMEOUT_MS: u32 = 5_000;
+
+/// A command for an agent, decided and durable.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Start a copy (after `delay`, or once `after` — an old copy — has ended).
+    Start {
+        /// Where.
+        node: NodeId,
+        /// The order.
+        cmd: StartJob,
+        /// Restart backoff.
+        delay: Duration,
+        /// `(node, token)` of a copy that must end first.
+        after: Option<(NodeId, u64)>,
+    },
+    /// Stop a copy.
+    Stop {
+        /// Where.
+        node: NodeId,
+        /// The job.
+        job: String,
+        /// The copy's token.
+        token: u64,
+        /// SIGTERM to SIGKILL.
+        kill_timeout_ms: u32,
+    },
+}
+
+/// The job side of the coordinator.
+pub struct JobRuntime {
+    planner: Mutex<Planner>,
+    /// Starts waiting for an old copy to end, by job.
+    waiting: Mutex<HashMap<String, (NodeId, u64, NodeId, StartJob)>>,
+    /// Log requests waiting for their answer.
+    logs: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<AgentMsg>>>,
+    fence_kill_timeout_ms: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl JobRuntime {
+    /// A runtime for a coordinator with this lease and fencing kill timeout.
+    pub fn new(lease: Duration, fence_kill_timeout: Duration) -> Self {
+        Self {
+            planner: Mutex::new(Planner::new(lease.as_millis() as u64)),
+            waiting: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
+            fence_kill_timeout_ms: fence_kill_timeout.as_millis() as u32,
+        }
+    }
+}
+
+fn start_cmd(job: &JobRecord, token: u64, gpus: &[String]) -> StartJob {
+    StartJob {
+        job_id: job.id.clone(),
+        job_name: job.spec.name.clone(),
+        fencing_token: token,
+        command: job.spec.command.clone(),
+        env: job.spec.env.clone(),
+        workdir: job.spec.workdir.clone(),
+        gpus: gpus.to_vec(),
+    }
+}
+
+impl Membership {
+    /// Feeds one event to the planner, makes its decisions durable, and sends the commands.
+    pub fn job_event(&self, event: Event) -> Result<(), StoreError> {
+        let out = {
+            let mut t = self.lock();
+            self.run_planner(&mut t, |p, v, now| p.handle(v, &event, now))?
+        };
+        self.dispatch(out);
+        Ok(())
+    }
+
+    /// Runs the planner's start-up reconciliation (after a coordinator restart).
+    pub fn reconcile_jobs(&self) -> Result<(), StoreError> {
+        let out = {
+            let mut t = self.lock();
+            self.run_planner(&mut t, |p, v, now| p.reconcile(v, now))?
+        };
+        self.dispatch(out);
+        Ok(())
+    }
+
+    /// Operator override of the disruption guard for a cluster.
+    pub fn force_failover(&self, cluster: &str) -> Result<(), StoreError> {
+        let out = {
+            let mut t = self.lock();
+            self.run_planner(&mut t, |p, v, now| p.force_failover(v, cluster, now))?
+        };
+        self.dispatch(out);
+        Ok(())
+    }
+
+    /// Records a new job and places it.
+    pub fn submit_job(&self, job: JobRecord) -> Result<(), StoreError> {
+        {
+            let mut t = self.lock();
+            self.store().commit(vec![
+                Change::PutJob(Box::new(job.clone())),
+                Change::Event(NewEvent {
+                    kind: "job",
+                    node: None,
+                    message: format!("job {} ({}) submitted", job.spec.name, job.id),
+                }),
+            ])?;
+            t.jobs.insert(job.id.clone(), job.clone());
+        }
+        self.job_event(Event::Submitted { job: job.id })
+    }
+
+    fn run_planner(
+        &self,
+        t: &mut Fleet,
+        decide: impl FnOnce(&mut Planner, &View, u64) -> Vec<Decision>,
+    ) -> Result<Vec<Outgoing>, StoreError> {
+        let now = unix_ms();
+        let clusters: Vec<_> = t.clusters.values().cloned().collect();
+        let nodes: Vec<NodeView> = t
+            .nodes
+            .values()
+            .map(|e| NodeView::from_record(&e.record))
+            .collect();
+        let pairs: Vec<_> = t.pairs.values().cloned().collect();
+        let mut jobs: Vec<JobRecord> = t.jobs.values().cloned().collect();
+        jobs.sort_by(|a, b| a.id.cmp(&b.id));
+        let decisions = {
+            let view = View {
+                clusters: &clusters,
+                nodes: &nodes,
+                pairs: &pairs,
+                jobs: &jobs,
+            };
+            decide(&mut lock(&self.jobs.planner), &view, now)
+        };
+        if decisions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let before = jobs.clone();
+        let mut changes = Vec::new();
+        let mut out = Vec::new();
+        for d in &decisions {
+            let applied = d.apply(&mut jobs, now);
+            let job = |id: &str| jobs.iter().find(|j| j.id == id);
+            let name = |id: &str| {
+                job(id)
+                    .map(|j| j.spec.name.clone())
+                    .unwrap_or_else(|| id.to_string())
+            };
+            match d {
+                Decision::Ignore { .. } | Decision::Keep { .. } => {
+                    tracing::debug!(reason = d.reason(), "job decision without effect");
+                    continue;
+                }
+                Decision::Hold {
+                    cluster, reason, ..
+                }
+                | Decision::Resume { cluster, reason } => {
+                    changes.push(Change::Event(NewEvent {
+                        kind: "failover_guard",
+                        node: None,
+                        message: format!("cluster {cluster}: {reason}"),
+                    }));
+                    continue;
+                }
+                _ => {}
+            }
+            if !applied && !matches!(d, Decision::Stop { .. } | Decision::KillStale { .. }) {
+                tracing::debug!(reason = d.reason(), "stale job decision");
+                continue;
+            }
+            let (id, node) = match d {
+                Decision::KillStale { job, node, .. } => (job.clone(), Some(node.clone())),
+                Decision::Start { job, to, .. }
+                | Decision::Replace { job, to, .. }
+                | Decision::Move { job, to, .. }
+                | Decision::Restart { job, to, .. } => (job.clone(), Some(to.node.clone())),
+                Decision::Stop { job, node, .. } => (job.clone(), node.clone()),
+                Decision::Started { job, .. }
+                | Decision::Pending { job, .. }
+                | Decision::Failed { job, .. }
+                | Decision::Completed { job, .. } => (job.clone(), None),
+                _ => continue,
+            };
+            changes.push(Change::Event(NewEvent {
+                kind: "job",
+                node,
+                message: format!("job {}: {}", name(&id), d.reason()),
+            }));
+            match d {
+                Decision::Start {
+                    job,
+                    to,
+                    fencing_token,
+                    ..
+                }
+                | Decision::Replace {
+                    job,
+                    to,
+                    fencing_token,
+                    ..
+                } => {
+                    if let Some(j) = jobs.iter().find(|j| j.id == *job) {
+                        out.push(Outgoing::Start {
+                            node: to.node.clone(),
+                            cmd: start_cmd(j, *fencing_token, &to.gpus),
+                            delay: Duration::ZERO,
+                            after: None,
+                        });
+                    }
+                }
+                Decision::Restart {
+                    job,
+                    to,
+                    fencing_token,
+                    backoff_ms,
+                    ..
+                } => {
+                    if let Some(j) = jobs.iter().find(|j| j.id == *job) {
+                        out.push(Outgoing::Start {
+                            node: to.node.clone(),
+                            cmd: start_cmd(j, *fencing_token, &to.gpus),
+                            delay: Duration::from_millis(*backoff_ms),
+                            after: None,
+                        });
+                    }
+                }
+                Decision::Move {
+                    job,
+                    from,
+                    old_token,
+                    to,
+                    fencing_token,
+                    ..
+                } => {
+                    out.push(Outgoing::Stop {
+                        node: from.clone(),
+                        job: job.clone(),
+                        token: *old_token,
+                        kill_timeout_ms: USER_KILL_TIMEOUT_MS,
+                    });
+                    if let Some(j) = jobs.iter().find(|j| j.id == *job) {
+                        out.push(Outgoing::Start {
+                            node: to.node.clone(),
+                            cmd: start_cmd(j, *fencing_token, &to.gpus),
+                            delay: Duration::ZERO,
+                            after: Some((from.clone(), *old_token)),
+                        });
+                    }
+                }
+                Decision::Stop {
+                    job,
+                    node: Some(n),
+                    fencing_token: Some(tok),
+                    ..
+                } => out.push(Outgoing::Stop {
+                    node: n.clone(),
+                    job: job.clone(),
+                    token: *tok,
+                    kill_timeout_ms: USER_KILL_TIMEOUT_MS,
+                }),
+                Decision::KillStale {
+                    node,
+                    job,
+                    fencing_token,
+                    ..
+                } => out.push(Outgoing::Stop {
+                    node: node.clone(),
+                    job: job.clone(),
+                    token: *fencing_token,
+                    kill_timeout_ms: self.jobs.fence_kill_timeout_ms,
+                }),
+                _ => {}
+            }
+        }
+        for j in &jobs {
+            if !before.iter().any(|b| b == j) {
+                changes.insert(0, Change::PutJob(Box::new(j.clone())));
+            }
+        }
+        if !changes.is_empty() {
+            self.store().commit(changes)?;
+        }
+        for j in jobs {
+            t.jobs.insert(j.id.clone(), j);
+        }
+        Ok(out)
+    }
+
+    /// Sends decided commands to the agents that hold a live connection. A command for a node
+    /// without one is dropped: when the node registers again, the planner sees what it holds.
+    fn dispatch(&self, out: Vec<Outgoing>) {
+        for o in out {
+            match o {
+                Outgoing::Start {
+                    node,
+                    cmd,
+                    after: Some((old_node, old_token)),
+                    ..
+                } => {
+                    lock(&self.jobs.waiting)
+                        .insert(cmd.job_id.clone(), (old_node, old_token, node, cmd));
+                }
+                Outgoing::Start {
+                    node,
+                    cmd,
+                    delay,
+                    after: None,
+                } if !delay.is_zero() => {
+                    let control = self.control_of(&node);
+                    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                        handle.spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            if let Some(c) = control {
+                                let _ = c.send(CoordMsg::StartJob(Box::new(cmd))).await;
+                            }
+                        });
+                    }
+                }
+                Outgoing::Start { node, cmd, .. } => {
+                    self.send_to(&node, CoordMsg::StartJob(Box::new(cmd)))
+                }
+                Outgoing::Stop {
+                    node,
+                    job,
+                    token,
+                    kill_timeout_ms,
+                } => self.send_to(
+                    &node,
+                    CoordMsg::StopJob {
+                        job_id: job,
+                        fencing_token: token,
+                        kill_timeout_ms,
+                    },
+                ),
+            }
+        }
+    }
+
+    fn control_of(&self, node: &NodeId) -> Option<tokio::sync::mpsc::Sender<CoordMsg>> {
+        self.lock()
+            .nodes
+            .get(node)
+            .and_then(|e| e.live.as_ref().map(|l| l.control.clone()))
+    }
+
+    fn send_to(&self, node: &NodeId, msg: CoordMsg) {
+        match self.control_of(node) {
+            Some(c) => {
+                if let Err(e) = c.try_send(msg) {
+                    tracing::warn!(%node, error = %e, "could not queue a job command");
+                }
+            }
+            None => {
+                tracing::info!(%node, "node has no connection; its job command waits for it to register")
+            }
+        }
+    }
+
+    /// An agent reports that a copy started.
+    pub fn job_started(&self, node: &NodeId, job: String, token: u64) -> Result<(), StoreError> {
+        self.job_event(Event::JobStarted {
+            job,
+            node: node.clone(),
+            fencing_token: token,
+        })
+    }
+
+    /// An agent reports that a copy ended (or was refused). Releases a move waiting on it.
+    pub fn job_exited(
+        &self,
+        node: &NodeId,
+        job: String,
+        token: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+    ) -> Result<(), StoreError> {
+        self.release_waiting(|old_node, old_token, j| {
+            old_node == node && old_token == token && j == job
+        });
+        let exit = match (code, signal) {
+            (_, Some(s)) => Exit::Signal(s),
+            (Some(c), None) => Exit::Code(c),
+            // Refused before it ran: report it as a failure to start.
+            (None, None) => Exit::Code(127),
+        };
+        self.job_event(Event::JobExited {
+            job,
+            node: node.clone(),
+            fencing_token: token,
+            exit,
+        })
+    }
+
+    /// A node was declared down: its jobs are placed again, and moves waiting on its copies go.
+    pub fn jobs_on_node_down(&self, node: &NodeId) -> Result<(), StoreError> {
+        self.job_event(Event::NodeDown { node: node.clone() })?;
+        self.release_waiting(|old_node, _, _| old_node == node);
+        Ok(())
+    }
+
+    fn release_waiting(&self, matches: impl Fn(&NodeId, u64, &str) -> bool) {
+        let ready: Vec<(NodeId, StartJob)> = {
+            let mut w = lock(&self.jobs.waiting);
+            let keys: Vec<String> = w
+                .iter()
+                .filter(|(j, (n, t, _, _))| matches(n, *t, j))
+                .map(|(j, _)| j.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| w.remove(&k))
+                .map(|(_, _, to, cmd)| (to, cmd))
+                .collect()
+        };
+        for (to, cmd) in ready {
+            // Only if it is still the job's current placement.
+            let current = self
+                .lock()
+                .jobs
+                .get(&cmd.job_id)
+                .and_then(|j| j.current.as_ref().map(|p| p.fencing_token));
+            if current == Some(cmd.fencing_token) {
+                self.send_to(&to, CoordMsg::StartJob(Box::new(cmd)));
+            }
+        }
+    }
+
+    /// Asks the node running `job` for the end of its logs.
+    pub async fn job_logs(
+        &self,
+        job: &JobRecord,
+        lines: u32,
+    ) -> Result<(Vec<String>, Vec<String>), String> {
+        let node = job
+            .current
+            .as_ref()
+            .map(|p| p.node.clone())
+            .or_else(|| job.history.last().map(|p| p.node.clone()));
+        let Some(node) = node else {
+            return Err("the job never ran".into());
+        };
+        let Some(control) = self.control_of(&node) else {
+            return Err(format!("node {node} is not connected"));
+        };
+        let request = rand::random::<u64>();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.jobs.logs).insert(request, tx);
+        let sent = control
+            .send(CoordMsg::TailLogs {
+                request,
+                job_id: job.id.clone(),
+                lines,
+            })
+            .await
+            .is_ok();
+        let r = if !sent {
+            Err("the node's connection closed".to_string())
+        } else {
+            match tokio::time::timeout(Duration::from_secs(3), rx).await {
+                Ok(Ok(AgentMsg::Logs {
+                    stdout,
+                    stderr,
+                    error: None,
+                    ..
+                })) => Ok((stdout, stderr)),
+                Ok(Ok(AgentMsg::Logs { error: Some(e), .. })) => Err(e),
+                Ok(_) => Err("the node's connection closed".to_string()),
+                Err(_) => Err("the node did not answer within 3 s".to_string()),
+            }
+        };
+        lock(&self.jobs.logs).remove(&request);
+        r
+    }
+
+    /// A log answer arrived.
+    pub fn logs_arrived(&self, msg: AgentMsg) {
+        if let AgentMsg::Logs { request, .. } = &msg {
+            if let Some(tx) = lock(&self.jobs.logs).remove(request) {
+                let _ = tx.send(msg);
+            }
+        }
+    }
+}
