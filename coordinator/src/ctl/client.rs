@@ -3,6 +3,9 @@
 use super::CtlError;
 use serde_json::Value;
 
+/// The fewest characters (after the prefix) a short id may have.
+const MIN_SHORT_ID: usize = 4;
+
 /// A client of one admin endpoint.
 pub struct Client {
     pub(super) agent: ureq::Agent,
@@ -21,6 +24,19 @@ pub fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+/// Whether `given` is a short form of `id` (`n-0123abcd` or `0123abcd` for
+/// `n-0123abcd45678901`). It needs at least 4 characters after the prefix: `nodes remove n-`
+/// must not pick the only node there is.
+pub fn short_id_matches(id: &str, given: &str) -> bool {
+    id.split_once('-').is_some_and(|(prefix, rest)| {
+        let bare = given
+            .strip_prefix(prefix)
+            .and_then(|g| g.strip_prefix('-'))
+            .unwrap_or(given);
+        bare.chars().count() >= MIN_SHORT_ID && rest.starts_with(bare)
+    })
 }
 
 impl Client {
@@ -86,12 +102,7 @@ impl Client {
         let matches: Vec<&str> = items
             .iter()
             .filter_map(|o| o["id"].as_str())
-            .filter(|id| {
-                id.starts_with(given)
-                    || id
-                        .split_once('-')
-                        .is_some_and(|(_, rest)| !given.is_empty() && rest.starts_with(given))
-            })
+            .filter(|id| short_id_matches(id, given))
             .collect();
         match matches.as_slice() {
             [one] => Ok(one.to_string()),
@@ -106,6 +117,22 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn short_ids() {
+        use super::short_id_matches as m;
+        let id = "n-0123456789abcdef";
+        assert!(m(id, "n-01234567"));
+        assert!(m(id, "01234567"));
+        assert!(m(id, "n-0123"));
+        assert!(m("op-0123456789ab", "op-0123"));
+        assert!(m("c-c0ffee000000", "c0ffee"));
+        assert!(!m(id, "n-"), "too short");
+        assert!(!m(id, "n-012"), "too short");
+        assert!(!m(id, ""));
+        assert!(!m(id, "n-1234"));
+        assert!(!m(id, "c-01234567"), "another kind of id");
+    }
+
     #[test]
     fn encodes_path_segments() {
         assert_eq!(super::enc("c-01ab"), "c-01ab");
