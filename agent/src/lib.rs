@@ -6,6 +6,7 @@
 //! - `cli`: the `run` arguments (shared with the coordinator's dev mode).
 //! - `identity`: the node's key, certificate and id on disk.
 //! - `lease`: the lease, a plain struct driven by `now` (the agent's half of the fencing argument).
+//! - `leftovers`: waiting out job supervisors of a previous agent run before registering.
 //! - `link`: join, register, heartbeat, reconnect.
 //! - `probe`: the hardware report: the host through sysinfo and `/proc`, GPUs through NVML on a
 //!   dedicated thread with a deadline, GPU health events, GPU fixtures.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod identity;
 pub mod inventory;
 pub mod lease;
+pub mod leftovers;
 pub mod link;
 pub mod probe;
 pub mod supervisor;
@@ -41,6 +43,16 @@ pub async fn run(
     let link = link::Link::new(cfg.clone(), reports, lease_tx)?;
     // Ready once local state is loaded: boot never waits on the network.
     tandem_common::notify::ready(&format!("starting: connecting to {}", cfg.coordinator));
+    // Never register while copies from a previous run may still be alive (see `leftovers`).
+    tokio::pin!(shutdown);
+    tokio::select! {
+        r = leftovers::wait_until_fenced(&cfg.state_dir, leftovers::MAX_WAIT) => {
+            if let Err(still) = r {
+                tracing::error!(jobs = ?still, "job copies of a previous run outlived the longest lease; registering anyway");
+            }
+        }
+        _ = &mut shutdown => return Ok(()),
+    }
     link.run(shutdown).await
 }
 

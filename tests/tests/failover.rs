@@ -143,3 +143,96 @@ fn a_job_moves_off_a_killed_node_and_never_runs_twice() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// The agent of a job's node is killed and started again at once (a crash and a systemd
+/// restart): its old job copy must be fenced before any new copy runs, wherever that runs.
+#[test]
+fn a_quick_agent_restart_never_runs_a_job_twice() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let coord = Coordinator::start(&tmp.path().join("coord"), None)?;
+    coord
+        .api
+        .post("/v1/clusters", &json!({"name": "rs", "mode": "pool"}))?;
+    let token = coord
+        .api
+        .post("/v1/join-tokens", &json!({"uses": 2, "cluster": "rs"}))?["token"]
+        .as_str()
+        .context("token")?
+        .to_string();
+    let mut agents = std::collections::HashMap::new();
+    for n in ["rs-a", "rs-b"] {
+        agents.insert(
+            n.to_string(),
+            start_agent(&coord.quic, &tmp.path().join(n), Some(&token), n, &[])?,
+        );
+    }
+    for n in ["rs-a", "rs-b"] {
+        wait_for(LONG, "ready", || {
+            (coord.api.state(n).as_deref() == Some("ready")).then_some(())
+        })?;
+    }
+    let out = tmp.path().join("out.txt");
+    let script = format!(
+        "while true; do echo \"$TANDEM_NODE_NAME $TANDEM_FENCING_TOKEN $(date +%s%N)\" >> {}; sleep 0.01; done",
+        out.display()
+    );
+    let job = coord.api.post(
+        "/v1/jobs",
+        &json!({"name": "writer2", "cluster": "rs", "command": ["/bin/sh", "-c", script],
+                "resources": {"cpu_millis": 100, "memory_bytes": 67108864, "gpus": 0}, "restart": "always"}),
+    )?;
+    let id = job["job"]["id"].as_str().context("id")?.to_string();
+    let first = wait_for(LONG, "running", || {
+        let j = coord.api.get(&format!("/v1/jobs/{id}")).ok()?;
+        (j["state"] == "running" && lines(&out).len() > 5).then_some(j)
+    })?;
+    let old_token = first["fencing_token"].as_u64().context("token")?;
+    let node_id = first["node"].as_str().context("node")?.to_string();
+    let name = coord.api.node(&node_id).context("node")?["name"]
+        .as_str()
+        .context("name")?
+        .to_string();
+    coord.wait_restart_grace()?;
+    // Taint the node so that any new copy must go to the other node: the case where a
+    // premature re-placement would run two copies at once.
+    let (s, v) = coord.api.request(
+        "PATCH",
+        &format!("/v1/nodes/{node_id}"),
+        Some(&coord.api.token),
+        Some(
+            json!({"taints": [{"key": "maintenance", "effect": "no_schedule"}]})
+                .to_string()
+                .as_bytes(),
+        ),
+    )?;
+    assert_eq!(s, 200, "{v}");
+    let a = agents.get_mut(&name).context("agent")?;
+    a.kill9();
+    *a = start_agent(&coord.quic, &tmp.path().join(&name), None, &name, &[])?;
+    wait_for(LONG, "a new copy writing", || {
+        lines(&out)
+            .iter()
+            .any(|(_, t, _)| *t > old_token)
+            .then_some(())
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    let l = lines(&out);
+    let last_old = l
+        .iter()
+        .filter(|(_, t, _)| *t == old_token)
+        .map(|x| x.2)
+        .max()
+        .context("old")?;
+    let first_new = l
+        .iter()
+        .filter(|(_, t, _)| *t > old_token)
+        .map(|x| x.2)
+        .min()
+        .context("new")?;
+    println!(
+        "agent restart: old copy's last line -> new copy's first line: {} ms",
+        (first_new as i128 - last_old as i128) / 1_000_000
+    );
+    assert!(last_old < first_new, "two copies ran at once");
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! Job supervisors left by a previous run of the agent.
+//!
+//! With `KillMode=process` a restarted (or crashed) agent leaves its per-job supervisors
+//! running; each still holds its job until the last lease deadline it was given, and this agent
+//! cannot renew or adopt them (their pipes belonged to the dead process). If the new agent
+//! registered at once and reported no jobs, the coordinator would place those jobs again —
+//! possibly on another node — while the old copies still ran. So before its first registration
+//! the agent waits until every old supervisor has fenced its job and exited: each holds a
+//! `flock` on its job dir for its whole life, so a lock we can take means that copy is gone.
+//! The wait is bounded by the longest lease plus the kill timeout; the default is about 1.3 s.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How long to wait at most: the longest lease the coordinator allows (600 s) plus margin.
+pub const MAX_WAIT: Duration = Duration::from_secs(660);
+
+/// Job dirs under `state_dir/jobs` whose supervisor still holds the lock.
+pub fn held(state_dir: &Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(state_dir.join("jobs")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let lock = e.path().join(crate::supervisor::protocol::LOCK_FILE);
+            let f = std::fs::OpenOptions::new().read(true).open(&lock).ok()?;
+            // SAFETY: flock on a file descriptor we own; the lock is released when `f` drops.
+            let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            (r != 0).then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
+/// Waits (polling every 50 ms) until no old supervisor holds a job, or `max` passed.
+pub async fn wait_until_fenced(state_dir: &Path, max: Duration) -> Result<(), Vec<String>> {
+    let deadline = Instant::now() + max;
+    let mut logged = false;
+    let mut watchdog = tandem_common::notify::Watchdog::from_env();
+    loop {
+        watchdog.ping_if_due(Instant::now());
+        let still = held(state_dir);
+        if still.is_empty() {
+            return Ok(());
+        }
+        if !logged {
+            tracing::info!(jobs = ?still, "waiting for job copies of a previous agent run to be fenced before registering");
+            tandem_common::notify::status(&format!(
+                "waiting for {} job copies of a previous run to be fenced",
+                still.len()
+            ));
+            logged = true;
+        }
+        if Instant::now() >= deadline {
+            return Err(still);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
