@@ -197,6 +197,14 @@ impl Membership {
         let pairs = crate::pairs::cluster_pairs(&t, cid);
         let view = crate::pairs::pair_nodes(&t, cid, None);
         let status = crate::cluster::pairing::cluster_status(c.mode, &view, &pairs);
+        // What jobs hold (and, in ha_pairs, reserve on standbys) is not free.
+        let views: Vec<_> = t
+            .nodes
+            .values()
+            .map(|e| crate::jobs::placement::NodeView::from_record(&e.record))
+            .collect();
+        let all_pairs: Vec<_> = t.pairs.values().cloned().collect();
+        let held = crate::jobs::placement::held_by_jobs(t.jobs.values(), &all_pairs, &views);
         // Draining nodes take no new work: their capacity counts in the totals, none of it
         // as free (as if all of it were held).
         let capacity = crate::cluster::capacity::capacity(&nodes, |id| {
@@ -206,10 +214,23 @@ impl Membership {
                     memory_bytes: n.hardware.memory.total_bytes,
                     gpu_uuids: n.hardware.gpus.iter().map(|g| g.uuid.clone()).collect(),
                 },
-                None => Default::default(),
+                None => held.get(id).cloned().unwrap_or_default(),
             }
         });
         (nodes, pairs, status, capacity)
+    }
+
+    /// The jobs of a cluster, oldest first.
+    pub fn jobs_of(&self, cid: &str) -> Vec<crate::jobs::model::JobRecord> {
+        let mut v: Vec<_> = self
+            .lock()
+            .jobs
+            .values()
+            .filter(|j| j.spec.cluster == cid)
+            .cloned()
+            .collect();
+        v.sort_by_key(|j| j.created_ms);
+        v
     }
 
     /// An operation record.

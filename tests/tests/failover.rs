@@ -77,6 +77,16 @@ fn a_job_moves_off_a_killed_node_and_never_runs_twice() -> Result<()> {
         "{l:?}"
     );
 
+    // The cluster lists the job, and what it holds is no longer free.
+    let c = coord.api.get("/v1/clusters/fo")?;
+    assert_eq!(c["jobs"][0]["name"], "writer", "{c}");
+    let cap = &c["capacity"];
+    assert!(
+        cap["cores_free"].as_f64().context("free")?
+            < cap["cores_total"].as_f64().context("total")?,
+        "{cap}"
+    );
+
     // The logs come back through the API.
     let logs = coord.api.get(&format!("/v1/jobs/{id}/logs?tail=5"))?;
     assert!(logs["stdout"].is_array(), "{logs}");

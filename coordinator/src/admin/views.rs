@@ -73,7 +73,12 @@ pub fn cluster(m: &Membership, c: &ClusterRecord) -> Value {
             "model": n.hardware.model(),
         })).collect::<Vec<_>>(),
         "pairs": pairs.iter().map(|p| pair(p, name_of(&p.primary), name_of(&p.standby))).collect::<Vec<_>>(),
-        "jobs": [],
+        "jobs": m.jobs_of(&c.id).iter().map(|j| json!({
+            "id": j.id,
+            "name": j.spec.name,
+            "state": j.state.as_str(),
+            "node": j.current.as_ref().map(|p| p.node.clone()),
+        })).collect::<Vec<_>>(),
     })
 }
 
