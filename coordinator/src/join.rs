@@ -27,8 +27,9 @@ pub struct Joiner {
     pub cert_validity: Duration,
     /// The lease told to agents.
     pub lease: Duration,
-    /// One join at a time: token use counts and names stay consistent.
-    pub lock: Mutex<()>,
+    /// One join at a time: token use counts and names stay consistent. Also counts failed
+    /// joins per source address.
+    pub lock: Mutex<crate::limits::FailedJoins>,
 }
 
 fn refused(code: RejectCode, reason: impl Into<String>) -> MembershipError {
@@ -65,7 +66,35 @@ impl Joiner {
             )
         })?;
         check_node_name(&hello.name).map_err(|r| refused(RejectCode::NotAdmitted, r))?;
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failures = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if let Err(wait) = failures.check(peer.ip(), now) {
+            return Err(refused(
+                RejectCode::BadToken,
+                format!(
+                    "too many failed joins from {}; try again in {} s",
+                    peer.ip(),
+                    wait.as_secs().max(1)
+                ),
+            ));
+        }
+        let r = self.join_locked(hello, req, peer);
+        if let Err(MembershipError::Refused {
+            code: RejectCode::BadToken,
+            ..
+        }) = &r
+        {
+            failures.failed(peer.ip(), now);
+        }
+        r
+    }
+
+    fn join_locked(
+        &self,
+        hello: &Hello,
+        req: &tandem_common::proto::JoinRequest,
+        peer: SocketAddr,
+    ) -> Result<Joined, MembershipError> {
         let store = self.membership.store();
         let bad = || {
             refused(

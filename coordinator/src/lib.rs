@@ -12,6 +12,7 @@
 //! - `administration`: cluster, pair and node operations behind the admin API.
 //! - `pairs`: the pair planner's decisions turned into durable changes.
 //! - `job_runtime`: the job planner's decisions made durable, then sent to agents.
+//! - `limits`: failed-join and refusal-log limits against floods.
 //! - `join`: join tokens and CSRs traded for node certificates.
 //! - `server`: the QUIC endpoint, one task per connection.
 //! - `admin`: the HTTP/JSON admin endpoint and `/metrics`.
@@ -30,6 +31,7 @@ pub mod init;
 pub mod job_runtime;
 pub mod jobs;
 pub mod join;
+pub mod limits;
 pub mod membership;
 pub mod metrics;
 pub mod model;
@@ -153,6 +155,7 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         heartbeat: cfg.heartbeat,
         max_frame: cfg.max_frame_bytes,
         fence_kill_timeout: cfg.fence_kill_timeout,
+        log_budget: std::sync::Mutex::new(limits::LogBudget::new(20.0, 100.0)),
     });
     let mut tasks = vec![tokio::spawn(srv.serve(endpoint.clone()))];
     let m = membership.clone();

@@ -32,6 +32,8 @@ pub struct Server {
     pub max_frame: usize,
     /// The agents' SIGTERM-to-SIGKILL time when they fence themselves.
     pub fence_kill_timeout: Duration,
+    /// Refusal log lines: a flood of bad connections costs a few lines a second.
+    pub log_budget: std::sync::Mutex<crate::limits::LogBudget>,
 }
 
 /// The transport parameters both sides use: small windows (messages are small), datagrams on,
@@ -444,7 +446,14 @@ impl Server {
             .metrics
             .registrations_refused
             .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(%peer, ?code, %reason, "refused a connection");
+        let allowed = self
+            .log_budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(std::time::Instant::now());
+        if let Some(suppressed) = allowed {
+            tracing::warn!(%peer, ?code, %reason, suppressed_since_last = suppressed, "refused a connection");
+        }
         let msg = CoordMsg::Reject(Reject { code, reason });
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             let _ = codec::write_msg(send, &msg, self.max_frame).await;

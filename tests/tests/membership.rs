@@ -176,6 +176,25 @@ fn a_bad_join_token_is_refused_with_a_reason() -> Result<()> {
         "{}",
         second.log_text()
     );
+    // Guessing is slow: after 10 failed joins from one address, it is refused before its
+    // token is even looked at.
+    let mut limited = false;
+    for i in 0..12 {
+        let mut a = start_agent(
+            &coord.quic,
+            &tmp.path().join(format!("guess-{i}")),
+            Some(&bad),
+            "guess",
+            &[],
+        )?;
+        wait_for(LONG, "the guessing agent to give up", || a.exited())?;
+        if a.log_text().contains("too many failed joins") {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "failed joins are rate-limited per address");
+
     first.kill9();
     Ok(())
 }
