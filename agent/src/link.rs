@@ -471,6 +471,7 @@ impl Link {
             tokio::select! {
                 _ = iv.tick() => {
                     let now = Instant::now();
+                    wedge_hook();
                     self.watchdog.ping_if_due(now);
                     if now.duration_since(last_ack) > give_up_after {
                         return format!("no heartbeat ack for {} ms; registering again", now.duration_since(last_ack).as_millis());
@@ -690,6 +691,25 @@ impl Link {
         match conn.close_reason() {
             Some(e) => self.closed(e),
             None => fallback.to_string(),
+        }
+    }
+}
+
+/// Test hook: with `TANDEM_TEST_WEDGE_AFTER_MS` set, the main loop blocks for good that long
+/// after start, as a wedged loop would, so a test can see systemd's watchdog pings stop.
+fn wedge_hook() {
+    use std::sync::OnceLock;
+    static AT: OnceLock<Option<Instant>> = OnceLock::new();
+    let at = AT.get_or_init(|| {
+        std::env::var("TANDEM_TEST_WEDGE_AFTER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(|ms| Instant::now() + Duration::from_millis(ms))
+    });
+    if at.is_some_and(|t| Instant::now() >= t) {
+        tracing::error!("TANDEM_TEST_WEDGE_AFTER_MS: wedging the main loop");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
         }
     }
 }

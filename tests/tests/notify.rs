@@ -73,6 +73,61 @@ fn agent_and_coordinator_notify_systemd() -> Result<()> {
         "{msgs:?}"
     );
 
+    // A wedged main loop stops feeding the watchdog (systemd would then restart the unit).
+    let wpath = tmp.path().join("wedge.sock");
+    let wsock = UnixDatagram::bind(&wpath)?;
+    let wstate = tmp.path().join("wedge-agent");
+    std::fs::create_dir_all(&wstate)?;
+    let token2 = coord.api.token(1)?;
+    let child = Command::new(bin("tandem-agent"))
+        .args([
+            "run",
+            "--state-dir",
+            wstate.to_str().unwrap(),
+            "--coordinator",
+            &coord.quic,
+            "--name",
+            "wedge-a",
+            "--token",
+            &token2,
+        ])
+        .env("NOTIFY_SOCKET", &wpath)
+        .env("WATCHDOG_USEC", "200000")
+        .env("TANDEM_TEST_WEDGE_AFTER_MS", "1500")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("wedge.log"))?)
+        .spawn()?;
+    let _wedged = Proc {
+        child,
+        log: tmp.path().join("wedge.log"),
+    };
+    // Pings while healthy ...
+    let before = collect(&wsock, Duration::from_secs(20), |m| {
+        m.iter().filter(|s| s.contains("WATCHDOG=1")).count() >= 3
+    });
+    assert!(
+        before.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
+        "{before:?}"
+    );
+    // ... none once wedged: wait for the wedge to be logged, then listen for a while.
+    wait_for(Duration::from_secs(20), "the wedge", || {
+        std::fs::read_to_string(tmp.path().join("wedge.log"))
+            .ok()?
+            .contains("wedging the main loop")
+            .then_some(())
+    })?;
+    // Drop what was sent before the wedge, then listen.
+    wsock.set_nonblocking(true)?;
+    let mut buf = [0u8; 4096];
+    while wsock.recv(&mut buf).is_ok() {}
+    wsock.set_nonblocking(false)?;
+    let after = collect(&wsock, Duration::from_millis(1000), |_| false);
+    assert!(
+        after.iter().all(|m| !m.contains("WATCHDOG=1")),
+        "pings went on after the wedge: {after:?}"
+    );
+
     // The coordinator: READY=1 with its status once it serves.
     let cpath = tmp.path().join("coord-notify.sock");
     let csock = UnixDatagram::bind(&cpath)?;
