@@ -8,12 +8,17 @@
 //!   `DATA_DIR/endpoints.json`).
 //! - `Api`: a small client of the admin API.
 //! - `wait_for`: polls a condition until a deadline; tests never sleep blindly.
+//! - `relay`: a UDP relay between agents and the coordinator that can cut either direction.
+//! - `fleet`: a coordinator, a cluster, agents and "writer" jobs for failover tests.
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub mod fleet;
+pub mod relay;
 
 /// The directory holding the workspace's built binaries: beside this executable (a bench
 /// binary in target/release) or one level up (a test in target/debug/deps).

@@ -1,0 +1,170 @@
+//! End to end: a drain moves a job (old copy stopped first); GPUs are given whole through
+//! `CUDA_VISIBLE_DEVICES`; in ha_pairs the standby is promoted and takes the job.
+
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tandem_tests::fleet::*;
+use tandem_tests::wait_for;
+
+#[test]
+fn drain_moves_a_job_stopping_the_old_copy_first() -> Result<()> {
+    let mut f = Fleet::new("drain", "pool")?;
+    f.start_agents(&["drain-a", "drain-b"], &[])?;
+    let w = f.submit_writer("drain-writer", 0, json!({}))?;
+    let first = f.wait_running(&w)?;
+    let (old_node, old_token) = f.placement(&first)?;
+    let node_id = first["node"].as_str().context("node")?.to_string();
+    f.coord.wait_restart_grace()?;
+
+    f.api()
+        .post(&format!("/v1/nodes/{node_id}/drain"), &json!({}))?;
+    let (moved, took) = f.wait_new_copy(&w, old_token, FAILOVER_BOUND)?;
+    println!(
+        "drain: new copy writing {} ms after the drain",
+        took.as_millis()
+    );
+    let (new_node, new_token) = f.placement(&moved)?;
+    check(new_node != old_node, || format!("still on {new_node}"))?;
+    handover(&w.out, old_token, new_token, "drain")?;
+    // Stopped (not fenced: the node never lost its lease), and recorded as drained.
+    let why = f.wait_copy_ended(&old_node, &w.id, old_token)?;
+    check(why == "stopped", || format!("old copy ended: {why}"))?;
+    let hist = moved["history"].as_array().context("history")?;
+    check(hist.iter().any(|h| h["end_reason"] == "drained"), || {
+        format!("{moved}")
+    })?;
+    // The drained node stays connected (ready, draining) and gets nothing back.
+    holds_for(Duration::from_millis(1000), || {
+        let cs = copies(&w.out)?;
+        check(cs.len() == 2, || format!("{cs:?}"))?;
+        let n = f.api().node(&node_id).context("node")?;
+        check(n["draining"] == true, || format!("{n}"))
+    })?;
+    Ok(())
+}
+
+/// The GPU UUIDs of the two-GPU fixture.
+fn fixture_uuids() -> Result<Vec<String>> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(l4_fixture())?)?;
+    v.as_array()
+        .context("fixture array")?
+        .iter()
+        .map(|g| Ok(g["uuid"].as_str().context("uuid")?.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_one_gpu_job_gets_one_uuid_and_a_second_gets_the_other() -> Result<()> {
+    let fixture = l4_fixture();
+    let fx = fixture.to_str().context("utf-8")?;
+    let mut f = Fleet::new("gpus", "pool")?;
+    f.start_agents(&["gpus-a", "gpus-b"], &["--gpu-fixture", fx])?;
+    let uuids = fixture_uuids()?;
+    check(uuids.len() == 2, || format!("{uuids:?}"))?;
+    // Both jobs on the same node: a label only that node has.
+    let target = f.wait_ready("gpus-b")?;
+    let target_id = target["id"].as_str().context("id")?.to_string();
+    let (s, v) = f.api().send(
+        "PATCH",
+        &format!("/v1/nodes/{target_id}"),
+        Some(&json!({"labels": {"gpu-test": "here"}})),
+    )?;
+    check(s == 200, || format!("{s} {v}"))?;
+
+    let mut seen = Vec::new();
+    for name in ["gpu-one", "gpu-two"] {
+        let w = f.submit_writer(name, 1, json!({"gpu-test": "here"}))?;
+        let j = f.wait_running(&w)?;
+        check(j["node"] == target_id.as_str(), || format!("{j}"))?;
+        let gpus: Vec<String> = j["gpus"]
+            .as_array()
+            .context("gpus")?
+            .iter()
+            .filter_map(|g| g.as_str().map(str::to_string))
+            .collect();
+        check(gpus.len() == 1 && uuids.contains(&gpus[0]), || {
+            format!("job {name} got {gpus:?}, fixture has {uuids:?}")
+        })?;
+        let env: Vec<String> = read_lines(&w.out).into_iter().map(|l| l.gpus).collect();
+        check(env.iter().all(|e| *e == gpus[0]), || {
+            format!("CUDA_VISIBLE_DEVICES of {name}: {env:?}, assigned {gpus:?}")
+        })?;
+        println!("{name}: CUDA_VISIBLE_DEVICES={}", gpus[0]);
+        seen.push(gpus[0].clone());
+    }
+    check(seen[0] != seen[1], || {
+        format!("two jobs got the same GPU: {seen:?}")
+    })?;
+    // A third one-GPU job does not fit on that node: it waits.
+    let w = f.submit_writer("gpu-three", 1, json!({"gpu-test": "here"}))?;
+    let j = wait_for(LONG, "the third GPU job pending", || {
+        f.job(&w.id).ok().filter(|j| j["state"] == "pending")
+    })?;
+    check(j["node"].is_null(), || format!("{j}"))?;
+    Ok(())
+}
+
+/// The cluster's pairs.
+fn pairs(f: &Fleet) -> Result<Vec<Value>> {
+    Ok(
+        f.api().get(&format!("/v1/clusters/{}", f.cluster))?["pairs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    )
+}
+
+#[test]
+fn ha_pairs_the_standby_is_promoted_and_takes_the_job() -> Result<()> {
+    let fixture = l4_fixture();
+    let fx = fixture.to_str().context("utf-8")?;
+    let mut f = Fleet::new("hap", "ha_pairs")?;
+    // One after the other: the first node fixes the cluster's model.
+    for n in ["hap-a", "hap-b"] {
+        f.start_agent(n, None, &["--gpu-fixture", fx])?;
+        f.wait_ready(n)?;
+    }
+    let pair = wait_for(LONG, "a healthy pair", || {
+        let ps = pairs(&f).ok()?;
+        (ps.len() == 1 && ps[0]["state"] == "healthy").then(|| ps[0].clone())
+    })?;
+    let primary = pair["primary"].as_str().context("primary")?.to_string();
+    let standby = pair["standby"].as_str().context("standby")?.to_string();
+    let w = f.submit_writer("hap-writer", 1, json!({}))?;
+    let first = f.wait_running(&w)?;
+    check(first["node"] == primary.as_str(), || {
+        format!(
+            "the job runs on {} not on the primary {primary}",
+            first["node"]
+        )
+    })?;
+    let (old_node, old_token) = f.placement(&first)?;
+    f.coord.wait_restart_grace()?;
+
+    f.agent(&old_node)?.kill9();
+    let (moved, took) = f.wait_new_copy(&w, old_token, FAILOVER_BOUND)?;
+    println!(
+        "ha_pairs: new copy writing on the standby {} ms after kill -9 of the primary",
+        took.as_millis()
+    );
+    check(moved["node"] == standby.as_str(), || {
+        format!(
+            "the job went to {} not to the standby {standby}",
+            moved["node"]
+        )
+    })?;
+    let (_, new_token) = f.placement(&moved)?;
+    handover(&w.out, old_token, new_token, "ha_pairs")?;
+    let promoted = wait_for(LONG, "the standby promoted", || {
+        let ps = pairs(&f).ok()?;
+        ps.into_iter().find(|p| p["primary"] == standby.as_str())
+    })?;
+    println!(
+        "ha_pairs: pair after the failover: {} ({})",
+        promoted["state"], promoted["reason"]
+    );
+    let gpus = moved["gpus"].as_array().context("gpus")?;
+    check(gpus.len() == 1, || format!("{moved}"))?;
+    Ok(())
+}
