@@ -327,6 +327,39 @@ impl Coordinator {
     }
 }
 
+impl Coordinator {
+    /// Like [`Coordinator::start`], but first passes the text of `DATA_DIR/coordinator.toml`
+    /// through `edit` (after initialising `dir` if needed): e.g. shorter heartbeats for a
+    /// benchmark. The edited file is what `serve` reads, on this and later starts.
+    pub fn start_with(
+        dir: &Path,
+        quic: Option<&str>,
+        edit: impl FnOnce(&str) -> String,
+    ) -> Result<Coordinator> {
+        let toml = dir.join("coordinator.toml");
+        if !toml.exists() {
+            let d = dir.to_str().context("utf-8 dir")?;
+            let out = Command::new(bin("tandem-coordinator"))
+                .args([
+                    "init",
+                    "--data-dir",
+                    d,
+                    "--admin-addr",
+                    "127.0.0.1:0",
+                    "--quic-addr",
+                    "127.0.0.1:0",
+                ])
+                .output()?;
+            if !out.status.success() {
+                bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        let text = std::fs::read_to_string(&toml)?;
+        std::fs::write(&toml, edit(&text))?;
+        Coordinator::start(dir, quic)
+    }
+}
+
 /// Starts an agent named `name` with state in `state_dir`.
 pub fn start_agent(
     quic: &str,

@@ -81,6 +81,17 @@ pub fn clusters(c: &Client, out: Output, cmd: ClustersCmd) -> Result<(), CtlErro
                 println!("Cluster {} deleted ({})", s(&v["name"]), s(&v["deleted"]))
             });
         }
+        ClustersCmd::Failover { cluster } => {
+            let id = cluster_id(c, &cluster)?;
+            let v = c.call("POST", &format!("/v1/clusters/{}/failover", enc(&id)), None)?;
+            emit(out, &v, |v| {
+                println!(
+                    "Failover forced in cluster {cluster} ({}): the jobs of its down nodes are \
+                     placed again; see `tandemctl jobs list --cluster {cluster}`",
+                    s(&v["cluster"])
+                )
+            });
+        }
     }
     Ok(())
 }

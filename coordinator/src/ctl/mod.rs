@@ -6,17 +6,18 @@
 //! - [`client`]: the HTTP calls, percent-encoding, short-id resolution;
 //! - [`parse`]: durations, sizes and labels as people type them;
 //! - [`show`]: table and age helpers;
-//! - `clusters`, `nodes`: the commands.
+//! - `clusters`, `nodes`, `jobs`: the commands.
 
 mod client;
 mod clusters;
+mod jobs;
 mod nodes;
 pub mod parse;
 mod show;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use client::Client;
-use parse::{parse_duration, parse_label, parse_size};
+use parse::{parse_cpu, parse_duration, parse_env, parse_label, parse_size};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -78,6 +79,9 @@ pub enum Cmd {
     /// Primary/standby pairs of an ha_pairs cluster.
     #[command(subcommand)]
     Pairs(PairsCmd),
+    /// Jobs: run, list, show, stop, logs.
+    #[command(subcommand)]
+    Jobs(JobsCmd),
     /// Remove every node that has been down longer than --down-for.
     Recycle {
         /// How long a node must have been down, e.g. 90s, 10m, 2h, 1d.
@@ -150,6 +154,12 @@ pub enum ClustersCmd {
     Edit(EditCluster),
     /// Delete an empty cluster without deletion protection.
     Delete {
+        /// Cluster id or name.
+        cluster: String,
+    },
+    /// Fail over now: place the jobs of the cluster's down nodes elsewhere even where the
+    /// disruption guard held them back (more than half the nodes went down at once).
+    Failover {
         /// Cluster id or name.
         cluster: String,
     },
@@ -303,6 +313,135 @@ pub enum PairsCmd {
     },
 }
 
+/// Job commands.
+#[derive(Subcommand, Debug)]
+pub enum JobsCmd {
+    /// Submit a job: `jobs run --name N --cluster C [options] -- CMD ARGS...`.
+    Run(RunJob),
+    /// List jobs, optionally filtered.
+    List {
+        /// Only jobs of this cluster (id or name).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Only jobs in this state.
+        #[arg(long, value_enum)]
+        state: Option<JobState>,
+        /// Only jobs on this node (id or name).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Show a job (id, short id or name): state, node, token, restarts, GPUs and placements.
+    Show {
+        /// Job id or name.
+        job: String,
+    },
+    /// Stop a job (SIGTERM to its process group, SIGKILL after the kill timeout).
+    Stop {
+        /// Job id or name.
+        job: String,
+    },
+    /// The tail of a job's stdout (to stdout) and stderr (to stderr).
+    Logs {
+        /// Job id or name.
+        job: String,
+        /// How many lines of each.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        tail: u32,
+    },
+}
+
+/// `jobs run`.
+#[derive(Args, Debug)]
+pub struct RunJob {
+    /// Unique name: 1-63 letters, digits, CJK characters and `-`.
+    #[arg(long)]
+    pub name: String,
+    /// The cluster (id or name).
+    #[arg(long)]
+    pub cluster: String,
+    /// CPU to allocate: cores (`0.5`, `2`) or thousandths of a core (`500m`).
+    #[arg(long, value_parser = parse_cpu, default_value = "100m")]
+    pub cpu: u64,
+    /// Memory to allocate, e.g. 256MiB, 2GiB.
+    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    pub memory: u64,
+    /// Whole GPUs (given by UUID in CUDA_VISIBLE_DEVICES).
+    #[arg(long, default_value_t = 0)]
+    pub gpus: u32,
+    /// When the job is started again after it exits.
+    #[arg(long, value_enum, default_value_t = Restart::OnFailure)]
+    pub restart: Restart,
+    /// Restarts in all before the job is failed (or completed); the API's default is 5.
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
+    /// An environment variable, KEY=VALUE (repeatable).
+    #[arg(long = "env", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Run only on nodes with this label, key=value (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// The working directory on the node (absolute); default: the job's directory there.
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// A job's restart policy.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Restart {
+    /// After a non-zero exit or a signal.
+    OnFailure,
+    /// After every exit.
+    Always,
+    /// Never.
+    Never,
+}
+
+impl Restart {
+    fn as_str(self) -> &'static str {
+        match self {
+            Restart::OnFailure => "on_failure",
+            Restart::Always => "always",
+            Restart::Never => "never",
+        }
+    }
+}
+
+/// A job's state, for `jobs list --state`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum JobState {
+    /// Fits nowhere yet.
+    Pending,
+    /// Placed, not confirmed yet.
+    Starting,
+    /// Running.
+    Running,
+    /// Moving to another node.
+    Migrating,
+    /// Ended on a failure.
+    Failed,
+    /// Stopped by a user.
+    Stopped,
+    /// Ended successfully.
+    Completed,
+}
+
+impl JobState {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Starting => "starting",
+            JobState::Running => "running",
+            JobState::Migrating => "migrating",
+            JobState::Failed => "failed",
+            JobState::Stopped => "stopped",
+            JobState::Completed => "completed",
+        }
+    }
+}
+
 /// Operation commands.
 #[derive(Subcommand, Debug)]
 pub enum OperationsCmd {
@@ -416,6 +555,7 @@ pub fn run(cli: Cli) -> Result<(), CtlError> {
     match cli.cmd {
         Cmd::Clusters(cmd) => clusters::clusters(&c, out, cmd),
         Cmd::Pairs(cmd) => clusters::pairs(&c, out, cmd),
+        Cmd::Jobs(cmd) => jobs::jobs(&c, out, cmd),
         Cmd::Operations(OperationsCmd::Show { id }) => clusters::operation(&c, out, &id),
         Cmd::Nodes(cmd) => nodes::nodes(&c, out, cmd),
         Cmd::Recycle { down_for } => nodes::recycle(&c, out, down_for),

@@ -1,5 +1,5 @@
-//! Parsing what people type: durations (`90s`, `10m`, `1h30m`), sizes (`4GiB`, `512M`) and
-//! labels (`key=value`).
+//! Parsing what people type: durations (`90s`, `10m`, `1h30m`), sizes (`4GiB`, `512M`), CPU
+//! (`0.5`, `500m`), labels (`key=value`) and environment variables (`KEY=value`).
 
 use std::time::Duration;
 
@@ -99,6 +99,46 @@ pub fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Parses CPU as thousandths of a core: cores (`0.5`, `2`, `1.25`) or millicores (`500m`).
+/// At least `1m`; a whole number of millicores.
+pub fn parse_cpu(s: &str) -> Result<u64, String> {
+    const HINT: &str = "e.g. 0.5, 2 or 500m";
+    let t = s.trim();
+    let (num, scale) = match t.strip_suffix('m') {
+        Some(n) => (n.trim(), 1.0),
+        None => (t, 1000.0),
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(format!("`{s}` is not a CPU amount ({HINT})"));
+    }
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a CPU amount ({HINT})"))?;
+    let millis = n * scale;
+    if !millis.is_finite() || millis >= 1e15 {
+        return Err(format!("`{s}` is too much CPU"));
+    }
+    if (millis - millis.round()).abs() > 1e-6 {
+        return Err(format!(
+            "`{s}`: CPU is counted in whole thousandths of a core (1m = 0.001)"
+        ));
+    }
+    let millis = millis.round() as u64;
+    if millis == 0 {
+        return Err(format!("`{s}`: a job needs some CPU, at least 1m (0.001)"));
+    }
+    Ok(millis)
+}
+
+/// Parses `KEY=value` for a job's environment (the value may be empty or hold `=`).
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        Some(_) => Err(format!("`{s}`: the variable name is empty")),
+        None => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +193,32 @@ mod tests {
         assert_eq!(parse_label("区域=华东"), Ok(("区域".into(), "华东".into())));
         assert!(parse_label("=b").is_err());
         assert!(parse_label("ab").is_err());
+    }
+
+    #[test]
+    fn cpu() {
+        assert_eq!(parse_cpu("0.5"), Ok(500));
+        assert_eq!(parse_cpu("500m"), Ok(500));
+        assert_eq!(parse_cpu("2"), Ok(2000));
+        assert_eq!(parse_cpu("1.25"), Ok(1250));
+        assert_eq!(parse_cpu("1m"), Ok(1));
+        assert_eq!(parse_cpu(" 250m "), Ok(250));
+        assert_eq!(parse_cpu("0.001"), Ok(1));
+        assert_eq!(parse_cpu("0.3"), Ok(300));
+        assert_eq!(parse_cpu("0.7"), Ok(700));
+        for bad in [
+            "", "m", "0", "0m", "-1", "1.5m", "0.0001", "half", "1e3", "2 cores",
+        ] {
+            assert!(parse_cpu(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn env() {
+        assert_eq!(parse_env("A=b"), Ok(("A".into(), "b".into())));
+        assert_eq!(parse_env("A="), Ok(("A".into(), String::new())));
+        assert_eq!(parse_env("OPTS=-x=1"), Ok(("OPTS".into(), "-x=1".into())));
+        assert!(parse_env("=b").is_err());
+        assert!(parse_env("AB").is_err());
     }
 }
