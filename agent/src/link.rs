@@ -77,6 +77,10 @@ enum Retry {
     Later(String),
 }
 
+/// TLS alert `certificate_revoked`: the coordinator no longer accepts our certificate.
+const CERTIFICATE_REVOKED: u8 = 44;
+const REVOKED: &str = "the coordinator refused this node's certificate as revoked: the node was removed; delete the agent's state dir and join again with a new token";
+
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -230,10 +234,12 @@ impl Link {
                 .map_err(tls_err)?;
         let conn = match self.connect(client).await {
             Ok(c) => c,
+            Err(reason) if reason == REVOKED => return self.revoked(),
             Err(reason) => return Ok(Retry::Later(reason)),
         };
         let (mut send, mut recv) = match conn.open_bi().await {
             Ok(s) => s,
+            Err(_) if was_revoked(&conn) => return self.revoked(),
             Err(e) => return Ok(Retry::Later(format!("cannot open the control stream: {e}"))),
         };
         let datagrams = conn.max_datagram_size().is_some() && !self.cfg.force_stream_heartbeats;
@@ -262,6 +268,7 @@ impl Link {
         }));
         let welcome = match self.exchange(&conn, &mut send, &mut recv, &hello).await? {
             Ok(CoordMsg::Welcome(w)) => w,
+            Err(_) if was_revoked(&conn) => return self.revoked(),
             Ok(other) => {
                 return Ok(Retry::Later(format!(
                     "unexpected answer to Hello: {other:?}"
@@ -304,6 +311,7 @@ impl Link {
             .map_err(|e| format!("cannot connect to {}: {e}", self.cfg.coordinator))?;
         match tokio::time::timeout(REPLY_TIMEOUT, connecting).await {
             Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) if is_revoked(&e) => Err(REVOKED.to_string()),
             Ok(Err(e)) => Err(format!("connecting to {}: {e}", self.cfg.coordinator)),
             Err(_) => Err(format!(
                 "connecting to {}: no answer within 5 s",
@@ -659,6 +667,16 @@ impl Link {
         });
     }
 
+    /// Our certificate was refused as revoked: the node was removed. Final.
+    fn revoked(&mut self) -> Result<Retry, AgentError> {
+        self.lease.revoke();
+        self.publish(false);
+        Err(AgentError::Refused {
+            code: RejectCode::UnknownNode,
+            reason: REVOKED.to_string(),
+        })
+    }
+
     fn on_ack(&mut self, body: &[u8]) -> bool {
         match codec::decode_datagram::<CoordDatagram>(body) {
             Ok(CoordDatagram::HeartbeatAck { seq, lease_ms }) => {
@@ -692,6 +710,22 @@ impl Link {
             Some(e) => self.closed(e),
             None => fallback.to_string(),
         }
+    }
+}
+
+/// Whether the coordinator closed `conn` because it refused our certificate as revoked.
+fn was_revoked(conn: &quinn::Connection) -> bool {
+    conn.close_reason().is_some_and(|e| is_revoked(&e))
+}
+
+/// Whether a connection error is the TLS alert `certificate_revoked`, sent by the peer or
+/// raised locally.
+fn is_revoked(e: &quinn::ConnectionError) -> bool {
+    let revoked = quinn::TransportErrorCode::crypto(CERTIFICATE_REVOKED);
+    match e {
+        quinn::ConnectionError::TransportError(t) => t.code == revoked,
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code == revoked,
+        _ => false,
     }
 }
 

@@ -27,7 +27,9 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
+use rustls::DistinguishedName;
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::Arc;
 
@@ -66,10 +68,15 @@ fn parse_key(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>> {
 /// Sends the chain `[server cert, CA cert]` (the CA is appended if `server_cert_pem` does not
 /// already end with it) so that joining agents can check the pin. Client certificates are
 /// optional, verified against `ca_cert_der` when present. ALPN [`ALPN`].
+///
+/// `is_member` is asked about the serial of every client certificate that verified: a
+/// certificate the CA signed for a node that has since been removed (or whose certificate was
+/// replaced) is refused at the handshake as revoked.
 pub fn server_config(
     ca_cert_der: CertificateDer<'static>,
     server_cert_pem: &str,
     server_key_pem: &str,
+    is_member: SerialCheck,
 ) -> Result<quinn::ServerConfig> {
     let provider = provider();
     let mut chain = parse_certs(server_cert_pem, "server certificate")?;
@@ -77,10 +84,15 @@ pub fn server_config(
         chain.push(ca_cert_der.clone());
     }
     let key = parse_key(server_key_pem, "server key")?;
-    let client_verifier =
-        WebPkiClientVerifier::builder_with_provider(roots_with(ca_cert_der)?, provider.clone())
-            .allow_unauthenticated()
-            .build()?;
+    let client_verifier: Arc<dyn ClientCertVerifier> = Arc::new(MemberOnlyVerifier {
+        inner: WebPkiClientVerifier::builder_with_provider(
+            roots_with(ca_cert_der)?,
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()?,
+        is_member,
+    });
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(client_verifier)
@@ -88,6 +100,72 @@ pub fn server_config(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
+}
+
+/// Tells whether a certificate serial belongs to a current member.
+pub type SerialCheck = Arc<dyn Fn(u64) -> bool + Send + Sync>;
+
+/// The CA's verification, then the member check: revocation at the handshake.
+struct MemberOnlyVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    is_member: SerialCheck,
+}
+
+impl std::fmt::Debug for MemberOnlyVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemberOnlyVerifier")
+    }
+}
+
+impl ClientCertVerifier for MemberOnlyVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        match pki::cert_serial(end_entity.as_ref()) {
+            Ok(serial) if (self.is_member)(serial) => Ok(verified),
+            _ => Err(rustls::Error::InvalidCertificate(CertificateError::Revoked)),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The configuration of an agent that joins with a token: no client certificate, and the
@@ -250,7 +328,7 @@ mod tests {
         let (cert, key) = ca
             .issue_server_cert(1, &["127.0.0.1".parse().unwrap()])
             .unwrap();
-        let cfg = server_config(ca.cert_der(), &cert, &key).unwrap();
+        let cfg = server_config(ca.cert_der(), &cert, &key, Arc::new(|_| true)).unwrap();
         let endpoint = quinn::Endpoint::server(cfg, "127.0.0.1:0".parse().unwrap()).unwrap();
         Coordinator { ca, endpoint }
     }
@@ -401,12 +479,12 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors() {
         let ca = CertificateAuthority::generate("c").unwrap();
-        assert!(server_config(ca.cert_der(), "junk", "junk").is_err());
+        assert!(server_config(ca.cert_der(), "junk", "junk", Arc::new(|_| true)).is_err());
         assert!(node_client_config("junk", "junk", "junk").is_err());
         let (cert, key) = ca.issue_server_cert(2, &[]).unwrap();
-        assert!(server_config(ca.cert_der(), &cert, "").is_err());
-        assert!(server_config(ca.cert_der(), "", &key).is_err());
-        assert!(server_config(ca.cert_der(), &cert, &key).is_ok());
+        assert!(server_config(ca.cert_der(), &cert, "", Arc::new(|_| true)).is_err());
+        assert!(server_config(ca.cert_der(), "", &key, Arc::new(|_| true)).is_err());
+        assert!(server_config(ca.cert_der(), &cert, &key, Arc::new(|_| true)).is_ok());
         assert!(node_client_config(ca.cert_pem(), &cert, "nope").is_err());
     }
 }

@@ -602,6 +602,8 @@ impl Membership {
         for p in pairs {
             t.pairs.remove(&p.id);
         }
+        // Revoked: the TLS layer refuses this certificate from now on.
+        self.set_member_serial(rec.cert_serial, false);
         if let Some(e) = t.nodes.remove(&id) {
             if let Some(live) = e.live {
                 live.conn.close(

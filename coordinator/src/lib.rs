@@ -127,8 +127,13 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     let (cert_pem, key_pem) = ca
         .issue_server_cert(serial, &ips)
         .map_err(|e| CoordinatorError::Pki(e.to_string()))?;
-    let mut server_cfg = tandem_common::tls::server_config(ca.cert_der(), &cert_pem, &key_pem)
-        .map_err(|e| CoordinatorError::Pki(e.to_string()))?;
+    let mut server_cfg = tandem_common::tls::server_config(
+        ca.cert_der(),
+        &cert_pem,
+        &key_pem,
+        membership.serial_check(),
+    )
+    .map_err(|e| CoordinatorError::Pki(e.to_string()))?;
     server_cfg.transport_config(Arc::new(server::transport_config()));
     let endpoint = quinn::Endpoint::server(server_cfg, cfg.quic_addr).map_err(|source| {
         CoordinatorError::Io {

@@ -92,6 +92,9 @@ pub struct Membership {
     pub quotas: crate::administration::Quotas,
     /// The job planner and the commands in flight.
     pub jobs: crate::job_runtime::JobRuntime,
+    /// Serials of the certificates of current members: any other certificate of our CA is
+    /// refused at the TLS handshake (revocation).
+    member_serials: Arc<std::sync::RwLock<std::collections::HashSet<u64>>>,
     /// On-demand pings waiting for their pong, by nonce.
     pings: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
     /// Shared with the admin endpoint.
@@ -146,6 +149,7 @@ impl Membership {
             );
         }
         // fence_grace = fence kill timeout + 5% of the lease + 50 ms (see the config).
+        let serials = table.nodes.values().map(|e| e.record.cert_serial).collect();
         let cfg = *detector.config();
         let fence_kill = cfg
             .fence_grace
@@ -157,6 +161,7 @@ impl Membership {
             sessions: AtomicU64::new(0),
             quotas: Default::default(),
             jobs: crate::job_runtime::JobRuntime::new(cfg.lease, fence_kill),
+            member_serials: Arc::new(std::sync::RwLock::new(serials)),
             pings: Mutex::new(HashMap::new()),
             metrics,
         })
@@ -274,6 +279,7 @@ impl Membership {
             t.clusters.insert(c.id.clone(), c);
         }
         self.metrics.joins.fetch_add(1, Ordering::Relaxed);
+        self.set_member_serial(rec.cert_serial, true);
         t.nodes.insert(
             rec.id.clone(),
             NodeEntry {
@@ -479,6 +485,29 @@ impl Membership {
         plan.changed.then(|| (cid.clone(), plan))
     }
 
+    /// The TLS layer's revocation check: does this certificate serial belong to a member?
+    pub fn serial_check(&self) -> tandem_common::tls::SerialCheck {
+        let set = self.member_serials.clone();
+        Arc::new(move |serial| {
+            set.read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&serial)
+        })
+    }
+
+    /// Marks a certificate serial as a member's (after the record is durable) or revokes it.
+    pub(crate) fn set_member_serial(&self, serial: u64, member: bool) {
+        let mut s = self
+            .member_serials
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if member {
+            s.insert(serial);
+        } else {
+            s.remove(&serial);
+        }
+    }
+
     /// Sets the cluster quotas (at start-up).
     pub fn with_quotas(mut self, quotas: crate::administration::Quotas) -> Self {
         self.quotas = quotas;
@@ -634,6 +663,13 @@ impl Membership {
                     // The node's lease and fence grace are over: its jobs may start elsewhere.
                     if let Err(err) = self.jobs_on_node_down(node) {
                         tracing::error!(node = %node, %err, "could not place the node's jobs again");
+                    }
+                } else if matches!(tr, Transition::Recovered { .. }) {
+                    drop(t);
+                    // A failover that waited to see whether this suspect goes down too goes on.
+                    let event = crate::jobs::planner::Event::Recovered { node: node.clone() };
+                    if let Err(err) = self.job_event(event) {
+                        tracing::error!(node = %node, %err, "could not reconcile jobs after a recovery");
                     }
                 }
             }

@@ -735,6 +735,13 @@ fn drain_protect_remove_and_recycle() -> Result<()> {
         !status.success() && log.contains("removed"),
         "exit {status}\n{log}"
     );
+    // ... at the TLS handshake: its certificate is revoked.
+    ensure!(log.contains("revoked"), "refused as revoked: {log}");
+    let clog = f.coord.proc.log_text();
+    ensure!(
+        clog.contains("handshake") && clog.contains("Revoked"),
+        "the coordinator refused the certificate at the handshake:\n{clog}"
+    );
 
     // Recycle: a node down for less than the threshold stays; with 0 it goes.
     f.agents[0].kill9();
