@@ -65,6 +65,9 @@ pub struct NodeView {
     pub cluster: Option<String>,
     /// `Ready` or `Suspect`.
     pub live: bool,
+    /// `Suspect`: silent for a few beats, not down (yet). The disruption guard counts it as
+    /// possibly going down with a node that just went down.
+    pub suspect: bool,
     /// Being drained: no new work.
     pub draining: bool,
     /// Its labels.
@@ -94,6 +97,7 @@ impl NodeView {
             name: n.name.clone(),
             cluster: n.cluster.clone(),
             live: crate::cluster::is_live(n.state),
+            suspect: n.state == crate::model::NodeState::Suspect,
             draining: n.draining,
             labels: n.labels.clone(),
             taints: n.taints.clone(),

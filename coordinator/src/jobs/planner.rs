@@ -39,6 +39,14 @@
 //! when an operator forces it ([`Planner::force_failover`]). Nodes that went down earlier than
 //! one lease before count as separate failures: their jobs have already moved. Pending jobs are
 //! still started while a cluster is held: they have no copy anywhere to be confused with.
+//!
+//! The nodes of one wave are not declared down at the same instant (their deadlines differ by
+//! up to a heartbeat), so the first of them alone never trips the rule. Hence the guard also
+//! counts the cluster's *suspect* nodes — silent, not down yet — when a node goes down: if they
+//! and the recent downs together would be more than half, failover waits (nothing is decided)
+//! until each suspect either goes down too (then the wave is held) or beats again
+//! ([`Event::Recovered`]; then failover goes on). A suspect is down within `lease + fence_grace`
+//! of its last beat, so the wait is bounded by that.
 
 use super::decision::Decision;
 use super::fencing::next_token;
@@ -102,6 +110,11 @@ pub enum Event {
         node: NodeId,
         /// What it holds.
         running: Vec<Reported>,
+    },
+    /// `node` was suspect and beats again (it never went down).
+    Recovered {
+        /// The node.
+        node: NodeId,
     },
     /// `node` is being drained.
     Drain {
@@ -197,7 +210,10 @@ impl Planner {
         let mut announce = None;
         let clusters: BTreeSet<String> = match event {
             Event::NodeDown { node } => {
-                w.set_node(node, |n| n.live = false);
+                w.set_node(node, |n| {
+                    n.live = false;
+                    n.suspect = false;
+                });
                 let cs = w.clusters_of(node);
                 for c in &cs {
                     self.on_down(&mut w, c, node);
@@ -205,13 +221,20 @@ impl Planner {
                 cs
             }
             Event::NodeUp { node, running } => {
-                w.set_node(node, |n| n.live = true);
+                w.set_node(node, |n| {
+                    n.live = true;
+                    n.suspect = false;
+                });
                 let cs = w.clusters_of(node);
                 on_up(&mut w, node, running);
                 for c in &cs {
                     self.maybe_resume(&mut w, c, node);
                 }
                 cs
+            }
+            Event::Recovered { node } => {
+                w.set_node(node, |n| n.suspect = false);
+                w.clusters_of(node)
             }
             Event::Drain { node } => {
                 w.set_node(node, |n| n.draining = true);
@@ -242,7 +265,7 @@ impl Planner {
             Event::StopRequested { job } => stop(&mut w, job),
         };
         for c in &clusters {
-            self.reconcile_cluster(&mut w, c, announce.as_ref());
+            self.reconcile_cluster(&mut w, c, announce.as_ref(), false);
         }
         w.out
     }
@@ -259,7 +282,7 @@ impl Planner {
             if self.holding(c).is_none() {
                 self.hold_if_mostly_down(&mut w, c);
             }
-            self.reconcile_cluster(&mut w, c, None);
+            self.reconcile_cluster(&mut w, c, None, false);
         }
         w.out
     }
@@ -280,8 +303,41 @@ impl Planner {
                 });
             }
         }
-        self.reconcile_cluster(&mut w, cluster, None);
+        self.reconcile_cluster(&mut w, cluster, None, true);
         w.out
+    }
+
+    /// Whether failover in `cluster` should wait: its suspect nodes, counted as going down with
+    /// the nodes that went down within the last lease, would trip the guard.
+    fn wave_pending(&self, w: &Work, cluster: &str) -> Option<String> {
+        let members: Vec<&NodeView> = w
+            .nodes
+            .iter()
+            .filter(|n| n.cluster.as_deref() == Some(cluster))
+            .collect();
+        let suspects: Vec<String> = members
+            .iter()
+            .filter(|n| n.live && n.suspect)
+            .map(|n| n.name.clone())
+            .collect();
+        if suspects.is_empty() {
+            return None;
+        }
+        let live = members.iter().filter(|n| n.live).count();
+        let down = self.guards.get(cluster).map_or(0, |g| {
+            g.recent
+                .iter()
+                .filter(|(t, n)| w.now_ms.saturating_sub(*t) <= self.lease_ms && !w.live(n))
+                .count()
+        });
+        (down > 0 && guard(live + down, down + suspects.len())).then(|| {
+            format!(
+                "failover in cluster {} waits: {down} node(s) went down within one lease and {}                  (of {} ready) are silent; if they go down too, more than half are gone",
+                w.cluster_name(cluster),
+                suspects.join(", "),
+                live + down
+            )
+        })
     }
 
     fn on_down(&mut self, w: &mut Work, cluster: &str, node: &NodeId) {
@@ -413,8 +469,19 @@ impl Planner {
 
     /// The level-triggered pass over one cluster: failover, moves, pending jobs, in that order
     /// (running work first).
-    fn reconcile_cluster(&mut self, w: &mut Work, cluster: &str, announce: Option<&NodeId>) {
+    fn reconcile_cluster(
+        &mut self,
+        w: &mut Work,
+        cluster: &str,
+        announce: Option<&NodeId>,
+        forced: bool,
+    ) {
         let held = self.holding(cluster).is_some();
+        let waits = if held || forced {
+            None
+        } else {
+            self.wave_pending(w, cluster)
+        };
         let ids = w.active(cluster);
         for id in &ids {
             let Some(job) = w.job(id) else { continue };
@@ -422,6 +489,13 @@ impl Planner {
                 continue;
             };
             if held || w.live(&from) {
+                continue;
+            }
+            if let Some(reason) = &waits {
+                w.push(Decision::Ignore {
+                    job: Some(job.id.clone()),
+                    reason: reason.clone(),
+                });
                 continue;
             }
             let down = w.name(&from);

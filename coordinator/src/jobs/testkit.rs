@@ -21,6 +21,7 @@ pub fn node(n: u8, cluster: &str, cores: u32, memory_gib: u64, gpus: usize) -> N
         name: format!("node-{n}"),
         cluster: Some(cluster.to_string()),
         live: true,
+        suspect: false,
         draining: false,
         labels: BTreeMap::new(),
         taints: vec![],

@@ -36,8 +36,13 @@ impl Fx {
 
     fn handle(&mut self, p: &mut Planner, e: Event, now: u64) -> Vec<Decision> {
         match &e {
-            Event::NodeDown { node } => self.node(node).live = false,
-            Event::NodeUp { node, .. } => self.node(node).live = true,
+            Event::NodeDown { node } | Event::NodeUp { node, .. } => {
+                let up = matches!(e, Event::NodeUp { .. });
+                let n = self.node(node);
+                n.live = up;
+                n.suspect = false;
+            }
+            Event::Recovered { node } => self.node(node).suspect = false,
             Event::Drain { node } => self.node(node).draining = true,
             _ => {}
         }
@@ -458,6 +463,75 @@ fn the_guard_holds_failover_when_more_than_half_go_within_one_lease() {
         .jobs
         .iter()
         .all(|j| fx.nodes.iter().any(|n| Some(&n.id) == j.node() && n.live)));
+}
+
+/// Two nodes of three die at once: the first is declared down while the second is still only
+/// suspect. Failover waits for the suspect; when it goes down too, the whole wave is held.
+#[test]
+fn a_suspect_node_counts_toward_the_guard_when_another_goes_down() {
+    let mut fx = pool(3, 0);
+    fx.jobs = (1..=3)
+        .map(|k| running(k, spec(100, GIB, 0), k as u8, 1, &[]))
+        .collect();
+    let mut p = Planner::new(LEASE);
+    fx.node(&id(2)).suspect = true;
+    let out = fx.handle(&mut p, down(1), 0);
+    assert!(
+        matches!(&out[..], [Decision::Ignore { reason, .. }] if reason.contains("node-2")),
+        "{out:?}"
+    );
+    assert_eq!(fx.job(1).node(), Some(&id(1)), "not moved yet");
+    // Any other event meanwhile does not move it either.
+    let out = fx.handle(&mut p, Event::Submitted { job: jid(3) }, 100);
+    assert!(
+        out.iter().all(|d| matches!(d, Decision::Ignore { .. })),
+        "{out:?}"
+    );
+    let out = fx.handle(&mut p, down(2), 300);
+    let [Decision::Hold { jobs, reason, .. }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(jobs, &vec![jid(1), jid(2)]);
+    assert!(
+        reason.contains("2 of 3 ready nodes went down within one lease"),
+        "{reason}"
+    );
+    assert!(fx.jobs[..2].iter().all(|j| j.fencing_token() == Some(1)));
+    // Forced: both go to node 3.
+    let out = p.force_failover(&fx.view(), C, 400);
+    assert_eq!(out.len(), 3, "{out:?}");
+}
+
+/// The suspect beats again: the failover that waited for it goes on.
+#[test]
+fn failover_waits_for_a_suspect_and_goes_on_when_it_recovers() {
+    let mut fx = pool(3, 0);
+    fx.jobs = vec![running(1, spec(100, GIB, 0), 1, 1, &[])];
+    let mut p = Planner::new(LEASE);
+    fx.node(&id(2)).suspect = true;
+    let out = fx.handle(&mut p, down(1), 0);
+    assert!(
+        out.iter().all(|d| matches!(d, Decision::Ignore { .. })),
+        "{out:?}"
+    );
+    let out = fx.handle(&mut p, Event::Recovered { node: id(2) }, 200);
+    assert!(
+        matches!(
+            &out[..],
+            [Decision::Replace {
+                fencing_token: 2,
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    assert!(p.holding(C).is_none());
+    // One suspect among five is no wave: failover goes on at once.
+    let mut fx = pool(5, 0);
+    fx.jobs = vec![running(1, spec(100, GIB, 0), 1, 1, &[])];
+    fx.node(&id(2)).suspect = true;
+    let out = fx.handle(&mut Planner::new(LEASE), down(1), 0);
+    assert!(matches!(&out[..], [Decision::Replace { .. }]), "{out:?}");
 }
 
 #[test]
