@@ -50,11 +50,18 @@ pub fn read_lines(path: &Path) -> Vec<Line> {
         .collect()
 }
 
-/// The shell loop of a writer job appending to `out`.
+/// The shell loop of a writer job appending to `out`. Like a job that shuts down gracefully,
+/// it goes on writing for about half a second after SIGTERM (longer than the fence kill
+/// timeout), so a stop is only over when the copy has exited — or was SIGKILLed — and a new copy
+/// started before that shows up as overlapping lines.
 pub fn writer_script(out: &Path) -> String {
-    format!(
-        "while true; do echo \"$TANDEM_NODE_NAME $TANDEM_FENCING_TOKEN $(date +%s%N) ${{CUDA_VISIBLE_DEVICES:--}}\" >> {}; sleep 0.01; done",
+    let line = format!(
+        "echo \"$TANDEM_NODE_NAME $TANDEM_FENCING_TOKEN $(date +%s%N) ${{CUDA_VISIBLE_DEVICES:--}}\" >> {}",
         out.display()
+    );
+    format!(
+        "trap 'n=0; while [ $n -lt 50 ]; do {line}; sleep 0.01; n=$((n+1)); done; exit 0' TERM; \
+         while true; do {line}; sleep 0.01; done"
     )
 }
 

@@ -71,11 +71,13 @@ fn killed_during_failover(prefix: &str, when: When) -> Result<()> {
     let (new_node, new_token) = f.placement(&moved)?;
     check(new_node != old_node, || format!("still on {new_node}"))?;
     // Settle: the job keeps running once, with the token the coordinator shows.
-    wait_for(LONG, "the job to settle", || {
-        let cs = copies(&w.out).ok()?;
-        let last = cs.last()?;
-        (last.token == new_token && last.lines >= 30).then_some(())
-    })?;
+    wait_for(LONG, "the job to settle", || match copies(&w.out) {
+        Err(e) => Some(Err(e)),
+        Ok(cs) => cs
+            .last()
+            .is_some_and(|c| c.token == new_token && c.lines >= 30)
+            .then_some(Ok(())),
+    })??;
     let settled = now_ns();
     holds_for(Duration::from_millis(1500), || {
         let j = f.job(&w.id)?;
