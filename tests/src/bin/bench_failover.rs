@@ -25,8 +25,10 @@
 //! ```text
 //! cargo build --release --workspace --bins
 //! target/release/bench_failover [--runs 20] [--kind crash|hang|all] [--mode pool|ha_pairs]
-//!                               [--fast] [--fence-kill-ms N] [--traffic-s 10]
+//!                               [--fast] [--fence-kill-ms N] [--traffic-s 10] [--ignore-term]
 //! ```
+//! `--ignore-term` makes the job ignore SIGTERM, so that a fenced copy lives until the SIGKILL
+//! after the fence kill timeout: the overlap check then covers the longest an old copy lives.
 //! `--fast` writes `heartbeat_ms = 50` and `lease_ms = 250` into coordinator.toml before
 //! `serve`; `--fence-kill-ms` sets `fence_kill_timeout_ms` (default 250), which the coordinator
 //! adds to the lease before it may declare a node down. Prints JSON: median, p90 and max.
@@ -70,11 +72,12 @@ struct Opts {
     fast: bool,
     fence_kill_ms: Option<u64>,
     traffic_s: u64,
+    ignore_term: bool,
 }
 
 fn usage() -> String {
     "usage: bench_failover [--runs N] [--kind crash|hang|all] [--mode pool|ha_pairs] [--fast] \
-     [--fence-kill-ms N] [--traffic-s N]"
+     [--fence-kill-ms N] [--traffic-s N] [--ignore-term]"
         .into()
 }
 
@@ -86,6 +89,7 @@ fn opts() -> Result<Opts> {
         fast: false,
         fence_kill_ms: None,
         traffic_s: 10,
+        ignore_term: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -111,6 +115,7 @@ fn opts() -> Result<Opts> {
                 }
             }
             "--fast" => o.fast = true,
+            "--ignore-term" => o.ignore_term = true,
             "--fence-kill-ms" => {
                 o.fence_kill_ms = Some(value()?.parse().context("--fence-kill-ms")?)
             }
@@ -671,8 +676,11 @@ fn main() -> Result<()> {
         names.iter().all(|n| b.ready(n)).then_some(())
     })?;
     b.coord.wait_restart_grace()?;
+    // With --ignore-term the writer ignores SIGTERM: a fenced copy lives until the SIGKILL
+    // that follows after the fence kill timeout, the latest an old copy can live.
+    let trap = if o.ignore_term { "trap '' TERM; " } else { "" };
     let script = format!(
-        "while true; do echo \"$TANDEM_NODE_NAME $TANDEM_FENCING_TOKEN $(date +%s%N)\" >> {}; sleep 0.01; done",
+        "{trap}while true; do echo \"$TANDEM_NODE_NAME $TANDEM_FENCING_TOKEN $(date +%s%N)\" >> {}; sleep 0.01; done",
         out_path.display()
     );
     let job = b.api().post(
@@ -706,6 +714,27 @@ fn main() -> Result<()> {
             }),
         );
     }
+    // False positives: nodes declared down that were not killed, and job restarts (the
+    // writer never exits: a restart means its copy was fenced or died under a live node).
+    let events = b.api().events()?;
+    let downs: usize = names
+        .iter()
+        .map(|n| {
+            let down = format!("node {n} is down");
+            events
+                .iter()
+                .filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with(&down)))
+                .count()
+        })
+        .sum();
+    let kills = o.runs * o.kinds.len();
+    let j = b.api().get(&format!("/v1/jobs/{}", b.job))?;
+    let mut reasons: BTreeMap<String, u64> = BTreeMap::new();
+    for h in j["history"].as_array().into_iter().flatten() {
+        *reasons
+            .entry(h["end_reason"].as_str().unwrap_or("-").to_string())
+            .or_default() += 1;
+    }
     // Stop the job (its copy ends with the run), then check the whole file: every token's
     // lines end before the next token's begin.
     b.api()
@@ -721,9 +750,13 @@ fn main() -> Result<()> {
     let s = json!({
         "settings": {"mode": mode, "nodes": n_nodes, "heartbeat_ms": hb, "lease_ms": lease,
                      "fence_kill_timeout_ms": kill, "fence_grace_ms": grace,
-                     "down_after_silence_ms": lease + grace},
+                     "down_after_silence_ms": lease + grace,
+                     "writer_ignores_sigterm": o.ignore_term},
         "results": results,
         "tokens": b.out.spans.len(),
+        "false_positives": {"nodes_killed": kills, "node_downs_recorded": downs,
+                            "downs_of_nodes_not_killed": downs.saturating_sub(kills),
+                            "job_restarts": j["restarts"], "placement_end_reasons": reasons},
         "overlaps_in_whole_file": all,
         "heartbeat_traffic_one_idle_node": traffic,
     });
