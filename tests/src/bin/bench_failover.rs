@@ -54,6 +54,8 @@ const IP_UDP_HEADER: u64 = 28;
 enum Kind {
     Crash,
     Hang,
+    /// The network between the node and the coordinator cut both ways (through a relay).
+    Cut,
 }
 
 impl Kind {
@@ -61,6 +63,7 @@ impl Kind {
         match self {
             Kind::Crash => "crash",
             Kind::Hang => "hang",
+            Kind::Cut => "cut",
         }
     }
 }
@@ -84,7 +87,7 @@ fn usage() -> String {
 fn opts() -> Result<Opts> {
     let mut o = Opts {
         runs: 20,
-        kinds: vec![Kind::Crash, Kind::Hang],
+        kinds: vec![Kind::Crash, Kind::Hang, Kind::Cut],
         ha_pairs: false,
         fast: false,
         fence_kill_ms: None,
@@ -103,7 +106,8 @@ fn opts() -> Result<Opts> {
                 o.kinds = match value()?.as_str() {
                     "crash" => vec![Kind::Crash],
                     "hang" => vec![Kind::Hang],
-                    "all" => vec![Kind::Crash, Kind::Hang],
+                    "cut" => vec![Kind::Cut],
+                    "all" => vec![Kind::Crash, Kind::Hang, Kind::Cut],
                     k => bail!("--kind {k}: {}", usage()),
                 }
             }
@@ -418,6 +422,8 @@ struct Bench {
     dir: PathBuf,
     names: Vec<String>,
     agents: BTreeMap<String, Proc>,
+    /// Each agent reaches the coordinator through a relay of its own, so its link can be cut.
+    relays: BTreeMap<String, tandem_tests::relay::Relay>,
     extra: Vec<String>,
     ha_pairs: bool,
     job: String,
@@ -431,7 +437,14 @@ impl Bench {
 
     fn start_agent(&mut self, name: &str, token: Option<&str>) -> Result<()> {
         let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
-        let p = start_agent(&self.coord.quic, &self.dir.join(name), token, name, &extra)?;
+        if !self.relays.contains_key(name) {
+            self.relays.insert(
+                name.to_string(),
+                tandem_tests::relay::Relay::start(&self.coord.quic)?,
+            );
+        }
+        let via = self.relays[name].addr();
+        let p = start_agent(&via, &self.dir.join(name), token, name, &extra)?;
         self.agents.insert(name.to_string(), p);
         Ok(())
     }
@@ -502,6 +515,7 @@ fn round(b: &mut Bench, kind: Kind, i: usize) -> Result<Round> {
         match kind {
             Kind::Crash => agent.kill9(),
             Kind::Hang => agent.signal(libc::SIGSTOP),
+            Kind::Cut => b.relays.get(&name).context("relay")?.cut(true),
         }
     }
     let api = b.api().clone();
@@ -540,6 +554,7 @@ fn round(b: &mut Bench, kind: Kind, i: usize) -> Result<Round> {
     match kind {
         Kind::Crash => b.start_agent(&name, None)?,
         Kind::Hang => b.agents.get(&name).context("agent")?.signal(libc::SIGCONT),
+        Kind::Cut => b.relays.get(&name).context("relay")?.cut(false),
     }
     let (_, token_now) = b.settle()?;
     // A copy of the old node that came back to life would write now: look again.
@@ -664,6 +679,7 @@ fn main() -> Result<()> {
         dir: dir.clone(),
         names: names.clone(),
         agents: BTreeMap::new(),
+        relays: BTreeMap::new(),
         extra,
         ha_pairs: o.ha_pairs,
         job: String::new(),
