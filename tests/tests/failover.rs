@@ -25,46 +25,74 @@ fn lines(path: &std::path::Path) -> Vec<(String, u64, u128)> {
         .collect()
 }
 
-#[test]
-fn a_job_moves_off_a_killed_node_and_never_runs_twice() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let coord = Coordinator::start(&tmp.path().join("coord"), None)?;
+/// A coordinator, a pool cluster `cluster` of two agents (`<cluster>-a`, `-b`), and a job that
+/// writes "<node> <token> <unix ns>" every 10 ms, running.
+struct Writer {
+    coord: Coordinator,
+    agents: std::collections::HashMap<String, Proc>,
+    out: std::path::PathBuf,
+    id: String,
+    first: serde_json::Value,
+}
+
+fn writer(dir: &std::path::Path, cluster: &str, job: &str) -> Result<Writer> {
+    let coord = Coordinator::start(&dir.join("coord"), None)?;
     coord
         .api
-        .post("/v1/clusters", &json!({"name": "fo", "mode": "pool"}))?;
+        .post("/v1/clusters", &json!({"name": cluster, "mode": "pool"}))?;
     let token = coord
         .api
-        .post("/v1/join-tokens", &json!({"uses": 2, "cluster": "fo"}))?["token"]
+        .post("/v1/join-tokens", &json!({"uses": 2, "cluster": cluster}))?["token"]
         .as_str()
         .context("token")?
         .to_string();
+    let names = [format!("{cluster}-a"), format!("{cluster}-b")];
     let mut agents = std::collections::HashMap::new();
-    for n in ["fo-a", "fo-b"] {
+    for n in &names {
         agents.insert(
-            n.to_string(),
-            start_agent(&coord.quic, &tmp.path().join(n), Some(&token), n, &[])?,
+            n.clone(),
+            start_agent(&coord.quic, &dir.join(n), Some(&token), n, &[])?,
         );
     }
-    for n in ["fo-a", "fo-b"] {
+    for n in &names {
         wait_for(LONG, "ready", || {
             (coord.api.state(n).as_deref() == Some("ready")).then_some(())
         })?;
     }
-    let out = tmp.path().join("out.txt");
+    let out = dir.join("out.txt");
     let script = format!(
         "while true; do echo \"$TANDEM_NODE_NAME $TANDEM_FENCING_TOKEN $(date +%s%N)\" >> {}; sleep 0.01; done",
         out.display()
     );
-    let job = coord.api.post(
+    let created = coord.api.post(
         "/v1/jobs",
-        &json!({"name": "writer", "cluster": "fo", "command": ["/bin/sh", "-c", script],
+        &json!({"name": job, "cluster": cluster, "command": ["/bin/sh", "-c", script],
                 "resources": {"cpu_millis": 100, "memory_bytes": 67108864, "gpus": 0}, "restart": "always"}),
     )?;
-    let id = job["job"]["id"].as_str().context("id")?.to_string();
+    let id = created["job"]["id"].as_str().context("id")?.to_string();
     let first = wait_for(LONG, "the job running and writing", || {
         let j = coord.api.get(&format!("/v1/jobs/{id}")).ok()?;
         (j["state"] == "running" && lines(&out).len() > 5).then_some(j)
     })?;
+    Ok(Writer {
+        coord,
+        agents,
+        out,
+        id,
+        first,
+    })
+}
+
+#[test]
+fn a_job_moves_off_a_killed_node_and_never_runs_twice() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let Writer {
+        coord,
+        mut agents,
+        out,
+        id,
+        first,
+    } = writer(tmp.path(), "fo", "writer")?;
     let node_id = first["node"].as_str().context("node")?.to_string();
     let old_name = coord.api.node(&node_id).context("node")?["name"]
         .as_str()
@@ -159,43 +187,13 @@ fn a_job_moves_off_a_killed_node_and_never_runs_twice() -> Result<()> {
 #[test]
 fn a_quick_agent_restart_never_runs_a_job_twice() -> Result<()> {
     let tmp = tempfile::tempdir()?;
-    let coord = Coordinator::start(&tmp.path().join("coord"), None)?;
-    coord
-        .api
-        .post("/v1/clusters", &json!({"name": "rs", "mode": "pool"}))?;
-    let token = coord
-        .api
-        .post("/v1/join-tokens", &json!({"uses": 2, "cluster": "rs"}))?["token"]
-        .as_str()
-        .context("token")?
-        .to_string();
-    let mut agents = std::collections::HashMap::new();
-    for n in ["rs-a", "rs-b"] {
-        agents.insert(
-            n.to_string(),
-            start_agent(&coord.quic, &tmp.path().join(n), Some(&token), n, &[])?,
-        );
-    }
-    for n in ["rs-a", "rs-b"] {
-        wait_for(LONG, "ready", || {
-            (coord.api.state(n).as_deref() == Some("ready")).then_some(())
-        })?;
-    }
-    let out = tmp.path().join("out.txt");
-    let script = format!(
-        "while true; do echo \"$TANDEM_NODE_NAME $TANDEM_FENCING_TOKEN $(date +%s%N)\" >> {}; sleep 0.01; done",
-        out.display()
-    );
-    let job = coord.api.post(
-        "/v1/jobs",
-        &json!({"name": "writer2", "cluster": "rs", "command": ["/bin/sh", "-c", script],
-                "resources": {"cpu_millis": 100, "memory_bytes": 67108864, "gpus": 0}, "restart": "always"}),
-    )?;
-    let id = job["job"]["id"].as_str().context("id")?.to_string();
-    let first = wait_for(LONG, "running", || {
-        let j = coord.api.get(&format!("/v1/jobs/{id}")).ok()?;
-        (j["state"] == "running" && lines(&out).len() > 5).then_some(j)
-    })?;
+    let Writer {
+        coord,
+        mut agents,
+        out,
+        id: _,
+        first,
+    } = writer(tmp.path(), "rs", "writer2")?;
     let old_token = first["fencing_token"].as_u64().context("token")?;
     let node_id = first["node"].as_str().context("node")?.to_string();
     let name = coord.api.node(&node_id).context("node")?["name"]
