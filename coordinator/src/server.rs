@@ -65,11 +65,11 @@ impl Server {
                 let conn = match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {
-                        tracing::info!(%peer, error = %e, "refused a connection at the QUIC/TLS handshake");
+                        server.log_refusal(peer, &format!(" at the QUIC/TLS handshake: {e}"));
                         return;
                     }
                     Err(_) => {
-                        tracing::info!(%peer, "refused a connection: handshake took longer than 5 s");
+                        server.log_refusal(peer, ": the handshake took longer than 5 s");
                         return;
                     }
                 };
@@ -87,7 +87,7 @@ impl Server {
                 return;
             }
             Err(_) => {
-                tracing::info!(%peer, "refused a connection: no control stream within 5 s");
+                self.log_refusal(peer, ": no control stream within 5 s");
                 conn.close(close_code::PROTOCOL, b"no control stream");
                 return;
             }
@@ -434,6 +434,20 @@ impl Server {
         }
     }
 
+    /// Logs "refused a connection" + `reason` (which starts with its own separator) with the
+    /// peer, within the log budget: a flood of bad
+    /// connections costs a few lines a second, and the next line says how many were left out.
+    fn log_refusal(&self, peer: SocketAddr, reason: &str) {
+        let allowed = self
+            .log_budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(std::time::Instant::now());
+        if let Some(suppressed) = allowed {
+            tracing::warn!(%peer, suppressed_since_last = suppressed, "refused a connection{reason}");
+        }
+    }
+
     async fn refuse(
         &self,
         conn: &quinn::Connection,
@@ -446,14 +460,7 @@ impl Server {
             .metrics
             .registrations_refused
             .fetch_add(1, Ordering::Relaxed);
-        let allowed = self
-            .log_budget
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .allow(std::time::Instant::now());
-        if let Some(suppressed) = allowed {
-            tracing::warn!(%peer, ?code, %reason, suppressed_since_last = suppressed, "refused a connection");
-        }
+        self.log_refusal(peer, &format!(" ({code:?}): {reason}"));
         let msg = CoordMsg::Reject(Reject { code, reason });
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             let _ = codec::write_msg(send, &msg, self.max_frame).await;

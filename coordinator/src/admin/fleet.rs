@@ -142,17 +142,25 @@ pub(super) async fn get_operation(
     Ok(Json(json!(op)))
 }
 
+/// The node object of `id` as it is now.
+fn node_json(
+    s: &super::AdminState,
+    id: &tandem_common::ids::NodeId,
+) -> Result<Json<Value>, ApiError> {
+    let e = s
+        .membership
+        .find(id.as_str())
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("node {id} was removed meanwhile")))?;
+    Ok(Json(views::node(&s.membership, &e, Instant::now())))
+}
+
 pub(super) async fn patch_node(
     State(s): Shared,
     Path(id): Path<String>,
     ApiJson(p): ApiJson<NodePatch>,
 ) -> Result<Json<Value>, ApiError> {
     let rec = s.membership.patch_node(&id, p)?;
-    let e = s
-        .membership
-        .find(rec.id.as_str())
-        .ok_or_else(|| ApiError::new(Code::NotFound, "node vanished"))?;
-    Ok(Json(views::node(&s.membership, &e, Instant::now())))
+    node_json(&s, &rec.id)
 }
 
 pub(super) async fn drain(
@@ -164,11 +172,7 @@ pub(super) async fn drain(
     s.membership.job_event(crate::jobs::planner::Event::Drain {
         node: rec.id.clone(),
     })?;
-    let e = s
-        .membership
-        .find(rec.id.as_str())
-        .ok_or_else(|| ApiError::new(Code::NotFound, "node vanished"))?;
-    Ok(Json(views::node(&s.membership, &e, Instant::now())))
+    node_json(&s, &rec.id)
 }
 
 pub(super) async fn undrain(
@@ -176,11 +180,7 @@ pub(super) async fn undrain(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let rec = s.membership.set_draining(&id, false)?;
-    let e = s
-        .membership
-        .find(rec.id.as_str())
-        .ok_or_else(|| ApiError::new(Code::NotFound, "node vanished"))?;
-    Ok(Json(views::node(&s.membership, &e, Instant::now())))
+    node_json(&s, &rec.id)
 }
 
 pub(super) async fn remove_node(
