@@ -66,6 +66,28 @@ fn gpus_health_and_model_reach_the_coordinator() -> Result<()> {
         );
     }
 
+    // Paging: one node a page, by name.
+    let p1 = coord.api.get("/v1/nodes?limit=1")?;
+    assert_eq!(p1["nodes"].as_array().map(Vec::len), Some(1), "{p1}");
+    assert_eq!(p1["nodes"][0]["name"], "hw-a");
+    let tok = p1["next_page_token"].as_str().context("next_page_token")?;
+    let p2 = coord
+        .api
+        .get(&format!("/v1/nodes?limit=1&page_token={tok}"))?;
+    assert_eq!(p2["nodes"][0]["name"], "hw-b", "{p2}");
+    assert!(p2.get("next_page_token").is_none(), "{p2}");
+    let (s, v) = coord.api.request(
+        "GET",
+        "/v1/nodes?page_token=zz",
+        Some(&coord.api.token),
+        None,
+    )?;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_argument")),
+        "{v}"
+    );
+
     let uuid = gpus[1]["uuid"].as_str().context("uuid")?.to_string();
     let (s, metrics) = coord.api.request("GET", "/metrics", None, None)?;
     assert_eq!(s, 200);

@@ -261,15 +261,64 @@ async fn create_token(
     ))
 }
 
-async fn list_nodes(State(s): Shared) -> Json<serde_json::Value> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeQuery {
+    limit: Option<usize>,
+    page_token: Option<String>,
+}
+
+/// Nodes by name. With `limit`, one page, and `next_page_token` (the hex of the last name)
+/// when there are more: large fleets are read page by page.
+async fn list_nodes(
+    State(s): Shared,
+    q: Result<Query<NodeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::new(
+            Code::InvalidArgument,
+            format!("query refused: {}", e.body_text()),
+        )
+    })?;
+    let after = match &q.page_token {
+        Some(t) => Some(
+            hex::decode(t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        Code::InvalidArgument,
+                        "page_token: not a token this API gave out",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    if q.limit == Some(0) {
+        return Err(ApiError::new(
+            Code::InvalidArgument,
+            "limit: must be at least 1",
+        ));
+    }
     let now = Instant::now();
-    let nodes: Vec<_> = s
-        .membership
-        .snapshot()
+    let all = s.membership.snapshot();
+    let rest = all
+        .iter()
+        .filter(|e| after.as_ref().is_none_or(|a| e.record.name > *a));
+    let limit = q.limit.unwrap_or(usize::MAX);
+    let page: Vec<_> = rest.clone().take(limit).collect();
+    let more = rest.count() > page.len();
+    let nodes: Vec<_> = page
         .iter()
         .map(|e| views::node(&s.membership, e, now))
         .collect();
-    Json(serde_json::json!({ "nodes": nodes }))
+    let mut out = serde_json::json!({ "nodes": nodes });
+    if more {
+        if let Some(last) = page.last() {
+            out["next_page_token"] = serde_json::json!(hex::encode(&last.record.name));
+        }
+    }
+    Ok(Json(out))
 }
 
 async fn get_node(
