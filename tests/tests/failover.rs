@@ -115,6 +115,18 @@ fn a_job_moves_off_a_killed_node_and_never_runs_twice() -> Result<()> {
         "{cap}"
     );
 
+    // Job filters are checked, not silently empty.
+    let (st, v) = coord
+        .api
+        .request("GET", "/v1/jobs?state=bogus", Some(&coord.api.token), None)?;
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (400, Some("invalid_argument")),
+        "{v}"
+    );
+    let listed = coord.api.get("/v1/jobs?cluster=fo&state=running")?;
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(1), "{listed}");
+
     // The logs come back through the API.
     let logs = coord.api.get(&format!("/v1/jobs/{id}/logs?tail=5"))?;
     assert!(logs["stdout"].is_array(), "{logs}");

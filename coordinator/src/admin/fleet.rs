@@ -252,9 +252,11 @@ pub(super) async fn create_pair(
     ApiJson(p): ApiJson<NewPair>,
 ) -> Result<impl IntoResponse, ApiError> {
     let pair = s.membership.create_pair(&id, &p.primary, &p.standby)?;
+    let name =
+        |n: &tandem_common::ids::NodeId| s.membership.find(n.as_str()).map(|e| e.record.name);
     Ok((
         StatusCode::CREATED,
-        Json(json!({"pair": views::pair(&pair, None, None)})),
+        Json(json!({"pair": views::pair(&pair, name(&pair.primary), name(&pair.standby))})),
     ))
 }
 

@@ -99,18 +99,39 @@ pub(super) async fn list(
             format!("query refused: {}", e.body_text()),
         )
     })?;
-    let cluster = q.cluster.as_ref().map(|c| {
-        s.membership
-            .cluster(c)
-            .map(|c| c.id)
-            .unwrap_or_else(|| c.clone())
-    });
-    let node = q.node.as_ref().map(|n| {
-        s.membership
-            .find(n)
-            .map(|e| e.record.id.0)
-            .unwrap_or_else(|| n.clone())
-    });
+    const STATES: [&str; 7] = [
+        "pending",
+        "starting",
+        "running",
+        "migrating",
+        "failed",
+        "stopped",
+        "completed",
+    ];
+    if let Some(st) = q.state.as_deref().filter(|st| !STATES.contains(st)) {
+        return Err(ApiError::new(
+            Code::InvalidArgument,
+            format!("state: `{st}` is not one of {}", STATES.join(", ")),
+        ));
+    }
+    let cluster = match &q.cluster {
+        Some(c) => Some(s.membership.cluster(c).map(|c| c.id).ok_or_else(|| {
+            ApiError::new(
+                Code::NotFound,
+                format!("cluster: no cluster with id or name `{c}`"),
+            )
+        })?),
+        None => None,
+    };
+    let node = match &q.node {
+        Some(n) => Some(s.membership.find(n).map(|e| e.record.id.0).ok_or_else(|| {
+            ApiError::new(
+                Code::NotFound,
+                format!("node: no node with id or name `{n}`"),
+            )
+        })?),
+        None => None,
+    };
     let mut jobs: Vec<JobRecord> = s.membership.lock().jobs.values().cloned().collect();
     jobs.sort_by_key(|j| j.created_ms);
     let jobs: Vec<Value> = jobs
