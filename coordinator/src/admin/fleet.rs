@@ -1,8 +1,8 @@
 //! Admin routes for clusters, pairs and node administration (check, drain, remove, recycle).
 
-use super::{views, ApiError, ApiJson, Code, Shared};
+use super::{views, ApiError, ApiJson, ApiQuery, Code, Shared};
 use crate::administration::{ClusterPatch, NewCluster, NodePatch, OpError};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -62,14 +62,8 @@ fn time_param(field: &str, v: &Option<String>) -> Result<Option<u64>, ApiError> 
 
 pub(super) async fn list_clusters(
     State(s): Shared,
-    q: Result<Query<ClusterQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ClusterQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| {
-        ApiError::new(
-            Code::InvalidArgument,
-            format!("query refused: {}", e.body_text()),
-        )
-    })?;
     let after = time_param("created_after", &q.created_after)?;
     let before = time_param("created_before", &q.created_before)?;
     let label = match &q.label {

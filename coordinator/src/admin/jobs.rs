@@ -1,9 +1,9 @@
 //! Admin routes for jobs: submit, list, show, stop, logs, and the operator's failover override.
 
-use super::{ApiError, ApiJson, Code, Shared};
+use super::{ApiError, ApiJson, ApiQuery, Code, Shared};
 use crate::jobs::model::{new_job_id, JobRecord, JobSpec};
 use crate::jobs::planner::Event;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -91,14 +91,8 @@ pub(super) struct JobQuery {
 
 pub(super) async fn list(
     State(s): Shared,
-    q: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<JobQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| {
-        ApiError::new(
-            Code::InvalidArgument,
-            format!("query refused: {}", e.body_text()),
-        )
-    })?;
     const STATES: [&str; 7] = [
         "pending",
         "starting",
@@ -171,14 +165,8 @@ pub(super) struct LogQuery {
 pub(super) async fn logs(
     State(s): Shared,
     Path(id): Path<String>,
-    q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(q) = q.map_err(|e| {
-        ApiError::new(
-            Code::InvalidArgument,
-            format!("query refused: {}", e.body_text()),
-        )
-    })?;
     let job = find(&s, &id)?;
     let (stdout, stderr) = s
         .membership

@@ -118,6 +118,26 @@ async fn auth(State(s): Shared, req: Request, next: Next) -> Response {
     }
 }
 
+/// `Query` that answers in our envelope when the query string is refused.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(ApiError::new(
+                Code::InvalidArgument,
+                format!("query refused: {}", e.body_text()),
+            )),
+        }
+    }
+}
+
 /// `Json` that answers in our envelope when the body is refused.
 pub struct ApiJson<T>(pub T);
 
@@ -272,14 +292,8 @@ struct NodeQuery {
 /// when there are more: large fleets are read page by page.
 async fn list_nodes(
     State(s): Shared,
-    q: Result<Query<NodeQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<NodeQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = q.map_err(|e| {
-        ApiError::new(
-            Code::InvalidArgument,
-            format!("query refused: {}", e.body_text()),
-        )
-    })?;
     let after = match &q.page_token {
         Some(t) => Some(
             hex::decode(t)
@@ -342,14 +356,8 @@ struct EventQuery {
 
 async fn list_events(
     State(s): Shared,
-    q: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(q) = q.map_err(|e| {
-        ApiError::new(
-            Code::InvalidArgument,
-            format!("query refused: {}", e.body_text()),
-        )
-    })?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let store = s.membership.store();
     let mut events = match q.after {
