@@ -78,6 +78,41 @@ impl Server {
         }
     }
 
+    /// Reads the first frame, which must be a `Hello` of our protocol version. `Ok(None)`: the
+    /// peer closed the stream without sending anything. `Err`: the refusal to send back.
+    async fn read_hello(
+        &self,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<Option<Box<Hello>>, (RejectCode, String)> {
+        let violation = |reason: String| (RejectCode::ProtocolViolation, reason);
+        let first = match tokio::time::timeout(
+            HELLO_TIMEOUT,
+            codec::read_frame(recv, self.max_frame),
+        )
+        .await
+        {
+            Ok(Ok(Some(body))) => body,
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(e)) => return Err(violation(format!("bad first frame: {e}"))),
+            Err(_) => return Err(violation("no Hello within 5 s".into())),
+        };
+        match codec::peek_protocol_version(&first) {
+            Some(PROTOCOL_VERSION) => {}
+            Some(v) => {
+                return Err((
+                    RejectCode::UnsupportedVersion,
+                    format!("protocol version {v} is not supported; this coordinator speaks {PROTOCOL_VERSION}"),
+                ))
+            }
+            None => return Err(violation("the first frame is not a Hello".into())),
+        }
+        match codec::decode::<AgentMsg>(&first) {
+            Ok(AgentMsg::Hello(h)) => Ok(Some(h)),
+            Ok(_) => Err(violation("the first frame is not a Hello".into())),
+            Err(e) => Err(violation(format!("Hello does not decode: {e}"))),
+        }
+    }
+
     async fn connection(&self, conn: quinn::Connection, peer: SocketAddr) {
         let (mut send, mut recv) = match tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await
         {
@@ -92,68 +127,10 @@ impl Server {
                 return;
             }
         };
-        let first =
-            match tokio::time::timeout(HELLO_TIMEOUT, codec::read_frame(&mut recv, self.max_frame))
-                .await
-            {
-                Ok(Ok(Some(body))) => body,
-                Ok(Ok(None)) => return,
-                Ok(Err(e)) => {
-                    return self
-                        .refuse(
-                            &conn,
-                            &mut send,
-                            peer,
-                            RejectCode::ProtocolViolation,
-                            format!("bad first frame: {e}"),
-                        )
-                        .await
-                }
-                Err(_) => {
-                    return self
-                        .refuse(
-                            &conn,
-                            &mut send,
-                            peer,
-                            RejectCode::ProtocolViolation,
-                            "no Hello within 5 s".into(),
-                        )
-                        .await
-                }
-            };
-        match codec::peek_protocol_version(&first) {
-            Some(PROTOCOL_VERSION) => {}
-            Some(v) => {
-                return self
-                    .refuse(&conn, &mut send, peer, RejectCode::UnsupportedVersion, format!("protocol version {v} is not supported; this coordinator speaks {PROTOCOL_VERSION}"))
-                    .await
-            }
-            None => return self.refuse(&conn, &mut send, peer, RejectCode::ProtocolViolation, "the first frame is not a Hello".into()).await,
-        }
-        let hello = match codec::decode::<AgentMsg>(&first) {
-            Ok(AgentMsg::Hello(h)) => h,
-            Ok(_) => {
-                return self
-                    .refuse(
-                        &conn,
-                        &mut send,
-                        peer,
-                        RejectCode::ProtocolViolation,
-                        "the first frame is not a Hello".into(),
-                    )
-                    .await
-            }
-            Err(e) => {
-                return self
-                    .refuse(
-                        &conn,
-                        &mut send,
-                        peer,
-                        RejectCode::ProtocolViolation,
-                        format!("Hello does not decode: {e}"),
-                    )
-                    .await
-            }
+        let hello = match self.read_hello(&mut recv).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err((code, reason)) => return self.refuse(&conn, &mut send, peer, code, reason).await,
         };
 
         let cert_node = tandem_common::tls::peer_node_id(&conn);
