@@ -180,7 +180,7 @@ impl Server {
             Err(e) => return self.refuse_err(&conn, &mut send, peer, e).await,
         };
         tracing::info!(%peer, node = %cert_node, name = %reg.name, session = reg.session, "node registered");
-        let lease = self.membership_lease();
+        let lease = self.joiner.lease;
         let welcome = CoordMsg::Welcome(Welcome {
             node_id: cert_node.clone(),
             name: reg.name.clone(),
@@ -229,11 +229,6 @@ impl Server {
             .await;
         tracing::info!(%peer, node = %cert_node, session = reg.session, reason = %why, "node connection ended");
         self.membership.disconnected(&cert_node, reg.session);
-    }
-
-    fn membership_lease(&self) -> Duration {
-        // The lease is fixed by config; the detector holds it.
-        self.joiner.lease
     }
 
     #[allow(clippy::too_many_arguments)]

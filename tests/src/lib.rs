@@ -392,3 +392,53 @@ pub fn start_agent(
         &state_dir.join(format!("agent-{n}.log")),
     )
 }
+
+/// What a finished `tandemctl` left.
+pub struct CtlOut {
+    /// Whether it exited 0.
+    pub ok: bool,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+/// Runs `tandemctl --endpoint E --token T args` against `api` (no inherited TANDEM_*
+/// variables), killed after 20 s.
+pub fn tandemctl(api: &Api, args: &[&str]) -> Result<CtlOut> {
+    let dir = tempfile::tempdir()?;
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut p = Proc {
+        child: Command::new(bin("tandemctl"))
+            .args(["--endpoint", &api.base, "--token", &api.token])
+            .args(args)
+            .env_remove("TANDEM_ENDPOINT")
+            .env_remove("TANDEM_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(&err)?)
+            .spawn()?,
+        log: err.clone(),
+    };
+    let status = wait_for(Duration::from_secs(20), "tandemctl to finish", || {
+        p.exited()
+    })
+    .with_context(|| format!("tandemctl {args:?}"))?;
+    Ok(CtlOut {
+        ok: status.success(),
+        stdout: std::fs::read_to_string(&out)?,
+        stderr: std::fs::read_to_string(&err)?,
+    })
+}
+
+/// `tandemctl` that must succeed; returns its standard output.
+pub fn tandemctl_ok(api: &Api, args: &[&str]) -> Result<String> {
+    let o = tandemctl(api, args)?;
+    anyhow::ensure!(
+        o.ok,
+        "tandemctl {args:?} failed:\n{}\n{}",
+        o.stdout,
+        o.stderr
+    );
+    Ok(o.stdout)
+}

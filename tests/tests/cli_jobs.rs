@@ -2,58 +2,12 @@
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use tandem_tests::*;
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// What a finished command left.
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `tandemctl --endpoint E --token T args` (no inherited TANDEM_* variables), killed
-/// after 20 s.
-fn ctl(api: &Api, args: &[&str]) -> Result<Out> {
-    let dir = tempfile::tempdir()?;
-    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let mut cmd = Command::new(bin("tandemctl"));
-    cmd.args(["--endpoint", &api.base, "--token", &api.token])
-        .args(args)
-        .env_remove("TANDEM_ENDPOINT")
-        .env_remove("TANDEM_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out)?)
-        .stderr(std::fs::File::create(&err)?);
-    let mut p = Proc {
-        child: cmd.spawn()?,
-        log: err.clone(),
-    };
-    let status = wait_for(Duration::from_secs(20), "tandemctl to finish", || {
-        p.exited()
-    })
-    .with_context(|| format!("tandemctl {args:?}"))?;
-    Ok(Out {
-        ok: status.success(),
-        stdout: std::fs::read_to_string(&out)?,
-        stderr: std::fs::read_to_string(&err)?,
-    })
-}
-
-/// `ctl` that must succeed.
-fn ctl_ok(api: &Api, args: &[&str]) -> Result<String> {
-    let o = ctl(api, args)?;
-    ensure!(
-        o.ok,
-        "tandemctl {args:?} failed:\n{}\n{}",
-        o.stdout,
-        o.stderr
-    );
-    Ok(o.stdout)
-}
+use tandem_tests::{tandemctl as ctl, tandemctl_ok as ctl_ok};
 
 /// The table row that mentions `what`, if any.
 fn row<'a>(table: &'a str, what: &str) -> Option<&'a str> {

@@ -5,7 +5,6 @@
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use tandem_tests::*;
 
@@ -140,50 +139,7 @@ fn pair_fixture(
     })
 }
 
-/// What a finished `tandemctl` left.
-struct Out {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `tandemctl` against `api`, killed after 20 s.
-fn ctl(api: &Api, args: &[&str]) -> Result<Out> {
-    let dir = tempfile::tempdir()?;
-    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let mut p = Proc {
-        child: Command::new(bin("tandemctl"))
-            .args(["--endpoint", &api.base, "--token", &api.token])
-            .args(args)
-            .env_remove("TANDEM_ENDPOINT")
-            .env_remove("TANDEM_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out)?)
-            .stderr(std::fs::File::create(&err)?)
-            .spawn()?,
-        log: err.clone(),
-    };
-    let status = wait_for(Duration::from_secs(20), "tandemctl to finish", || {
-        p.exited()
-    })
-    .with_context(|| format!("tandemctl {args:?}"))?;
-    Ok(Out {
-        ok: status.success(),
-        stdout: std::fs::read_to_string(&out)?,
-        stderr: std::fs::read_to_string(&err)?,
-    })
-}
-
-fn ctl_ok(api: &Api, args: &[&str]) -> Result<String> {
-    let o = ctl(api, args)?;
-    ensure!(
-        o.ok,
-        "tandemctl {args:?} failed:\n{}\n{}",
-        o.stdout,
-        o.stderr
-    );
-    Ok(o.stdout)
-}
+use tandem_tests::{tandemctl as ctl, tandemctl_ok as ctl_ok};
 
 fn ctl_json(api: &Api, args: &[&str]) -> Result<Value> {
     let mut a = args.to_vec();
