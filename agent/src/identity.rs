@@ -3,6 +3,13 @@
 //! Written once at join, each file fsynced (the key created 0600), the directory fsynced last,
 //! and `node.json` written last of all: an identity without `node.json` is incomplete and is
 //! ignored, so a crash in the middle of writing leaves an agent that simply joins again.
+//!
+//! A renewed certificate comes with a new key, and the two must change together: a crash
+//! between writing one and the other must never leave a key that does not fit its certificate.
+//! So a renewal writes the pair under new names (`node-<serial>.key/.pem`) and then switches
+//! `node.json`, whose atomic rename is the one moment the identity changes; the old pair is
+//! deleted only after that. A crash before the switch leaves the old pair in use, which the
+//! coordinator still accepts (it keeps the previous serial until the new one is seen).
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -29,6 +36,31 @@ pub struct Identity {
 struct NodeFile {
     node_id: NodeId,
     name: String,
+    /// The key file in use (`node.key` until the first renewal).
+    #[serde(default = "default_key_file")]
+    key_file: String,
+    /// The certificate file in use (`node.pem` until the first renewal).
+    #[serde(default = "default_cert_file")]
+    cert_file: String,
+}
+
+fn default_key_file() -> String {
+    "node.key".into()
+}
+
+fn default_cert_file() -> String {
+    "node.pem".into()
+}
+
+/// A file name from `node.json` must stay inside the identity directory.
+fn plain_name(name: &str) -> std::io::Result<&str> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("identity/node.json names the file `{name}`, which is not a plain file name"),
+        ));
+    }
+    Ok(name)
 }
 
 fn dir(state_dir: &Path) -> PathBuf {
@@ -66,8 +98,8 @@ impl Identity {
         Ok(Some(Identity {
             node_id: node.node_id,
             name: node.name,
-            key_pem: std::fs::read_to_string(d.join("node.key"))?,
-            cert_pem: std::fs::read_to_string(d.join("node.pem"))?,
+            key_pem: std::fs::read_to_string(d.join(plain_name(&node.key_file)?))?,
+            cert_pem: std::fs::read_to_string(d.join(plain_name(&node.cert_file)?))?,
             ca_pem: std::fs::read_to_string(d.join("ca.pem"))?,
         }))
     }
@@ -85,10 +117,52 @@ impl Identity {
         let node = serde_json::to_vec_pretty(&NodeFile {
             node_id: self.node_id.clone(),
             name: self.name.clone(),
+            key_file: default_key_file(),
+            cert_file: default_cert_file(),
         })
         .map_err(std::io::Error::other)?;
         write_file(&d.join("node.json"), &node, 0o644)?;
         std::fs::File::open(&d)?.sync_all()
+    }
+
+    /// Switches to a renewed key and certificate, durably and all at once (see the module
+    /// docs). `serial` names the new files.
+    pub fn save_renewed(
+        &mut self,
+        state_dir: &Path,
+        key_pem: String,
+        cert_pem: String,
+        serial: u64,
+    ) -> std::io::Result<()> {
+        let d = dir(state_dir);
+        let old = std::fs::read(d.join("node.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<NodeFile>(&b).ok());
+        let key_file = format!("node-{serial}.key");
+        let cert_file = format!("node-{serial}.pem");
+        write_file(&d.join(&key_file), key_pem.as_bytes(), 0o600)?;
+        write_file(&d.join(&cert_file), cert_pem.as_bytes(), 0o644)?;
+        std::fs::File::open(&d)?.sync_all()?;
+        let node = serde_json::to_vec_pretty(&NodeFile {
+            node_id: self.node_id.clone(),
+            name: self.name.clone(),
+            key_file: key_file.clone(),
+            cert_file: cert_file.clone(),
+        })
+        .map_err(std::io::Error::other)?;
+        write_file(&d.join("node.json"), &node, 0o644)?;
+        std::fs::File::open(&d)?.sync_all()?;
+        self.key_pem = key_pem;
+        self.cert_pem = cert_pem;
+        // The old pair is no longer named anywhere; losing this clean-up to a crash is harmless.
+        if let Some(old) = old {
+            for f in [old.key_file, old.cert_file] {
+                if f != key_file && f != cert_file && plain_name(&f).is_ok() {
+                    let _ = std::fs::remove_file(d.join(f));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -117,5 +191,58 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn renewal_switches_key_and_certificate_together() {
+        let d = tempfile::tempdir().unwrap();
+        let mut id = Identity {
+            node_id: NodeId::random(),
+            name: "a".into(),
+            key_pem: "K1".into(),
+            cert_pem: "C1".into(),
+            ca_pem: "A".into(),
+        };
+        id.save(d.path()).unwrap();
+        id.save_renewed(d.path(), "K2".into(), "C2".into(), 7)
+            .unwrap();
+        let back = Identity::load(d.path()).unwrap().unwrap();
+        assert_eq!(
+            (back.key_pem.as_str(), back.cert_pem.as_str()),
+            ("K2", "C2")
+        );
+        assert!(!d.path().join("identity/node.key").exists());
+        let mode = std::fs::metadata(d.path().join("identity/node-7.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        id.save_renewed(d.path(), "K3".into(), "C3".into(), 9)
+            .unwrap();
+        let back = Identity::load(d.path()).unwrap().unwrap();
+        assert_eq!(
+            (back.key_pem.as_str(), back.cert_pem.as_str()),
+            ("K3", "C3")
+        );
+        assert!(!d.path().join("identity/node-7.pem").exists());
+        // A crash after writing the new pair but before the switch: the old pair is in use.
+        std::fs::write(d.path().join("identity/node-11.key"), "K4").unwrap();
+        let back = Identity::load(d.path()).unwrap().unwrap();
+        assert_eq!(back.key_pem, "K3");
+    }
+
+    #[test]
+    fn node_json_cannot_point_outside_the_directory() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("identity")).unwrap();
+        std::fs::write(
+            d.path().join("identity/node.json"),
+            format!(
+                r#"{{"node_id":"{}","name":"a","key_file":"../../etc/shadow"}}"#,
+                NodeId::random()
+            ),
+        )
+        .unwrap();
+        assert!(Identity::load(d.path()).is_err());
     }
 }

@@ -8,6 +8,7 @@
 //! - `lease`: the lease, a plain struct driven by `now` (the agent's half of the fencing argument).
 //! - `leftovers`: waiting out job supervisors of a previous agent run before registering.
 //! - `link`: join, register, heartbeat, reconnect.
+//! - `renewal`: renewing the node certificate over the live connection, before it runs out.
 //! - `probe`: the hardware report: the host through sysinfo and `/proc`, GPUs through NVML on a
 //!   dedicated thread with a deadline, GPU health events, GPU fixtures.
 //! - `inventory`: the `tandem-agent inventory` command's output (table or JSON).
@@ -22,6 +23,7 @@ pub mod lease;
 pub mod leftovers;
 pub mod link;
 pub mod probe;
+pub mod renewal;
 pub mod supervisor;
 
 use std::future::Future;

@@ -115,6 +115,8 @@ pub struct Link {
     watchdog: tandem_common::notify::Watchdog,
     /// Runs jobs; made once the node knows its id and the fencing kill timeout.
     jobs: Option<Jobs>,
+    /// When to renew the certificate over the live connection.
+    renewal: crate::renewal::Renewal,
 }
 
 /// The job side of the link: the supervisor, its exits, and messages its tasks want sent.
@@ -158,6 +160,7 @@ impl Link {
             seq: 0,
             watchdog: tandem_common::notify::Watchdog::from_env(),
             jobs: None,
+            renewal: crate::renewal::Renewal::new(0.6 + 0.1 * rand::random::<f64>()),
         })
     }
 
@@ -224,7 +227,7 @@ impl Link {
             what: format!("reading the identity in {}", self.cfg.state_dir.display()),
             source,
         })?;
-        let Some(identity) = identity else {
+        let Some(mut identity) = identity else {
             return self.join().await;
         };
         self.lease_tx
@@ -285,6 +288,12 @@ impl Link {
             f64::from(welcome.lease_ms) / 1000.0
         ));
         self.publish(true);
+        match self.renewal.plan(&identity.cert_pem) {
+            Ok(at) => tracing::debug!(renew_at_unix = at, "certificate renewal planned"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read our certificate's validity; it will not be renewed")
+            }
+        }
         if self.jobs.is_none() {
             match self.make_jobs(&identity, &welcome) {
                 Ok(j) => self.jobs = Some(j),
@@ -293,7 +302,15 @@ impl Link {
         }
         let mut rx = self.jobs.as_mut().and_then(|j| j.rx.take());
         let reason = self
-            .session(&conn, send, recv, &welcome, datagrams, &mut rx)
+            .session(
+                &conn,
+                send,
+                recv,
+                &welcome,
+                datagrams,
+                &mut rx,
+                &mut identity,
+            )
             .await;
         if let Some(j) = self.jobs.as_mut() {
             j.rx = rx;
@@ -429,6 +446,7 @@ impl Link {
         Ok(Retry::Now)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn session(
         &mut self,
         conn: &quinn::Connection,
@@ -437,6 +455,7 @@ impl Link {
         welcome: &Welcome,
         datagrams: bool,
         rx: &mut Option<JobRx>,
+        identity: &mut Identity,
     ) -> String {
         let (mut exits, mut outbox) = match rx.as_mut() {
             Some(r) => (Some(&mut r.exits), Some(&mut r.outbox)),
@@ -503,6 +522,16 @@ impl Link {
                         return format!("sending a heartbeat: {e}");
                     }
                     self.publish(true);
+                    match self.renewal.poll(unix_now(), &identity.name) {
+                        Ok(Some(req)) => {
+                            tracing::info!("renewing the node certificate over the live connection");
+                            if let Err(e) = codec::write_msg(&mut send, &req, DEFAULT_MAX_FRAME).await {
+                                return format!("sending a certificate renewal: {e}");
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot make a renewal request"),
+                    }
                 }
                 dg = conn.read_datagram(), if datagrams => match dg {
                     Ok(b) => { if self.on_ack(&b) { last_ack = Instant::now(); } }
@@ -548,6 +577,16 @@ impl Link {
                         if let Err(e) = codec::write_msg(&mut send, &AgentMsg::Pong { nonce }, DEFAULT_MAX_FRAME).await {
                             return format!("answering a ping: {e}");
                         }
+                    }
+                    Ok(Some(CoordMsg::CertificateRenewed { cert_pem, .. })) => {
+                        match self.renewal.on_renewed(identity, &self.cfg.state_dir, cert_pem, unix_now()) {
+                            Ok((serial, not_after)) => tracing::info!(serial, not_after_unix = not_after, next_renewal_unix = ?self.renewal.next_at(), "certificate renewed; used from the next connection on"),
+                            Err(e) => tracing::warn!(error = %e, retry_at_unix = ?self.renewal.next_at(), "certificate renewal failed; the current certificate stays in use"),
+                        }
+                    }
+                    Ok(Some(CoordMsg::RenewalRefused { reason })) => {
+                        self.renewal.on_refused(identity, unix_now());
+                        tracing::warn!(%reason, retry_at_unix = ?self.renewal.next_at(), "the coordinator refused to renew the certificate; the current one stays in use");
                     }
                     Ok(Some(CoordMsg::Reject(r))) => {
                         self.lease.revoke();
@@ -754,6 +793,11 @@ fn wedge_hook() {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
+}
+
+/// Wall-clock seconds, for certificate validity.
+fn unix_now() -> i64 {
+    (tandem_common::time::unix_ms() / 1000) as i64
 }
 
 /// The small summary that rides with every beat, from the latest report.

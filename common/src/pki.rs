@@ -56,6 +56,10 @@ const CA_VALIDITY: time::Duration = time::Duration::days(3650);
 /// How far in the past certificates start, to tolerate clock skew between machines.
 const BACKDATE: time::Duration = time::Duration::minutes(5);
 
+/// How far before its issue a certificate's `notBefore` is set (clock skew between machines).
+/// Whoever times a renewal from `notBefore` adds this back to find the moment of issue.
+pub const BACKDATE_S: i64 = 5 * 60;
+
 /// Errors of the PKI and of the TLS configuration built on it.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -357,6 +361,17 @@ impl CertificateAuthority {
     /// usage `serverAuth` only; valid from now - 5 min until the CA expires (it is meant to be
     /// re-issued at each coordinator start). Returns `(cert_pem, key_pem)`.
     pub fn issue_server_cert(&self, serial: u64, extra_ips: &[IpAddr]) -> Result<(String, String)> {
+        self.issue_server_cert_for(serial, extra_ips, &[])
+    }
+
+    /// [`CertificateAuthority::issue_server_cert`] with extra DNS names too (the admin
+    /// endpoint's HTTPS certificate names the hosts operators reach it by).
+    pub fn issue_server_cert_for(
+        &self,
+        serial: u64,
+        extra_ips: &[IpAddr],
+        extra_dns: &[String],
+    ) -> Result<(String, String)> {
         check_serial(serial)?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let now = OffsetDateTime::now_utc();
@@ -368,6 +383,12 @@ impl CertificateAuthority {
         ];
         for ip in extra_ips {
             let san = SanType::IpAddress(*ip);
+            if !sans.contains(&san) {
+                sans.push(san);
+            }
+        }
+        for name in extra_dns {
+            let san = SanType::DnsName(name.as_str().try_into()?);
             if !sans.contains(&san) {
                 sans.push(san);
             }
@@ -413,6 +434,12 @@ impl NodeKey {
     /// The private key, PKCS#8 PEM.
     pub fn key_pem(&self) -> String {
         self.key.serialize_pem()
+    }
+
+    /// The public key as a SubjectPublicKeyInfo, DER (compare with
+    /// [`NodeCertFacts::spki_der`]).
+    pub fn spki_der(&self) -> Vec<u8> {
+        rcgen::PublicKeyData::subject_public_key_info(&self.key)
     }
 
     /// A CSR for this key. `name_hint` goes into the CSR's CN for humans reading logs; the
@@ -461,6 +488,35 @@ pub fn cert_serial(der: &[u8]) -> Result<u64> {
     Ok(digits
         .iter()
         .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+}
+
+/// What a node certificate says about itself, read from its PEM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeCertFacts {
+    /// The node id in its SAN.
+    pub node_id: NodeId,
+    /// Its serial.
+    pub serial: u64,
+    /// `notBefore`, Unix s (the moment of issue minus [`BACKDATE_S`]).
+    pub not_before_unix: i64,
+    /// `notAfter`, Unix s.
+    pub not_after_unix: i64,
+    /// The SubjectPublicKeyInfo, DER: compared with a key's to see that the two belong together.
+    pub spki_der: Vec<u8>,
+}
+
+/// Reads the facts of the first certificate in `cert_pem`.
+pub fn node_cert_facts(cert_pem: &str) -> Result<NodeCertFacts> {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| PkiError::BadPem(format!("node certificate: {e}")))?;
+    let cert = parse_cert(&der)?;
+    Ok(NodeCertFacts {
+        node_id: node_id_from_cert(&der)?,
+        serial: cert_serial(&der)?,
+        not_before_unix: cert.validity().not_before.timestamp(),
+        not_after_unix: cert.validity().not_after.timestamp(),
+        spki_der: cert.public_key().raw.to_vec(),
+    })
 }
 
 /// The DNS SAN that names `node_id`.
@@ -610,6 +666,32 @@ mod tests {
             / 86400
             / 365;
         assert_eq!(years, 10);
+    }
+
+    #[test]
+    fn node_cert_facts_match_what_was_issued() {
+        let ca = CertificateAuthority::generate("c").unwrap();
+        let key = NodeKey::generate().unwrap();
+        let id = NodeId::random();
+        let issued = ca
+            .sign_node_csr(
+                &key.csr_pem("x").unwrap(),
+                &id,
+                77,
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        let facts = node_cert_facts(&issued.cert_pem).unwrap();
+        assert_eq!(facts.node_id, id);
+        assert_eq!(facts.serial, 77);
+        assert_eq!(facts.not_after_unix as u64, issued.not_after_unix);
+        assert_eq!(
+            facts.not_after_unix - facts.not_before_unix,
+            600 + BACKDATE_S
+        );
+        assert_eq!(facts.spki_der, key.spki_der());
+        assert_ne!(facts.spki_der, NodeKey::generate().unwrap().spki_der());
+        assert!(node_cert_facts("junk").is_err());
     }
 
     #[test]

@@ -60,6 +60,14 @@ pub enum AgentMsg {
         /// Why the logs could not be read, if they could not.
         error: Option<String>,
     },
+    /// A request for a fresh certificate for a new key, sent over the live connection before
+    /// the current certificate runs out (at about two thirds of its life). Answered with
+    /// [`CoordMsg::CertificateRenewed`] or [`CoordMsg::RenewalRefused`]; the connection and its
+    /// lease carry on untouched either way.
+    RenewCertificate {
+        /// A PEM certificate signing request for the new key. Only its public key is used.
+        csr_pem: String,
+    },
 }
 
 /// How a job copy ended.
@@ -170,6 +178,19 @@ pub enum CoordMsg {
         job_id: String,
         /// How many lines of each stream.
         lines: u32,
+    },
+    /// The answer to [`AgentMsg::RenewCertificate`]: the new certificate, already recorded as
+    /// the node's. The agent uses it from its next connection on.
+    CertificateRenewed {
+        /// The new certificate (same node id, new serial), PEM.
+        cert_pem: String,
+        /// When it runs out (Unix s).
+        not_after_unix: u64,
+    },
+    /// The renewal was refused; the current certificate stays valid until it runs out.
+    RenewalRefused {
+        /// Why, in words.
+        reason: String,
     },
 }
 

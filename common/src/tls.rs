@@ -102,6 +102,27 @@ pub fn server_config(
     Ok(quinn::ServerConfig::with_crypto(Arc::new(quic)))
 }
 
+/// The admin endpoint's HTTPS configuration: TLS 1.2/1.3 (HTTP clients vary), no client
+/// certificates (the bearer token authenticates), ALPN `http/1.1`. The chain carries the CA so
+/// clients that trust the CA file verify it.
+pub fn https_server_config(
+    ca_cert_der: CertificateDer<'static>,
+    server_cert_pem: &str,
+    server_key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let mut chain = parse_certs(server_cert_pem, "admin certificate")?;
+    if chain.last() != Some(&ca_cert_der) {
+        chain.push(ca_cert_der);
+    }
+    let key = parse_key(server_key_pem, "admin key")?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
 /// Tells whether a certificate serial belongs to a current member.
 pub type SerialCheck = Arc<dyn Fn(u64) -> bool + Send + Sync>;
 

@@ -604,6 +604,9 @@ impl Membership {
         }
         // Revoked: the TLS layer refuses this certificate from now on.
         self.set_member_serial(rec.cert_serial, false);
+        if let Some(previous) = rec.previous_cert_serial {
+            self.set_member_serial(previous, false);
+        }
         if let Some(e) = t.nodes.remove(&id) {
             if let Some(live) = e.live {
                 live.conn.close(

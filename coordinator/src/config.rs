@@ -59,6 +59,15 @@ pub struct RawConfig {
     pub restart_grace_ms: u64,
     /// Lifetime of node certificates.
     pub cert_validity_days: u32,
+    /// Lifetime of node certificates in seconds, overriding `cert_validity_days` (for tests
+    /// and very short-lived fleets; at least 10).
+    pub cert_validity_s: Option<u64>,
+    /// Serve the admin endpoint over HTTPS with a server certificate from the coordinator's CA
+    /// (`tandemctl --ca-file DATA_DIR/ca.pem`).
+    pub admin_tls: bool,
+    /// Extra host names and IP addresses the admin HTTPS certificate names, besides
+    /// `localhost` and the bind address (the names operators reach the endpoint by).
+    pub admin_tls_names: Vec<String>,
     /// Largest control-stream frame accepted.
     pub max_frame_bytes: usize,
     /// Clusters this coordinator holds at most.
@@ -79,6 +88,9 @@ impl Default for RawConfig {
             suspect_after_missed: 3,
             restart_grace_ms: 5000,
             cert_validity_days: 30,
+            cert_validity_s: None,
+            admin_tls: false,
+            admin_tls_names: Vec::new(),
             max_frame_bytes: tandem_common::codec::DEFAULT_MAX_FRAME,
             max_clusters: 50,
             max_nodes_per_cluster: 100,
@@ -111,10 +123,27 @@ pub struct Config {
     pub restart_grace: Duration,
     /// Node certificate lifetime.
     pub cert_validity: Duration,
+    /// HTTPS for the admin endpoint.
+    pub admin_tls: bool,
+    /// Extra IPs the admin certificate names.
+    pub admin_tls_ips: Vec<std::net::IpAddr>,
+    /// Extra DNS names the admin certificate names.
+    pub admin_tls_dns: Vec<String>,
     /// Largest frame.
     pub max_frame_bytes: usize,
     /// Cluster quotas.
     pub quotas: crate::administration::Quotas,
+}
+
+/// A host name of dot-separated labels of letters, digits and `-`.
+fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
@@ -174,6 +203,28 @@ impl RawConfig {
         if !(1..=3650).contains(&self.cert_validity_days) {
             return Err(invalid("cert_validity_days", "must be between 1 and 3650"));
         }
+        let mut admin_tls_ips = Vec::new();
+        let mut admin_tls_dns = Vec::new();
+        for name in &self.admin_tls_names {
+            if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+                admin_tls_ips.push(ip);
+            } else if is_dns_name(name) {
+                admin_tls_dns.push(name.clone());
+            } else {
+                return Err(invalid(
+                    "admin_tls_names",
+                    format!("`{name}` is neither an IP address nor a DNS name"),
+                ));
+            }
+        }
+        if let Some(s) = self.cert_validity_s {
+            if !(10..=3650 * 86_400).contains(&s) {
+                return Err(invalid(
+                    "cert_validity_s",
+                    "must be between 10 and 315360000 (3650 days)",
+                ));
+            }
+        }
         if !(64 * 1024..=64 * 1024 * 1024).contains(&self.max_frame_bytes) {
             return Err(invalid(
                 "max_frame_bytes",
@@ -216,7 +267,13 @@ impl RawConfig {
             fence_grace: fence_kill_timeout + lease / 20 + Duration::from_millis(50),
             suspect_after_missed: self.suspect_after_missed,
             restart_grace: Duration::from_millis(self.restart_grace_ms),
-            cert_validity: Duration::from_secs(u64::from(self.cert_validity_days) * 86_400),
+            cert_validity: Duration::from_secs(
+                self.cert_validity_s
+                    .unwrap_or(u64::from(self.cert_validity_days) * 86_400),
+            ),
+            admin_tls: self.admin_tls,
+            admin_tls_ips,
+            admin_tls_dns,
             max_frame_bytes: self.max_frame_bytes,
             quotas: crate::administration::Quotas {
                 max_clusters: self.max_clusters,

@@ -149,6 +149,8 @@ impl Joiner {
             agent_version: hello.agent_version.clone(),
             cert_serial: issued.serial,
             cert_not_after_unix: issued.not_after_unix as i64,
+            previous_cert_serial: None,
+            previous_cert_not_after_unix: 0,
             created_ms: now_ms,
             joined_with_token: rec.id.clone(),
             hardware: hello.hardware.clone(),
@@ -166,6 +168,32 @@ impl Joiner {
             cert_pem: issued.cert_pem,
             ca_pem: self.ca.cert_pem().to_string(),
         })
+    }
+}
+
+impl Joiner {
+    /// Renews a member's certificate over its live connection, which presented `conn_serial`:
+    /// signs a certificate for the CSR's key with a new serial and records it durably before
+    /// returning it. The node's id and cluster stay; only the key, serial and expiry change.
+    pub fn renew(
+        &self,
+        node: &NodeId,
+        conn_serial: u64,
+        csr_pem: &str,
+    ) -> Result<tandem_common::pki::IssuedCert, MembershipError> {
+        let serial = self.membership.store().next_serial()?;
+        let issued = self
+            .ca
+            .sign_node_csr(csr_pem, node, serial, self.cert_validity)
+            .map_err(|e| {
+                refused(
+                    RejectCode::ProtocolViolation,
+                    format!("the certificate signing request was refused: {e}"),
+                )
+            })?;
+        self.membership.record_renewal(node, conn_serial, &issued)?;
+        tracing::info!(%node, old_serial = conn_serial, serial = issued.serial, not_after_unix = issued.not_after_unix, "node certificate renewed");
+        Ok(issued)
     }
 }
 

@@ -196,21 +196,50 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         admin_token: cfg.admin_token.clone(),
     }));
     let (admin_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = tokio::spawn(async move {
-        let r = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "admin endpoint failed");
+    let stopped = async move {
+        let _ = stop_rx.await;
+    };
+    let admin_task = if cfg.admin_tls {
+        let serial = store.next_serial()?;
+        let mut ips = cfg.admin_tls_ips.clone();
+        if !admin_addr.ip().is_unspecified() {
+            ips.push(admin_addr.ip());
         }
-    });
+        let (cert_pem, key_pem) = ca
+            .issue_server_cert_for(serial, &ips, &cfg.admin_tls_dns)
+            .map_err(|e| CoordinatorError::Pki(e.to_string()))?;
+        let tls = tandem_common::tls::https_server_config(ca.cert_der(), &cert_pem, &key_pem)
+            .map_err(|e| CoordinatorError::Pki(e.to_string()))?;
+        let listener = admin::https::HttpsListener::new(listener, tls).map_err(|source| {
+            CoordinatorError::Io {
+                what: "starting the admin HTTPS listener".into(),
+                source,
+            }
+        })?;
+        tokio::spawn(async move {
+            let r = axum::serve(listener, router)
+                .with_graceful_shutdown(stopped)
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "admin endpoint failed");
+            }
+        })
+    } else {
+        tokio::spawn(async move {
+            let r = axum::serve(listener, router)
+                .with_graceful_shutdown(stopped)
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "admin endpoint failed");
+            }
+        })
+    };
 
     // Tell tools where we listen (tests bind port 0 and read this).
     let endpoints = serde_json::json!({
         "pid": std::process::id(),
         "admin": admin_addr.to_string(),
+        "admin_url": format!("{}://{admin_addr}", if cfg.admin_tls { "https" } else { "http" }),
         "quic": quic_addr.to_string(),
     });
     let tmp = cfg.data_dir.join("endpoints.json.tmp");

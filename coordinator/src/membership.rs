@@ -149,7 +149,12 @@ impl Membership {
             );
         }
         // fence_grace = fence kill timeout + 5% of the lease + 50 ms (see the config).
-        let serials = table.nodes.values().map(|e| e.record.cert_serial).collect();
+        let serials = table
+            .nodes
+            .values()
+            .flat_map(|e| [Some(e.record.cert_serial), e.record.previous_cert_serial])
+            .flatten()
+            .collect();
         let cfg = *detector.config();
         let fence_kill = cfg
             .fence_grace
@@ -308,13 +313,25 @@ impl Membership {
         let current = t.nodes.get(node).map(|e| e.record.clone()).ok_or_else(|| {
             refused(RejectCode::UnknownNode, format!("node {node} is not a member (it was removed); delete the agent's state dir and join again with a new token"))
         })?;
-        if current.cert_serial != cert_serial {
+        if current.cert_serial != cert_serial && current.previous_cert_serial != Some(cert_serial) {
             return Err(refused(
                 RejectCode::UnknownNode,
                 format!("certificate serial {cert_serial} of node {node} was replaced or revoked"),
             ));
         }
         let mut rec = current;
+        // After a renewal the serial the node really uses wins; the other one is revoked.
+        let mut dropped = None;
+        if let Some(previous) = rec.previous_cert_serial.take() {
+            if cert_serial == previous {
+                dropped = Some(rec.cert_serial);
+                rec.cert_serial = previous;
+                rec.cert_not_after_unix = rec.previous_cert_not_after_unix;
+            } else {
+                dropped = Some(previous);
+            }
+            rec.previous_cert_not_after_unix = 0;
+        }
         let previous = rec.state;
         rec.address = address.to_string();
         rec.agent_version = agent_version;
@@ -345,6 +362,9 @@ impl Membership {
             changes.extend(p.changes.iter().cloned());
         }
         self.store.commit(changes)?;
+        if let Some(serial) = dropped {
+            self.set_member_serial(serial, false);
+        }
         if let Some((cid, p)) = plan {
             pairs::install(&mut t, &cid, p);
         }
@@ -483,6 +503,68 @@ impl Membership {
         let decisions = decide(&nodes, &current, cluster);
         let plan = pairs::plan(t, cluster, &nodes, decisions, now_ms, true);
         plan.changed.then(|| (cid.clone(), plan))
+    }
+
+    /// Records a renewed certificate for `node`, asked for on a connection that presented
+    /// `conn_serial`. Durable before it returns (and so before the certificate is sent). The
+    /// connection's serial stays valid as the previous one until the node registers with the
+    /// new one; any other serial the node had is revoked.
+    pub fn record_renewal(
+        &self,
+        node: &NodeId,
+        conn_serial: u64,
+        issued: &tandem_common::pki::IssuedCert,
+    ) -> Result<(), MembershipError> {
+        let mut t = lock(&self.table);
+        let Some(current) = t.nodes.get(node).map(|e| e.record.clone()) else {
+            return Err(refused(
+                RejectCode::UnknownNode,
+                format!("node {node} is not a member"),
+            ));
+        };
+        let conn_not_after = if current.cert_serial == conn_serial {
+            current.cert_not_after_unix
+        } else if current.previous_cert_serial == Some(conn_serial) {
+            current.previous_cert_not_after_unix
+        } else {
+            return Err(refused(
+                RejectCode::UnknownNode,
+                format!("certificate serial {conn_serial} of node {node} was replaced or revoked"),
+            ));
+        };
+        let dropped: Vec<u64> = [Some(current.cert_serial), current.previous_cert_serial]
+            .into_iter()
+            .flatten()
+            .filter(|s| *s != conn_serial)
+            .collect();
+        let mut rec = current;
+        rec.previous_cert_serial = Some(conn_serial);
+        rec.previous_cert_not_after_unix = conn_not_after;
+        rec.cert_serial = issued.serial;
+        rec.cert_not_after_unix = issued.not_after_unix as i64;
+        let changes = vec![
+            Change::PutNode(Box::new(rec.clone())),
+            Change::Event(NewEvent {
+                kind: "certificate",
+                node: Some(node.clone()),
+                message: format!(
+                    "node {}: certificate renewed (serial {conn_serial} -> {}, valid until Unix {})",
+                    rec.name, issued.serial, issued.not_after_unix
+                ),
+            }),
+        ];
+        self.store.commit(changes)?;
+        self.set_member_serial(issued.serial, true);
+        for s in dropped {
+            self.set_member_serial(s, false);
+        }
+        self.metrics
+            .certificate_renewals
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = t.nodes.get_mut(node) {
+            e.record = rec;
+        }
+        Ok(())
     }
 
     /// The TLS layer's revocation check: does this certificate serial belong to a member?

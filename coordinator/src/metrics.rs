@@ -76,6 +76,10 @@ pub struct Metrics {
     pub registrations_refused: AtomicU64,
     /// Nodes that joined.
     pub joins: AtomicU64,
+    /// Node certificates renewed over a live connection.
+    pub certificate_renewals: AtomicU64,
+    /// QUIC connections held now, from the first packet (handshakes included) to the close.
+    pub quic_connections: AtomicU64,
     /// Nodes declared down.
     pub nodes_declared_down: AtomicU64,
     /// Heartbeat round trip as the agents measure it.
@@ -92,6 +96,8 @@ impl Default for Metrics {
             bad_messages: AtomicU64::new(0),
             registrations_refused: AtomicU64::new(0),
             joins: AtomicU64::new(0),
+            certificate_renewals: AtomicU64::new(0),
+            quic_connections: AtomicU64::new(0),
             nodes_declared_down: AtomicU64::new(0),
             heartbeat_rtt: Histogram::new(RTT_BUCKETS),
             detection: Histogram::new(DETECT_BUCKETS),
@@ -117,6 +123,7 @@ impl Metrics {
             let _ = writeln!(out, "tandem_nodes{{state=\"{state}\"}} {n}");
         }
         let _ = writeln!(out, "# HELP tandem_nodes_connected Nodes with a live connection.\n# TYPE tandem_nodes_connected gauge\ntandem_nodes_connected {connected}");
+        let _ = writeln!(out, "# HELP tandem_quic_connections QUIC connections held, handshakes in progress included.\n# TYPE tandem_quic_connections gauge\ntandem_quic_connections {}", self.quic_connections.load(Relaxed));
         let counters = [
             (
                 "tandem_heartbeats_received_total",
@@ -142,6 +149,11 @@ impl Metrics {
                 "tandem_joins_total",
                 "Nodes that joined with a token.",
                 &self.joins,
+            ),
+            (
+                "tandem_certificate_renewals_total",
+                "Node certificates renewed over a live connection.",
+                &self.certificate_renewals,
             ),
             (
                 "tandem_nodes_declared_down_total",

@@ -66,6 +66,14 @@ pub struct NodeRecord {
     pub cert_serial: u64,
     /// When the certificate runs out (Unix s).
     pub cert_not_after_unix: i64,
+    /// After a renewal, the serial the renewal was asked on, still accepted until the node
+    /// connects with the new one: if the answer was lost (either side crashed), the node comes
+    /// back with the old certificate and must not be locked out.
+    #[serde(default)]
+    pub previous_cert_serial: Option<u64>,
+    /// When that previous certificate runs out (Unix s).
+    #[serde(default)]
+    pub previous_cert_not_after_unix: i64,
     /// When it joined (Unix ms).
     pub created_ms: u64,
     /// The token it joined with.

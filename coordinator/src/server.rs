@@ -55,6 +55,22 @@ pub fn transport_config() -> quinn::TransportConfig {
     t
 }
 
+/// Counts a connection task for as long as it lives.
+struct ConnectionGauge<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> ConnectionGauge<'a> {
+    fn new(g: &'a std::sync::atomic::AtomicU64) -> Self {
+        g.fetch_add(1, Ordering::Relaxed);
+        Self(g)
+    }
+}
+
+impl Drop for ConnectionGauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Server {
     /// Accepts connections until the endpoint closes.
     pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
@@ -62,6 +78,7 @@ impl Server {
             let peer = incoming.remote_address();
             let server = self.clone();
             tokio::spawn(async move {
+                let _held = ConnectionGauge::new(&server.membership.metrics.quic_connections);
                 let conn = match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {
@@ -225,6 +242,7 @@ impl Server {
                 reg.session,
                 datagrams,
                 peer,
+                serial,
             )
             .await;
         tracing::info!(%peer, node = %cert_node, session = reg.session, reason = %why, "node connection ended");
@@ -242,6 +260,7 @@ impl Server {
         session: u64,
         datagrams: bool,
         peer: SocketAddr,
+        serial: u64,
     ) -> String {
         // Heartbeats arrive as datagrams, or as frames on a uni stream where the path has none.
         let (beat_tx, mut beat_rx) = mpsc::channel::<Vec<u8>>(64);
@@ -304,6 +323,21 @@ impl Server {
                             }
                         }
                         Ok(Some(m @ AgentMsg::Logs { .. })) => self.membership.logs_arrived(m),
+                        Ok(Some(AgentMsg::RenewCertificate { csr_pem })) => {
+                            let reply = match self.joiner.renew(node, serial, &csr_pem) {
+                                Ok(issued) => CoordMsg::CertificateRenewed {
+                                    cert_pem: issued.cert_pem,
+                                    not_after_unix: issued.not_after_unix,
+                                },
+                                Err(e) => {
+                                    tracing::warn!(%peer, %node, error = %e, "refused a certificate renewal");
+                                    CoordMsg::RenewalRefused { reason: e.to_string() }
+                                }
+                            };
+                            if let Err(e) = codec::write_msg(&mut send, &reply, self.max_frame).await {
+                                return format!("control stream write failed: {e}");
+                            }
+                        }
                         Ok(Some(AgentMsg::Hello(_))) => {
                             self.membership.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(%peer, %node, "refused a second Hello on a registered connection");

@@ -7,6 +7,7 @@
 
 mod error;
 mod fleet;
+pub mod https;
 mod jobs;
 mod views;
 

@@ -24,6 +24,7 @@ pub fn node(m: &Membership, e: &NodeEntry, now: Instant) -> Value {
         "agent_version": r.agent_version,
         "created_at": rfc3339(r.created_ms),
         "cert_serial": r.cert_serial,
+        "previous_cert_serial": r.previous_cert_serial,
         "cert_not_after": rfc3339((r.cert_not_after_unix.max(0) as u64) * 1000),
         "cluster": r.cluster,
         "labels": r.labels,

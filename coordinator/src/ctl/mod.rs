@@ -53,6 +53,11 @@ pub struct Global {
     /// A file holding the admin bearer token (e.g. DATA_DIR/admin.token).
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
+    /// For an https:// endpoint: the CA certificate to trust (the coordinator's
+    /// DATA_DIR/ca.pem when it serves with `admin_tls = true`). Without it, the public web
+    /// roots are trusted.
+    #[arg(long, env = "TANDEM_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Table, global = true)]
     pub output: Output,
@@ -494,6 +499,9 @@ pub enum CtlError {
     /// The token file could not be read.
     #[error("cannot read the token file {0}: {1}")]
     TokenFile(String, std::io::Error),
+    /// The CA file could not be read or holds no certificate.
+    #[error("cannot use the CA file {0}: {1}")]
+    CaFile(String, String),
     /// A short id matches more than one object.
     #[error("invalid_argument: `{given}` matches more than one id: {}", matches.join(", "))]
     Ambiguous {
@@ -541,11 +549,30 @@ pub fn run(cli: Cli) -> Result<(), CtlError> {
             .to_string(),
         (None, None) => return Err(CtlError::NoToken),
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+    let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
+        .timeout_global(Some(Duration::from_secs(10)));
+    if let Some(f) = &cli.global.ca_file {
+        let bad = |e: String| CtlError::CaFile(f.display().to_string(), e);
+        let pem = std::fs::read(f).map_err(|e| bad(e.to_string()))?;
+        let certs = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no certificate in it".into()));
+        }
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                .build(),
+        );
+    }
+    let agent: ureq::Agent = config.build().into();
     let c = Client {
         agent,
         base: cli.global.endpoint.clone(),

@@ -318,6 +318,8 @@ mod tests {
             agent_version: "0.1.0".into(),
             cert_serial: 2,
             cert_not_after_unix: 0,
+            previous_cert_serial: None,
+            previous_cert_not_after_unix: 0,
             created_ms: 1,
             joined_with_token: "t".into(),
             hardware: Default::default(),
