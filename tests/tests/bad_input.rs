@@ -859,3 +859,78 @@ fn admin_api_refuses_bad_requests_in_one_envelope() -> Result<()> {
     f.unharmed(since, "raw junk at the admin port")?;
     Ok(())
 }
+
+/// The `tandem_quic_connections` gauge from `/metrics`.
+fn quic_connections(api: &Api) -> Option<u64> {
+    let (_, body) = api.request("GET", "/metrics", None, None).ok()?;
+    body.as_str()?
+        .lines()
+        .find_map(|l| l.strip_prefix("tandem_quic_connections "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// 1,000 handshakes started at once that never finish (the QUIC analogue of a SYN flood): the
+/// client's Initial packets reach the coordinator through a relay that drops everything coming
+/// back, so each handshake stays half-open on the coordinator's side. All 1,000 are held at
+/// the same time, the agents never notice, and the coordinator drops every one of them after
+/// its handshake limit (5 s), refusing each with a log line (within the log budget).
+#[test]
+fn a_thousand_half_open_handshakes_disturb_nobody() -> Result<()> {
+    let f = fleet("flood")?;
+    let rt = runtime();
+    let relay = relay::Relay::start(&f.coord.quic)?;
+    relay.drop_down(true);
+    let relay_addr: SocketAddr = relay.addr().parse()?;
+    let since = f.mark()?;
+    let before = quic_connections(f.api()).context("the connection gauge")?;
+    let pin = pin_of(&f.api().token(1)?)?;
+    let cfg = tls::join_client_config(pin)?;
+    let _guard = rt.enter();
+    let ep = client()?;
+    // Paced at about 1,000 a second so that the burst of 1,200-byte Initial packets does not
+    // overflow the relay's socket buffer: every handshake must start inside the coordinator's
+    // 5 s handshake limit for all of them to be held at once.
+    let pending = rt.block_on(async {
+        let mut pending = Vec::new();
+        for i in 0..1000 {
+            pending.push(ep.connect_with(cfg.clone(), relay_addr, tls::SERVER_NAME)?);
+            if i % 10 == 9 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        anyhow::Ok(pending)
+    })?;
+    // All of them are held at once on the coordinator's side...
+    let peak = wait_for(LONG, "1,000 half-open handshakes held", || {
+        let n = quic_connections(f.api())?;
+        (n >= before + 1000).then_some(n)
+    })?;
+    f.unharmed(since, "1,000 half-open handshakes (while held)")?;
+    // ... and every one is dropped after the handshake limit.
+    let started = Instant::now();
+    wait_for(LONG, "the half-open handshakes to be dropped", || {
+        (quic_connections(f.api())? <= before).then_some(())
+    })?;
+    println!(
+        "1,000 half-open handshakes: peak gauge {peak}, all dropped {:?} after the peak",
+        started.elapsed()
+    );
+    f.unharmed(since, "1,000 half-open handshakes (after)")?;
+    ensure!(
+        f.coord
+            .proc
+            .log_text()
+            .contains("refused a connection: the handshake took longer than 5 s"),
+        "no refusal logged"
+    );
+    // The endpoint still does real handshakes.
+    rt.block_on(async {
+        let conn = connect(&ep, cfg.clone(), f.quic()).await?;
+        conn.close(0u32.into(), b"done");
+        anyhow::Ok(())
+    })?;
+    drop(pending);
+    Ok(())
+}
