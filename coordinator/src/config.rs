@@ -70,6 +70,8 @@ pub struct RawConfig {
     pub admin_tls_names: Vec<String>,
     /// Largest control-stream frame accepted.
     pub max_frame_bytes: usize,
+    /// Kernel receive and send buffer of the QUIC socket that every agent shares.
+    pub udp_buffer_bytes: usize,
     /// Clusters this coordinator holds at most.
     pub max_clusters: usize,
     /// Nodes one cluster holds at most.
@@ -92,6 +94,7 @@ impl Default for RawConfig {
             admin_tls: false,
             admin_tls_names: Vec::new(),
             max_frame_bytes: tandem_common::codec::DEFAULT_MAX_FRAME,
+            udp_buffer_bytes: 16 << 20,
             max_clusters: 50,
             max_nodes_per_cluster: 100,
         }
@@ -131,6 +134,8 @@ pub struct Config {
     pub admin_tls_dns: Vec<String>,
     /// Largest frame.
     pub max_frame_bytes: usize,
+    /// QUIC socket buffers.
+    pub udp_buffer_bytes: usize,
     /// Cluster quotas.
     pub quotas: crate::administration::Quotas,
 }
@@ -217,6 +222,12 @@ impl RawConfig {
                 ));
             }
         }
+        if !(64 * 1024..=1 << 30).contains(&self.udp_buffer_bytes) {
+            return Err(invalid(
+                "udp_buffer_bytes",
+                "must be between 64 KiB and 1 GiB",
+            ));
+        }
         if let Some(s) = self.cert_validity_s {
             if !(10..=3650 * 86_400).contains(&s) {
                 return Err(invalid(
@@ -275,6 +286,7 @@ impl RawConfig {
             admin_tls_ips,
             admin_tls_dns,
             max_frame_bytes: self.max_frame_bytes,
+            udp_buffer_bytes: self.udp_buffer_bytes,
             quotas: crate::administration::Quotas {
                 max_clusters: self.max_clusters,
                 max_nodes_per_cluster: self.max_nodes_per_cluster,

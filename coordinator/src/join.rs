@@ -57,8 +57,13 @@ pub fn check_node_name(name: &str) -> Result<(), String> {
 }
 
 impl Joiner {
-    /// Admits a new node, or says why not.
-    pub fn join(&self, hello: &Hello, peer: SocketAddr) -> Result<Joined, MembershipError> {
+    /// Admits a new node, or says why not. The admission is applied to the store; the caller
+    /// waits for the returned ticket to be durable before sending the certificate.
+    pub fn join(
+        &self,
+        hello: &Hello,
+        peer: SocketAddr,
+    ) -> Result<(Joined, crate::store::Ticket), MembershipError> {
         let req = hello.join.as_ref().ok_or_else(|| {
             refused(
                 RejectCode::ProtocolViolation,
@@ -94,7 +99,7 @@ impl Joiner {
         hello: &Hello,
         req: &tandem_common::proto::JoinRequest,
         peer: SocketAddr,
-    ) -> Result<Joined, MembershipError> {
+    ) -> Result<(Joined, crate::store::Ticket), MembershipError> {
         let store = self.membership.store();
         let bad = || {
             refused(
@@ -129,7 +134,8 @@ impl Joiner {
             None => None,
         };
         let node_id = NodeId::random();
-        let serial = store.next_serial()?;
+        // Durable with the node record's batch below, which comes later.
+        let (serial, _) = store.reserve_serial()?;
         let issued = self
             .ca
             .sign_node_csr(&req.csr_pem, &node_id, serial, self.cert_validity)
@@ -160,14 +166,17 @@ impl Joiner {
             protected: false,
             draining: false,
         };
-        self.membership.record_join(record, rec, cluster)?;
+        let ticket = self.membership.record_join(record, rec, cluster)?;
         tracing::info!(%peer, node = %node_id, name = %hello.name, "node joined");
-        Ok(Joined {
-            node_id,
-            name: hello.name.clone(),
-            cert_pem: issued.cert_pem,
-            ca_pem: self.ca.cert_pem().to_string(),
-        })
+        Ok((
+            Joined {
+                node_id,
+                name: hello.name.clone(),
+                cert_pem: issued.cert_pem,
+                ca_pem: self.ca.cert_pem().to_string(),
+            },
+            ticket,
+        ))
     }
 }
 

@@ -135,11 +135,21 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     )
     .map_err(|e| CoordinatorError::Pki(e.to_string()))?;
     server_cfg.transport_config(Arc::new(server::transport_config()));
-    let endpoint = quinn::Endpoint::server(server_cfg, cfg.quic_addr).map_err(|source| {
+    let socket = server::udp_socket(cfg.quic_addr, cfg.udp_buffer_bytes).map_err(|source| {
         CoordinatorError::Io {
             what: format!("binding QUIC {}", cfg.quic_addr),
             source,
         }
+    })?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_cfg),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| CoordinatorError::Io {
+        what: format!("starting QUIC on {}", cfg.quic_addr),
+        source,
     })?;
     let quic_addr = endpoint
         .local_addr()

@@ -111,6 +111,8 @@ pub struct Registered {
     pub session: u64,
     /// The node's name.
     pub name: String,
+    /// Durable once this ticket is: wait for it before answering.
+    pub ticket: crate::store::Ticket,
 }
 
 impl Membership {
@@ -238,13 +240,14 @@ impl Membership {
 
     /// Records a new node that joined with `token` (whose use count is raised in the same batch).
     /// When the node is the first of an `ha_pairs` cluster, `cluster` carries the cluster with
-    /// its hardware model now fixed, written in the same batch.
+    /// its hardware model now fixed, written in the same batch. Applied, not yet durable: the
+    /// caller waits for the returned ticket before handing out the certificate.
     pub fn record_join(
         &self,
         rec: NodeRecord,
         mut token: TokenRecord,
         cluster: Option<ClusterRecord>,
-    ) -> Result<(), MembershipError> {
+    ) -> Result<crate::store::Ticket, MembershipError> {
         let mut t = self.lock();
         if let Some(other) = t.nodes.values().find(|e| e.record.name == rec.name) {
             return Err(refused(
@@ -279,7 +282,7 @@ impl Membership {
                 ),
             }));
         }
-        self.store.commit(changes)?;
+        let (_, ticket) = self.store.apply(changes)?;
         if let Some(c) = model_fixed {
             t.clusters.insert(c.id.clone(), c);
         }
@@ -292,11 +295,12 @@ impl Membership {
                 live: None,
             },
         );
-        Ok(())
+        Ok(ticket)
     }
 
     /// A node presented its certificate and said hello: it is ready on a new session. An older
-    /// connection of the same node is closed. Durable before it returns.
+    /// connection of the same node is closed. Applied when it returns; durable once the
+    /// returned ticket is (the caller waits for it before sending `Welcome`).
     #[allow(clippy::too_many_arguments)]
     pub fn register(
         &self,
@@ -361,7 +365,7 @@ impl Membership {
         if let Some((_, p)) = &plan {
             changes.extend(p.changes.iter().cloned());
         }
-        self.store.commit(changes)?;
+        let (_, ticket) = self.store.apply(changes)?;
         if let Some(serial) = dropped {
             self.set_member_serial(serial, false);
         }
@@ -389,7 +393,11 @@ impl Membership {
             conn,
             control,
         });
-        Ok(Registered { session, name })
+        Ok(Registered {
+            session,
+            name,
+            ticket,
+        })
     }
 
     /// A node's connection ended. Its state stays until the detector decides: a crash must go

@@ -20,6 +20,59 @@ use tokio::sync::mpsc;
 /// How long a peer has to finish its handshake and send `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The one UDP socket every agent's connection shares, with kernel buffers sized for a fleet:
+/// at 25,000 agents a second of heartbeats is 25,000 datagrams, and the default buffer (about
+/// 200 KiB) overflows in a burst, which the agents would see as lost beats. Past the kernel's
+/// `net.core.rmem_max` the size needs `SO_RCVBUFFORCE` (root or CAP_NET_ADMIN); without it the
+/// effective size is logged so an operator can raise the sysctl.
+pub fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    for (what, force) in [
+        ("receive", libc::SO_RCVBUFFORCE),
+        ("send", libc::SO_SNDBUFFORCE),
+    ] {
+        let plain = if what == "receive" {
+            socket.set_recv_buffer_size(buffer)
+        } else {
+            socket.set_send_buffer_size(buffer)
+        };
+        let got = || {
+            if what == "receive" {
+                socket.recv_buffer_size()
+            } else {
+                socket.send_buffer_size()
+            }
+        };
+        // The kernel reports twice the requested size (its bookkeeping share).
+        if plain.is_err() || got().unwrap_or(0) < buffer {
+            let v = libc::c_int::try_from(buffer).unwrap_or(libc::c_int::MAX);
+            // SAFETY: a plain setsockopt on a socket we own, with a c_int value of its size.
+            let _ = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&socket),
+                    libc::SOL_SOCKET,
+                    force,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+        }
+        let effective = got().unwrap_or(0);
+        if effective < buffer {
+            tracing::warn!(requested = buffer, effective, "the UDP {what} buffer is smaller than configured; raise net.core.{}mem_max or run with CAP_NET_ADMIN", if what == "receive" { "r" } else { "w" });
+        } else {
+            tracing::debug!(effective, "UDP {what} buffer");
+        }
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 /// What the connection tasks share.
 pub struct Server {
     /// The membership table.
@@ -154,7 +207,11 @@ impl Server {
         let Some(cert_node) = cert_node else {
             // No client certificate: the only thing such a peer may do is join.
             let reply = match self.joiner.join(&hello, peer) {
-                Ok(joined) => CoordMsg::Joined(joined),
+                Ok((joined, ticket)) => {
+                    // The certificate goes out only once the node record is on disk.
+                    self.membership.store().durable(ticket).await;
+                    CoordMsg::Joined(joined)
+                }
                 Err(e) => return self.refuse_err(&conn, &mut send, peer, e).await,
             };
             let _ = codec::write_msg(&mut send, &reply, self.max_frame).await;
@@ -196,6 +253,8 @@ impl Server {
             Ok(r) => r,
             Err(e) => return self.refuse_err(&conn, &mut send, peer, e).await,
         };
+        // Welcome (and with it the first lease) only once the registration is on disk.
+        self.membership.store().durable(reg.ticket).await;
         tracing::info!(%peer, node = %cert_node, name = %reg.name, session = reg.session, "node registered");
         let lease = self.joiner.lease;
         let welcome = CoordMsg::Welcome(Welcome {

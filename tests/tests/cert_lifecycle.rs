@@ -76,8 +76,18 @@ fn certificates_renew_over_the_live_connection_without_a_gap() -> Result<()> {
                 .is_some_and(|m| m.contains(&format!("serial {s1} -> {s2}")))),
         "no renewal event"
     );
-    let log = agent.log_text();
-    ensure!(log.contains("certificate renewed"), "agent log:\n{log}");
+    // The agent saves the new pair once the answer arrives (just after the coordinator's record).
+    wait_for(
+        Duration::from_secs(10),
+        "the agent to save the renewed certificate",
+        || {
+            agent
+                .log_text()
+                .contains("certificate renewed")
+                .then_some(())
+        },
+    )
+    .with_context(|| agent.log_text())?;
     println!("renewed after {renewed_after:?}; worst heartbeat age seen {worst_age} ms");
 
     // Past the first certificate's expiry, a restarted agent can only get in with the new one.

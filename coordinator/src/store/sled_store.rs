@@ -2,14 +2,16 @@
 //!
 //! Trees: `nodes`, `tokens`, `clusters`, `pairs`, `operations`, `jobs`, `events` (key: big-endian
 //! sequence number) and `meta` (schema version, certificate serial counter). A batch is one sled transaction over the trees it
-//! touches, followed by `flush`, so a batch is all-or-nothing and durable on return.
+//! touches, so a batch is all-or-nothing; it is durable once the flusher thread's next flush
+//! covers its ticket (see `group_commit`).
 
+use super::group_commit::{Flusher, GroupCommit, Ticket};
 use super::{Change, StateStore, StoreError, SCHEMA_VERSION};
 use crate::model::{ClusterRecord, Event, NodeRecord, OperationRecord, PairRecord, TokenRecord};
 use serde::de::DeserializeOwned;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tandem_common::ids::NodeId;
 
 /// Events kept; older ones are pruned.
@@ -17,7 +19,6 @@ const EVENTS_KEPT: u64 = 10_000;
 
 /// The sled-backed [`StateStore`].
 pub struct SledStore {
-    db: sled::Db,
     nodes: sled::Tree,
     tokens: sled::Tree,
     events: sled::Tree,
@@ -28,6 +29,10 @@ pub struct SledStore {
     meta: sled::Tree,
     /// Serialises commits so event sequence numbers are handed out in commit order.
     commit_lock: Mutex<u64>,
+    /// Tickets and the one flush that many batches share.
+    group: Arc<GroupCommit>,
+    /// The flusher thread; dropping the store flushes what is left and stops it.
+    _flusher: Flusher,
 }
 
 fn engine(e: impl std::fmt::Display) -> StoreError {
@@ -84,7 +89,13 @@ impl SledStore {
             Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])),
             None => 0,
         };
+        let flush_db = db.clone();
+        let (group, flusher) =
+            GroupCommit::start(move || flush_db.flush().map(|_| ()).map_err(|e| e.to_string()))
+                .map_err(engine)?;
         Ok(Self {
+            group,
+            _flusher: flusher,
             nodes: db.open_tree("nodes").map_err(engine)?,
             tokens: db.open_tree("tokens").map_err(engine)?,
             clusters: db.open_tree("clusters").map_err(engine)?,
@@ -93,14 +104,24 @@ impl SledStore {
             jobs: db.open_tree("jobs").map_err(engine)?,
             events,
             meta,
-            db,
             commit_lock: Mutex::new(last_seq),
         })
     }
 }
 
 impl StateStore for SledStore {
-    fn commit(&self, changes: Vec<Change>) -> Result<Vec<Event>, StoreError> {
+    fn wait_durable(&self, ticket: Ticket) {
+        self.group.wait(ticket)
+    }
+
+    fn durable(
+        &self,
+        ticket: Ticket,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.group.durable(ticket))
+    }
+
+    fn apply(&self, changes: Vec<Change>) -> Result<(Vec<Event>, Ticket), StoreError> {
         let mut seq = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
         let now = tandem_common::time::unix_ms();
         let mut next = *seq;
@@ -193,7 +214,7 @@ impl StateStore for SledStore {
             },
         );
         res.map_err(|e| engine(format!("{e:?}")))?;
-        self.db.flush().map_err(engine)?;
+        let ticket = self.group.applied();
         *seq = next;
         // Prune old events outside the transaction; losing a prune to a crash is harmless.
         if next > EVENTS_KEPT && !recorded.is_empty() {
@@ -208,7 +229,7 @@ impl StateStore for SledStore {
                 let _ = self.events.remove(k);
             }
         }
-        Ok(recorded)
+        Ok((recorded, ticket))
     }
 
     fn node(&self, id: &NodeId) -> Result<Option<NodeRecord>, StoreError> {
@@ -285,7 +306,9 @@ impl StateStore for SledStore {
             .transpose()
     }
 
-    fn next_serial(&self) -> Result<u64, StoreError> {
+    fn reserve_serial(&self) -> Result<(u64, Ticket), StoreError> {
+        // Under the commit lock, so the ticket comes after the write it covers.
+        let _order = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
         let new = self
             .meta
             .update_and_fetch("cert_serial", |old| {
@@ -297,8 +320,11 @@ impl StateStore for SledStore {
             })
             .map_err(engine)?
             .ok_or_else(|| engine("serial counter vanished"))?;
-        self.db.flush().map_err(engine)?;
-        Ok(u64::from_be_bytes(new.as_ref().try_into().map_err(engine)?))
+        let ticket = self.group.applied();
+        Ok((
+            u64::from_be_bytes(new.as_ref().try_into().map_err(engine)?),
+            ticket,
+        ))
     }
 }
 
