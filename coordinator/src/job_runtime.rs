@@ -100,6 +100,18 @@ impl Membership {
     pub fn job_event(&self, event: Event) -> Result<(), StoreError> {
         let out = {
             let mut t = self.lock();
+            // The planner's view holds every node: building it costs O(fleet). A node coming
+            // up (or back) that holds nothing, in a fleet without jobs, cannot lead to any
+            // decision, and in a join storm of thousands of nodes that cost would be paid
+            // once per node.
+            let idle = match &event {
+                Event::NodeUp { running, .. } => running.is_empty(),
+                Event::Recovered { .. } => true,
+                _ => false,
+            };
+            if idle && t.jobs.is_empty() {
+                return Ok(());
+            }
             self.run_planner(&mut t, |p, v, now| p.handle(v, &event, now))?
         };
         self.dispatch(out);

@@ -663,12 +663,61 @@ impl Membership {
     /// Runs the detector at `now` and applies what it decides.
     pub fn tick(&self, now: Instant) {
         let transitions = lock(&self.detector).handle_tick(now);
-        for tr in transitions {
-            self.apply(tr);
+        // A wave (a stalled network, a rack losing power) brings thousands of transitions in
+        // one tick. Suspicions are only shown, so they are recorded without waiting for the
+        // disk: they share the next flush. Each `down` is recorded, made durable and acted on
+        // before the next one is even recorded: the job planner's disruption guard counts the
+        // downs it has been told of against the nodes it sees, and must see them one by one.
+        let (downs, others): (Vec<_>, Vec<_>) = transitions
+            .into_iter()
+            .partition(|t| matches!(t, Transition::Down { .. }));
+        for tr in others {
+            if let Some((_, f)) = self.record_transition(tr) {
+                self.follow_up(f);
+            }
+        }
+        for tr in downs {
+            if let Some((ticket, f)) = self.record_transition(tr) {
+                self.store.wait_durable(ticket);
+                self.follow_up(f);
+            }
         }
     }
 
+    /// A transition outside the tick (a suspect beat again): recorded, then acted on. What it
+    /// leads to (job decisions) is committed durably on its own, after this record.
     fn apply(&self, tr: Transition) {
+        if let Some((_, f)) = self.record_transition(tr) {
+            self.follow_up(f);
+        }
+    }
+
+    /// Acts on a recorded transition.
+    fn follow_up(&self, f: FollowUp) {
+        match f {
+            FollowUp::Down { node, live } => {
+                if let Some(live) = live {
+                    live.conn
+                        .close(close_code::DECLARED_DOWN, b"declared down: register again");
+                }
+                // The node's lease and fence grace are over: its jobs may start elsewhere.
+                if let Err(err) = self.jobs_on_node_down(&node) {
+                    tracing::error!(node = %node, %err, "could not place the node's jobs again");
+                }
+            }
+            FollowUp::Recovered { node } => {
+                // A failover that waited to see whether this suspect goes down too goes on.
+                let event = crate::jobs::planner::Event::Recovered { node: node.clone() };
+                if let Err(err) = self.job_event(event) {
+                    tracing::error!(node = %node, %err, "could not reconcile jobs after a recovery");
+                }
+            }
+            FollowUp::Nothing => {}
+        }
+    }
+
+    /// Applies a transition to the table and the store (not yet durable: see the callers).
+    fn record_transition(&self, tr: Transition) -> Option<(crate::store::Ticket, FollowUp)> {
         let (node, state, reason) = match &tr {
             Transition::Suspect { node, silent_for } => (
                 node,
@@ -692,11 +741,9 @@ impl Membership {
             }
         };
         let mut t = lock(&self.table);
-        let Some(current) = t.nodes.get(node).map(|e| e.record.clone()) else {
-            return;
-        };
+        let current = t.nodes.get(node).map(|e| e.record.clone())?;
         if current.state == state || current.state == NodeState::Left {
-            return;
+            return None;
         }
         let mut rec = current;
         rec.state = state;
@@ -732,42 +779,54 @@ impl Membership {
         if let Some((_, p)) = &plan {
             changes.extend(p.changes.iter().cloned());
         }
-        let res = self.store.commit(changes);
-        match res {
-            Ok(_) => {
-                tracing::info!(node = %node, name = %rec.name, state = state.as_str(), %reason, "node state changed");
-                if let Some((cid, p)) = plan {
-                    pairs::install(&mut t, &cid, p);
-                }
-                if let Some(e) = t.nodes.get_mut(node) {
-                    e.record = rec;
-                    if state == NodeState::Down {
-                        if let Some(live) = e.live.take() {
-                            live.conn
-                                .close(close_code::DECLARED_DOWN, b"declared down: register again");
-                        }
-                    }
-                }
-                if state == NodeState::Down {
-                    drop(t);
-                    // The node's lease and fence grace are over: its jobs may start elsewhere.
-                    if let Err(err) = self.jobs_on_node_down(node) {
-                        tracing::error!(node = %node, %err, "could not place the node's jobs again");
-                    }
-                } else if matches!(tr, Transition::Recovered { .. }) {
-                    drop(t);
-                    // A failover that waited to see whether this suspect goes down too goes on.
-                    let event = crate::jobs::planner::Event::Recovered { node: node.clone() };
-                    if let Err(err) = self.job_event(event) {
-                        tracing::error!(node = %node, %err, "could not reconcile jobs after a recovery");
-                    }
-                }
+        let ticket = match self.store.apply(changes) {
+            Ok((_, ticket)) => ticket,
+            // Nothing is acted on without a record. The detector has moved on and refuses
+            // this node's beats, so the node will register again, which is recorded.
+            Err(err) => {
+                tracing::error!(node = %node, %err, "could not record a state change");
+                return None;
             }
-            // Nothing is acted on without a durable record. The detector has moved on and
-            // refuses this node's beats, so the node will register again, which is recorded.
-            Err(err) => tracing::error!(node = %node, %err, "could not record a state change"),
+        };
+        tracing::info!(node = %node, name = %rec.name, state = state.as_str(), %reason, "node state changed");
+        if let Some((cid, p)) = plan {
+            pairs::install(&mut t, &cid, p);
         }
+        let mut live = None;
+        if let Some(e) = t.nodes.get_mut(node) {
+            e.record = rec;
+            if state == NodeState::Down {
+                live = e.live.take();
+            }
+        }
+        let follow = match tr {
+            Transition::Down { .. } => FollowUp::Down {
+                node: node.clone(),
+                live,
+            },
+            Transition::Recovered { .. } => FollowUp::Recovered { node: node.clone() },
+            Transition::Suspect { .. } => FollowUp::Nothing,
+        };
+        Some((ticket, follow))
     }
+}
+
+/// What is left to do once a transition is recorded.
+enum FollowUp {
+    /// Close the node's connection and move its jobs.
+    Down {
+        /// The node.
+        node: NodeId,
+        /// Its connection, taken from the table.
+        live: Option<Live>,
+    },
+    /// Let held failovers go on.
+    Recovered {
+        /// The node.
+        node: NodeId,
+    },
+    /// Shown only.
+    Nothing,
 }
 
 /// Messages for GPUs whose health changed between two lists (GPUs are matched by UUID: indexes
