@@ -633,15 +633,9 @@ impl Link {
     fn start_job(&self, cmd: StartJob) {
         let Some(j) = &self.jobs else { return };
         let (sup, out) = (j.supervisor.clone(), j.outbox_tx.clone());
-        let mut lease = self.lease_tx.subscribe();
         tokio::spawn(async move {
-            // A start can arrive right after registration, before the first ack: give the
-            // lease a moment (the supervisor refuses to start without one).
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                lease.wait_for(|v| v.held_until.is_some()),
-            )
-            .await;
+            // A start can arrive right after registration, before the first ack: the
+            // supervisor waits a moment for the lease (and refuses to start without one).
             let (job_id, fencing_token) = (cmd.job_id.clone(), cmd.fencing_token);
             let start = JobStart {
                 job_id: cmd.job_id,

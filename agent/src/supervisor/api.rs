@@ -18,6 +18,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one line to a shim may take to write (a pipe holds 64 KiB; this is never reached
 /// unless the shim is frozen, and then its deadline ends it anyway).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a start waits for a lease that is about to arrive.
+const LEASE_WAIT: Duration = Duration::from_secs(2);
 /// The default cap of each log file.
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 8 * 1024 * 1024;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -123,8 +125,15 @@ impl Supervisor {
         let jobs_dir = state_dir.join("jobs");
         std::fs::create_dir_all(&jobs_dir)
             .map_err(io_err(format!("creating {}", jobs_dir.display())))?;
-        let shim_program =
-            std::env::current_exe().map_err(io_err("finding the agent's executable".into()))?;
+        // `/proc/self/exe` names the running binary even after an upgrade replaced the file on
+        // disk (`install` unlinks it): shims then run the same build as the agent that starts
+        // them, instead of failing to exec `.../tandem-agent (deleted)`.
+        let proc_exe = Path::new("/proc/self/exe");
+        let shim_program = if proc_exe.exists() {
+            proc_exe.to_path_buf()
+        } else {
+            std::env::current_exe().map_err(io_err("finding the agent's executable".into()))?
+        };
         let (exits_tx, exits_rx) = mpsc::channel(1024);
         Ok(Self {
             jobs_dir,
@@ -231,10 +240,20 @@ impl Supervisor {
             });
         }
         // Subscribe before reading the deadline: a refresh after this read reaches the shim.
+        // A start can arrive just before the lease that came with the same registration has
+        // reached this side (the first ack, then the lease task): wait for it, briefly.
         let mut deadline_rx = self.deadline.subscribe();
-        let deadline = match *deadline_rx.borrow_and_update() {
-            Some(ns) if monotonic_ns().is_some_and(|now| now < ns) => ns,
-            _ => return Err(SupervisorError::NoLease),
+        let give_up = tokio::time::Instant::now() + LEASE_WAIT;
+        let deadline = loop {
+            if let Some(ns) = *deadline_rx.borrow_and_update() {
+                if monotonic_ns().is_some_and(|now| now < ns) {
+                    break ns;
+                }
+            }
+            match tokio::time::timeout_at(give_up, deadline_rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Err(SupervisorError::NoLease),
+            }
         };
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -275,6 +294,8 @@ impl Supervisor {
             .open(&shim_log)
             .map_err(io_err(format!("opening {}", shim_log.display())))?;
         let mut cmd = tokio::process::Command::new(&self.shim_program);
+        // `ps` shows `tandem-agent shim ...`, not `/proc/self/exe shim ...`.
+        cmd.arg0("tandem-agent");
         cmd.arg("shim")
             .arg("--job-dir")
             .arg(&job_dir)
