@@ -77,11 +77,42 @@ pub struct OsInfo {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadAvg {
     /// One minute.
+    #[serde(deserialize_with = "nan_as_null::f64")]
     pub one: f64,
     /// Five minutes.
+    #[serde(deserialize_with = "nan_as_null::f64")]
     pub five: f64,
     /// Fifteen minutes.
+    #[serde(deserialize_with = "nan_as_null::f64")]
     pub fifteen: f64,
+}
+
+/// Reads the `null` that JSON writes for a non-finite float back as NaN.
+///
+/// JSON has no NaN or infinity, so serde_json writes them as `null`, and a plain `f64` then
+/// refuses to read that `null` back. The coordinator stores reports as JSON, and a report can
+/// carry NaN (a probe's first sample, or anything an agent sends), so without this one such
+/// reading made the node record unreadable and the whole store fail to load at the next start
+/// (found by `fuzz/`'s `agent_msg` target). Only human-readable formats are affected: the bincode
+/// wire format is unchanged. An infinity comes back as NaN.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        if d.is_human_readable() {
+            Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+        } else {
+            f64::deserialize(d)
+        }
+    }
+
+    pub fn f32<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        if d.is_human_readable() {
+            Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+        } else {
+            f32::deserialize(d)
+        }
+    }
 }
 
 /// Processor.
@@ -98,6 +129,7 @@ pub struct CpuInfo {
     /// Current frequency of the first CPU, MHz.
     pub frequency_mhz: u64,
     /// Usage over all CPUs since the previous sample, percent (0–100).
+    #[serde(deserialize_with = "nan_as_null::f32")]
     pub usage_percent: f32,
 }
 

@@ -23,7 +23,11 @@ pub fn memory_class_gib(total_bytes: u64) -> u64 {
     // Magnitude of the size, in bytes: the largest power of two not above it.
     let magnitude = 1u64 << (63 - total_bytes.leading_zeros());
     let step = (magnitude / 16).max(GIB);
-    total_bytes.div_ceil(step) * step / GIB
+    // In GiB, so that it cannot overflow: `div_ceil(step) * step` overflowed u64 for sizes
+    // within 2^59 bytes of u64::MAX, which an agent may report (a panic in debug builds, class
+    // 0 in release; found by `fuzz/`'s `agent_msg` target). `step` is a power of two of at
+    // least 1 GiB, so `step / GIB` is exact and the result is unchanged for every other size.
+    total_bytes.div_ceil(step) * (step / GIB)
 }
 
 /// Collapses runs of whitespace and trims: brand strings are often padded.
