@@ -197,7 +197,7 @@ impl Server {
                 return;
             }
         };
-        let hello = match self.read_hello(&mut recv).await {
+        let mut hello = match self.read_hello(&mut recv).await {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err((code, reason)) => return self.refuse(&conn, &mut send, peer, code, reason).await,
@@ -240,12 +240,21 @@ impl Server {
         }
         let serial = tandem_common::tls::peer_cert_serial(&conn).unwrap_or(0);
         let (ctl_tx, ctl_rx) = mpsc::channel::<CoordMsg>(16);
+        // Only what the session needs outlives this point: the Hello (with a hardware report of
+        // several KiB) is not kept for the life of the connection.
+        let datagrams = hello.datagrams && conn.max_datagram_size().is_some();
+        let held_jobs = std::mem::take(&mut hello.jobs);
+        let Hello {
+            agent_version,
+            hardware,
+            ..
+        } = *hello;
         let reg = match self.membership.register(
             &cert_node,
             serial,
             peer,
-            hello.agent_version.clone(),
-            hello.hardware.clone(),
+            agent_version,
+            hardware,
             conn.clone(),
             ctl_tx,
             Instant::now(),
@@ -273,11 +282,10 @@ impl Server {
             return;
         }
         // What the node holds decides which of its jobs stay, go, or are placed again.
-        let running = hello
-            .jobs
-            .iter()
+        let running = held_jobs
+            .into_iter()
             .map(|j| crate::jobs::planner::Reported {
-                job: j.job_id.clone(),
+                job: j.job_id,
                 fencing_token: j.fencing_token,
             })
             .collect();
@@ -290,7 +298,6 @@ impl Server {
         {
             tracing::error!(node = %cert_node, error = %e, "could not reconcile the node's jobs");
         }
-        let datagrams = hello.datagrams && conn.max_datagram_size().is_some();
         let why = self
             .session(
                 &conn,

@@ -14,6 +14,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tandem_common::ids::NodeId;
 
+/// sled's page cache.
+const STORE_CACHE_BYTES: u64 = 16 << 20;
+
 /// Events kept; older ones are pruned.
 const EVENTS_KEPT: u64 = 10_000;
 
@@ -61,6 +64,10 @@ impl SledStore {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            // The fleet is read from the store once, at start; afterwards the table in memory
+            // answers every read. sled's default 1 GiB page cache would only hold a second
+            // copy of what is written (it grew with every record written).
+            .cache_capacity(STORE_CACHE_BYTES)
             .open()
             .map_err(engine)?;
         let meta = db.open_tree("meta").map_err(engine)?;
