@@ -321,7 +321,7 @@ impl Link {
 
     async fn connect(&self, client: quinn::ClientConfig) -> Result<quinn::Connection, String> {
         let mut client = client;
-        client.transport_config(Arc::new(transport_config()));
+        client.transport_config(Arc::new(tandem_common::transport::transport_config()));
         let connecting = self
             .endpoint
             .connect_with(client, self.cfg.coordinator_addr, tls::SERVER_NAME)
@@ -801,19 +801,4 @@ fn load_summary(r: &HardwareReport) -> LoadSummary {
         memory_available_mib: (r.memory.available_bytes >> 20).min(u32::MAX as u64) as u32,
         jobs_running: 0,
     }
-}
-
-/// Transport parameters for the agent's connections (see the coordinator's `transport_config`).
-pub fn transport_config() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(
-        Duration::from_secs(15)
-            .try_into()
-            .expect("15 s fits a VarInt"),
-    ));
-    t.keep_alive_interval(Some(Duration::from_secs(3)));
-    t.stream_receive_window((1u32 << 20).into());
-    t.receive_window((2u32 << 20).into());
-    t.datagram_receive_buffer_size(Some(64 * 1024));
-    t
 }

@@ -8,6 +8,7 @@
 //! - `pki`: the coordinator's CA, node keys and CSRs, node and server certificates, CA pins.
 //! - `token`: join tokens (`tdm1.<id>.<secret>.<pin>`) and hashing of their secrets.
 //! - `tls`: the rustls/quinn client and server configurations (mutual TLS, ALPN `tandem/1`).
+//! - `transport`: the QUIC transport parameters both ends use.
 //! - `time`: wall-clock helpers for records and events.
 //! - `notify`: systemd readiness, status and watchdog notifications.
 pub mod codec;
@@ -19,3 +20,4 @@ pub mod proto;
 pub mod time;
 pub mod tls;
 pub mod token;
+pub mod transport;

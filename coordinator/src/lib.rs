@@ -134,7 +134,7 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         membership.serial_check(),
     )
     .map_err(|e| CoordinatorError::Pki(e.to_string()))?;
-    server_cfg.transport_config(Arc::new(server::transport_config()));
+    server_cfg.transport_config(Arc::new(tandem_common::transport::transport_config()));
     let socket = server::udp_socket(cfg.quic_addr, cfg.udp_buffer_bytes).map_err(|source| {
         CoordinatorError::Io {
             what: format!("binding QUIC {}", cfg.quic_addr),

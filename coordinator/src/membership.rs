@@ -192,6 +192,25 @@ impl Membership {
         v
     }
 
+    /// One page of nodes in name order: those named after `after`, at most `limit`, and
+    /// whether more follow. Only the page is copied out of the table: a large fleet's pages
+    /// cost O(fleet) comparisons, not O(fleet) copies of every node's hardware report.
+    pub fn page(&self, after: Option<&str>, limit: usize) -> (Vec<NodeEntry>, bool) {
+        let t = lock(&self.table);
+        let mut rest: Vec<&NodeEntry> = t
+            .nodes
+            .values()
+            .filter(|e| after.is_none_or(|a| e.record.name.as_str() > a))
+            .collect();
+        let more = rest.len() > limit;
+        if more {
+            rest.select_nth_unstable_by(limit, |a, b| a.record.name.cmp(&b.record.name));
+            rest.truncate(limit);
+        }
+        rest.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        (rest.into_iter().cloned().collect(), more)
+    }
+
     /// One node by id or name.
     pub fn find(&self, id_or_name: &str) -> Option<NodeEntry> {
         let t = lock(&self.table);
@@ -466,19 +485,26 @@ impl Membership {
     }
 
     /// The agent left on purpose.
-    pub fn left(&self, node: &NodeId, session: u64, reason: &str) -> Result<(), MembershipError> {
+    /// Applied when it returns: the caller waits for the ticket before closing the
+    /// connection, so that thousands of agents leaving at once share flushes.
+    pub fn left(
+        &self,
+        node: &NodeId,
+        session: u64,
+        reason: &str,
+    ) -> Result<Option<crate::store::Ticket>, MembershipError> {
         let mut t = lock(&self.table);
         let Some(e) = t.nodes.get_mut(node) else {
-            return Ok(());
+            return Ok(None);
         };
         if e.live.as_ref().is_none_or(|l| l.session != session) {
-            return Ok(());
+            return Ok(None);
         }
         let mut rec = e.record.clone();
         rec.state = NodeState::Left;
         rec.state_reason = format!("the agent left: {reason}");
         rec.state_since_ms = tandem_common::time::unix_ms();
-        self.store.commit(vec![
+        let (_, ticket) = self.store.apply(vec![
             Change::PutNode(Box::new(rec.clone())),
             Change::Event(NewEvent {
                 kind: "node_state",
@@ -488,7 +514,7 @@ impl Membership {
         ])?;
         lock(&self.detector).forget(node);
         e.record = rec;
-        Ok(())
+        Ok(Some(ticket))
     }
 
     /// Plans the pair changes an event on node `rec` causes in its `ha_pairs` cluster: `decide`

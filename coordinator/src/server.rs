@@ -89,25 +89,6 @@ pub struct Server {
     pub log_budget: std::sync::Mutex<crate::limits::LogBudget>,
 }
 
-/// The transport parameters both sides use: small windows (messages are small), datagrams on,
-/// and an idle timeout well beyond any lease so that liveness is decided by leases, not QUIC.
-pub fn transport_config() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(
-        Duration::from_secs(15)
-            .try_into()
-            .expect("15 s fits a VarInt"),
-    ));
-    t.keep_alive_interval(Some(Duration::from_secs(3)));
-    t.max_concurrent_bidi_streams(4u32.into());
-    t.max_concurrent_uni_streams(4u32.into());
-    t.stream_receive_window((1u32 << 20).into());
-    t.receive_window((2u32 << 20).into());
-    t.send_window(2 << 20);
-    t.datagram_receive_buffer_size(Some(64 * 1024));
-    t
-}
-
 /// Counts a connection task for as long as it lives.
 struct ConnectionGauge<'a>(&'a std::sync::atomic::AtomicU64);
 
@@ -366,8 +347,10 @@ impl Server {
                 msg = control.recv(), if control_open => {
                     match msg.transpose() {
                         Ok(Some(AgentMsg::Goodbye { reason })) => {
-                            if let Err(e) = self.membership.left(node, session, &reason) {
-                                tracing::error!(%node, error = %e, "could not record that the node left");
+                            match self.membership.left(node, session, &reason) {
+                                Ok(Some(ticket)) => self.membership.store().durable(ticket).await,
+                                Ok(None) => {}
+                                Err(e) => tracing::error!(%node, error = %e, "could not record that the node left"),
                             }
                             return format!("the agent left: {reason}");
                         }

@@ -316,13 +316,8 @@ async fn list_nodes(
         ));
     }
     let now = Instant::now();
-    let all = s.membership.snapshot();
-    let rest = all
-        .iter()
-        .filter(|e| after.as_ref().is_none_or(|a| e.record.name > *a));
     let limit = q.limit.unwrap_or(usize::MAX);
-    let page: Vec<_> = rest.clone().take(limit).collect();
-    let more = rest.count() > page.len();
+    let (page, more) = s.membership.page(after.as_deref(), limit);
     let nodes: Vec<_> = page
         .iter()
         .map(|e| views::node(&s.membership, e, now))

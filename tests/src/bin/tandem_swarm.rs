@@ -1140,25 +1140,6 @@ async fn run_agent(ctx: Arc<Ctx>, i: u32) {
 // ---------------------------------------------------------------------------------------------
 // Set-up, phases, summary.
 
-/// The coordinator's transport parameters (coordinator/src/server.rs `transport_config`), copied:
-/// small windows, datagrams on, an idle timeout well beyond any lease.
-fn transport_config() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(
-        Duration::from_secs(15)
-            .try_into()
-            .expect("15 s fits a VarInt"),
-    ));
-    t.keep_alive_interval(Some(Duration::from_secs(3)));
-    t.max_concurrent_bidi_streams(4u32.into());
-    t.max_concurrent_uni_streams(4u32.into());
-    t.stream_receive_window((1u32 << 20).into());
-    t.receive_window((2u32 << 20).into());
-    t.send_window(2 << 20);
-    t.datagram_receive_buffer_size(Some(64 * 1024));
-    t
-}
-
 /// One UDP socket with large buffers, as a quinn client endpoint. Returns the endpoint and the
 /// buffer sizes the kernel reports.
 fn endpoint(bind: SocketAddr, buffer: usize) -> Result<(quinn::Endpoint, usize, usize)> {
@@ -1395,7 +1376,7 @@ async fn main() -> Result<()> {
             buffers.0, args.socket_buffer_bytes
         );
     }
-    let transport = Arc::new(transport_config());
+    let transport = Arc::new(tandem_common::transport::transport_config());
     let mut join_client = tls::join_client_config(token.ca_pin)
         .map_err(|e| anyhow::anyhow!("join TLS configuration: {e}"))?;
     join_client.transport_config(transport.clone());
