@@ -317,18 +317,24 @@ async fn list_nodes(
     }
     let now = Instant::now();
     let limit = q.limit.unwrap_or(usize::MAX);
-    let (page, more) = s.membership.page(after.as_deref(), limit);
-    let nodes: Vec<_> = page
-        .iter()
-        .map(|e| views::node(&s.membership, e, now))
-        .collect();
-    let mut out = serde_json::json!({ "nodes": nodes });
-    if more {
-        if let Some(last) = page.last() {
-            out["next_page_token"] = serde_json::json!(hex::encode(&last.record.name));
+    // A page of full node objects (hardware reports of several KiB each) takes tens of
+    // milliseconds to render: off the async workers, which carry every agent's heartbeats.
+    tokio::task::spawn_blocking(move || {
+        let (page, more) = s.membership.page(after.as_deref(), limit);
+        let nodes: Vec<_> = page
+            .iter()
+            .map(|e| views::node(&s.membership, e, now))
+            .collect();
+        let mut out = serde_json::json!({ "nodes": nodes });
+        if more {
+            if let Some(last) = page.last() {
+                out["next_page_token"] = serde_json::json!(hex::encode(&last.record.name));
+            }
         }
-    }
-    Ok(Json(out))
+        Json(out)
+    })
+    .await
+    .map_err(|e| ApiError::new(Code::Internal, format!("listing nodes failed: {e}")))
 }
 
 async fn get_node(

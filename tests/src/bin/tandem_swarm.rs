@@ -88,6 +88,11 @@ struct Args {
     /// up).
     #[arg(long, default_value_t = 60)]
     duration_s: u64,
+    /// Seconds between the end of the ramp and the start of the steady phase, so that the
+    /// steady figures do not include the coordinator draining the join storm (its totals still
+    /// count everything).
+    #[arg(long, default_value_t = 0)]
+    settle_s: u64,
     /// Agents launched per second.
     #[arg(long, default_value_t = 500.0)]
     ramp_per_s: f64,
@@ -1487,15 +1492,20 @@ async fn main() -> Result<()> {
     )
     .await;
     let ramp_s = t0.elapsed().as_secs_f64();
-    let s1 = (sample(None), args.watch_pid.and_then(|p| sample(Some(p))));
     if settled {
         eprintln!(
-            "tandem-swarm: ramp done after {ramp_s:.1} s: {} registered, {} failed; steady for {} s",
+            "tandem-swarm: ramp done after {ramp_s:.1} s: {} registered, {} failed; settling {} s, then steady for {} s",
             get(&c.registered),
             get(&c.failed),
+            args.settle_s,
             args.duration_s
         );
+        if args.settle_s > 0 {
+            let until = Instant::now() + Duration::from_secs(args.settle_s);
+            phase(&ctx, t0, Some(until), || false, &mut watch).await;
+        }
     }
+    let s1 = (sample(None), args.watch_pid.and_then(|p| sample(Some(p))));
     // Steady.
     let t_steady = Instant::now();
     let steady_base = [
