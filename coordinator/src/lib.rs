@@ -275,10 +275,10 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     {
         tracing::warn!("could not write endpoints.json");
     }
-    tracing::info!(admin = %admin_addr, quic = %quic_addr, nodes = membership.snapshot().len(), "coordinator serving");
+    tracing::info!(admin = %admin_addr, quic = %quic_addr, nodes = membership.node_count(), "coordinator serving");
     tandem_common::notify::ready(&format!(
         "serving: admin {admin_addr}, QUIC {quic_addr}, {} nodes",
-        membership.snapshot().len()
+        membership.node_count()
     ));
     Ok(Running {
         admin_addr,

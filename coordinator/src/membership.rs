@@ -192,6 +192,32 @@ impl Membership {
         v
     }
 
+    /// `(node name, GPU)` for every GPU of the fleet, or `None` when there are more than
+    /// `limit` (copies only the GPU sections, never whole records).
+    pub fn gpus_for_metrics(
+        &self,
+        limit: usize,
+    ) -> Option<Vec<(String, tandem_common::hardware::GpuInfo)>> {
+        let t = lock(&self.table);
+        let total: usize = t.nodes.values().map(|e| e.record.hardware.gpus.len()).sum();
+        if total > limit {
+            return None;
+        }
+        let mut out: Vec<_> = t
+            .nodes
+            .values()
+            .flat_map(|e| {
+                e.record
+                    .hardware
+                    .gpus
+                    .iter()
+                    .map(|g| (e.record.name.clone(), g.clone()))
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, a.1.index).cmp(&(&b.0, b.1.index)));
+        Some(out)
+    }
+
     /// One page of nodes in name order: those named after `after`, at most `limit`, and
     /// whether more follow. Only the page is copied out of the table: a large fleet's pages
     /// cost O(fleet) comparisons, not O(fleet) copies of every node's hardware report.
@@ -230,7 +256,12 @@ impl Membership {
             .map(|d| d.as_millis() as u64)
     }
 
-    /// Counts by state, for metrics.
+    /// How many nodes the table holds.
+    pub fn node_count(&self) -> usize {
+        lock(&self.table).nodes.len()
+    }
+
+    /// Nodes by state, and how many hold a live connection.
     pub fn counts(&self) -> (Vec<(&'static str, usize)>, usize) {
         let t = lock(&self.table);
         let by_state = NodeState::ALL

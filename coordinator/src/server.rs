@@ -17,6 +17,9 @@ use tandem_common::ids::NodeId;
 use tandem_common::proto::*;
 use tokio::sync::mpsc;
 
+/// QUIC handshakes in progress at most; more are refused until some finish.
+const MAX_HANDSHAKES: u64 = 512;
+
 /// How long a peer has to finish its handshake and send `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -108,11 +111,25 @@ impl Drop for ConnectionGauge<'_> {
 impl Server {
     /// Accepts connections until the endpoint closes.
     pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        let handshaking = Arc::new(std::sync::atomic::AtomicU64::new(0));
         while let Some(incoming) = endpoint.accept().await {
             let peer = incoming.remote_address();
+            // A join storm (a fleet restarting at once, or a coordinator restart) must not turn
+            // into thousands of half-done handshakes that all time out: past the bound a new
+            // connection is refused at once, and the agent backs off and comes back.
+            if handshaking.load(Ordering::Relaxed) >= MAX_HANDSHAKES {
+                self.log_refusal(
+                    peer,
+                    &format!(": {MAX_HANDSHAKES} handshakes are in progress; try again later"),
+                );
+                incoming.refuse();
+                continue;
+            }
             let server = self.clone();
+            let handshaking = handshaking.clone();
             tokio::spawn(async move {
                 let _held = ConnectionGauge::new(&server.membership.metrics.quic_connections);
+                let in_handshake = ConnectionGauge::new(&handshaking);
                 let conn = match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {
@@ -124,6 +141,7 @@ impl Server {
                         return;
                     }
                 };
+                drop(in_handshake);
                 server.connection(conn, peer).await;
             });
         }

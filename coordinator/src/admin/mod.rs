@@ -179,25 +179,29 @@ async fn healthz(State(s): Shared) -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok", "restart_grace_remaining_ms": left.as_millis() as u64}))
 }
 
-async fn metrics(State(s): Shared) -> impl IntoResponse {
-    let (by_state, connected) = s.membership.counts();
-    let gpus: Vec<_> = s
-        .membership
-        .snapshot()
-        .into_iter()
-        .flat_map(|e| {
-            let name = e.record.name;
-            e.record
-                .hardware
-                .gpus
-                .into_iter()
-                .map(move |g| (name.clone(), g))
-        })
-        .collect();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.membership.metrics.render(&by_state, connected, &gpus),
-    )
+/// Fleets with more GPUs than this get no per-GPU series from the coordinator: a scrape would
+/// carry hundreds of thousands of lines. Per-node exporters (NVIDIA DCGM) scale with the fleet.
+pub const MAX_GPU_SERIES: usize = 4096;
+
+async fn metrics(State(s): Shared) -> Result<impl IntoResponse, ApiError> {
+    // Off the async workers: they carry every agent's heartbeats.
+    let text = tokio::task::spawn_blocking(move || {
+        let (by_state, connected) = s.membership.counts();
+        let gpus = s.membership.gpus_for_metrics(MAX_GPU_SERIES);
+        let mut text =
+            s.membership
+                .metrics
+                .render(&by_state, connected, gpus.as_deref().unwrap_or_default());
+        if gpus.is_none() {
+            text.push_str(&format!(
+                "# per-GPU series left out: the fleet has more than {MAX_GPU_SERIES} GPUs\n"
+            ));
+        }
+        text
+    })
+    .await
+    .map_err(|e| ApiError::new(Code::Internal, format!("rendering metrics failed: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
 #[derive(Deserialize)]
