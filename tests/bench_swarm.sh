@@ -8,7 +8,7 @@
 # for STEADY_S seconds once all have registered (default 60). While they beat, the admin
 # endpoint's `GET /v1/nodes?limit=100` is timed 10 times. With RESTART=restart the coordinator
 # is killed with SIGKILL 20 s into the steady phase and started again on the same data dir and
-# port; the time until /metrics shows all N `ready` again is measured, and so are downs.
+# port; the time until /metrics shows all N connected again is measured, and so are downs.
 # Prints one JSON object (the swarm's summary plus these figures) on stdout; everything is kept
 # under $OUT (default /tmp/tandem-bench/N-HEARTBEAT[-restart]).
 set -euo pipefail
@@ -51,7 +51,7 @@ DURATION=$STEADY
   --progress-s 10 > summary.json 2> swarm.log &
 SWARM=$!
 
-ready() { curl -s "http://$ADMIN/metrics" | awk '/^tandem_nodes\{state="ready"\}/{print $2}'; }
+ready() { curl -s "http://$ADMIN/metrics" | awk '/^tandem_nodes_connected /{print $2}'; }
 # Wait until every agent is ready, then let the steady phase settle a little.
 until [ "$(ready || echo 0)" = "$N" ]; do
   kill -0 $SWARM 2>/dev/null || break
@@ -72,6 +72,8 @@ if [ -n "$RESTART" ]; then
   DOWNS_BEFORE=$(downs)
   kill -9 "$CPID"
   t0=$(date +%s%N)
+  # The store's lock is released when the old process is gone, not when the signal is sent.
+  wait "$CPID" 2>/dev/null || true
   start_coordinator
   ADMIN=$(python3 -c "import json;print(json.load(open('coord/endpoints.json'))['admin'])")
   until [ "$(ready || echo 0)" = "$N" ]; do sleep 0.2; done

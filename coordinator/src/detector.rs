@@ -15,7 +15,12 @@
 //!   a new session. Beats of an older session are ignored the same way.
 //! - After the coordinator (re)starts, nobody is declared down before `restart_grace` has passed
 //!   (at least one `lease + fence_grace`, by default a few seconds so that agents in reconnect
-//!   backoff come back first): a coordinator restart never causes a mass failover.
+//!   backoff come back first): a coordinator restart never causes a mass failover. A large
+//!   fleet takes longer than that to reconnect (10,000 agents took about 20 s here), so while
+//!   nodes the store remembered are still coming back, the grace is extended to one
+//!   `lease + fence_grace` past the latest of them, up to `MAX_GRACE_EXTENSION` beyond the
+//!   configured grace. Declaring a node down later than its deadline is always safe: only
+//!   early is not.
 //!
 //! Plain struct, no I/O, no clock: `handle_*(now, …)` in, transitions out.
 
@@ -99,8 +104,13 @@ struct Tracked {
 pub struct FailureDetector {
     cfg: DetectorConfig,
     started_at: Instant,
+    /// The end of the restart grace, pushed on while restored nodes keep coming back.
+    grace_until: Instant,
     nodes: HashMap<NodeId, Tracked>,
 }
+
+/// How far a reconnect storm may push the restart grace beyond its configured length.
+pub const MAX_GRACE_EXTENSION: Duration = Duration::from_secs(300);
 
 impl FailureDetector {
     /// A detector that started at `now` (the coordinator's start: the restart grace counts from it).
@@ -108,6 +118,7 @@ impl FailureDetector {
         Self {
             cfg,
             started_at: now,
+            grace_until: now + cfg.restart_grace(),
             nodes: HashMap::new(),
         }
     }
@@ -137,6 +148,12 @@ impl FailureDetector {
     /// with its first acked beat; until then it has one `lease + fence_grace` to beat.
     pub fn handle_registered(&mut self, node: NodeId, session: u64, now: Instant) {
         let deadline = now + self.cfg.lease + self.cfg.fence_grace;
+        // A node the store remembered, back during the grace: the reconnect storm goes on.
+        let restored = self.nodes.get(&node).is_some_and(|t| t.session == 0);
+        if restored && self.in_restart_grace(now) {
+            let cap = self.started_at + self.cfg.restart_grace() + MAX_GRACE_EXTENSION;
+            self.grace_until = self.grace_until.max(deadline).min(cap);
+        }
         self.nodes.insert(
             node,
             Tracked {
@@ -187,12 +204,12 @@ impl FailureDetector {
 
     /// How much of the restart grace is left at `now`.
     pub fn restart_grace_left(&self, now: Instant) -> Duration {
-        (self.started_at + self.cfg.restart_grace()).saturating_duration_since(now)
+        self.grace_until.saturating_duration_since(now)
     }
 
     /// Whether the restart grace is still running at `now`.
     pub fn in_restart_grace(&self, now: Instant) -> bool {
-        now < self.started_at + self.cfg.restart_grace()
+        now < self.grace_until
     }
 
     /// Advances time: returns the suspicions and downs due at `now`.
@@ -338,6 +355,45 @@ mod tests {
     fn unknown_nodes_get_no_lease() {
         let (mut d, now) = running();
         assert_eq!(d.handle_heartbeat(&node(9), 1, now), None);
+    }
+
+    #[test]
+    fn a_reconnect_storm_extends_the_restart_grace() {
+        let t0 = Instant::now();
+        let mut d = FailureDetector::new(cfg(), t0);
+        d.handle_restored(node(1), t0);
+        d.handle_restored(node(2), t0);
+        // Node 1 comes back just before the grace ends: the storm is still going on.
+        let back = t0 + cfg().restart_grace() - 100 * MS;
+        d.handle_registered(node(1), 1, back);
+        let end = back + cfg().lease + cfg().fence_grace;
+        assert_eq!(d.restart_grace_left(back), end - back);
+        let mut now = back;
+        while now < end {
+            d.handle_heartbeat(&node(1), 1, now);
+            assert!(d.handle_tick(now).is_empty(), "still in the extended grace");
+            now += 50 * MS;
+        }
+        d.handle_heartbeat(&node(1), 1, end);
+        let tr = d.handle_tick(end);
+        assert!(
+            matches!(&tr[..], [Transition::Down { node: n, .. }] if *n == node(2)),
+            "{tr:?}"
+        );
+        // A node registering for the first time (not restored) does not extend anything, and
+        // nothing extends it past the cap.
+        let mut d = FailureDetector::new(cfg(), t0);
+        d.handle_registered(node(3), 1, t0 + 100 * MS);
+        assert_eq!(d.restart_grace_left(t0), cfg().restart_grace());
+        for i in 0..1000u64 {
+            let n = NodeId(format!("n-{i:016x}"));
+            d.handle_restored(n.clone(), t0);
+            let at = t0 + Duration::from_secs(i);
+            if d.in_restart_grace(at) {
+                d.handle_registered(n, 1, at);
+            }
+        }
+        assert!(d.restart_grace_left(t0) <= cfg().restart_grace() + MAX_GRACE_EXTENSION);
     }
 
     #[test]

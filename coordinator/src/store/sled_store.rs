@@ -14,6 +14,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tandem_common::ids::NodeId;
 
+/// How long to wait for the store's lock held by a process that is still exiting.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// sled's page cache.
 const STORE_CACHE_BYTES: u64 = 16 << 20;
 
@@ -61,15 +64,36 @@ fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             // The fleet is read from the store once, at start; afterwards the table in memory
             // answers every read. sled's default 1 GiB page cache would only hold a second
             // copy of what is written (it grew with every record written).
-            .cache_capacity(STORE_CACHE_BYTES)
-            .open()
-            .map_err(engine)?;
+            .cache_capacity(STORE_CACHE_BYTES);
+        // A coordinator restarted right after a `kill -9` can start before the kernel has
+        // finished tearing the old process down and released its lock on the store: wait for
+        // it a little instead of failing (a second coordinator on the same data dir still gets
+        // a clear error once this runs out).
+        let give_up = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                // sled reports a held lock as `Other` with this text (sled 0.34 config.rs).
+                Err(sled::Error::Io(e))
+                    if e.to_string().starts_with("could not acquire lock")
+                        && std::time::Instant::now() < give_up =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => {
+                    return Err(engine(format!(
+                        "{e} (is another coordinator using {}?)",
+                        dir.display()
+                    )))
+                }
+            }
+        };
         let meta = db.open_tree("meta").map_err(engine)?;
         match meta.get("schema_version").map_err(engine)? {
             Some(v) => {
@@ -339,6 +363,19 @@ impl StateStore for SledStore {
 mod tests {
     use super::*;
     use crate::model::{NewEvent, NodeState};
+
+    #[test]
+    fn open_waits_for_the_lock_of_a_store_being_closed() {
+        let d = tempfile::tempdir().unwrap();
+        let first = SledStore::open(d.path()).unwrap();
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let second = SledStore::open(d.path());
+        closer.join().unwrap();
+        assert!(second.is_ok(), "{:?}", second.err());
+    }
 
     fn node(name: &str) -> NodeRecord {
         NodeRecord {
