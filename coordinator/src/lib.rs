@@ -242,23 +242,9 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
                 source,
             }
         })?;
-        tokio::spawn(async move {
-            let r = axum::serve(listener, router)
-                .with_graceful_shutdown(stopped)
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "admin endpoint failed");
-            }
-        })
+        tokio::spawn(serve_admin(listener, router, stopped))
     } else {
-        tokio::spawn(async move {
-            let r = axum::serve(listener, router)
-                .with_graceful_shutdown(stopped)
-                .await;
-            if let Err(e) = r {
-                tracing::error!(error = %e, "admin endpoint failed");
-            }
-        })
+        tokio::spawn(serve_admin(listener, router, stopped))
     };
 
     // Tell tools where we listen (tests bind port 0 and read this).
@@ -290,6 +276,23 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         admin_task,
         tasks,
     })
+}
+
+/// Serves the admin router on `listener` (plain TCP or HTTPS) until `stopped` resolves.
+async fn serve_admin<L>(
+    listener: L,
+    router: axum::Router,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    if let Err(e) = axum::serve(listener, router)
+        .with_graceful_shutdown(stopped)
+        .await
+    {
+        tracing::error!(error = %e, "admin endpoint failed");
+    }
 }
 
 impl Running {
