@@ -33,6 +33,12 @@ enum Event {
 
 /// The shim's entry point.
 pub fn main(job_dir: &Path) -> ExitCode {
+    // Started from `/proc/self/exe`, the kernel names this process `exe`; systemd's journal
+    // and `ps -o comm` should say what it is.
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"tandem-agent".as_ptr());
+    }
     crate::init_tracing("info");
     match run(job_dir) {
         Ok(()) => ExitCode::SUCCESS,
