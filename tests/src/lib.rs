@@ -271,23 +271,7 @@ impl Coordinator {
     /// restart that agents must find again), else port 0.
     pub fn start(dir: &Path, quic: Option<&str>) -> Result<Coordinator> {
         let exe = bin("tandem-coordinator");
-        if !dir.join("coordinator.toml").exists() {
-            let d = dir.to_str().context("utf-8 dir")?;
-            let out = Command::new(&exe)
-                .args([
-                    "init",
-                    "--data-dir",
-                    d,
-                    "--admin-addr",
-                    "127.0.0.1:0",
-                    "--quic-addr",
-                    "127.0.0.1:0",
-                ])
-                .output()?;
-            if !out.status.success() {
-                bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-        }
+        init_dir(dir)?;
         let _ = std::fs::remove_file(dir.join("endpoints.json"));
         let d = dir.to_str().context("utf-8 dir")?;
         let mut args = vec!["serve", "--data-dir", d];
@@ -337,27 +321,34 @@ impl Coordinator {
         edit: impl FnOnce(&str) -> String,
     ) -> Result<Coordinator> {
         let toml = dir.join("coordinator.toml");
-        if !toml.exists() {
-            let d = dir.to_str().context("utf-8 dir")?;
-            let out = Command::new(bin("tandem-coordinator"))
-                .args([
-                    "init",
-                    "--data-dir",
-                    d,
-                    "--admin-addr",
-                    "127.0.0.1:0",
-                    "--quic-addr",
-                    "127.0.0.1:0",
-                ])
-                .output()?;
-            if !out.status.success() {
-                bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
-            }
-        }
+        init_dir(dir)?;
         let text = std::fs::read_to_string(&toml)?;
         std::fs::write(&toml, edit(&text))?;
         Coordinator::start(dir, quic)
     }
+}
+
+/// `tandem-coordinator init` of `dir` on port 0 for both endpoints, unless it was done already.
+fn init_dir(dir: &Path) -> Result<()> {
+    if dir.join("coordinator.toml").exists() {
+        return Ok(());
+    }
+    let d = dir.to_str().context("utf-8 dir")?;
+    let out = Command::new(bin("tandem-coordinator"))
+        .args([
+            "init",
+            "--data-dir",
+            d,
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--quic-addr",
+            "127.0.0.1:0",
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 /// Starts an agent named `name` with state in `state_dir`.
