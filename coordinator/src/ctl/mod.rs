@@ -414,38 +414,8 @@ impl Restart {
     }
 }
 
-/// A job's state, for `jobs list --state`.
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum JobState {
-    /// Fits nowhere yet.
-    Pending,
-    /// Placed, not confirmed yet.
-    Starting,
-    /// Running.
-    Running,
-    /// Moving to another node.
-    Migrating,
-    /// Ended on a failure.
-    Failed,
-    /// Stopped by a user.
-    Stopped,
-    /// Ended successfully.
-    Completed,
-}
-
-impl JobState {
-    fn as_str(self) -> &'static str {
-        match self {
-            JobState::Pending => "pending",
-            JobState::Starting => "starting",
-            JobState::Running => "running",
-            JobState::Migrating => "migrating",
-            JobState::Failed => "failed",
-            JobState::Stopped => "stopped",
-            JobState::Completed => "completed",
-        }
-    }
-}
+/// A job's state, for `jobs list --state`: the model's own states.
+pub use crate::jobs::model::JobState;
 
 /// Operation commands.
 #[derive(Subcommand, Debug)]

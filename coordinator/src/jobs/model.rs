@@ -123,8 +123,8 @@ pub struct JobSpec {
     pub tolerations: Vec<Toleration>,
 }
 
-/// How a job stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// How a job stands. Also `tandemctl jobs list --state` (clap's names are the API's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Fits nowhere (yet); `state_reason` says why.
