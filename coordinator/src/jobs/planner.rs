@@ -577,10 +577,13 @@ impl Planner {
         }
         for id in &ids {
             let Some(job) = w.job(id) else { continue };
-            // A job that just became pending in this call has its reason already.
-            if job.current.is_some() || job.state != JobState::Pending || w.pended.contains(id) {
+            if job.current.is_some() || job.state != JobState::Pending {
                 continue;
             }
+            // A job made pending earlier in this call is tried again too: what held it back
+            // then (another job's placement or reservation, a hold since resumed) may be gone
+            // now. Its reason is fresh, so a second failure adds no second `Pending`.
+            let fresh = w.pended.contains(id);
             match w.choose(&job, None) {
                 Ok(to) => {
                     let reason = format!("placed on {}", w.describe(&to));
@@ -591,7 +594,7 @@ impl Planner {
                         reason,
                     });
                 }
-                Err(e) if e.reason != job.state_reason => w.push(Decision::Pending {
+                Err(e) if !fresh && e.reason != job.state_reason => w.push(Decision::Pending {
                     job: job.id.clone(),
                     end_reason: None,
                     reason: e.reason,
