@@ -10,6 +10,11 @@
 //! `node.json`, whose atomic rename is the one moment the identity changes; the old pair is
 //! deleted only after that. A crash before the switch leaves the old pair in use, which the
 //! coordinator still accepts (it keeps the previous serial until the new one is seen).
+//!
+//! The key a join asks a certificate for is written (`join.key`, 0600) before the first try and
+//! reused by every retry until the identity is saved: when the answer to a join is lost, the
+//! coordinator knows the retry for the same node by its key and gives the node back instead of
+//! refusing the name as taken (see the coordinator's `join` module).
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -80,6 +85,30 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// The key to join with: the one kept from an earlier try, or a new one from `generate`,
+/// written durably before it is used. [`Identity::save`] removes it.
+pub fn join_key(
+    state_dir: &Path,
+    generate: impl FnOnce() -> std::io::Result<String>,
+) -> std::io::Result<String> {
+    let d = dir(state_dir);
+    let path = d.join("join.key");
+    match std::fs::read_to_string(&path) {
+        Ok(pem) if !pem.trim().is_empty() => return Ok(pem),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&d)?;
+    let pem = generate()?;
+    write_file(&path, pem.as_bytes(), 0o600)?;
+    std::fs::File::open(&d)?.sync_all()?;
+    Ok(pem)
+}
+
 impl Identity {
     /// Loads the identity, or `None` if there is no complete one.
     pub fn load(state_dir: &Path) -> std::io::Result<Option<Identity>> {
@@ -122,7 +151,12 @@ impl Identity {
         })
         .map_err(std::io::Error::other)?;
         write_file(&d.join("node.json"), &node, 0o644)?;
-        std::fs::File::open(&d)?.sync_all()
+        std::fs::File::open(&d)?.sync_all()?;
+        // The join is done; a later join (after `tandem-agent reset`) asks with a new key.
+        match std::fs::remove_file(d.join("join.key")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Switches to a renewed key and certificate, durably and all at once (see the module
@@ -170,6 +204,30 @@ impl Identity {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_join_key_is_kept_until_the_identity_is_saved() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = join_key(tmp.path(), || Ok("KEY-1".into())).unwrap();
+        assert_eq!(first, "KEY-1");
+        let path = tmp.path().join("identity/join.key");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A retry (or a restarted agent) asks with the same key.
+        let again = join_key(tmp.path(), || panic!("must reuse the kept key")).unwrap();
+        assert_eq!(again, "KEY-1");
+        let id = Identity {
+            node_id: NodeId::random(),
+            name: "n".into(),
+            key_pem: first,
+            cert_pem: "C".into(),
+            ca_pem: "CA".into(),
+        };
+        id.save(tmp.path()).unwrap();
+        assert!(!path.exists(), "join.key outlived the join");
+        let next = join_key(tmp.path(), || Ok("KEY-2".into())).unwrap();
+        assert_eq!(next, "KEY-2");
+    }
 
     #[test]
     fn round_trip_and_key_mode() {

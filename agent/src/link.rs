@@ -386,7 +386,26 @@ impl Link {
                 self.cfg.state_dir.display().to_string(),
             ));
         };
-        let key = NodeKey::generate().map_err(tls_err)?;
+        // Every try asks with the same key, so a join whose answer was lost gets its node back.
+        let key_pem = crate::identity::join_key(&self.cfg.state_dir, || {
+            NodeKey::generate()
+                .map(|k| k.key_pem())
+                .map_err(std::io::Error::other)
+        })
+        .map_err(|source| AgentError::Io {
+            what: format!("keeping the join key in {}", self.cfg.state_dir.display()),
+            source,
+        })?;
+        let key = match NodeKey::from_pem(&key_pem) {
+            Ok(k) => k,
+            Err(e) => {
+                // Unreadable (a disk fault): drop it; the next try makes a new one.
+                let _ = std::fs::remove_file(self.cfg.state_dir.join("identity/join.key"));
+                return Ok(Retry::Later(format!(
+                    "the kept join key does not load ({e}); removed it, joining with a new key"
+                )));
+            }
+        };
         let csr_pem = key.csr_pem(&self.cfg.name).map_err(tls_err)?;
         let client = tls::join_client_config(token.ca_pin).map_err(tls_err)?;
         let conn = match self.connect(client).await {

@@ -199,6 +199,10 @@ pub struct IssuedCert {
     pub serial: u64,
     /// Its `notAfter`, seconds since the Unix epoch.
     pub not_after_unix: u64,
+    /// SHA-256 of the public key it was issued for (hex of the SubjectPublicKeyInfo DER), as
+    /// [`csr_key_sha256`] gives it for the CSR: lets a retried join with the same key be told
+    /// from another node taking the name.
+    pub key_sha256: String,
 }
 
 /// The coordinator's certificate authority: its certificate and signing key.
@@ -328,7 +332,7 @@ impl CertificateAuthority {
         validity: std::time::Duration,
     ) -> Result<IssuedCert> {
         check_serial(serial)?;
-        let public_key = csr_public_key(csr_pem)?;
+        let (public_key, key_sha256) = csr_public_key(csr_pem)?;
         let now = OffsetDateTime::now_utc();
         let validity =
             time::Duration::try_from(validity).map_err(|_| PkiError::ValidityOutOfRange)?;
@@ -352,6 +356,7 @@ impl CertificateAuthority {
             cert_pem: cert.pem(),
             serial,
             not_after_unix: u64::try_from(not_after.unix_timestamp()).unwrap_or(0),
+            key_sha256,
         })
     }
 
@@ -552,7 +557,15 @@ fn dn(common_name: &str) -> DistinguishedName {
 ///
 /// Parsed with x509-parser rather than `rcgen::CertificateSigningRequestParams::from_pem`,
 /// which rejects CSRs with extensions it does not know: we ignore every extension anyway.
-fn csr_public_key(csr_pem: &str) -> Result<rcgen::SubjectPublicKeyInfo> {
+/// SHA-256 (hex) of the public key a CSR asks a certificate for, after its self-signature is
+/// verified: the same value [`IssuedCert::key_sha256`] records.
+pub fn csr_key_sha256(csr_pem: &str) -> Result<String> {
+    csr_public_key(csr_pem).map(|(_, digest)| digest)
+}
+
+/// The CSR's public key, after its self-signature is verified, and the SHA-256 (hex) of its
+/// SubjectPublicKeyInfo DER.
+fn csr_public_key(csr_pem: &str) -> Result<(rcgen::SubjectPublicKeyInfo, String)> {
     use x509_parser::certification_request::X509CertificationRequest;
     let der = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
         .map_err(|e| PkiError::BadCsr(format!("PEM: {e}")))?;
@@ -563,8 +576,11 @@ fn csr_public_key(csr_pem: &str) -> Result<rcgen::SubjectPublicKeyInfo> {
     }
     csr.verify_signature()
         .map_err(|e| PkiError::BadCsr(format!("signature does not verify: {e}")))?;
-    rcgen::SubjectPublicKeyInfo::from_der(csr.certification_request_info.subject_pki.raw)
-        .map_err(|e| PkiError::BadCsr(format!("unsupported public key: {e}")))
+    let raw = csr.certification_request_info.subject_pki.raw;
+    let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, raw).as_ref());
+    let key = rcgen::SubjectPublicKeyInfo::from_der(raw)
+        .map_err(|e| PkiError::BadCsr(format!("unsupported public key: {e}")))?;
+    Ok((key, digest))
 }
 
 /// Creates `path` (which must not exist) with `mode`, writes `data` and fsyncs it.
@@ -592,6 +608,29 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
     use x509_parser::extensions::ParsedExtension;
+
+    #[test]
+    fn the_key_digest_names_the_key_not_the_request() {
+        let ca = CertificateAuthority::generate("c").unwrap();
+        let key = NodeKey::generate().unwrap();
+        let want = hex::encode(ring::digest::digest(&ring::digest::SHA256, &key.spki_der()));
+        // Two requests for the same key (as a retried join makes) name the same key.
+        let a = csr_key_sha256(&key.csr_pem("a").unwrap()).unwrap();
+        let b = csr_key_sha256(&key.csr_pem("b").unwrap()).unwrap();
+        assert_eq!((a.as_str(), b.as_str()), (want.as_str(), want.as_str()));
+        let issued = ca
+            .sign_node_csr(
+                &key.csr_pem("a").unwrap(),
+                &NodeId::random(),
+                7,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!(issued.key_sha256, want);
+        let other = NodeKey::generate().unwrap();
+        assert_ne!(csr_key_sha256(&other.csr_pem("a").unwrap()).unwrap(), want);
+        assert!(csr_key_sha256("junk").is_err());
+    }
 
     #[test]
     fn ca_save_load_round_trip_and_key_mode() {

@@ -6,6 +6,13 @@
 //! The node record and the token's raised use count are one durable batch, written before the
 //! certificate is sent: a crash cannot hand out a certificate that the store does not know, nor
 //! let a single-use token be used twice.
+//!
+//! A join is idempotent for the node that asked: when its answer is lost (a timeout, a crash of
+//! either side after the batch was written) the agent asks again with the same token and the
+//! same key (it keeps the join key on disk until it has its identity). A name held by a node
+//! that joined with that token and key and never registered is that node: it gets a new
+//! certificate for the same id, and no token use is spent. Anyone else asking for the name is
+//! refused.
 
 use crate::membership::{Membership, MembershipError};
 use crate::model::{NodeRecord, NodeState};
@@ -116,14 +123,25 @@ impl Joiner {
             _ => return Err(bad()),
         }
         let now_ms = tandem_common::time::unix_ms();
-        rec.usable(now_ms)
-            .map_err(|r| refused(RejectCode::BadToken, r))?;
-        if let Some(other) = self.membership.name_taken(&hello.name) {
+        if let Some(other) = self.membership.node_named(&hello.name) {
+            // The same node asking again because the answer to its first join was lost (a
+            // timeout, a crash of either side): same token, same key, not registered yet. It
+            // gets its node back, even if that join spent the token's last use.
+            let retry = other.state == NodeState::Joining
+                && other.joined_with_token == rec.id
+                && !other.key_sha256.is_empty()
+                && tandem_common::pki::csr_key_sha256(&req.csr_pem)
+                    .is_ok_and(|k| k == other.key_sha256);
+            if retry {
+                return self.join_again(req, other, peer);
+            }
             return Err(refused(
                 RejectCode::NotAdmitted,
-                format!("node name `{}` is already used by node {other}; remove that node first or choose another --name", hello.name),
+                format!("node name `{}` is already used by node {}; remove that node first or choose another --name", hello.name, other.id),
             ));
         }
+        rec.usable(now_ms)
+            .map_err(|r| refused(RejectCode::BadToken, r))?;
         // A token for a cluster admits only nodes that meet the cluster's rules.
         let cluster = match &rec.cluster {
             Some(cid) => Some(self.membership.admit_to_cluster(
@@ -157,6 +175,7 @@ impl Joiner {
             cert_not_after_unix: issued.not_after_unix as i64,
             previous_cert_serial: None,
             previous_cert_not_after_unix: 0,
+            key_sha256: issued.key_sha256.clone(),
             created_ms: now_ms,
             joined_with_token: rec.id.clone(),
             hardware: hello.hardware.clone(),
@@ -181,6 +200,37 @@ impl Joiner {
 }
 
 impl Joiner {
+    /// Answers a retried join of `node` (see `join_locked`) with a new certificate for the same
+    /// node id.
+    fn join_again(
+        &self,
+        req: &tandem_common::proto::JoinRequest,
+        node: NodeRecord,
+        peer: SocketAddr,
+    ) -> Result<(Joined, crate::store::Ticket), MembershipError> {
+        let (serial, _) = self.membership.store().reserve_serial()?;
+        let issued = self
+            .ca
+            .sign_node_csr(&req.csr_pem, &node.id, serial, self.cert_validity)
+            .map_err(|e| {
+                refused(
+                    RejectCode::NotAdmitted,
+                    format!("the certificate signing request was refused: {e}"),
+                )
+            })?;
+        let ticket = self.membership.record_join_retry(&node.id, &issued, peer)?;
+        tracing::info!(%peer, node = %node.id, name = %node.name, serial, "join retried with the same key: same node, new certificate");
+        Ok((
+            Joined {
+                node_id: node.id,
+                name: node.name,
+                cert_pem: issued.cert_pem,
+                ca_pem: self.ca.cert_pem().to_string(),
+            },
+            ticket,
+        ))
+    }
+
     /// Renews a member's certificate over its live connection, which presented `conn_serial`:
     /// signs a certificate for the CSR's key with a new serial and records it durably before
     /// returning it. The node's id and cluster stay; only the key, serial and expiry change.

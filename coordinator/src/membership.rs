@@ -279,15 +279,6 @@ impl Membership {
         )
     }
 
-    /// Whether a node name is free (names are unique).
-    pub fn name_taken(&self, name: &str) -> Option<NodeId> {
-        lock(&self.table)
-            .nodes
-            .values()
-            .find(|e| e.record.name == name)
-            .map(|e| e.record.id.clone())
-    }
-
     /// Records a new node that joined with `token` (whose use count is raised in the same batch).
     /// When the node is the first of an `ha_pairs` cluster, `cluster` carries the cluster with
     /// its hardware model now fixed, written in the same batch. Applied, not yet durable: the
@@ -345,6 +336,68 @@ impl Membership {
                 live: None,
             },
         );
+        Ok(ticket)
+    }
+
+    /// The node named `name`, if any.
+    pub fn node_named(&self, name: &str) -> Option<NodeRecord> {
+        lock(&self.table)
+            .nodes
+            .values()
+            .find(|e| e.record.name == name)
+            .map(|e| e.record.clone())
+    }
+
+    /// A join retried by a node whose first answer was lost: `node` joined, never registered,
+    /// and asks again with the same key. It gets `issued`, a new certificate for the same id;
+    /// the serial it was first given stays accepted (as after a renewal: the first answer may
+    /// yet have arrived). No token use is spent. Applied, not yet durable: the caller waits for
+    /// the ticket before answering.
+    pub fn record_join_retry(
+        &self,
+        node: &NodeId,
+        issued: &tandem_common::pki::IssuedCert,
+        peer: SocketAddr,
+    ) -> Result<crate::store::Ticket, MembershipError> {
+        let mut t = lock(&self.table);
+        let Some(current) = t.nodes.get(node).map(|e| e.record.clone()) else {
+            return Err(refused(
+                RejectCode::NotAdmitted,
+                format!("node {node} was removed while its join was retried"),
+            ));
+        };
+        if current.state != NodeState::Joining || current.key_sha256 != issued.key_sha256 {
+            return Err(refused(
+                RejectCode::NotAdmitted,
+                format!("node name `{}` is already used by node {node}; remove that node first or choose another --name", current.name),
+            ));
+        }
+        let mut rec = current;
+        let dropped = rec.previous_cert_serial.filter(|s| *s != rec.cert_serial);
+        rec.previous_cert_serial = Some(rec.cert_serial);
+        rec.previous_cert_not_after_unix = rec.cert_not_after_unix;
+        rec.cert_serial = issued.serial;
+        rec.cert_not_after_unix = issued.not_after_unix as i64;
+        rec.address = peer.to_string();
+        let changes = vec![
+            Change::PutNode(Box::new(rec.clone())),
+            Change::Event(NewEvent {
+                kind: "node_joined",
+                node: Some(node.clone()),
+                message: format!(
+                    "node {} asked to join again from {peer} with the same key (its first answer was lost): same node, new certificate serial {}, no token use spent",
+                    rec.name, issued.serial
+                ),
+            }),
+        ];
+        let (_, ticket) = self.store.apply(changes)?;
+        self.set_member_serial(issued.serial, true);
+        if let Some(s) = dropped {
+            self.set_member_serial(s, false);
+        }
+        if let Some(e) = t.nodes.get_mut(node) {
+            e.record = rec;
+        }
         Ok(ticket)
     }
 
@@ -607,6 +660,7 @@ impl Membership {
         rec.previous_cert_not_after_unix = conn_not_after;
         rec.cert_serial = issued.serial;
         rec.cert_not_after_unix = issued.not_after_unix as i64;
+        rec.key_sha256 = issued.key_sha256.clone();
         let changes = vec![
             Change::PutNode(Box::new(rec.clone())),
             Change::Event(NewEvent {

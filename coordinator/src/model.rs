@@ -74,6 +74,10 @@ pub struct NodeRecord {
     /// When that previous certificate runs out (Unix s).
     #[serde(default)]
     pub previous_cert_not_after_unix: i64,
+    /// SHA-256 (hex) of the public key of its current certificate. A join retried with the
+    /// same key while the node has not registered yet is the same node whose answer was lost.
+    #[serde(default)]
+    pub key_sha256: String,
     /// When it joined (Unix ms).
     pub created_ms: u64,
     /// The token it joined with.

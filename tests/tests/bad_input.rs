@@ -946,3 +946,133 @@ fn a_thousand_half_open_handshakes_disturb_nobody() -> Result<()> {
     drop(pending);
     Ok(())
 }
+
+/// A join whose answer is lost is asked again with the same token and key: the node gets its
+/// id back with a new certificate, and no token use is spent (the token here has one use, spent
+/// by the first try). Both certificates let it register (the first answer may have arrived after
+/// all). Another key asking for the same name is refused, and so is the same key once the node
+/// has registered.
+#[test]
+fn a_join_asked_again_after_a_lost_answer_gets_the_same_node() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let coord = Coordinator::start(&tmp.path().join("coord"), None)?;
+    let token: JoinToken = coord.api.token(1)?.parse()?;
+    let addr: SocketAddr = coord.quic.parse()?;
+    let ca_pem = std::fs::read_to_string(coord.dir.join("ca.pem"))?;
+    let key = NodeKey::generate()?;
+    let join_hello = |key: &NodeKey| -> Result<Vec<u8>> {
+        let AgentMsg::Hello(mut h) = hello(
+            PROTOCOL_VERSION,
+            None,
+            Some(JoinRequest {
+                token_id: token.id.clone(),
+                token_secret: token.secret.clone(),
+                csr_pem: key.csr_pem("retried")?,
+            }),
+        ) else {
+            unreachable!()
+        };
+        h.name = "retried".into();
+        Ok(frame(&AgentMsg::Hello(h)))
+    };
+    let rt = runtime();
+    let ask = |bytes: Vec<u8>| {
+        rt.block_on(async {
+            let ep = client()?;
+            let conn = connect(&ep, tls::join_client_config(token.ca_pin)?, addr).await?;
+            let answer = exchange(&conn, &bytes).await?;
+            anyhow::Ok((conn, answer))
+        })
+    };
+    let joined = |answer: CoordMsg| -> Result<Joined> {
+        match answer {
+            CoordMsg::Joined(j) => Ok(j),
+            other => bail!("expected Joined, got {other:?}"),
+        }
+    };
+    // The first answer is "lost": the test never uses it until the end.
+    let (_c1, a1) = ask(join_hello(&key)?)?;
+    let first = joined(a1)?;
+    let (_c2, a2) = ask(join_hello(&key)?)?;
+    let second = joined(a2)?;
+    ensure!(
+        second.node_id == first.node_id,
+        "the retry made another node: {} then {}",
+        first.node_id,
+        second.node_id
+    );
+    let serial = |pem: &str| tandem_common::pki::node_cert_facts(pem).map(|f| f.serial);
+    ensure!(serial(&first.cert_pem)? != serial(&second.cert_pem)?);
+    println!(
+        "retried join: same node {}, serial {} then {}",
+        first.node_id,
+        serial(&first.cert_pem)?,
+        serial(&second.cert_pem)?
+    );
+    let nodes = coord.api.nodes()?;
+    ensure!(
+        nodes.len() == 1,
+        "{} nodes after a retried join",
+        nodes.len()
+    );
+    // The retry needed no use (the token's one use was spent by the first try), and spent
+    // none: the token admits nobody else.
+    let other = {
+        let AgentMsg::Hello(mut h) = hello(
+            PROTOCOL_VERSION,
+            None,
+            Some(JoinRequest {
+                token_id: token.id.clone(),
+                token_secret: token.secret.clone(),
+                csr_pem: NodeKey::generate()?.csr_pem("other")?,
+            }),
+        ) else {
+            unreachable!()
+        };
+        h.name = "other".into();
+        frame(&AgentMsg::Hello(h))
+    };
+    let (c0, a0) = ask(other)?;
+    let reason = rt.block_on(expect_reject(&c0, a0, RejectCode::BadToken, &["use"]))?;
+    println!("another node with the spent token: refused: {reason}");
+
+    // Someone else asking for the name, with the token but another key: refused.
+    let (c3, a3) = ask(join_hello(&NodeKey::generate()?)?)?;
+    let reason = rt.block_on(expect_reject(
+        &c3,
+        a3,
+        RejectCode::NotAdmitted,
+        &["already used"],
+    ))?;
+    println!("another key for the name: refused: {reason}");
+
+    // The first answer arrived after all: its certificate registers the node.
+    let node = first.node_id.clone();
+    let cfg = tls::node_client_config(&ca_pem, &first.cert_pem, &key.key_pem())?;
+    let welcome = rt.block_on(async {
+        let ep = client()?;
+        let conn = connect(&ep, cfg, addr).await?;
+        let m = exchange(
+            &conn,
+            &frame(&hello(PROTOCOL_VERSION, Some(node.clone()), None)),
+        )
+        .await;
+        conn.close(0u32.into(), b"done");
+        m
+    })?;
+    ensure!(
+        matches!(welcome, CoordMsg::Welcome(_)),
+        "the first certificate did not register: {welcome:?}"
+    );
+    // Registered: the same key asking to join again is now just another claim on the name.
+    let (c4, a4) = ask(join_hello(&key)?)?;
+    let reason = rt.block_on(expect_reject(
+        &c4,
+        a4,
+        RejectCode::NotAdmitted,
+        &["already used"],
+    ))?;
+    println!("same key after registering: refused: {reason}");
+    ensure!(coord.api.nodes()?.len() == 1);
+    Ok(())
+}

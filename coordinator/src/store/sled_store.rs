@@ -390,6 +390,7 @@ mod tests {
             cert_not_after_unix: 0,
             previous_cert_serial: None,
             previous_cert_not_after_unix: 0,
+            key_sha256: String::new(),
             created_ms: 1,
             joined_with_token: "t".into(),
             hardware: Default::default(),

@@ -621,6 +621,9 @@ struct Agent {
     seq: u64,
     lease: Lease,
     hw_phase: u32,
+    /// The key every try of the join asks with, until one is answered (as the agent keeps
+    /// `join.key`): a retry after a lost answer gets the same node back.
+    join_key: Option<String>,
 }
 
 impl Agent {
@@ -740,7 +743,14 @@ fn agent_version() -> String {
 
 /// Trades the token and a CSR for a certificate (link.rs `join`).
 async fn join(ctx: &Ctx, a: &mut Agent) -> Result<(), Fail> {
-    let key = NodeKey::generate().map_err(|e| Fail::Final(format!("key: {e}")))?;
+    let key_pem = match a.join_key.take() {
+        Some(k) => k,
+        None => NodeKey::generate()
+            .map_err(|e| Fail::Final(format!("key: {e}")))?
+            .key_pem(),
+    };
+    let key = NodeKey::from_pem(&key_pem).map_err(|e| Fail::Final(format!("key: {e}")))?;
+    a.join_key = Some(key_pem);
     let csr_pem = key
         .csr_pem(&a.name)
         .map_err(|e| Fail::Final(format!("CSR: {e}")))?;
@@ -781,6 +791,7 @@ async fn join(ctx: &Ctx, a: &mut Agent) -> Result<(), Fail> {
         .map_err(|e| Fail::Final(format!("node TLS configuration: {e}")))?;
     a.node_id = Some(joined.node_id);
     a.name = joined.name;
+    a.join_key = None;
     a.client = Some(client);
     inc(&ctx.stats.c.joined);
     ctx.stats.c.last_joined_us.fetch_max(now_us(), Relaxed);
@@ -1039,6 +1050,7 @@ async fn run_agent(ctx: Arc<Ctx>, i: u32) {
         seq: 0,
         lease: Lease::new(),
         hw_phase: 0,
+        join_key: None,
     };
     let stats = &ctx.stats;
     let mut backoff = Backoff(0);
