@@ -84,6 +84,12 @@ const REVOKED: &str = "the coordinator refused this node's certificate as revoke
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the answer to `Hello` may take once the handshake is done. Longer than the connect
+/// timeout: in a reconnect storm (thousands of agents after a coordinator restart) the
+/// coordinator queues registrations, and an agent that gives up on a registration the
+/// coordinator has already written throws that work away and comes back to queue again. The
+/// connection's idle timeout (15 s) still ends it if the coordinator is gone.
+const HELLO_ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Capped exponential backoff with full jitter.
 struct Backoff {
@@ -350,7 +356,7 @@ impl Link {
             return Ok(Err(format!("sending Hello: {e}")));
         }
         let answer = tokio::time::timeout(
-            REPLY_TIMEOUT,
+            HELLO_ANSWER_TIMEOUT,
             codec::read_msg::<CoordMsg, _>(recv, DEFAULT_MAX_FRAME),
         )
         .await;
@@ -376,7 +382,10 @@ impl Link {
                     .unwrap_or_default()
             ))),
             Ok(Err(e)) => Ok(Err(format!("reading the answer: {e}"))),
-            Err(_) => Ok(Err("no answer to Hello within 5 s".into())),
+            Err(_) => Ok(Err(format!(
+                "no answer to Hello within {} s",
+                HELLO_ANSWER_TIMEOUT.as_secs()
+            ))),
         }
     }
 

@@ -607,7 +607,7 @@ impl Membership {
         if let Some(previous) = rec.previous_cert_serial {
             self.set_member_serial(previous, false);
         }
-        if let Some(e) = t.nodes.remove(&id) {
+        if let Some(e) = t.remove_node(&id) {
             if let Some(live) = e.live {
                 live.conn.close(
                     close_code::REMOVED,
@@ -665,9 +665,7 @@ fn find_node_id(t: &crate::membership::Fleet, id_or_name: &str) -> Result<NodeId
     if let Some(id) = NodeId::parse(id_or_name).filter(|id| t.nodes.contains_key(id)) {
         return Ok(id);
     }
-    t.nodes
-        .values()
-        .find(|e| e.record.name == id_or_name)
+    t.node_named(id_or_name)
         .map(|e| e.record.id.clone())
         .ok_or_else(|| OpError::NotFound(format!("no node with id or name `{id_or_name}`")))
 }

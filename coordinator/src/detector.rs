@@ -17,9 +17,9 @@
 //!   (at least one `lease + fence_grace`, by default a few seconds so that agents in reconnect
 //!   backoff come back first): a coordinator restart never causes a mass failover. A large
 //!   fleet takes longer than that to reconnect (10,000 agents took about 20 s here), so while
-//!   nodes the store remembered are still coming back, the grace is extended to one
-//!   `lease + fence_grace` past the latest of them, up to `MAX_GRACE_EXTENSION` beyond the
-//!   configured grace. Declaring a node down later than its deadline is always safe: only
+//!   nodes the store remembered are still coming back (registering, until their first beat),
+//!   the grace is extended to one `lease + fence_grace` past the latest of those
+//!   registrations, up to `MAX_GRACE_EXTENSION` beyond the configured grace. Declaring a node down later than its deadline is always safe: only
 //!   early is not.
 //!
 //! Plain struct, no I/O, no clock: `handle_*(now, …)` in, transitions out.
@@ -97,6 +97,8 @@ struct Tracked {
     last_beat: Instant,
     deadline: Instant,
     liveness: Liveness,
+    /// Remembered from the store and not beaten since the restart.
+    returning: bool,
 }
 
 /// The failure detector.
@@ -140,6 +142,7 @@ impl FailureDetector {
                 last_beat: now,
                 deadline,
                 liveness: Liveness::Alive,
+                returning: true,
             },
         );
     }
@@ -148,9 +151,14 @@ impl FailureDetector {
     /// with its first acked beat; until then it has one `lease + fence_grace` to beat.
     pub fn handle_registered(&mut self, node: NodeId, session: u64, now: Instant) {
         let deadline = now + self.cfg.lease + self.cfg.fence_grace;
-        // A node the store remembered, back during the grace: the reconnect storm goes on.
-        let restored = self.nodes.get(&node).is_some_and(|t| t.session == 0);
-        if restored && self.in_restart_grace(now) {
+        // A remembered node that has not beaten since the restart, registering during the
+        // grace: the reconnect storm goes on. That is its first registration, or another one
+        // because the first timed out on the agent's side (the Welcome came too late in the
+        // storm) and left a session that never beat. Its next try must come in before anyone
+        // is declared down. A node that beat in between is not returning any more, so a
+        // flapping node cannot hold the grace open.
+        let returning = self.nodes.get(&node).is_some_and(|t| t.returning);
+        if returning && self.in_restart_grace(now) {
             let cap = self.started_at + self.cfg.restart_grace() + MAX_GRACE_EXTENSION;
             self.grace_until = self.grace_until.max(deadline).min(cap);
         }
@@ -161,6 +169,7 @@ impl FailureDetector {
                 last_beat: now,
                 deadline,
                 liveness: Liveness::Alive,
+                returning,
             },
         );
     }
@@ -182,6 +191,7 @@ impl FailureDetector {
         t.deadline = t.deadline.max(now + self.cfg.lease + self.cfg.fence_grace);
         let recovered = t.liveness == Liveness::Suspect;
         t.liveness = Liveness::Alive;
+        t.returning = false;
         Some((self.cfg.lease, recovered))
     }
 
@@ -380,6 +390,21 @@ mod tests {
             matches!(&tr[..], [Transition::Down { node: n, .. }] if *n == node(2)),
             "{tr:?}"
         );
+        // Node 2's first session never beats (its agent gave up waiting for the Welcome); it
+        // registers again late in the extended grace: that extends it again. Once it has beaten,
+        // another registration does not.
+        let mut d = FailureDetector::new(cfg(), t0);
+        d.handle_restored(node(1), t0);
+        d.handle_restored(node(2), t0);
+        let first = t0 + cfg().restart_grace() - 100 * MS;
+        d.handle_registered(node(2), 1, first);
+        let again = first + cfg().lease;
+        d.handle_registered(node(2), 2, again);
+        let end = again + cfg().lease + cfg().fence_grace;
+        assert_eq!(d.restart_grace_left(again), end - again);
+        d.handle_heartbeat(&node(2), 2, again);
+        d.handle_registered(node(2), 3, again + 10 * MS);
+        assert_eq!(d.restart_grace_left(again), end - again, "a node that beat extended it");
         // A node registering for the first time (not restored) does not extend anything, and
         // nothing extends it past the cap.
         let mut d = FailureDetector::new(cfg(), t0);

@@ -378,28 +378,7 @@ mod tests {
     }
 
     fn node(name: &str) -> NodeRecord {
-        NodeRecord {
-            id: NodeId::random(),
-            name: name.into(),
-            state: NodeState::Ready,
-            state_reason: "registered".into(),
-            state_since_ms: 1,
-            address: "127.0.0.1:1".into(),
-            agent_version: "0.1.0".into(),
-            cert_serial: 2,
-            cert_not_after_unix: 0,
-            previous_cert_serial: None,
-            previous_cert_not_after_unix: 0,
-            key_sha256: String::new(),
-            created_ms: 1,
-            joined_with_token: "t".into(),
-            hardware: Default::default(),
-            cluster: None,
-            labels: Default::default(),
-            taints: Vec::new(),
-            protected: false,
-            draining: false,
-        }
+        crate::model::test_node(name)
     }
 
     #[test]

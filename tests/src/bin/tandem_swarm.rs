@@ -50,6 +50,8 @@ use tokio::sync::{watch, Semaphore};
 
 /// The agent's reply timeout (link.rs `REPLY_TIMEOUT`): connect, and the answer to `Hello`.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The agent's wait for the answer to `Hello` (link.rs `HELLO_ANSWER_TIMEOUT`).
+const HELLO_ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// The agent's backoff (link.rs): capped exponential with full jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -713,7 +715,7 @@ async fn exchange(
         return Err(Fail::Retry(format!("sending Hello: {e}")));
     }
     let answer = tokio::time::timeout(
-        REPLY_TIMEOUT,
+        HELLO_ANSWER_TIMEOUT,
         codec::read_msg::<CoordMsg, _>(recv, DEFAULT_MAX_FRAME),
     )
     .await;
@@ -733,7 +735,10 @@ async fn exchange(
                 .unwrap_or_default()
         ))),
         Ok(Err(e)) => Err(Fail::Retry(format!("reading the answer: {e}"))),
-        Err(_) => Err(Fail::Retry("no answer to Hello within 5 s".into())),
+        Err(_) => Err(Fail::Retry(format!(
+            "no answer to Hello within {} s",
+            HELLO_ANSWER_TIMEOUT.as_secs()
+        ))),
     }
 }
 
