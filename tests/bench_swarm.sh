@@ -45,7 +45,9 @@ TOKEN=$(cat coord/admin.token)
   | awk '/^token:/{print $2}' > swarm.token
 
 DURATION=$STEADY
-[ -n "$RESTART" ] && DURATION=$(( STEADY + 60 ))
+# With a restart the swarm runs until the downs are counted past the grace, then is stopped
+# (SIGTERM ends it with its summary): a slow restart must not outlast the swarm.
+[ -n "$RESTART" ] && DURATION=$(( STEADY + 3600 ))
 "$BIN/tandem-swarm" --coordinator "$QUIC" --token-file swarm.token --agents "$N" \
   --duration-s "$DURATION" --settle-s 20 --watch-pid "$CPID" \
   --progress-s 10 > summary.json 2> swarm.log &
@@ -76,13 +78,18 @@ if [ -n "$RESTART" ]; then
   wait "$CPID" 2>/dev/null || true
   start_coordinator
   ADMIN=$(python3 -c "import json;print(json.load(open('coord/endpoints.json'))['admin'])")
-  until [ "$(ready || echo 0)" = "$N" ]; do sleep 0.2; done
+  until [ "$(ready || echo 0)" = "$N" ]; do
+    kill -0 $SWARM 2>/dev/null || { echo "the swarm ended before all were back" >&2; break; }
+    sleep 0.2
+  done
   RESTART_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
   echo "restart_to_all_ready_ms $RESTART_MS" >> swarm.log
-  # Past the restart grace: anyone still missing would be declared down by now.
-  sleep $(( GRACE / 1000 + 2 ))
+  # Past the restart grace, which the reconnect storm extends by one lease plus fence grace
+  # past its last registration: anyone still missing would be declared down by now.
+  sleep $(( GRACE / 1000 + 5 * HB / 1000 + 5 ))
 fi
 DOWNS=$(( ${DOWNS_BEFORE:-0} + $(downs) ))
+[ -n "$RESTART" ] && kill -TERM $SWARM 2>/dev/null
 wait $SWARM || true
 SWARM=
 python3 - "$N" "$HB" "$RESTART_MS" "${DOWNS:-0}" <<'EOF'

@@ -364,9 +364,7 @@ impl Membership {
 
     /// The node named `name`, if any.
     pub fn node_named(&self, name: &str) -> Option<NodeRecord> {
-        lock(&self.table)
-            .node_named(name)
-            .map(|e| e.record.clone())
+        lock(&self.table).node_named(name).map(|e| e.record.clone())
     }
 
     /// A join retried by a node whose first answer was lost: `node` joined, never registered,

@@ -351,6 +351,10 @@ impl Server {
         drop(beat_tx);
         let mut control = codec::spawn_reader::<AgentMsg, _>(recv, self.max_frame);
         let mut control_open = true;
+        // Made once, not per turn of the loop: a fresh `closed()` per beat registers and drops
+        // a waiter on the connection's state every time.
+        let closed = conn.closed();
+        tokio::pin!(closed);
         loop {
             tokio::select! {
                 dg = conn.read_datagram(), if datagrams => {
@@ -429,7 +433,7 @@ impl Server {
                         return format!("control stream write failed: {e}");
                     }
                 }
-                reason = conn.closed() => return reason.to_string(),
+                reason = &mut closed => return reason.to_string(),
             }
         }
     }

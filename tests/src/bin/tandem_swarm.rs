@@ -914,6 +914,10 @@ async fn session(ctx: &Ctx, a: &mut Agent, s: Session, stop: &mut watch::Receive
     let hw_on = ctx.args.hardware_update_s > 0;
     let mut last_ack = Instant::now();
     let mut reader = Box::pin(next_msg(recv));
+    // Made once, not per turn of the loop: a fresh wait per beat registers and drops a
+    // waiter every time.
+    let stop_wait = stopped(stop);
+    tokio::pin!(stop_wait);
     let end = loop {
         tokio::select! {
             _ = iv.tick() => {
@@ -1011,7 +1015,7 @@ async fn session(ctx: &Ctx, a: &mut Agent, s: Session, stop: &mut watch::Receive
                 }
                 inc(&ctx.stats.c.hardware_updates);
             }
-            _ = stopped(stop) => {
+            _ = &mut stop_wait => {
                 // Leases that ran out before the end count; nothing after it does.
                 a.check_lease(ctx);
                 a.lease.revoke(a.seq);
