@@ -83,7 +83,7 @@ if [ -n "$RESTART" ]; then
     sleep 0.2
   done
   RESTART_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
-  echo "restart_to_all_ready_ms $RESTART_MS" >> swarm.log
+  echo "restart_to_all_ready_ms $RESTART_MS" > restart.txt
   # Past the restart grace, which the reconnect storm extends by one lease plus fence grace
   # past its last registration: anyone still missing would be declared down by now.
   sleep $(( GRACE / 1000 + 5 * HB / 1000 + 5 ))
