@@ -960,21 +960,7 @@ fn a_join_asked_again_after_a_lost_answer_gets_the_same_node() -> Result<()> {
     let addr: SocketAddr = coord.quic.parse()?;
     let ca_pem = std::fs::read_to_string(coord.dir.join("ca.pem"))?;
     let key = NodeKey::generate()?;
-    let join_hello = |key: &NodeKey| -> Result<Vec<u8>> {
-        let AgentMsg::Hello(mut h) = hello(
-            PROTOCOL_VERSION,
-            None,
-            Some(JoinRequest {
-                token_id: token.id.clone(),
-                token_secret: token.secret.clone(),
-                csr_pem: key.csr_pem("retried")?,
-            }),
-        ) else {
-            unreachable!()
-        };
-        h.name = "retried".into();
-        Ok(frame(&AgentMsg::Hello(h)))
-    };
+    let join_hello = |key: &NodeKey| join_frame(&token, key, "retried");
     let rt = runtime();
     let ask = |bytes: Vec<u8>| {
         rt.block_on(async {
@@ -1017,21 +1003,7 @@ fn a_join_asked_again_after_a_lost_answer_gets_the_same_node() -> Result<()> {
     );
     // The retry needed no use (the token's one use was spent by the first try), and spent
     // none: the token admits nobody else.
-    let other = {
-        let AgentMsg::Hello(mut h) = hello(
-            PROTOCOL_VERSION,
-            None,
-            Some(JoinRequest {
-                token_id: token.id.clone(),
-                token_secret: token.secret.clone(),
-                csr_pem: NodeKey::generate()?.csr_pem("other")?,
-            }),
-        ) else {
-            unreachable!()
-        };
-        h.name = "other".into();
-        frame(&AgentMsg::Hello(h))
-    };
+    let other = join_frame(&token, &NodeKey::generate()?, "other")?;
     let (c0, a0) = ask(other)?;
     let reason = rt.block_on(expect_reject(&c0, a0, RejectCode::BadToken, &["use"]))?;
     println!("another node with the spent token: refused: {reason}");
@@ -1075,4 +1047,21 @@ fn a_join_asked_again_after_a_lost_answer_gets_the_same_node() -> Result<()> {
     println!("same key after registering: refused: {reason}");
     ensure!(coord.api.nodes()?.len() == 1);
     Ok(())
+}
+
+/// A join `Hello` for `name` with `token` and a CSR for `key`, framed.
+fn join_frame(token: &JoinToken, key: &NodeKey, name: &str) -> Result<Vec<u8>> {
+    let AgentMsg::Hello(mut h) = hello(
+        PROTOCOL_VERSION,
+        None,
+        Some(JoinRequest {
+            token_id: token.id.clone(),
+            token_secret: token.secret.clone(),
+            csr_pem: key.csr_pem(name)?,
+        }),
+    ) else {
+        unreachable!("hello() makes a Hello")
+    };
+    h.name = name.into();
+    Ok(frame(&AgentMsg::Hello(h)))
 }

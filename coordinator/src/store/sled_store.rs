@@ -362,7 +362,7 @@ impl StateStore for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{NewEvent, NodeState};
+    use crate::model::NewEvent;
 
     #[test]
     fn open_waits_for_the_lock_of_a_store_being_closed() {
