@@ -105,9 +105,12 @@ fn certificates_renew_over_the_live_connection_without_a_gap() -> Result<()> {
     .with_context(|| agent.log_text())?;
     let s3 = back["cert_serial"].as_u64().context("serial")?;
     ensure!(s3 >= s2, "registered with serial {s3}, renewed was {s2}");
+    // The first certificate is gone for good. (The restarted agent may already have renewed
+    // again: the renewed certificate is past 60 % of its 12 s life by now, so the serial kept
+    // as previous can be the renewed one, the connection's, but never the first.)
     ensure!(
-        back["previous_cert_serial"].is_null(),
-        "once the new certificate is in use the old one is revoked: {back}"
+        s3 != s1 && back["previous_cert_serial"].as_u64() != Some(s1),
+        "once the new certificate is in use the old one ({s1}) is revoked: {back}"
     );
     let metrics = coord
         .api
