@@ -152,7 +152,7 @@ impl Identity {
         .map_err(std::io::Error::other)?;
         write_file(&d.join("node.json"), &node, 0o644)?;
         std::fs::File::open(&d)?.sync_all()?;
-        // The join is done; a later join (after `tandem-agent reset`) asks with a new key.
+        // The join is done: its key now lives on as node.key.
         match std::fs::remove_file(d.join("join.key")) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
