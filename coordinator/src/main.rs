@@ -77,6 +77,9 @@ fn main() -> std::process::ExitCode {
     if let Cmd::Shim { job_dir } = &cli.cmd {
         return tandem_agent::supervisor::shim::main(job_dir);
     }
+    if matches!(cli.cmd, Cmd::Serve { .. } | Cmd::Dev { .. }) {
+        tandem_coordinator::limit_malloc_arenas();
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
