@@ -124,6 +124,9 @@ impl Identity {
                 format!("identity/node.json: {e}"),
             )
         })?;
+        // A crash between writing node.json and removing the join key leaves the key behind;
+        // it is the first node key, which a renewal later replaces: do not keep a copy.
+        let _ = std::fs::remove_file(d.join("join.key"));
         Ok(Some(Identity {
             node_id: node.node_id,
             name: node.name,
@@ -227,6 +230,9 @@ mod tests {
         assert!(!path.exists(), "join.key outlived the join");
         let next = join_key(tmp.path(), || Ok("KEY-2".into())).unwrap();
         assert_eq!(next, "KEY-2");
+        // Left behind by a crash after the identity was written: loading removes it.
+        assert!(Identity::load(tmp.path()).unwrap().is_some());
+        assert!(!path.exists(), "a complete identity kept a join key");
     }
 
     #[test]
