@@ -133,6 +133,21 @@ pub struct Membership {
     pub metrics: Arc<Metrics>,
 }
 
+/// Puts `issued` in as the node's certificate and keeps `(serial, not_after)` as the previous
+/// one, still accepted until the node connects with the new one: the answer carrying the new
+/// certificate may be lost (a renewal, a retried join), and the node must not be locked out.
+fn switch_certificate(
+    rec: &mut NodeRecord,
+    (serial, not_after): (u64, i64),
+    issued: &tandem_common::pki::IssuedCert,
+) {
+    rec.previous_cert_serial = Some(serial);
+    rec.previous_cert_not_after_unix = not_after;
+    rec.cert_serial = issued.serial;
+    rec.cert_not_after_unix = issued.not_after_unix as i64;
+    rec.key_sha256 = issued.key_sha256.clone();
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -393,10 +408,8 @@ impl Membership {
         }
         let mut rec = current;
         let dropped = rec.previous_cert_serial.filter(|s| *s != rec.cert_serial);
-        rec.previous_cert_serial = Some(rec.cert_serial);
-        rec.previous_cert_not_after_unix = rec.cert_not_after_unix;
-        rec.cert_serial = issued.serial;
-        rec.cert_not_after_unix = issued.not_after_unix as i64;
+        let first = (rec.cert_serial, rec.cert_not_after_unix);
+        switch_certificate(&mut rec, first, issued);
         rec.address = peer.to_string();
         let changes = vec![
             Change::PutNode(Box::new(rec.clone())),
@@ -675,11 +688,7 @@ impl Membership {
             .filter(|s| *s != conn_serial)
             .collect();
         let mut rec = current;
-        rec.previous_cert_serial = Some(conn_serial);
-        rec.previous_cert_not_after_unix = conn_not_after;
-        rec.cert_serial = issued.serial;
-        rec.cert_not_after_unix = issued.not_after_unix as i64;
-        rec.key_sha256 = issued.key_sha256.clone();
+        switch_certificate(&mut rec, (conn_serial, conn_not_after), issued);
         let changes = vec![
             Change::PutNode(Box::new(rec.clone())),
             Change::Event(NewEvent {
