@@ -84,12 +84,6 @@ const REVOKED: &str = "the coordinator refused this node's certificate as revoke
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the answer to `Hello` may take once the handshake is done. Longer than the connect
-/// timeout: in a reconnect storm (thousands of agents after a coordinator restart) the
-/// coordinator queues registrations, and an agent that gives up on a registration the
-/// coordinator has already written throws that work away and comes back to queue again. The
-/// connection's idle timeout (15 s) still ends it if the coordinator is gone.
-const HELLO_ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Capped exponential backoff with full jitter.
 struct Backoff {
@@ -352,16 +346,8 @@ impl Link {
         recv: &mut quinn::RecvStream,
         hello: &AgentMsg,
     ) -> Result<Result<CoordMsg, String>, AgentError> {
-        if let Err(e) = codec::write_msg(send, hello, DEFAULT_MAX_FRAME).await {
-            return Ok(Err(format!("sending Hello: {e}")));
-        }
-        let answer = tokio::time::timeout(
-            HELLO_ANSWER_TIMEOUT,
-            codec::read_msg::<CoordMsg, _>(recv, DEFAULT_MAX_FRAME),
-        )
-        .await;
-        match answer {
-            Ok(Ok(Some(CoordMsg::Reject(r)))) => {
+        match tandem_common::transport::exchange_hello(conn, send, recv, hello).await {
+            Ok(CoordMsg::Reject(r)) => {
                 tracing::error!(code = ?r.code, reason = %r.reason, "the coordinator refused this node");
                 match r.code {
                     RejectCode::BadToken
@@ -374,18 +360,7 @@ impl Link {
                     _ => Ok(Err(format!("refused ({:?}): {}", r.code, r.reason))),
                 }
             }
-            Ok(Ok(Some(m))) => Ok(Ok(m)),
-            Ok(Ok(None)) => Ok(Err(format!(
-                "the coordinator closed the stream: {}",
-                conn.close_reason()
-                    .map(|r| r.to_string())
-                    .unwrap_or_default()
-            ))),
-            Ok(Err(e)) => Ok(Err(format!("reading the answer: {e}"))),
-            Err(_) => Ok(Err(format!(
-                "no answer to Hello within {} s",
-                HELLO_ANSWER_TIMEOUT.as_secs()
-            ))),
+            other => Ok(other),
         }
     }
 

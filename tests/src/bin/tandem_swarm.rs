@@ -50,8 +50,6 @@ use tokio::sync::{watch, Semaphore};
 
 /// The agent's reply timeout (link.rs `REPLY_TIMEOUT`): connect, and the answer to `Hello`.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
-/// The agent's wait for the answer to `Hello` (link.rs `HELLO_ANSWER_TIMEOUT`).
-const HELLO_ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 /// The agent's backoff (link.rs): capped exponential with full jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -711,34 +709,16 @@ async fn exchange(
     recv: &mut quinn::RecvStream,
     hello: &AgentMsg,
 ) -> Result<CoordMsg, Fail> {
-    if let Err(e) = codec::write_msg(send, hello, DEFAULT_MAX_FRAME).await {
-        return Err(Fail::Retry(format!("sending Hello: {e}")));
-    }
-    let answer = tokio::time::timeout(
-        HELLO_ANSWER_TIMEOUT,
-        codec::read_msg::<CoordMsg, _>(recv, DEFAULT_MAX_FRAME),
-    )
-    .await;
-    match answer {
-        Ok(Ok(Some(CoordMsg::Reject(r)))) => {
+    match tandem_common::transport::exchange_hello(conn, send, recv, hello).await {
+        Ok(CoordMsg::Reject(r)) => {
             let why = format!("refused ({:?}): {}", r.code, r.reason);
             Err(match r.code {
                 RejectCode::Unavailable => Fail::Retry(why),
                 _ => Fail::Final(why),
             })
         }
-        Ok(Ok(Some(m))) => Ok(m),
-        Ok(Ok(None)) => Err(Fail::Retry(format!(
-            "the coordinator closed the stream: {}",
-            conn.close_reason()
-                .map(|r| r.to_string())
-                .unwrap_or_default()
-        ))),
-        Ok(Err(e)) => Err(Fail::Retry(format!("reading the answer: {e}"))),
-        Err(_) => Err(Fail::Retry(format!(
-            "no answer to Hello within {} s",
-            HELLO_ANSWER_TIMEOUT.as_secs()
-        ))),
+        Ok(m) => Ok(m),
+        Err(why) => Err(Fail::Retry(why)),
     }
 }
 
