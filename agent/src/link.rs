@@ -263,10 +263,12 @@ impl Link {
                         .map(|(job_id, fencing_token)| HeldJob {
                             job_id,
                             fencing_token,
+                            state: HeldState::Running,
                         })
                         .collect()
                 })
                 .unwrap_or_default(),
+            exited: Vec::new(),
             hardware: self.reports.borrow().clone(),
         }));
         let welcome = match self.exchange(&conn, &mut send, &mut recv, &hello).await? {
@@ -420,6 +422,7 @@ impl Link {
             }),
             datagrams: conn.max_datagram_size().is_some(),
             jobs: Vec::new(),
+            exited: Vec::new(),
             hardware: self.reports.borrow().clone(),
         }));
         let joined = match self.exchange(&conn, &mut send, &mut recv, &hello).await? {
@@ -559,6 +562,7 @@ impl Link {
                         fencing_token: exit.fencing_token,
                         code: exit.code,
                         signal: exit.signal,
+                        cause: exit.reason.cause(),
                         reason: format!("{:?}", exit.reason).to_lowercase(),
                     });
                     if let Err(e) = codec::write_msg(&mut send, &msg, DEFAULT_MAX_FRAME).await {
@@ -664,6 +668,7 @@ impl Link {
                         fencing_token,
                         code: None,
                         signal: None,
+                        cause: ExitCause::Refused,
                         reason: format!("refused: {e}"),
                     })
                 }

@@ -19,8 +19,10 @@ use crate::hardware::{HardwareDelta, HardwareReport};
 use crate::ids::NodeId;
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. Version 2: `Hello` lists starts in progress and
+/// exits the coordinator has not acknowledged; exits carry an [`ExitCause`] and are
+/// acknowledged with [`CoordMsg::ExitAck`]; [`CoordMsg::ReportJobs`] asks for what is held.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Messages from an agent to the coordinator on the control stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +70,55 @@ pub enum AgentMsg {
         /// A PEM certificate signing request for the new key. Only its public key is used.
         csr_pem: String,
     },
+    /// The answer to [`CoordMsg::ReportJobs`]: every job copy the agent holds now, the same
+    /// list a `Hello` carries.
+    JobsHeld {
+        /// The request it answers.
+        request: u64,
+        /// Every copy held (running, or a start accepted and in progress).
+        jobs: Vec<HeldJob>,
+        /// Exits not acknowledged yet, oldest first.
+        exited: Vec<JobExitReport>,
+    },
+}
+
+/// Why a job copy ended, as the agent saw it. Stable: the coordinator acts on it (an exit of
+/// the job's own doing counts against its restart policy; a fence or a loss does not).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ExitCause {
+    /// The job ended by itself (its code or signal says how).
+    Exited,
+    /// It was stopped on the coordinator's order (`StopJob`).
+    Stopped,
+    /// Its lease ran out, or the agent held none: the agent fenced it.
+    Fenced,
+    /// Its supervisor was told to terminate (SIGTERM, SIGINT, SIGHUP) and stopped it.
+    ShimSignalled,
+    /// Its supervisor died without recording an end; the agent killed what was left.
+    Lost,
+    /// The start was refused before the job ran (`reason` says why).
+    Refused,
+}
+
+impl ExitCause {
+    /// Whether the job itself ended (its restart policy decides what follows), as opposed to
+    /// Tandem ending it or never starting it.
+    pub fn by_the_job(self) -> bool {
+        matches!(self, ExitCause::Exited)
+    }
+
+    /// The stable lower-case name (`exited`, `stopped`, `fenced`, `shim_signalled`, `lost`,
+    /// `refused`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitCause::Exited => "exited",
+            ExitCause::Stopped => "stopped",
+            ExitCause::Fenced => "fenced",
+            ExitCause::ShimSignalled => "shim_signalled",
+            ExitCause::Lost => "lost",
+            ExitCause::Refused => "refused",
+        }
+    }
 }
 
 /// How a job copy ended.
@@ -81,17 +132,30 @@ pub struct JobExitReport {
     pub code: Option<i32>,
     /// The signal that ended it, if one did.
     pub signal: Option<i32>,
+    /// Why, as a constant the coordinator acts on.
+    pub cause: ExitCause,
     /// Why, in words (`exited`, `stopped`, `fenced: lease expired`, `refused: ...`).
     pub reason: String,
 }
 
-/// A job copy an agent holds, reported at registration.
+/// A job copy an agent holds, reported at registration and in [`AgentMsg::JobsHeld`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldJob {
     /// The job.
     pub job_id: String,
     /// The copy's fencing token.
     pub fencing_token: u64,
+    /// Running, or a start accepted and still in progress.
+    pub state: HeldState,
+}
+
+/// Where a held copy stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HeldState {
+    /// The start was accepted and is in progress (the job may not run yet).
+    Starting,
+    /// The job runs.
+    Running,
 }
 
 /// The coordinator's order to start a job copy.
@@ -128,8 +192,13 @@ pub struct Hello {
     pub join: Option<JoinRequest>,
     /// Whether the agent can send and receive QUIC datagrams on this path.
     pub datagrams: bool,
-    /// Every job copy the agent holds or has accepted a start for.
+    /// Every job copy the agent holds or has accepted a start for (starts in progress
+    /// included).
     pub jobs: Vec<HeldJob>,
+    /// Exits the coordinator has not acknowledged yet ([`CoordMsg::ExitAck`]), oldest first.
+    /// The agent keeps them on disk until they are: an exit is never lost to a broken link
+    /// or a restart of either side.
+    pub exited: Vec<JobExitReport>,
     /// What the machine has.
     pub hardware: HardwareReport,
 }
@@ -191,6 +260,20 @@ pub enum CoordMsg {
     RenewalRefused {
         /// Why, in words.
         reason: String,
+    },
+    /// The exit of this copy is recorded durably: the agent may forget it. Sent for every
+    /// exit report, current or stale, once the coordinator has decided on it.
+    ExitAck {
+        /// The job.
+        job_id: String,
+        /// The copy's fencing token.
+        fencing_token: u64,
+    },
+    /// Report every job copy held now ([`AgentMsg::JobsHeld`]). The coordinator asks before
+    /// it acts on a copy it has not heard about (a start unanswered past its deadline).
+    ReportJobs {
+        /// Echoed in the answer.
+        request: u64,
     },
 }
 

@@ -394,6 +394,7 @@ impl Server {
                             }
                         }
                         Ok(Some(m @ AgentMsg::Logs { .. })) => self.membership.logs_arrived(m),
+                        Ok(Some(AgentMsg::JobsHeld { .. })) => {}
                         Ok(Some(AgentMsg::RenewCertificate { csr_pem })) => {
                             let reply = match self.joiner.renew(node, serial, &csr_pem) {
                                 Ok(issued) => CoordMsg::CertificateRenewed {

@@ -67,7 +67,9 @@ fn main() {
             jobs: vec![HeldJob {
                 job_id: "j-1".into(),
                 fencing_token: 3,
+                state: HeldState::Running,
             }],
+            exited: vec![],
             hardware: report(),
         }))
     };
@@ -96,6 +98,7 @@ fn main() {
             fencing_token: 4,
             code: Some(1),
             signal: None,
+            cause: ExitCause::Exited,
             reason: "exited".into(),
         }),
         AgentMsg::Logs {

@@ -224,6 +224,7 @@ fn hello(version: u16, node_id: Option<NodeId>, join: Option<JoinRequest>) -> Ag
         join,
         datagrams: true,
         jobs: vec![],
+        exited: vec![],
         hardware: HardwareReport::default(),
     }))
 }

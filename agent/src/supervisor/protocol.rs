@@ -284,6 +284,20 @@ pub enum ExitReason {
     Lost,
 }
 
+impl ExitReason {
+    /// The wire constant the coordinator acts on.
+    pub fn cause(self) -> tandem_common::proto::ExitCause {
+        use tandem_common::proto::ExitCause;
+        match self {
+            ExitReason::Exited => ExitCause::Exited,
+            ExitReason::Stopped => ExitCause::Stopped,
+            ExitReason::Fenced => ExitCause::Fenced,
+            ExitReason::ShimSignalled => ExitCause::ShimSignalled,
+            ExitReason::Lost => ExitCause::Lost,
+        }
+    }
+}
+
 /// The job's state as the shim records it (`status.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct JobStatus {

@@ -759,6 +759,8 @@ async fn join(ctx: &Ctx, a: &mut Agent) -> Result<(), Fail> {
         }),
         datagrams: conn.max_datagram_size().is_some(),
         jobs: Vec::new(),
+        exited: Vec::new(),
+        exited: Vec::new(),
         hardware: ctx.hardware.report(a.i, &a.name),
     }));
     let joined = match exchange(&conn, &mut send, &mut recv, &hello).await {
@@ -955,6 +957,7 @@ async fn session(ctx: &Ctx, a: &mut Agent, s: Session, stop: &mut watch::Receive
                             fencing_token: job.fencing_token,
                             code: None,
                             signal: None,
+                            cause: ExitCause::Refused,
                             reason: "refused: swarm agents run no jobs".into(),
                         }))
                     }
