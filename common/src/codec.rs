@@ -212,8 +212,55 @@ mod tests {
             join: None,
             datagrams: true,
             jobs: vec![],
+            exited: vec![],
             hardware: HardwareReport::default(),
         }))
+    }
+
+    fn arb_cause() -> impl Strategy<Value = ExitCause> {
+        prop_oneof![
+            Just(ExitCause::Exited),
+            Just(ExitCause::Stopped),
+            Just(ExitCause::Fenced),
+            Just(ExitCause::ShimSignalled),
+            Just(ExitCause::Lost),
+            Just(ExitCause::Refused),
+        ]
+    }
+
+    fn arb_exit() -> impl Strategy<Value = JobExitReport> {
+        (
+            "[a-z0-9-]{0,20}",
+            any::<u64>(),
+            any::<Option<i32>>(),
+            any::<Option<i32>>(),
+            arb_cause(),
+            ".{0,60}",
+        )
+            .prop_map(
+                |(job_id, fencing_token, code, signal, cause, reason)| JobExitReport {
+                    job_id,
+                    fencing_token,
+                    code,
+                    signal,
+                    cause,
+                    reason,
+                },
+            )
+    }
+
+    fn arb_held() -> impl Strategy<Value = HeldJob> {
+        ("[a-z0-9-]{0,20}", any::<u64>(), any::<bool>()).prop_map(
+            |(job_id, fencing_token, starting)| HeldJob {
+                job_id,
+                fencing_token,
+                state: if starting {
+                    HeldState::Starting
+                } else {
+                    HeldState::Running
+                },
+            },
+        )
     }
 
     #[test]
@@ -296,9 +343,11 @@ mod tests {
                 ".{0,40}",
                 ".{0,40}",
                 any::<bool>(),
-                proptest::option::of((".{0,20}", ".{0,60}", ".{0,200}"))
+                proptest::option::of((".{0,20}", ".{0,60}", ".{0,200}")),
+                proptest::collection::vec(arb_held(), 0..4),
+                proptest::collection::vec(arb_exit(), 0..4),
             )
-                .prop_map(|(v, agent_version, name, datagrams, join)| AgentMsg::Hello(
+                .prop_map(|(v, agent_version, name, datagrams, join, jobs, exited)| AgentMsg::Hello(
                     Box::new(Hello {
                         protocol_version: v,
                         agent_version,
@@ -310,10 +359,22 @@ mod tests {
                             csr_pem
                         }),
                         datagrams,
-                        jobs: vec![],
+                        jobs,
+                        exited,
                         hardware: HardwareReport::default(),
                     })
                 )),
+            arb_exit().prop_map(AgentMsg::JobExited),
+            (
+                any::<u64>(),
+                proptest::collection::vec(arb_held(), 0..4),
+                proptest::collection::vec(arb_exit(), 0..4)
+            )
+                .prop_map(|(request, jobs, exited)| AgentMsg::JobsHeld {
+                    request,
+                    jobs,
+                    exited
+                }),
             any::<u64>().prop_map(|nonce| AgentMsg::Pong { nonce }),
             ".{0,100}".prop_map(|reason| AgentMsg::Goodbye { reason }),
         ]
@@ -342,6 +403,13 @@ mod tests {
                 ca_pem
             })),
             any::<u64>().prop_map(|nonce| CoordMsg::Ping { nonce }),
+            ("[a-z0-9-]{0,20}", any::<u64>()).prop_map(|(job_id, fencing_token)| {
+                CoordMsg::ExitAck {
+                    job_id,
+                    fencing_token,
+                }
+            }),
+            any::<u64>().prop_map(|request| CoordMsg::ReportJobs { request }),
         ]
     }
 
