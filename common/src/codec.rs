@@ -237,16 +237,16 @@ mod tests {
             arb_cause(),
             ".{0,60}",
         )
-            .prop_map(
-                |(job_id, fencing_token, code, signal, cause, reason)| JobExitReport {
+            .prop_map(|(job_id, fencing_token, code, signal, cause, reason)| {
+                JobExitReport {
                     job_id,
                     fencing_token,
                     code,
                     signal,
                     cause,
                     reason,
-                },
-            )
+                }
+            })
     }
 
     fn arb_held() -> impl Strategy<Value = HeldJob> {
@@ -347,8 +347,8 @@ mod tests {
                 proptest::collection::vec(arb_held(), 0..4),
                 proptest::collection::vec(arb_exit(), 0..4),
             )
-                .prop_map(|(v, agent_version, name, datagrams, join, jobs, exited)| AgentMsg::Hello(
-                    Box::new(Hello {
+                .prop_map(|(v, agent_version, name, datagrams, join, jobs, exited)| {
+                    AgentMsg::Hello(Box::new(Hello {
                         protocol_version: v,
                         agent_version,
                         name,
@@ -356,14 +356,14 @@ mod tests {
                         join: join.map(|(token_id, token_secret, csr_pem)| JoinRequest {
                             token_id,
                             token_secret,
-                            csr_pem
+                            csr_pem,
                         }),
                         datagrams,
                         jobs,
                         exited,
                         hardware: HardwareReport::default(),
-                    })
-                )),
+                    }))
+                }),
             arb_exit().prop_map(AgentMsg::JobExited),
             (
                 any::<u64>(),

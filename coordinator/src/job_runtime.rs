@@ -30,6 +30,25 @@ use tandem_common::time::unix_ms;
 /// How long a user stop waits between SIGTERM and SIGKILL.
 pub const USER_KILL_TIMEOUT_MS: u32 = 5_000;
 
+/// Why a job was not submitted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// A job that has not ended already has this name.
+    #[error("a job named `{name}` is already {state} ({id})")]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The other job's state.
+        state: &'static str,
+        /// The other job's id.
+        id: String,
+    },
+    /// The store failed; the job was not recorded (or, if it was, it is placed at the next
+    /// start's reconciliation).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// A command for an agent, decided and durable.
 #[derive(Debug)]
 pub enum Outgoing {
@@ -57,9 +76,23 @@ pub enum Outgoing {
     },
 }
 
+/// A start that waits out its restart backoff. It carries the placement's token and is checked
+/// again when it fires, under the fleet lock it is sent under: a stop (or any other decision)
+/// made during the backoff ends or replaces that placement, and the timer then does nothing.
+/// (Before, a task slept and sent the start blindly: a stop during the backoff was undone.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DelayedStart {
+    node: NodeId,
+    job: String,
+    token: u64,
+}
+
 /// The job side of the coordinator.
 pub struct JobRuntime {
     planner: Mutex<Planner>,
+    /// Delayed starts by due time (and a sequence number, to keep equal times apart).
+    timers: Mutex<std::collections::BTreeMap<(std::time::Instant, u64), DelayedStart>>,
+    timer_seq: std::sync::atomic::AtomicU64,
     /// Starts waiting for an old copy to end, by job.
     waiting: Mutex<HashMap<String, (NodeId, u64, NodeId, StartJob)>>,
     /// Log requests waiting for their answer.
@@ -76,6 +109,8 @@ impl JobRuntime {
     pub fn new(lease: Duration, fence_kill_timeout: Duration) -> Self {
         Self {
             planner: Mutex::new(Planner::new(lease.as_millis() as u64)),
+            timers: Mutex::new(Default::default()),
+            timer_seq: Default::default(),
             waiting: Mutex::new(HashMap::new()),
             logs: Mutex::new(HashMap::new()),
             fence_kill_timeout_ms: fence_kill_timeout.as_millis() as u32,
@@ -140,10 +175,22 @@ impl Membership {
         Ok(())
     }
 
-    /// Records a new job and places it.
-    pub fn submit_job(&self, job: JobRecord) -> Result<(), StoreError> {
+    /// Records a new job and places it. The name is checked under the same lock the job is
+    /// inserted under: two submits of one name at once cannot both pass.
+    pub fn submit_job(&self, job: JobRecord) -> Result<(), SubmitError> {
         {
             let mut t = self.lock();
+            if let Some(j) = t
+                .jobs
+                .values()
+                .find(|j| j.spec.name == job.spec.name && !j.state.is_terminal())
+            {
+                return Err(SubmitError::NameTaken {
+                    name: job.spec.name.clone(),
+                    state: j.state.as_str(),
+                    id: j.id.clone(),
+                });
+            }
             self.store().commit(vec![
                 Change::PutJob(Box::new(job.clone())),
                 Change::Event(NewEvent {
@@ -154,7 +201,7 @@ impl Membership {
             ])?;
             t.jobs.insert(job.id.clone(), job.clone());
         }
-        self.job_event(Event::Submitted { job: job.id })
+        Ok(self.job_event(Event::Submitted { job: job.id })?)
     }
 
     fn run_planner(
@@ -355,15 +402,18 @@ impl Membership {
                     delay,
                     after: None,
                 } if !delay.is_zero() => {
-                    let control = self.control_of(&node);
-                    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                        handle.spawn(async move {
-                            tokio::time::sleep(delay).await;
-                            if let Some(c) = control {
-                                let _ = c.send(CoordMsg::StartJob(Box::new(cmd))).await;
-                            }
-                        });
-                    }
+                    let seq = self
+                        .jobs
+                        .timer_seq
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    lock(&self.jobs.timers).insert(
+                        (std::time::Instant::now() + delay, seq),
+                        DelayedStart {
+                            node,
+                            job: cmd.job_id,
+                            token: cmd.fencing_token,
+                        },
+                    );
                 }
                 Outgoing::Start { node, cmd, .. } => {
                     self.send_to(&node, CoordMsg::StartJob(Box::new(cmd)))
@@ -385,7 +435,43 @@ impl Membership {
         }
     }
 
-    fn control_of(&self, node: &NodeId) -> Option<tokio::sync::mpsc::Sender<CoordMsg>> {
+    /// Fires the delayed starts due at `now`. Each is sent only if its placement is still the
+    /// job's current one and has not started: checked and sent under the same fleet lock.
+    pub fn fire_job_timers(&self, now: std::time::Instant) {
+        let due: Vec<DelayedStart> = {
+            let mut timers = lock(&self.jobs.timers);
+            let later = timers.split_off(&(now, u64::MAX));
+            std::mem::replace(&mut *timers, later)
+                .into_values()
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let t = self.lock();
+        for d in due {
+            let Some(job) = t.jobs.get(&d.job) else {
+                continue;
+            };
+            let still = !job.state.is_terminal()
+                && job.current.as_ref().is_some_and(|p| {
+                    p.node == d.node && p.fencing_token == d.token && p.started_ms.is_none()
+                });
+            if !still {
+                tracing::info!(job = %d.job, token = d.token, "delayed start dropped: the placement it was for was ended or replaced during the backoff");
+                continue;
+            }
+            let gpus = job
+                .current
+                .as_ref()
+                .map(|p| p.gpus.clone())
+                .unwrap_or_default();
+            let cmd = start_cmd(job, d.token, &gpus);
+            send_in(&t, &d.node, CoordMsg::StartJob(Box::new(cmd)));
+        }
+    }
+
+    fn control_of(&self, node: &NodeId) -> Option<std::sync::Arc<crate::outbox::Outbox>> {
         self.lock()
             .nodes
             .get(node)
@@ -393,16 +479,7 @@ impl Membership {
     }
 
     fn send_to(&self, node: &NodeId, msg: CoordMsg) {
-        match self.control_of(node) {
-            Some(c) => {
-                if let Err(e) = c.try_send(msg) {
-                    tracing::warn!(%node, error = %e, "could not queue a job command");
-                }
-            }
-            None => {
-                tracing::info!(%node, "node has no connection; its job command waits for it to register")
-            }
-        }
+        send_in(&self.lock(), node, msg)
     }
 
     /// An agent reports that a copy started.
@@ -460,15 +537,18 @@ impl Membership {
                 .map(|(_, _, to, cmd)| (to, cmd))
                 .collect()
         };
+        if ready.is_empty() {
+            return;
+        }
+        // Only if it is still the job's current placement: checked and sent under one lock.
+        let t = self.lock();
         for (to, cmd) in ready {
-            // Only if it is still the job's current placement.
-            let current = self
-                .lock()
+            let current = t
                 .jobs
                 .get(&cmd.job_id)
                 .and_then(|j| j.current.as_ref().map(|p| p.fencing_token));
             if current == Some(cmd.fencing_token) {
-                self.send_to(&to, CoordMsg::StartJob(Box::new(cmd)));
+                send_in(&t, &to, CoordMsg::StartJob(Box::new(cmd)));
             }
         }
     }
@@ -494,12 +574,11 @@ impl Membership {
         let (tx, rx) = tokio::sync::oneshot::channel();
         lock(&self.jobs.logs).insert(request, tx);
         let sent = control
-            .send(CoordMsg::TailLogs {
+            .push(CoordMsg::TailLogs {
                 request,
                 job_id: job.id.clone(),
                 lines,
             })
-            .await
             .is_ok();
         let r = if !sent {
             Err("the node's connection closed".to_string())
@@ -526,6 +605,23 @@ impl Membership {
             if let Some(tx) = lock(&self.jobs.logs).remove(request) {
                 let _ = tx.send(msg);
             }
+        }
+    }
+}
+
+/// Queues `msg` to `node`'s session, with the fleet table `t` locked by the caller (so that
+/// what decided the command and its sending see the same state).
+fn send_in(t: &Fleet, node: &NodeId, msg: CoordMsg) {
+    match t.nodes.get(node).and_then(|e| e.live.as_ref()) {
+        Some(l) => {
+            // Not queued only when the session is ending: the node's next registration is
+            // reconciled against the job records, which hold this decision.
+            if let Err(e) = l.control.push(msg) {
+                tracing::info!(%node, error = %e, "job command not queued; reconciled when the node registers again");
+            }
+        }
+        None => {
+            tracing::info!(%node, "node has no connection; its job command waits for it to register")
         }
     }
 }

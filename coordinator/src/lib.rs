@@ -14,6 +14,7 @@
 //! - `job_runtime`: the job planner's decisions made durable, then sent to agents.
 //! - `limits`: failed-join and refusal-log limits against floods.
 //! - `join`: join tokens and CSRs traded for node certificates.
+//! - `outbox`: the queue of commands to one session (bounded, never drops silently).
 //! - `server`: the QUIC endpoint, one task per connection.
 //! - `admin`: the HTTP/JSON admin endpoint and `/metrics`.
 //! - `metrics`: counters and histograms.
@@ -35,6 +36,7 @@ pub mod limits;
 pub mod membership;
 pub mod metrics;
 pub mod model;
+pub mod outbox;
 pub mod pairs;
 pub mod server;
 pub mod store;

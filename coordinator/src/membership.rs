@@ -9,7 +9,7 @@
 //! Heartbeats never come through here; they go to the failure detector, which is in memory.
 
 use crate::cluster::pairing::{self, PairDecision, PairNode};
-use crate::detector::{FailureDetector, Transition};
+use crate::detector::{FailureDetector, Liveness, Transition};
 use crate::metrics::Metrics;
 use crate::model::{
     ClusterMode, ClusterRecord, NewEvent, NodeRecord, NodeState, PairRecord, TokenRecord,
@@ -24,7 +24,6 @@ use std::time::Instant;
 use tandem_common::hardware::{GpuInfo, HardwareDelta, HardwareReport};
 use tandem_common::ids::NodeId;
 use tandem_common::proto::{CoordMsg, RejectCode};
-use tokio::sync::mpsc;
 
 /// Why a membership operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +55,8 @@ pub struct Live {
     pub session: u64,
     /// The QUIC connection (to close it).
     pub conn: quinn::Connection,
-    /// Messages to send on its control stream.
-    pub control: mpsc::Sender<CoordMsg>,
+    /// Commands to send on its control stream (never dropped: see `outbox`).
+    pub control: Arc<crate::outbox::Outbox>,
 }
 
 /// One row of the table.
@@ -445,7 +444,7 @@ impl Membership {
         agent_version: String,
         hardware: HardwareReport,
         conn: quinn::Connection,
-        control: mpsc::Sender<CoordMsg>,
+        control: Arc<crate::outbox::Outbox>,
         now: Instant,
     ) -> Result<Registered, MembershipError> {
         let mut t = lock(&self.table);
@@ -516,6 +515,7 @@ impl Membership {
             ));
         };
         if let Some(old) = entry.live.take() {
+            old.control.close();
             old.conn.close(
                 close_code::REPLACED,
                 b"replaced by a newer connection of this node",
@@ -541,7 +541,9 @@ impl Membership {
         let mut t = lock(&self.table);
         if let Some(e) = t.nodes.get_mut(node) {
             if e.live.as_ref().is_some_and(|l| l.session == session) {
-                e.live = None;
+                if let Some(l) = e.live.take() {
+                    l.control.close();
+                }
             }
         }
     }
@@ -768,7 +770,7 @@ impl Membership {
         let (tx, rx) = tokio::sync::oneshot::channel();
         lock(&self.pings).insert(nonce, tx);
         let start = Instant::now();
-        let sent = control.send(CoordMsg::Ping { nonce }).await.is_ok();
+        let sent = control.push(CoordMsg::Ping { nonce }).is_ok();
         let r = if !sent {
             Err("the node's connection closed".to_string())
         } else {
@@ -801,6 +803,7 @@ impl Membership {
 
     /// Runs the detector at `now` and applies what it decides.
     pub fn tick(&self, now: Instant) {
+        self.fire_job_timers(now);
         let transitions = lock(&self.detector).handle_tick(now);
         // A wave (a stalled network, a rack losing power) brings thousands of transitions in
         // one tick. Suspicions are only shown, so they are recorded without waiting for the
@@ -864,22 +867,31 @@ impl Membership {
                 format!("no heartbeat for {} ms", silent_for.as_millis()),
             ),
             Transition::Recovered { node } => (node, NodeState::Ready, "heartbeats resumed".into()),
-            Transition::Down { node, silent_for } => {
-                self.metrics
-                    .nodes_declared_down
-                    .fetch_add(1, Ordering::Relaxed);
-                self.metrics.detection.observe(*silent_for);
-                (
-                    node,
-                    NodeState::Down,
-                    format!(
-                        "no heartbeat for {} ms: its lease and fence grace ran out",
-                        silent_for.as_millis()
-                    ),
-                )
-            }
+            Transition::Down { node, silent_for } => (
+                node,
+                NodeState::Down,
+                format!(
+                    "no heartbeat for {} ms: its lease and fence grace ran out",
+                    silent_for.as_millis()
+                ),
+            ),
         };
         let mut t = lock(&self.table);
+        // The detector decided on what it knew when it scanned; the downs of a wave are then
+        // recorded one by one, each waiting for its flush. A node that registered again in
+        // between (a new session, Alive again) must not be overwritten: that would close its
+        // live connection and place its running jobs elsewhere. Registration changes the
+        // detector under this same table lock, so what is checked here is what is acted on.
+        let expected = match &tr {
+            Transition::Suspect { .. } => Liveness::Suspect,
+            Transition::Recovered { .. } => Liveness::Alive,
+            Transition::Down { .. } => Liveness::Down,
+        };
+        let now_is = lock(&self.detector).liveness(node);
+        if now_is != Some(expected) {
+            tracing::info!(node = %node, to = state.as_str(), ?now_is, "state change not recorded: the node registered again (or recovered) since the detector decided");
+            return None;
+        }
         let current = t.nodes.get(node).map(|e| e.record.clone())?;
         if current.state == state || current.state == NodeState::Left {
             return None;
@@ -927,6 +939,12 @@ impl Membership {
                 return None;
             }
         };
+        if let Transition::Down { silent_for, .. } = &tr {
+            self.metrics
+                .nodes_declared_down
+                .fetch_add(1, Ordering::Relaxed);
+            self.metrics.detection.observe(*silent_for);
+        }
         tracing::info!(node = %node, name = %rec.name, state = state.as_str(), %reason, "node state changed");
         if let Some((cid, p)) = plan {
             pairs::install(&mut t, &cid, p);

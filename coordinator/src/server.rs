@@ -238,7 +238,7 @@ impl Server {
                 .await;
         }
         let serial = tandem_common::tls::peer_cert_serial(&conn).unwrap_or(0);
-        let (ctl_tx, ctl_rx) = mpsc::channel::<CoordMsg>(16);
+        let outbox = Arc::new(crate::outbox::Outbox::default());
         // Only what the session needs outlives this point: the Hello (with a hardware report of
         // several KiB) is not kept for the life of the connection.
         let datagrams = hello.datagrams && conn.max_datagram_size().is_some();
@@ -255,7 +255,7 @@ impl Server {
             agent_version,
             hardware,
             conn.clone(),
-            ctl_tx,
+            outbox.clone(),
             Instant::now(),
         ) {
             Ok(r) => r,
@@ -302,7 +302,7 @@ impl Server {
                 &conn,
                 send,
                 recv,
-                ctl_rx,
+                &outbox,
                 &cert_node,
                 reg.session,
                 datagrams,
@@ -311,6 +311,7 @@ impl Server {
             )
             .await;
         tracing::info!(%peer, node = %cert_node, session = reg.session, reason = %why, "node connection ended");
+        outbox.close();
         self.membership.disconnected(&cert_node, reg.session);
     }
 
@@ -320,7 +321,7 @@ impl Server {
         conn: &quinn::Connection,
         mut send: quinn::SendStream,
         recv: quinn::RecvStream,
-        mut ctl_rx: mpsc::Receiver<CoordMsg>,
+        outbox: &crate::outbox::Outbox,
         node: &NodeId,
         session: u64,
         datagrams: bool,
@@ -429,11 +430,21 @@ impl Server {
                         }
                     }
                 }
-                Some(out) = ctl_rx.recv() => {
-                    if let Err(e) = codec::write_msg(&mut send, &out, self.max_frame).await {
-                        return format!("control stream write failed: {e}");
+                out = outbox.next() => match out {
+                    crate::outbox::Drained::Batch(batch) => {
+                        for m in &batch {
+                            if let Err(e) = codec::write_msg(&mut send, m, self.max_frame).await {
+                                return format!("control stream write failed: {e}");
+                            }
+                        }
                     }
-                }
+                    crate::outbox::Drained::Overflowed => {
+                        tracing::warn!(%peer, %node, "closing a session that does not read its commands ({} queued); its next registration is reconciled", crate::outbox::MAX_QUEUED);
+                        conn.close(close_code::PROTOCOL, b"commands not read");
+                        return "the node did not read its commands".into();
+                    }
+                    crate::outbox::Drained::Closed => return "the session was replaced or ended".into(),
+                },
                 reason = &mut closed => return reason.to_string(),
             }
         }

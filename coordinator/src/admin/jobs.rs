@@ -53,30 +53,18 @@ pub(super) async fn submit(
     spec.cluster = cluster.id.clone();
     crate::jobs::validate::validate_spec(&spec)
         .map_err(|e| ApiError::new(Code::InvalidArgument, e.to_string()))?;
-    if let Some(j) = s
-        .membership
-        .lock()
-        .jobs
-        .values()
-        .find(|j| j.spec.name == spec.name && !j.state.is_terminal())
-    {
-        return Err(ApiError::new(
-            Code::AlreadyExists,
-            format!(
-                "a job named `{}` is already {} ({})",
-                spec.name,
-                j.state.as_str(),
-                j.id
-            ),
-        ));
-    }
     let job = JobRecord::new(
         new_job_id(rand::random()),
         spec,
         tandem_common::time::unix_ms(),
     );
     let id = job.id.clone();
-    s.membership.submit_job(job)?;
+    s.membership.submit_job(job).map_err(|e| match e {
+        crate::job_runtime::SubmitError::NameTaken { .. } => {
+            ApiError::new(Code::AlreadyExists, e.to_string())
+        }
+        crate::job_runtime::SubmitError::Store(e) => e.into(),
+    })?;
     let job = find(&s, &id)?;
     Ok((StatusCode::CREATED, Json(json!({ "job": view(&job) }))))
 }

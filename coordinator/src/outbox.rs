@@ -1,0 +1,190 @@
+//! The queue of commands to one node's session.
+//!
+//! # Why it never drops
+//! A job command that is decided but never delivered strands a job: a start that never
+//! arrives leaves it `starting` for ever, a stop that never arrives leaves a drain waiting for
+//! ever. The old 16-slot channel filled with `try_send` dropped whatever did not fit (24
+//! pending jobs and one node joining: 8 never started). Here a push never fails while the
+//! session lives: commands are queued in order and the session task drains them onto the
+//! control stream.
+//!
+//! The queue is bounded all the same ([`MAX_QUEUED`]): a node that stops reading its control
+//! stream must not grow the coordinator's memory for ever. Past the bound the outbox is marked
+//! *overflowed* and the session is closed; nothing is dropped silently, because what the node
+//! should run is in the job records, and the node's next `Hello` (everything it holds) is
+//! reconciled against them (a start it never got is placed again, a copy it should not hold is
+//! killed).
+//!
+//! Pushing takes a plain mutex for a moment and never waits: it is called while the fleet
+//! table is locked, so it must not await or block on the session.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use tandem_common::proto::CoordMsg;
+use tokio::sync::Notify;
+
+/// Commands queued to one session at most before it is closed as not reading.
+pub const MAX_QUEUED: usize = 65_536;
+
+/// Why a push was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OutboxError {
+    /// The session ended; its node gets what it should run when it registers again.
+    #[error("the session is closed")]
+    Closed,
+    /// The node did not read its commands: the session is being closed, and its next
+    /// registration is reconciled against the job records.
+    #[error("{MAX_QUEUED} commands are queued to the session; it is being closed")]
+    Overflowed,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<CoordMsg>,
+    closed: bool,
+    overflowed: bool,
+}
+
+/// One session's queue of commands.
+#[derive(Default)]
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+/// What the session task gets from [`Outbox::next`].
+#[derive(Debug, PartialEq)]
+pub enum Drained {
+    /// Commands to write, in order.
+    Batch(Vec<CoordMsg>),
+    /// The queue overflowed: close the session.
+    Overflowed,
+    /// The outbox was closed.
+    Closed,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("queued", &self.len())
+            .finish()
+    }
+}
+
+impl Outbox {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `msg`. Never waits.
+    pub fn push(&self, msg: CoordMsg) -> Result<(), OutboxError> {
+        let mut s = self.state();
+        if s.closed {
+            return Err(OutboxError::Closed);
+        }
+        if s.overflowed {
+            return Err(OutboxError::Overflowed);
+        }
+        if s.queue.len() >= MAX_QUEUED {
+            s.overflowed = true;
+            drop(s);
+            self.notify.notify_one();
+            return Err(OutboxError::Overflowed);
+        }
+        s.queue.push_back(msg);
+        drop(s);
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Waits for commands (or the end) and takes every queued command at once.
+    pub async fn next(&self) -> Drained {
+        loop {
+            // Registered before the check: a push between the check and the await wakes us.
+            let notified = self.notify.notified();
+            {
+                let mut s = self.state();
+                if s.overflowed {
+                    return Drained::Overflowed;
+                }
+                if !s.queue.is_empty() {
+                    return Drained::Batch(s.queue.drain(..).collect());
+                }
+                if s.closed {
+                    return Drained::Closed;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Closes the outbox: later pushes are refused, the session task sees [`Drained::Closed`]
+    /// once the queue is empty.
+    pub fn close(&self) {
+        self.state().closed = true;
+        self.notify.notify_one();
+    }
+
+    /// How many commands wait.
+    pub fn len(&self) -> usize {
+        self.state().queue.len()
+    }
+
+    /// Whether no command waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ping(n: u64) -> CoordMsg {
+        CoordMsg::Ping { nonce: n }
+    }
+
+    #[tokio::test]
+    async fn many_commands_are_all_delivered_in_order() {
+        let o = Outbox::default();
+        for n in 0..1000 {
+            o.push(ping(n)).unwrap();
+        }
+        let Drained::Batch(b) = o.next().await else {
+            panic!("expected a batch")
+        };
+        assert_eq!(b, (0..1000).map(ping).collect::<Vec<_>>());
+        assert!(o.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_push_wakes_a_waiting_session() {
+        let o = std::sync::Arc::new(Outbox::default());
+        let o2 = o.clone();
+        let waiter = tokio::spawn(async move { o2.next().await });
+        tokio::task::yield_now().await;
+        o.push(ping(7)).unwrap();
+        assert_eq!(waiter.await.unwrap(), Drained::Batch(vec![ping(7)]));
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_the_session_is_told_to_close_and_nothing_is_dropped_silently() {
+        let o = Outbox::default();
+        for n in 0..MAX_QUEUED as u64 {
+            o.push(ping(n)).unwrap();
+        }
+        assert_eq!(o.push(ping(0)), Err(OutboxError::Overflowed));
+        assert_eq!(o.push(ping(0)), Err(OutboxError::Overflowed));
+        assert_eq!(o.next().await, Drained::Overflowed);
+    }
+
+    #[tokio::test]
+    async fn a_closed_outbox_refuses_and_ends_after_its_queue() {
+        let o = Outbox::default();
+        o.push(ping(1)).unwrap();
+        o.close();
+        assert_eq!(o.push(ping(2)), Err(OutboxError::Closed));
+        assert_eq!(o.next().await, Drained::Batch(vec![ping(1)]));
+        assert_eq!(o.next().await, Drained::Closed);
+    }
+}
