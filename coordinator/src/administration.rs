@@ -549,10 +549,21 @@ impl Membership {
     /// Removes a node: refused while protected. Its record goes, so its certificate is no
     /// longer accepted (registration checks the record and its serial), its open connection is
     /// closed, and a pair it was in is dissolved.
+    ///
+    /// # No way around the lease
+    /// A node that may still hold a lease (the detector has not declared it down) may still
+    /// run its jobs: closing its connection stops its beats, but its agent fences them only
+    /// when its last lease runs out. Placing them elsewhere at once ran two copies for up to a
+    /// lease. So such a node leaves the table but is kept as a tombstone (durably, in the
+    /// same batch), shown to the job planner as live and draining: its jobs move only once
+    /// their copies there have ended or the detector declares the node down, exactly as after
+    /// a crash. A node already down, joining or gone holds no lease and goes at once.
     pub fn remove_node(&self, id_or_name: &str, why: &str) -> Result<NodeRecord, OpError> {
         let mut t = self.lock();
         let id = find_node_id(&t, id_or_name)?;
         let rec = t.nodes[&id].record.clone();
+        let may_hold_lease =
+            matches!(rec.state, NodeState::Ready | NodeState::Suspect) && self.may_hold_lease(&id);
         if rec.protected {
             return Err(OpError::FailedPrecondition(format!(
                 "node {} is protected; clear its protection first (PATCH protected=false)",
@@ -565,13 +576,26 @@ impl Membership {
             .filter(|p| p.primary == id || p.standby == id)
             .cloned()
             .collect();
-        let mut changes = vec![Change::DeleteNode(id.clone())];
+        let mut tomb = rec.clone();
+        tomb.removed_ms = Some(unix_ms());
+        tomb.draining = true;
+        let mut changes = vec![if may_hold_lease {
+            Change::PutNode(Box::new(tomb.clone()))
+        } else {
+            Change::DeleteNode(id.clone())
+        }];
         changes.push(event(
             "node_removed",
             Some(id.clone()),
             format!(
-                "node {} removed ({why}); certificate serial {} revoked",
-                rec.name, rec.cert_serial
+                "node {} removed ({why}); certificate serial {} revoked{}",
+                rec.name,
+                rec.cert_serial,
+                if may_hold_lease {
+                    "; its jobs move once their copies there end or its lease is over"
+                } else {
+                    ""
+                }
             ),
         ));
         for p in &pairs {
@@ -609,14 +633,23 @@ impl Membership {
         }
         if let Some(e) = t.remove_node(&id) {
             if let Some(live) = e.live {
+                live.control.close();
                 live.conn.close(
                     close_code::REMOVED,
                     b"node removed: its certificate is revoked",
                 );
             }
         }
-        drop(t);
-        self.forget(&id);
+        if may_hold_lease {
+            t.removing.insert(id.clone(), tomb);
+            drop(t);
+            // Its jobs start moving now (stop first, as a drain does); none starts elsewhere
+            // before its copy there has ended or the node is declared down.
+            self.job_event(crate::jobs::planner::Event::Drain { node: id.clone() })?;
+        } else {
+            drop(t);
+            self.forget(&id);
+        }
         Ok(rec)
     }
 

@@ -215,6 +215,14 @@ impl Membership {
             .nodes
             .values()
             .map(|e| NodeView::from_record(&e.record))
+            // A node being removed may still run its jobs until its lease is over: the
+            // planner sees it as live and draining (its jobs move only once their copies
+            // there have ended, or the node is down), and places nothing new on it.
+            .chain(t.removing.values().map(|r| {
+                let mut v = NodeView::from_record(r);
+                v.draining = true;
+                v
+            }))
             .collect();
         let pairs: Vec<_> = t.pairs.values().cloned().collect();
         let mut jobs: Vec<JobRecord> = t.jobs.values().cloned().collect();

@@ -184,6 +184,7 @@ impl Joiner {
             taints: Vec::new(),
             protected: false,
             draining: false,
+            removed_ms: None,
         };
         let ticket = self.membership.record_join(record, rec, cluster)?;
         tracing::info!(%peer, node = %node_id, name = %hello.name, "node joined");

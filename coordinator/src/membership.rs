@@ -79,6 +79,10 @@ pub struct Fleet {
     pub pairs: HashMap<String, PairRecord>,
     /// Jobs by id.
     pub jobs: HashMap<String, crate::jobs::model::JobRecord>,
+    /// Nodes removed while they may still hold a lease, by id: out of the node table (their
+    /// certificate is revoked, their name is free), kept as tombstones in the store, and shown
+    /// to the job planner as live and draining until the detector declares them down.
+    pub removing: HashMap<NodeId, NodeRecord>,
     /// Node ids by name (names are unique), kept with `nodes` by [`Fleet::insert_node`] and
     /// [`Fleet::remove_node`]: a join or a look-up by name must not compare every name of a
     /// large fleet (at 25,000 nodes those scans were a fifth of a join storm's CPU).
@@ -182,6 +186,13 @@ impl Membership {
             table.jobs.insert(j.id.clone(), j);
         }
         for rec in store.nodes()? {
+            if rec.removed_ms.is_some() {
+                // A removal that waited for the node's lease when we stopped: the lease it may
+                // hold ends within the restart grace, after which the detector finishes it.
+                detector.handle_restored(rec.id.clone(), now);
+                table.removing.insert(rec.id.clone(), rec);
+                continue;
+            }
             if matches!(
                 rec.state,
                 NodeState::Ready | NodeState::Suspect | NodeState::Joining
@@ -796,6 +807,15 @@ impl Membership {
         lock(&self.detector).restart_grace_left(now)
     }
 
+    /// Whether `node` may still hold a lease: the detector tracks it and has not declared it
+    /// down.
+    pub fn may_hold_lease(&self, node: &NodeId) -> bool {
+        matches!(
+            lock(&self.detector).liveness(node),
+            Some(Liveness::Alive | Liveness::Suspect)
+        )
+    }
+
     /// Stops the detector tracking a node that was removed.
     pub fn forget(&self, node: &NodeId) {
         lock(&self.detector).forget(node);
@@ -847,6 +867,14 @@ impl Membership {
                     tracing::error!(node = %node, %err, "could not place the node's jobs again");
                 }
             }
+            FollowUp::Removed { node } => {
+                // Shown to the planner as down for this one event, then gone.
+                if let Err(err) = self.jobs_on_node_down(&node) {
+                    tracing::error!(node = %node, %err, "could not place a removed node's jobs again");
+                }
+                self.lock().removing.remove(&node);
+                self.forget(&node);
+            }
             FollowUp::Recovered { node } => {
                 // A failover that waited to see whether this suspect goes down too goes on.
                 let event = crate::jobs::planner::Event::Recovered { node: node.clone() };
@@ -891,6 +919,31 @@ impl Membership {
         if now_is != Some(expected) {
             tracing::info!(node = %node, to = state.as_str(), ?now_is, "state change not recorded: the node registered again (or recovered) since the detector decided");
             return None;
+        }
+        if let Some(tomb) = t.removing.get_mut(node) {
+            if state != NodeState::Down {
+                return None;
+            }
+            // A removed node's lease is over: its removal ends, and its jobs may move.
+            let name = tomb.name.clone();
+            let ticket = match self.store.apply(vec![
+                Change::DeleteNode(node.clone()),
+                Change::Event(NewEvent {
+                    kind: "node_removed",
+                    node: Some(node.clone()),
+                    message: format!("node {name}: removal complete, its lease is over ({reason}); its jobs may run elsewhere"),
+                }),
+            ]) {
+                Ok((_, ticket)) => ticket,
+                Err(err) => {
+                    tracing::error!(node = %node, %err, "could not record the end of a removal");
+                    return None;
+                }
+            };
+            tomb.state = NodeState::Down;
+            tomb.state_reason = reason;
+            tracing::info!(node = %node, %name, "removal complete: the node's lease is over");
+            return Some((ticket, FollowUp::Removed { node: node.clone() }));
         }
         let current = t.nodes.get(node).map(|e| e.record.clone())?;
         if current.state == state || current.state == NodeState::Left {
@@ -976,6 +1029,11 @@ enum FollowUp {
         node: NodeId,
         /// Its connection, taken from the table.
         live: Option<Live>,
+    },
+    /// A removed node's lease is over: place its jobs again, then forget it.
+    Removed {
+        /// The node.
+        node: NodeId,
     },
     /// Let held failovers go on.
     Recovered {

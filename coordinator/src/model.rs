@@ -99,6 +99,11 @@ pub struct NodeRecord {
     /// Draining: no new work; its work is moved away.
     #[serde(default)]
     pub draining: bool,
+    /// Removed by an operator while it may still hold a lease (Unix ms of the removal): the
+    /// record is kept as a tombstone, out of the node table, until the detector declares the
+    /// lease over; only then may the node's jobs run elsewhere (see `administration`).
+    #[serde(default)]
+    pub removed_ms: Option<u64>,
 }
 
 /// A join token as stored: never the secret, only its hash.
@@ -320,5 +325,6 @@ pub(crate) fn test_node(name: &str) -> NodeRecord {
         taints: Vec::new(),
         protected: false,
         draining: false,
+        removed_ms: None,
     }
 }

@@ -760,7 +760,6 @@ async fn join(ctx: &Ctx, a: &mut Agent) -> Result<(), Fail> {
         datagrams: conn.max_datagram_size().is_some(),
         jobs: Vec::new(),
         exited: Vec::new(),
-        exited: Vec::new(),
         hardware: ctx.hardware.report(a.i, &a.name),
     }));
     let joined = match exchange(&conn, &mut send, &mut recv, &hello).await {
@@ -810,6 +809,7 @@ async fn register(ctx: &Ctx, a: &Agent) -> Result<Session, Fail> {
         join: None,
         datagrams,
         jobs: Vec::new(),
+        exited: Vec::new(),
         hardware: ctx.hardware.report(a.i, &a.name),
     }));
     match exchange(&conn, &mut send, &mut recv, &hello).await {
