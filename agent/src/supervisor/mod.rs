@@ -66,7 +66,8 @@
 //! `.1` at the size cap (8 MiB by default), so a job keeps its last 8–16 MiB of each stream.
 //!
 //! # The shim protocol
-//! Agent to shim, one line each on stdin: `lease <monotonic ns>`, `fence`, `stop <kill ms>`.
+//! Agent to shim, one line each on stdin: `lease <monotonic ns>`, `fence`, `stop <kill ms>`,
+//! `fencekill <ms>` (the coordinator's fence kill timeout changed; sent on every change).
 //! Shim to agent, once on stdout: `started <pid>`, `busy`, or `failed <reason>`. The end is read
 //! from `status.json` once the shim has exited.
 
