@@ -15,7 +15,7 @@
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::lease::{AckOutcome, Lease};
-use crate::supervisor::{JobExit, JobStart, Supervisor};
+use crate::supervisor::{JobExit, JobStart, Supervisor, SupervisorError};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -256,17 +256,7 @@ impl Link {
             jobs: self
                 .jobs
                 .as_ref()
-                .map(|j| {
-                    j.supervisor
-                        .running()
-                        .into_iter()
-                        .map(|(job_id, fencing_token)| HeldJob {
-                            job_id,
-                            fencing_token,
-                            state: HeldState::Running,
-                        })
-                        .collect()
-                })
+                .map(|j| j.supervisor.held())
                 .unwrap_or_default(),
             exited: Vec::new(),
             hardware: self.reports.borrow().clone(),
@@ -660,6 +650,11 @@ impl Link {
                         job_id,
                         fencing_token,
                     }
+                }
+                // A repeat of a start still in progress: that start answers.
+                Err(SupervisorError::StartInProgress { .. }) => {
+                    tracing::info!(job = %job_id, fencing_token, "start repeated while in progress; the first one answers");
+                    return;
                 }
                 Err(e) => {
                     tracing::warn!(job = %job_id, fencing_token, error = %e, "refused to start a job");
