@@ -4,6 +4,7 @@
 //! # Layout
 //! - `config`: flags and TOML, checked into a typed `Config`.
 //! - `cli`: the `run` arguments (shared with the coordinator's dev mode).
+//! - `exits`: job exits kept on disk until the coordinator acknowledges them.
 //! - `identity`: the node's key, certificate and id on disk.
 //! - `lease`: the lease, a plain struct driven by `now` (the agent's half of the fencing argument).
 //! - `leftovers`: waiting out job supervisors of a previous agent run before registering.
@@ -17,6 +18,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod exits;
 pub mod identity;
 pub mod inventory;
 pub mod lease;

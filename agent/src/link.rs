@@ -8,25 +8,34 @@
 //! lease as the `lease` module describes; the lease is published on a `watch` channel for the
 //! code that runs jobs.
 //!
+//! Jobs (`jobs`) start once the first `Welcome` gives the fence kill timeout; every later
+//! `Welcome` applies it again. Each `Hello` lists every copy held (starts in progress too) and
+//! every exit the coordinator has not acknowledged, kept on disk by `crate::exits`, so a broken
+//! link or a restart loses no exit; one registered session's loop is in `session`.
+//!
 //! Failures are retried with capped exponential backoff and full jitter, so a fleet that lost
 //! its coordinator does not reconnect in lock-step. Refusals that cannot get better by retrying
 //! (a bad join token, a node that was removed) end the agent with the coordinator's reason.
 
 use crate::config::Config;
+use crate::exits::{split_for_message, ExitOutbox, ExitsError, MESSAGE_BUDGET};
 use crate::identity::Identity;
-use crate::lease::{AckOutcome, Lease};
-use crate::supervisor::{JobExit, JobStart, Supervisor};
+use crate::lease::Lease;
+use crate::supervisor::Supervisor;
+use jobs::{Ended, Jobs};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tandem_common::codec::{self, DEFAULT_MAX_FRAME};
 use tandem_common::hardware::HardwareReport;
 use tandem_common::ids::NodeId;
 use tandem_common::pki::NodeKey;
 use tandem_common::proto::*;
 use tandem_common::tls;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+
+mod jobs;
+mod session;
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +65,9 @@ pub enum AgentError {
     /// Keys, certificates or TLS setup failed.
     #[error("tls: {0}")]
     Tls(String),
+    /// The unacknowledged job exits cannot be kept (the exits dir).
+    #[error("job exits: {0}")]
+    Exits(#[from] ExitsError),
 }
 
 /// The lease as the rest of the agent sees it.
@@ -117,20 +129,12 @@ pub struct Link {
     jobs: Option<Jobs>,
     /// When to renew the certificate over the live connection.
     renewal: crate::renewal::Renewal,
-}
-
-/// The job side of the link: the supervisor, its exits, and messages its tasks want sent.
-struct Jobs {
-    supervisor: Arc<Supervisor>,
-    outbox_tx: mpsc::Sender<AgentMsg>,
-    /// Lent to the session loop while a session runs.
-    rx: Option<JobRx>,
-}
-
-/// What the session loop listens to for jobs.
-struct JobRx {
-    exits: mpsc::Receiver<JobExit>,
-    outbox: mpsc::Receiver<AgentMsg>,
+    /// Job exits not acknowledged yet, on disk: each is kept before it is sent, and every
+    /// `Hello` and `JobsHeld` carries them all.
+    exits: ExitOutbox,
+    /// Exits the outbox refused to keep (see `keep_exits`) while no session ran: sent once
+    /// when the next session starts.
+    unkept: Vec<JobExitReport>,
 }
 
 fn tls_err(e: impl std::fmt::Display) -> AgentError {
@@ -151,7 +155,19 @@ impl Link {
                     source,
                 }
             })?;
+        let (exits, skipped) = ExitOutbox::open(&cfg.state_dir)?;
+        for s in &skipped {
+            tracing::warn!(file = %s.path.display(), reason = %s.reason, "skipped a file in the exits dir");
+        }
+        if !exits.is_empty() {
+            tracing::info!(
+                exits = exits.len(),
+                "job exits of an earlier run are not acknowledged yet; the next Hello carries them"
+            );
+        }
         Ok(Self {
+            exits,
+            unkept: Vec::new(),
             cfg,
             endpoint,
             lease: Lease::new(),
@@ -188,6 +204,10 @@ impl Link {
             let until = tokio::time::Instant::now() + wait;
             loop {
                 self.watchdog.ping_if_due(Instant::now());
+                // Exits that come while no session runs are kept at once, not at the next one.
+                let drained = self.ended().map(Ended::drain).unwrap_or_default();
+                let refused = self.keep_exits(&drained);
+                self.unkept.extend(refused);
                 let now = tokio::time::Instant::now();
                 if now >= until {
                     break;
@@ -246,6 +266,15 @@ impl Link {
             Err(e) => return Ok(Retry::Later(format!("cannot open the control stream: {e}"))),
         };
         let datagrams = conn.max_datagram_size().is_some() && !self.cfg.force_stream_heartbeats;
+        // What is held is read before the waiting exits are drained (see `Jobs::held_then_drain`).
+        let (held, drained) = self
+            .jobs
+            .as_mut()
+            .map(Jobs::held_then_drain)
+            .unwrap_or_default();
+        let refused = self.keep_exits(&drained);
+        self.unkept.extend(refused);
+        let (exited, overflow) = split_for_message(self.exits.pending(), MESSAGE_BUDGET);
         let hello = AgentMsg::Hello(Box::new(Hello {
             protocol_version: PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").into(),
@@ -253,22 +282,8 @@ impl Link {
             node_id: Some(identity.node_id.clone()),
             join: None,
             datagrams,
-            jobs: self
-                .jobs
-                .as_ref()
-                .map(|j| {
-                    j.supervisor
-                        .running()
-                        .into_iter()
-                        .map(|(job_id, fencing_token)| HeldJob {
-                            job_id,
-                            fencing_token,
-                            state: HeldState::Running,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            exited: Vec::new(),
+            jobs: held,
+            exited,
             hardware: self.reports.borrow().clone(),
         }));
         let welcome = match self.exchange(&conn, &mut send, &mut recv, &hello).await? {
@@ -296,11 +311,12 @@ impl Link {
                 tracing::warn!(error = %e, "cannot read our certificate's validity; it will not be renewed")
             }
         }
-        if self.jobs.is_none() {
-            match self.make_jobs(&identity, &welcome) {
+        match &self.jobs {
+            Some(j) => j.on_welcome(&welcome),
+            None => match self.make_jobs(&identity, &welcome) {
                 Ok(j) => self.jobs = Some(j),
                 Err(e) => tracing::error!(error = %e, "cannot run jobs on this node"),
-            }
+            },
         }
         let mut rx = self.jobs.as_mut().and_then(|j| j.rx.take());
         let reason = self
@@ -312,6 +328,7 @@ impl Link {
                 datagrams,
                 &mut rx,
                 &mut identity,
+                overflow,
             )
             .await;
         if let Some(j) = self.jobs.as_mut() {
@@ -452,161 +469,6 @@ impl Link {
         Ok(Retry::Now)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn session(
-        &mut self,
-        conn: &quinn::Connection,
-        mut send: quinn::SendStream,
-        recv: quinn::RecvStream,
-        welcome: &Welcome,
-        datagrams: bool,
-        rx: &mut Option<JobRx>,
-        identity: &mut Identity,
-    ) -> String {
-        let (mut exits, mut outbox) = match rx.as_mut() {
-            Some(r) => (Some(&mut r.exits), Some(&mut r.outbox)),
-            None => (None, None),
-        };
-        let mut control = codec::spawn_reader::<CoordMsg, _>(recv, DEFAULT_MAX_FRAME);
-        let heartbeat = Duration::from_millis(welcome.heartbeat_ms.max(10).into());
-        // Beats sent on an older connection must not extend this session's lease.
-        let (mut beat_stream, mut acks) = if datagrams {
-            (None, None)
-        } else {
-            let s = match conn.open_uni().await {
-                Ok(s) => s,
-                Err(e) => return format!("cannot open the heartbeat stream: {e}"),
-            };
-            let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
-            let c = conn.clone();
-            tokio::spawn(async move {
-                if let Ok(mut uni) = c.accept_uni().await {
-                    while let Ok(Some(b)) = codec::read_frame(&mut uni, DEFAULT_MAX_FRAME).await {
-                        if tx.send(b).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
-            (Some(s), Some(rx))
-        };
-        let mut iv = tokio::time::interval(heartbeat);
-        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // What the coordinator has: the report sent in Hello, then every delta applied to it.
-        let mut sent = self.reports.borrow_and_update().clone();
-        let mut last_ack = Instant::now();
-        // Silence this long means the connection is gone (e.g. the coordinator restarted and
-        // forgot it): register again on a new one rather than wait for QUIC's idle timeout.
-        // The lease is unaffected: it still runs out on its own time if no new ack comes.
-        let lease_len = Duration::from_millis(welcome.lease_ms.into());
-        let give_up_after = (3 * heartbeat).max(lease_len / 2);
-        loop {
-            tokio::select! {
-                _ = iv.tick() => {
-                    let now = Instant::now();
-                    wedge_hook();
-                    self.watchdog.ping_if_due(now);
-                    if now.duration_since(last_ack) > give_up_after {
-                        return format!("no heartbeat ack for {} ms; registering again", now.duration_since(last_ack).as_millis());
-                    }
-                    self.seq += 1;
-                    let seq = self.seq;
-                    let beat = AgentDatagram::Heartbeat(Heartbeat {
-                        seq,
-                        last_rtt_us: self.lease.last_rtt().map(|d| d.as_micros().min(u32::MAX as u128) as u32).unwrap_or(0),
-                        load: load_summary(&self.reports.borrow()),
-                    });
-                    self.lease.on_beat_sent(seq, now);
-                    let sent = match &mut beat_stream {
-                        None => codec::encode(&beat).map_err(|e| e.to_string()).and_then(|b| conn.send_datagram(b.into()).map_err(|e| e.to_string())),
-                        Some(s) => match codec::encode_frame(&beat, DEFAULT_MAX_FRAME) {
-                            Ok(f) => tokio::io::AsyncWriteExt::write_all(s, &f).await.map_err(|e| e.to_string()),
-                            Err(e) => Err(e.to_string()),
-                        },
-                    };
-                    if let Err(e) = sent {
-                        return format!("sending a heartbeat: {e}");
-                    }
-                    self.publish(true);
-                    match self.renewal.poll(unix_now(), &identity.name) {
-                        Ok(Some(req)) => {
-                            tracing::info!("renewing the node certificate over the live connection");
-                            if let Err(e) = codec::write_msg(&mut send, &req, DEFAULT_MAX_FRAME).await {
-                                return format!("sending a certificate renewal: {e}");
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!(error = %e, "cannot make a renewal request"),
-                    }
-                }
-                dg = conn.read_datagram(), if datagrams => match dg {
-                    Ok(b) => { if self.on_ack(&b) { last_ack = Instant::now(); } }
-                    Err(e) => return self.closed(e),
-                },
-                Some(b) = async { match acks.as_mut() { Some(rx) => rx.recv().await, None => None } }, if !datagrams => {
-                    if self.on_ack(&b) { last_ack = Instant::now(); }
-                }
-                Ok(()) = self.reports.changed() => {
-                    let current = self.reports.borrow_and_update().clone();
-                    if let Some(delta) = current.diff(&sent) {
-                        sent.apply(delta.clone());
-                        let msg = AgentMsg::HardwareUpdate(Box::new(delta));
-                        if let Err(e) = codec::write_msg(&mut send, &msg, DEFAULT_MAX_FRAME).await {
-                            return format!("sending a hardware update: {e}");
-                        }
-                    }
-                }
-                Some(exit) = async { match exits.as_mut() { Some(r) => r.recv().await, None => None } } => {
-                    let msg = AgentMsg::JobExited(JobExitReport {
-                        job_id: exit.job_id.clone(),
-                        fencing_token: exit.fencing_token,
-                        code: exit.code,
-                        signal: exit.signal,
-                        cause: exit.reason.cause(),
-                        reason: format!("{:?}", exit.reason).to_lowercase(),
-                    });
-                    if let Err(e) = codec::write_msg(&mut send, &msg, DEFAULT_MAX_FRAME).await {
-                        return format!("reporting a job exit: {e}");
-                    }
-                }
-                Some(out) = async { match outbox.as_mut() { Some(r) => r.recv().await, None => None } } => {
-                    if let Err(e) = codec::write_msg(&mut send, &out, DEFAULT_MAX_FRAME).await {
-                        return format!("sending a job report: {e}");
-                    }
-                }
-                msg = control.recv() => match msg.transpose() {
-                    Ok(Some(CoordMsg::StartJob(cmd))) => self.start_job(*cmd),
-                    Ok(Some(CoordMsg::StopJob { job_id, fencing_token, kill_timeout_ms })) => {
-                        self.stop_job(job_id, fencing_token, kill_timeout_ms)
-                    }
-                    Ok(Some(CoordMsg::TailLogs { request, job_id, lines })) => self.tail_logs(request, job_id, lines),
-                    Ok(Some(CoordMsg::Ping { nonce })) => {
-                        if let Err(e) = codec::write_msg(&mut send, &AgentMsg::Pong { nonce }, DEFAULT_MAX_FRAME).await {
-                            return format!("answering a ping: {e}");
-                        }
-                    }
-                    Ok(Some(CoordMsg::CertificateRenewed { cert_pem, .. })) => {
-                        match self.renewal.on_renewed(identity, &self.cfg.state_dir, cert_pem, unix_now()) {
-                            Ok((serial, not_after)) => tracing::info!(serial, not_after_unix = not_after, next_renewal_unix = ?self.renewal.next_at(), "certificate renewed; used from the next connection on"),
-                            Err(e) => tracing::warn!(error = %e, retry_at_unix = ?self.renewal.next_at(), "certificate renewal failed; the current certificate stays in use"),
-                        }
-                    }
-                    Ok(Some(CoordMsg::RenewalRefused { reason })) => {
-                        self.renewal.on_refused(identity, unix_now());
-                        tracing::warn!(%reason, retry_at_unix = ?self.renewal.next_at(), "the coordinator refused to renew the certificate; the current one stays in use");
-                    }
-                    Ok(Some(CoordMsg::Reject(r))) => {
-                        self.lease.revoke();
-                        return format!("refused ({:?}): {}", r.code, r.reason);
-                    }
-                    Ok(Some(other)) => tracing::warn!(?other, "ignored an unexpected control message"),
-                    Ok(None) => return self.closed_reason(conn, "the coordinator closed the control stream"),
-                    Err(e) => return self.closed_reason(conn, &format!("control stream: {e}")),
-                },
-            }
-        }
-    }
-
     fn make_jobs(
         &self,
         identity: &Identity,
@@ -622,98 +484,15 @@ impl Link {
             Some(p) => supervisor.with_shim_program(p),
             None => supervisor,
         };
-        let supervisor = Arc::new(supervisor);
-        supervisor.follow_lease(self.lease_tx.subscribe());
-        let exits = supervisor
-            .exits()
-            .ok_or_else(|| crate::supervisor::SupervisorError::InvalidJob("exits taken".into()))?;
-        let (outbox_tx, outbox) = mpsc::channel(256);
-        Ok(Jobs {
-            supervisor,
-            outbox_tx,
-            rx: Some(JobRx { exits, outbox }),
-        })
+        Jobs::new(supervisor, self.lease_tx.subscribe())
     }
 
-    /// Starts a job copy on a task of its own; the answer (started, or refused as an exit)
-    /// goes back through the outbox.
-    fn start_job(&self, cmd: StartJob) {
-        let Some(j) = &self.jobs else { return };
-        let (sup, out) = (j.supervisor.clone(), j.outbox_tx.clone());
-        tokio::spawn(async move {
-            // A start can arrive right after registration, before the first ack: the
-            // supervisor waits a moment for the lease (and refuses to start without one).
-            let (job_id, fencing_token) = (cmd.job_id.clone(), cmd.fencing_token);
-            let start = JobStart {
-                job_id: cmd.job_id,
-                job_name: cmd.job_name,
-                fencing_token: cmd.fencing_token,
-                command: cmd.command,
-                env: cmd.env,
-                workdir: cmd.workdir.map(Into::into),
-                gpus: cmd.gpus,
-            };
-            let msg = match sup.start(start).await {
-                Ok(_) => {
-                    tracing::info!(job = %job_id, fencing_token, "job started");
-                    AgentMsg::JobStarted {
-                        job_id,
-                        fencing_token,
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(job = %job_id, fencing_token, error = %e, "refused to start a job");
-                    AgentMsg::JobExited(JobExitReport {
-                        job_id,
-                        fencing_token,
-                        code: None,
-                        signal: None,
-                        cause: ExitCause::Refused,
-                        reason: format!("refused: {e}"),
-                    })
-                }
-            };
-            let _ = out.send(msg).await;
-        });
-    }
-
-    fn stop_job(&self, job_id: String, token: u64, kill_timeout_ms: u32) {
-        let Some(j) = &self.jobs else { return };
-        let sup = j.supervisor.clone();
-        tokio::spawn(async move {
-            if let Err(e) = sup
-                .stop(
-                    &job_id,
-                    token,
-                    Duration::from_millis(kill_timeout_ms.into()),
-                )
-                .await
-            {
-                tracing::info!(job = %job_id, token, error = %e, "stop: nothing to stop");
-            }
-        });
-    }
-
-    fn tail_logs(&self, request: u64, job_id: String, lines: u32) {
-        let Some(j) = &self.jobs else { return };
-        let (sup, out) = (j.supervisor.clone(), j.outbox_tx.clone());
-        tokio::spawn(async move {
-            let msg = match sup.tail_logs(&job_id, lines.min(10_000) as usize).await {
-                Ok(t) => AgentMsg::Logs {
-                    request,
-                    stdout: t.stdout,
-                    stderr: t.stderr,
-                    error: None,
-                },
-                Err(e) => AgentMsg::Logs {
-                    request,
-                    stdout: vec![],
-                    stderr: vec![],
-                    error: Some(e.to_string()),
-                },
-            };
-            let _ = out.send(msg).await;
-        });
+    /// The exit reports waiting for the link, while no session has them.
+    fn ended(&mut self) -> Option<&mut Ended> {
+        self.jobs
+            .as_mut()
+            .and_then(|j| j.rx.as_mut())
+            .map(|r| &mut r.ended)
     }
 
     /// Our certificate was refused as revoked: the node was removed. Final.
@@ -724,41 +503,6 @@ impl Link {
             code: RejectCode::UnknownNode,
             reason: REVOKED.to_string(),
         })
-    }
-
-    fn on_ack(&mut self, body: &[u8]) -> bool {
-        match codec::decode_datagram::<CoordDatagram>(body) {
-            Ok(CoordDatagram::HeartbeatAck { seq, lease_ms }) => {
-                let out =
-                    self.lease
-                        .on_ack(seq, Duration::from_millis(lease_ms.into()), Instant::now());
-                if out != AckOutcome::Ignored {
-                    self.publish(true);
-                }
-                out != AckOutcome::Ignored
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "dropped an ack that does not decode");
-                false
-            }
-        }
-    }
-
-    fn closed(&mut self, e: quinn::ConnectionError) -> String {
-        if let quinn::ConnectionError::ApplicationClosed(c) = &e {
-            if c.error_code == 2u32.into() || c.error_code == 6u32.into() {
-                // Declared down, or removed: whatever lease we think we hold is void.
-                self.lease.revoke();
-            }
-        }
-        format!("connection closed: {e}")
-    }
-
-    fn closed_reason(&mut self, conn: &quinn::Connection, fallback: &str) -> String {
-        match conn.close_reason() {
-            Some(e) => self.closed(e),
-            None => fallback.to_string(),
-        }
     }
 }
 
@@ -775,38 +519,5 @@ fn is_revoked(e: &quinn::ConnectionError) -> bool {
         quinn::ConnectionError::TransportError(t) => t.code == revoked,
         quinn::ConnectionError::ConnectionClosed(c) => c.error_code == revoked,
         _ => false,
-    }
-}
-
-/// Test hook: with `TANDEM_TEST_WEDGE_AFTER_MS` set, the main loop blocks for good that long
-/// after start, as a wedged loop would, so a test can see systemd's watchdog pings stop.
-fn wedge_hook() {
-    use std::sync::OnceLock;
-    static AT: OnceLock<Option<Instant>> = OnceLock::new();
-    let at = AT.get_or_init(|| {
-        std::env::var("TANDEM_TEST_WEDGE_AFTER_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map(|ms| Instant::now() + Duration::from_millis(ms))
-    });
-    if at.is_some_and(|t| Instant::now() >= t) {
-        tracing::error!("TANDEM_TEST_WEDGE_AFTER_MS: wedging the main loop");
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
-    }
-}
-
-/// Wall-clock seconds, for certificate validity.
-fn unix_now() -> i64 {
-    (tandem_common::time::unix_ms() / 1000) as i64
-}
-
-/// The small summary that rides with every beat, from the latest report.
-fn load_summary(r: &HardwareReport) -> LoadSummary {
-    LoadSummary {
-        cpu_centi_percent: (r.cpu.usage_percent.clamp(0.0, 100.0) * 100.0) as u16,
-        memory_available_mib: (r.memory.available_bytes >> 20).min(u32::MAX as u64) as u32,
-        jobs_running: 0,
     }
 }

@@ -1,17 +1,20 @@
 //! The job supervisor with the real `tandem-agent shim` binary and real processes: env and logs,
 //! exits, fencing at the lease deadline (whole process group, not before, soon after), a dead
-//! agent, a job that ignores SIGTERM, fencing tokens, user stops.
+//! agent, a job that ignores SIGTERM, fencing tokens, user stops, starts held from acceptance
+//! and repeated starts, a fence kill timeout changed while shims run.
 //!
 //! Every test has its own state dir, and a `Reaper` SIGKILLs anything still carrying that dir in
 //! its command line or environment when the test ends, passed or failed.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_agent::supervisor::{
     ExitReason, JobExit, JobStart, JobState, Supervisor, SupervisorError,
 };
 use tandem_common::ids::NodeId;
+use tandem_common::proto::{HeldJob, HeldState};
 use tokio::sync::mpsc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tandem-agent");
@@ -148,6 +151,23 @@ async fn wait_dead(pids: &[i32], within: Duration) -> Instant {
     }
 }
 
+fn held(job_id: &str, fencing_token: u64, state: HeldState) -> HeldJob {
+    HeldJob {
+        job_id: job_id.to_string(),
+        fencing_token,
+        state,
+    }
+}
+
+/// Polls until the supervisor holds nothing (a copy is dropped just after its exit is sent).
+async fn wait_not_held(sup: &Supervisor) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while !sup.held().is_empty() {
+        assert!(Instant::now() < until, "still held: {:?}", sup.held());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 fn far() -> Option<Instant> {
     Some(Instant::now() + Duration::from_secs(60))
 }
@@ -268,7 +288,7 @@ async fn env_logs_exit_codes_and_signals() {
         sup.tail_logs("nope", 1).await,
         Err(SupervisorError::UnknownJob { .. })
     ));
-    assert!(sup.running().is_empty());
+    wait_not_held(&sup).await;
 }
 
 /// A job that starts a background grandchild, writing both pids into its job dir.
@@ -284,7 +304,7 @@ async fn the_deadline_kills_the_whole_group_not_before_and_soon_after() {
     let leader = wait_for_pid_file(&t.job_dir("fam").join("leader.pid")).await;
     let gc = wait_for_pid_file(&t.job_dir("fam").join("gc.pid")).await;
     assert_eq!(leader as u32, started.pid);
-    assert_eq!(sup.running(), [("fam".to_string(), 1)]);
+    assert_eq!(sup.held(), [held("fam", 1, HeldState::Running)]);
     // The job leads its own group; the shim has its own session, apart from ours.
     assert_eq!(pgid_and_session(started.pid).0, leader);
     let (_, shim_session) = pgid_and_session(started.shim_pid);
@@ -306,7 +326,7 @@ async fn the_deadline_kills_the_whole_group_not_before_and_soon_after() {
     let e = next_exit(&mut exits, Duration::from_secs(5)).await;
     assert_eq!(e.reason, ExitReason::Fenced);
     assert_eq!(e.signal, Some(libc::SIGTERM));
-    assert!(sup.running().is_empty());
+    wait_not_held(&sup).await;
 }
 
 #[tokio::test]
@@ -565,4 +585,129 @@ async fn a_killed_shim_or_a_revoked_lease_leaves_nothing_running() {
         .await
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_start_is_held_from_acceptance_and_a_repeat_is_not_refused() {
+    let t = env();
+    let sup = Arc::new(t.supervisor());
+    let mut exits = sup.exits().unwrap();
+    // No lease yet: the start waits for one (up to 2 s), and is held as starting meanwhile.
+    let first = tokio::spawn({
+        let (sup, job) = (sup.clone(), t.job("rep", 3, FAMILY));
+        async move { sup.start(job).await }
+    });
+    let until = Instant::now() + Duration::from_secs(5);
+    while sup.held() != [held("rep", 3, HeldState::Starting)] {
+        assert!(Instant::now() < until, "never held as starting");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // A repeat of that start does nothing (the first answers); other tokens are refused.
+    let err = sup.start(t.job("rep", 3, "true")).await.unwrap_err();
+    assert!(
+        matches!(err, SupervisorError::StartInProgress { token: 3, .. }),
+        "{err}"
+    );
+    let err = sup.start(t.job("rep", 4, "true")).await.unwrap_err();
+    assert!(
+        matches!(err, SupervisorError::AlreadyRunning { token: 3, .. }),
+        "{err}"
+    );
+    let err = sup.start(t.job("rep", 2, "true")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SupervisorError::StaleToken {
+                token: 2,
+                highest: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    sup.refresh(far());
+    let started = first.await.unwrap().unwrap();
+    assert_eq!(sup.held(), [held("rep", 3, HeldState::Running)]);
+    // Repeated while it runs: answered with the running copy; nothing else is started.
+    assert_eq!(sup.start(t.job("rep", 3, "true")).await.unwrap(), started);
+    assert!(matches!(
+        sup.start(t.job("rep", 4, "true")).await,
+        Err(SupervisorError::AlreadyRunning { token: 3, .. })
+    ));
+    sup.stop("rep", 3, Duration::from_secs(5)).await.unwrap();
+    let e = next_exit(&mut exits, Duration::from_secs(10)).await;
+    assert_eq!(
+        (e.job_id.as_str(), e.fencing_token, e.reason),
+        ("rep", 3, ExitReason::Stopped)
+    );
+    wait_not_held(&sup).await;
+
+    // A start that fails is not held, and neither is one given up half way (its future
+    // dropped while it waits for a lease).
+    let mut missing = t.job("gone", 1, "");
+    missing.command = vec!["/nonexistent/program".into()];
+    let err = sup.start(missing).await.unwrap_err();
+    assert!(matches!(err, SupervisorError::SpawnFailed { .. }), "{err}");
+    assert!(sup.held().is_empty());
+    sup.refresh(None);
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(100),
+        sup.start(t.job("dropped", 1, "true")),
+    )
+    .await;
+    assert!(gave_up.is_err(), "started without a lease");
+    assert!(sup.held().is_empty());
+}
+
+#[tokio::test]
+async fn a_new_fence_kill_timeout_reaches_running_shims_and_new_starts() {
+    let t = env();
+    let sup = t.supervisor();
+    let mut exits = sup.exits().unwrap();
+    sup.refresh(far());
+    sup.start(t.job("slow", 1, STUBBORN)).await.unwrap();
+    let leader = wait_for_pid_file(&t.job_dir("slow").join("leader.pid")).await;
+    let longer = Duration::from_millis(1500);
+    assert_eq!(sup.set_fence_kill_timeout(longer), FENCE_KILL);
+    assert_eq!(sup.set_fence_kill_timeout(longer), longer);
+    assert_eq!(sup.fence_kill_timeout(), longer);
+
+    // A new start gets it in its spec.
+    sup.start(t.job("later", 1, "exit 0")).await.unwrap();
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t.job_dir("later").join("spec.json")).unwrap())
+            .unwrap();
+    assert_eq!(spec["fence_kill_timeout_ms"], 1500);
+    assert_eq!(
+        next_exit(&mut exits, Duration::from_secs(10)).await.job_id,
+        "later"
+    );
+
+    // The running shim was sent it (and says so), and its fence waits that long for SIGKILL.
+    let shim_log = t.job_dir("slow").join("shim.log");
+    let until = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&shim_log)
+        .unwrap_or_default()
+        .contains("fence kill timeout 250 -> 1500 ms")
+    {
+        assert!(
+            Instant::now() < until,
+            "the shim never took the new timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let deadline = Instant::now() + Duration::from_millis(300);
+    sup.refresh(Some(deadline));
+    let dead_at = wait_dead(&[leader], longer + Duration::from_secs(5)).await;
+    let after = dead_at - deadline;
+    eprintln!(
+        "SIGTERM-ignoring job dead {after:?} after the deadline (fence kill timeout 1500 ms)"
+    );
+    assert!(after >= longer, "{after:?}");
+    assert!(after < longer + KILL_BOUND, "{after:?}");
+    let e = next_exit(&mut exits, Duration::from_secs(5)).await;
+    assert_eq!(
+        (e.job_id.as_str(), e.signal, e.reason),
+        ("slow", Some(libc::SIGKILL), ExitReason::Fenced)
+    );
 }

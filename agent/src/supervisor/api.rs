@@ -1,15 +1,22 @@
-//! The agent's handle on its shims: start, stop, lease refresh, exits, logs.
+//! The agent's handle on its shims: start, stop, lease refresh, fence kill timeout, exits, logs,
+//! and what it holds.
+//!
+//! A start is *held* ([`super::held`]) from the moment it is accepted (validated, and admitted
+//! by [`super::admit`]), not from when its shim answers: the link reports what is held in every
+//! `Hello`, and a copy that is about to run must never be missing from it.
 
+use super::held::{Claimed, HeldTable};
 use super::protocol::*;
 use super::{logs, SupervisorError};
 use crate::link::LeaseView;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tandem_common::ids::NodeId;
+use tandem_common::proto::HeldJob;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
@@ -78,14 +85,13 @@ pub struct LogTail {
     pub stderr: Vec<String>,
 }
 
-struct Running {
-    token: u64,
-    ctl: mpsc::Sender<ShimCommand>,
-}
-
-struct Inner {
-    jobs: Mutex<HashMap<String, Running>>,
-    exits_tx: mpsc::Sender<JobExit>,
+/// A shim that answered `started`.
+struct Shim {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    /// The job's pid (and process group id).
+    pid: u32,
+    shim_pid: u32,
 }
 
 /// Starts and watches the shims of this node's jobs. Dropping it is what an agent crash looks
@@ -94,20 +100,26 @@ pub struct Supervisor {
     jobs_dir: PathBuf,
     node_id: NodeId,
     node_name: String,
-    fence_kill_timeout: Duration,
+    /// The fence kill timeout in milliseconds: read by each start for its spec, and followed
+    /// by every running shim's control task (`fencekill`).
+    fence_kill_ms: watch::Sender<u64>,
     shim_program: PathBuf,
     log_max_bytes: u64,
     path_env: String,
-    inner: Arc<Inner>,
+    held: Arc<HeldTable>,
+    exits_tx: mpsc::Sender<JobExit>,
     /// The lease deadline in CLOCK_MONOTONIC ns; `None` = no lease. Dropped with the supervisor,
     /// which closes every shim's stdin.
     deadline: Arc<watch::Sender<Option<u64>>>,
     exits_rx: Mutex<Option<mpsc::Receiver<JobExit>>>,
-    start_lock: tokio::sync::Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> SupervisorError {
@@ -139,17 +151,14 @@ impl Supervisor {
             jobs_dir,
             node_id,
             node_name: node_name.into(),
-            fence_kill_timeout,
+            fence_kill_ms: watch::channel(millis(fence_kill_timeout)).0,
             shim_program,
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             path_env: std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string()),
-            inner: Arc::new(Inner {
-                jobs: Mutex::new(HashMap::new()),
-                exits_tx,
-            }),
+            held: Arc::default(),
+            exits_tx,
             deadline: Arc::new(watch::channel(None).0),
             exits_rx: Mutex::new(Some(exits_rx)),
-            start_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -170,14 +179,30 @@ impl Supervisor {
         lock(&self.exits_rx).take()
     }
 
-    /// The jobs running here, with their tokens, sorted by job id.
-    pub fn running(&self) -> Vec<(String, u64)> {
-        let mut v: Vec<_> = lock(&self.inner.jobs)
-            .iter()
-            .map(|(id, r)| (id.clone(), r.token))
-            .collect();
-        v.sort();
-        v
+    /// Every copy held here, sorted by job id: running, or a start accepted and still in
+    /// progress (`Starting`). A copy leaves this list only after its exit has been sent to
+    /// [`Supervisor::exits`] (or its start has failed), so a reader that takes this list
+    /// *before* draining the exits misses no copy.
+    pub fn held(&self) -> Vec<HeldJob> {
+        self.held.list()
+    }
+
+    /// The fence kill timeout new starts get.
+    pub fn fence_kill_timeout(&self) -> Duration {
+        Duration::from_millis(*self.fence_kill_ms.borrow())
+    }
+
+    /// Sets the fence kill timeout (the coordinator sends one with every `Welcome`): new starts
+    /// use it, and every running shim is sent it (`fencekill`). Returns the one it replaces.
+    pub fn set_fence_kill_timeout(&self, timeout: Duration) -> Duration {
+        let ms = millis(timeout);
+        let mut old = ms;
+        self.fence_kill_ms.send_if_modified(|v| {
+            old = *v;
+            *v = ms;
+            old != ms
+        });
+        Duration::from_millis(old)
     }
 
     /// Pushes the lease deadline to every shim; `None` (no lease) makes every shim fence now.
@@ -212,7 +237,11 @@ impl Supervisor {
     }
 
     /// Starts a job under a new shim. Refuses an older fencing token than the job has seen, a
-    /// job that already runs, and any start without a lease.
+    /// start while another copy of the job is held, and any start without a lease.
+    ///
+    /// A start repeated for the copy that is held is not refused (see [`super::admit`]): if it
+    /// runs, this returns it as started; if its start is in progress, this returns
+    /// [`SupervisorError::StartInProgress`], which is no failure (that start answers).
     pub async fn start(&self, job: JobStart) -> Result<StartedJob, SupervisorError> {
         let job_dir = self.job_dir(&job.job_id)?;
         let id = job.job_id.clone();
@@ -232,14 +261,14 @@ impl Supervisor {
             path: &self.path_env,
         })
         .map_err(SupervisorError::InvalidJob)?;
-        let _serial = self.start_lock.lock().await;
-        if let Some(r) = lock(&self.inner.jobs).get(&id) {
-            return Err(SupervisorError::AlreadyRunning {
-                job_id: id,
-                token: r.token,
-            });
-        }
-        // Subscribe before reading the deadline: a refresh after this read reaches the shim.
+        let claim = match self.held.claim(&id, job.fencing_token)? {
+            Claimed::New(c) => c,
+            Claimed::Running(started) => return Ok(started),
+        };
+        // Subscribe before reading the deadline and the fence kill timeout: a change after
+        // these reads reaches the shim.
+        let mut fence_kill_rx = self.fence_kill_ms.subscribe();
+        let fence_kill_timeout_ms = *fence_kill_rx.borrow_and_update();
         // A start can arrive just before the lease that came with the same registration has
         // reached this side (the first ack, then the lease task): wait for it, briefly.
         let mut deadline_rx = self.deadline.subscribe();
@@ -276,8 +305,7 @@ impl Supervisor {
             env,
             workdir: job.workdir.unwrap_or_else(|| job_dir.clone()),
             lease_deadline_ns: deadline,
-            fence_kill_timeout_ms: u64::try_from(self.fence_kill_timeout.as_millis())
-                .unwrap_or(u64::MAX),
+            fence_kill_timeout_ms,
             log_max_bytes: self.log_max_bytes,
         };
         let spec_path = job_dir.join(SPEC_FILE);
@@ -287,6 +315,34 @@ impl Supervisor {
         })?;
         write_atomic(&spec_path, &bytes)
             .map_err(io_err(format!("writing {}", spec_path.display())))?;
+        let Shim {
+            child,
+            stdin,
+            pid,
+            shim_pid,
+        } = self.spawn_shim(&id, &job_dir).await?;
+        let started = StartedJob {
+            pid,
+            shim_pid,
+            job_dir: job_dir.clone(),
+        };
+        let (ctl_tx, ctl_rx) = mpsc::channel(16);
+        claim.promote(ctl_tx, started.clone());
+        tokio::spawn(control(stdin, deadline_rx, fence_kill_rx, ctl_rx));
+        tokio::spawn(monitor(
+            child,
+            Arc::clone(&self.held),
+            self.exits_tx.clone(),
+            job_dir,
+            id,
+            spec.fencing_token,
+            pid,
+        ));
+        Ok(started)
+    }
+
+    /// Starts the shim for the spec in `job_dir` and waits for its answer.
+    async fn spawn_shim(&self, id: &str, job_dir: &Path) -> Result<Shim, SupervisorError> {
         let shim_log = job_dir.join(SHIM_LOG);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -298,7 +354,7 @@ impl Supervisor {
         cmd.arg0("tandem-agent");
         cmd.arg("shim")
             .arg("--job-dir")
-            .arg(&job_dir)
+            .arg(job_dir)
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -318,7 +374,7 @@ impl Supervisor {
             });
         }
         let shim_err = |reason: String| SupervisorError::Shim {
-            job_id: id.clone(),
+            job_id: id.to_string(),
             reason,
         };
         let mut child = cmd
@@ -332,11 +388,17 @@ impl Supervisor {
         let mut line = String::new();
         let mut reader = BufReader::new(stdout).take(MAX_LINE as u64);
         let read = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read_line(&mut line)).await;
-        let pid = match read.map(|r| r.map(|_| ShimReply::parse(&line))) {
-            Ok(Ok(Ok(ShimReply::Started(pid)))) => pid,
-            Ok(Ok(Ok(ShimReply::Busy))) => return Err(SupervisorError::Busy { job_id: id }),
+        let job_id = id.to_string();
+        match read.map(|r| r.map(|_| ShimReply::parse(&line))) {
+            Ok(Ok(Ok(ShimReply::Started(pid)))) => Ok(Shim {
+                child,
+                stdin,
+                pid,
+                shim_pid,
+            }),
+            Ok(Ok(Ok(ShimReply::Busy))) => Err(SupervisorError::Busy { job_id }),
             Ok(Ok(Ok(ShimReply::Failed(reason)))) => {
-                return Err(SupervisorError::SpawnFailed { job_id: id, reason })
+                Err(SupervisorError::SpawnFailed { job_id, reason })
             }
             other => {
                 // The shim ends its job (if it started one) on SIGTERM.
@@ -350,31 +412,9 @@ impl Supervisor {
                     Ok(Ok(Err(e))) => e,
                     Ok(Ok(Ok(_))) => "unexpected answer".to_string(),
                 };
-                return Err(shim_err(why));
+                Err(shim_err(why))
             }
-        };
-        let (ctl_tx, ctl_rx) = mpsc::channel(16);
-        lock(&self.inner.jobs).insert(
-            id.clone(),
-            Running {
-                token: spec.fencing_token,
-                ctl: ctl_tx,
-            },
-        );
-        tokio::spawn(control(stdin, deadline_rx, ctl_rx));
-        tokio::spawn(monitor(
-            child,
-            Arc::clone(&self.inner),
-            job_dir.clone(),
-            id,
-            spec.fencing_token,
-            pid,
-        ));
-        Ok(StartedJob {
-            pid,
-            shim_pid,
-            job_dir,
-        })
+        }
     }
 
     /// Stops a job: SIGTERM to its group now, SIGKILL after `kill_timeout`. Returns once the
@@ -387,13 +427,11 @@ impl Supervisor {
         kill_timeout: Duration,
     ) -> Result<(), SupervisorError> {
         let job_dir = self.job_dir(job_id)?;
-        let (running, ctl) = match lock(&self.inner.jobs).get(job_id) {
-            Some(r) => (r.token, r.ctl.clone()),
-            None => {
-                return Err(SupervisorError::NotRunning {
-                    job_id: job_id.to_string(),
-                })
-            }
+        // A copy still starting has nothing to stop yet.
+        let Some((running, ctl)) = self.held.running(job_id) else {
+            return Err(SupervisorError::NotRunning {
+                job_id: job_id.to_string(),
+            });
         };
         if !token_allowed(Some(running), token) {
             return Err(SupervisorError::StaleToken {
@@ -449,6 +487,7 @@ impl Supervisor {
 async fn control(
     mut stdin: tokio::process::ChildStdin,
     mut deadline: watch::Receiver<Option<u64>>,
+    mut fence_kill_ms: watch::Receiver<u64>,
     mut ctl: mpsc::Receiver<ShimCommand>,
 ) {
     loop {
@@ -457,6 +496,12 @@ async fn control(
                 Ok(()) => match *deadline.borrow_and_update() {
                     Some(ns) => ShimCommand::Lease(ns),
                     None => ShimCommand::Fence,
+                },
+                Err(_) => return,
+            },
+            r = fence_kill_ms.changed() => match r {
+                Ok(()) => ShimCommand::FenceKill {
+                    timeout_ms: *fence_kill_ms.borrow_and_update(),
                 },
                 Err(_) => return,
             },
@@ -477,7 +522,8 @@ async fn control(
 /// Waits for a shim to exit and reports its job's end.
 async fn monitor(
     mut child: tokio::process::Child,
-    inner: Arc<Inner>,
+    held: Arc<HeldTable>,
+    exits_tx: mpsc::Sender<JobExit>,
     job_dir: PathBuf,
     job_id: String,
     token: u64,
@@ -507,6 +553,8 @@ async fn monitor(
             }
         }
     };
-    lock(&inner.jobs).remove(&job_id);
-    let _ = inner.exits_tx.send(exit).await;
+    // The exit is handed on before the copy stops being held: whoever lists what is held and
+    // then drains the exits sees the copy in one or the other, never in neither.
+    let _ = exits_tx.send(exit).await;
+    held.release(&job_id, token);
 }

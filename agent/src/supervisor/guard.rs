@@ -33,6 +33,18 @@ impl Guard {
         }
     }
 
+    /// Sets the fence kill timeout for fences from now on (the coordinator sends one with every
+    /// `Welcome`). A fence already under way can only be cut shorter by it: its SIGKILL never
+    /// comes later than the timeout it began with promised.
+    pub fn set_fence_kill(&mut self, fence_kill: Duration) {
+        self.fence_kill_ns = u64::try_from(fence_kill.as_nanos()).unwrap_or(u64::MAX);
+    }
+
+    /// The fence kill timeout in force.
+    pub fn fence_kill(&self) -> Duration {
+        Duration::from_nanos(self.fence_kill_ns)
+    }
+
     /// Why the job is being ended, if it is.
     pub fn reason(&self) -> Option<ExitReason> {
         self.ending.map(|(r, _, _)| r)
@@ -76,6 +88,10 @@ impl Guard {
                 kill_timeout_ms.saturating_mul(1_000_000),
                 now,
             ),
+            ShimCommand::FenceKill { timeout_ms } => {
+                self.set_fence_kill(Duration::from_millis(timeout_ms));
+                self.poll(now)
+            }
         }
     }
 
@@ -209,5 +225,44 @@ mod tests {
         let mut g = Guard::new(u64::MAX, Duration::MAX);
         assert_eq!(g.on_command(stop(u64::MAX), 5), [Action::Term]);
         assert!(g.poll(u64::MAX - 1).is_empty());
+    }
+
+    #[test]
+    fn a_new_fence_kill_timeout_is_used_by_later_fences() {
+        let mut g = guard();
+        assert!(g
+            .on_command(ShimCommand::FenceKill { timeout_ms: 50 }, 100 * MS)
+            .is_empty());
+        assert_eq!(g.fence_kill(), Duration::from_millis(50));
+        assert_eq!(g.poll(1000 * MS), [Action::Term]);
+        assert_eq!(g.next_wake(), 1050 * MS);
+        assert!(g.poll(1049 * MS).is_empty());
+        assert_eq!(g.poll(1050 * MS), [Action::Kill]);
+
+        // A longer one is honoured by a later fence too.
+        let mut g = guard();
+        g.set_fence_kill(Duration::from_millis(3000));
+        assert_eq!(g.on_command(ShimCommand::Fence, 500 * MS), [Action::Term]);
+        assert!(g.poll(3499 * MS).is_empty());
+        assert_eq!(g.poll(3500 * MS), [Action::Kill]);
+    }
+
+    #[test]
+    fn a_fence_under_way_is_never_lengthened_by_a_new_timeout() {
+        let mut g = guard();
+        assert_eq!(g.poll(1000 * MS), [Action::Term]);
+        // Raised while fencing: the SIGKILL still comes 250 ms after the deadline.
+        assert!(g
+            .on_command(ShimCommand::FenceKill { timeout_ms: 9000 }, 1100 * MS)
+            .is_empty());
+        assert_eq!(g.next_wake(), 1250 * MS);
+        assert_eq!(g.poll(1250 * MS), [Action::Kill]);
+        // Lowered while fencing: it comes sooner.
+        let mut g = guard();
+        assert_eq!(g.poll(1000 * MS), [Action::Term]);
+        assert_eq!(
+            g.on_command(ShimCommand::FenceKill { timeout_ms: 50 }, 1100 * MS),
+            [Action::Kill]
+        );
     }
 }

@@ -45,8 +45,10 @@
 //! Each job dir keeps `fencing_token`, the highest token seen for that job, written durably
 //! before a shim is started, so it survives an agent restart. `start` refuses a token lower than
 //! it, and `stop` refuses a token lower than the running copy's (see
-//! [`protocol::token_allowed`]). The shim holds a `flock` on the job dir for its whole life, so a
-//! shim left over from before an agent restart (still running until its deadline) makes a new
+//! [`protocol::token_allowed`]). While a copy is held (running, or its start accepted and in
+//! progress), a start with another token is refused, and one repeated with the held copy's
+//! token is answered as the original is, never refused ([`admit`]). The shim holds a `flock` on
+//! the job dir for its whole life, so a shim left over from before an agent restart (still running until its deadline) makes a new
 //! `start` fail with [`SupervisorError::Busy`] instead of running the job twice.
 //!
 //! # systemd: `KillMode=process`
@@ -66,11 +68,14 @@
 //! `.1` at the size cap (8 MiB by default), so a job keeps its last 8–16 MiB of each stream.
 //!
 //! # The shim protocol
-//! Agent to shim, one line each on stdin: `lease <monotonic ns>`, `fence`, `stop <kill ms>`.
+//! Agent to shim, one line each on stdin: `lease <monotonic ns>`, `fence`, `stop <kill ms>`,
+//! `fencekill <ms>` (the coordinator's fence kill timeout changed; sent on every change).
 //! Shim to agent, once on stdout: `started <pid>`, `busy`, or `failed <reason>`. The end is read
 //! from `status.json` once the shim has exited.
 
+pub mod admit;
 pub mod guard;
+mod held;
 pub mod logs;
 pub mod protocol;
 pub mod shim;
@@ -101,12 +106,21 @@ pub enum SupervisorError {
         /// The highest token seen for it.
         highest: u64,
     },
-    /// This supervisor already runs the job.
+    /// This supervisor already holds another copy of the job (running, or its start in
+    /// progress).
     #[error("job {job_id} already runs here with fencing token {token}")]
     AlreadyRunning {
         /// The job.
         job_id: String,
-        /// The running copy's token.
+        /// The held copy's token.
+        token: u64,
+    },
+    /// Not a failure: the same copy's start is already in progress, and that start answers.
+    #[error("job {job_id}: the start of the copy with fencing token {token} is in progress")]
+    StartInProgress {
+        /// The job.
+        job_id: String,
+        /// The copy's token.
         token: u64,
     },
     /// This supervisor does not run the job.

@@ -45,6 +45,12 @@ pub enum ShimCommand {
         /// The kill timeout in milliseconds.
         kill_timeout_ms: u64,
     },
+    /// `fencekill <ms>`: the coordinator gave a new fence kill timeout (it comes with every
+    /// `Welcome`); fences from now on wait this long between SIGTERM and SIGKILL.
+    FenceKill {
+        /// The fence kill timeout in milliseconds.
+        timeout_ms: u64,
+    },
 }
 
 impl ShimCommand {
@@ -56,6 +62,9 @@ impl ShimCommand {
             (Some("fence"), None) => ShimCommand::Fence,
             (Some("stop"), Some(n)) => ShimCommand::Stop {
                 kill_timeout_ms: parse_u64(n)?,
+            },
+            (Some("fencekill"), Some(n)) => ShimCommand::FenceKill {
+                timeout_ms: parse_u64(n)?,
             },
             _ => return Err(format!("unknown command {:?}", truncate(line))),
         };
@@ -71,6 +80,7 @@ impl ShimCommand {
             ShimCommand::Lease(ns) => format!("lease {ns}\n"),
             ShimCommand::Fence => "fence\n".to_string(),
             ShimCommand::Stop { kill_timeout_ms } => format!("stop {kill_timeout_ms}\n"),
+            ShimCommand::FenceKill { timeout_ms } => format!("fencekill {timeout_ms}\n"),
         }
     }
 }
@@ -401,6 +411,10 @@ mod tests {
             ShimCommand::Stop {
                 kill_timeout_ms: 5000,
             },
+            ShimCommand::FenceKill { timeout_ms: 0 },
+            ShimCommand::FenceKill {
+                timeout_ms: u64::MAX,
+            },
         ] {
             assert_eq!(ShimCommand::parse(&c.to_line()), Ok(c));
         }
@@ -418,6 +432,10 @@ mod tests {
             "fence now",
             "stop",
             "stop x",
+            "fencekill",
+            "fencekill -5",
+            "fencekill 50 ms",
+            "fence 50",
             "LEASE 1",
             "kill 9",
             "\u{0}",

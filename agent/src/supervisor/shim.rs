@@ -2,7 +2,7 @@
 //!
 //! It reads `spec.json`, takes the job dir's lock, starts the job in its own process group,
 //! answers `started <pid>` on stdout, and then holds the lease deadline: `lease`, `fence` and
-//! `stop` lines on stdin move it or end the job; at the deadline it SIGTERMs the job's group and
+//! `stop` lines on stdin move it or end the job (`fencekill` changes the fence kill timeout); at the deadline it SIGTERMs the job's group and
 //! SIGKILLs it after the fence kill timeout. On stdin EOF (the agent died) it keeps the last
 //! deadline. When the job's leader exits, the rest of its group is killed before the leader is
 //! reaped (so the group id cannot be reused meanwhile), `status.json` records the end, and the
@@ -218,6 +218,12 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
         match rx.recv_timeout(wait.min(Duration::from_secs(3600))) {
             Ok(Event::LeaderExited) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Ok(Event::Command(c)) => {
+                if let ShimCommand::FenceKill { timeout_ms } = c {
+                    tracing::info!(
+                        "fence kill timeout {} -> {timeout_ms} ms from the agent",
+                        guard.fence_kill().as_millis()
+                    );
+                }
                 let acts = guard.on_command(c, now_ns());
                 apply(acts, &guard);
             }

@@ -1,0 +1,304 @@
+//! The job side of the link: the supervisor, the tasks that carry out the coordinator's job
+//! orders, and the channels through which their outcomes come back to the session loop.
+//!
+//! Kept apart from the connection code because it is what decides what the coordinator is told
+//! about copies: a start answers `JobStarted`, or is refused (reported as an exit with cause
+//! `Refused`), or, repeated for a copy already held, answers as that copy does and is never
+//! refused (a refusal would read as the end of the running copy). Exits are not sent from here:
+//! they go to the session loop, which keeps them on disk before it sends them (`crate::exits`).
+
+use crate::link::LeaseView;
+use crate::supervisor::{JobExit, JobStart, Supervisor, SupervisorError};
+use std::sync::Arc;
+use std::time::Duration;
+use tandem_common::proto::{AgentMsg, ExitCause, HeldJob, JobExitReport, StartJob, Welcome};
+use tokio::sync::{mpsc, watch};
+
+/// The supervisor, and the senders its tasks answer through.
+pub(super) struct Jobs {
+    supervisor: Arc<Supervisor>,
+    outbox_tx: mpsc::Sender<AgentMsg>,
+    refusals_tx: mpsc::Sender<JobExitReport>,
+    /// Lent to the session loop while a session runs.
+    pub(super) rx: Option<JobRx>,
+}
+
+/// What the session loop listens to for jobs.
+pub(super) struct JobRx {
+    /// Copies that ended, or whose start was refused.
+    pub(super) ended: Ended,
+    /// Other answers (started, logs) to send as they are.
+    pub(super) outbox: mpsc::Receiver<AgentMsg>,
+}
+
+/// The two sources of exit reports: the supervisor's exits and refused starts.
+pub(super) struct Ended {
+    exits: mpsc::Receiver<JobExit>,
+    refusals: mpsc::Receiver<JobExitReport>,
+}
+
+impl Ended {
+    /// Every report waiting now, without waiting for more.
+    pub(super) fn drain(&mut self) -> Vec<JobExitReport> {
+        let mut out = Vec::new();
+        while let Ok(e) = self.exits.try_recv() {
+            out.push(exit_report(&e));
+        }
+        while let Ok(r) = self.refusals.try_recv() {
+            out.push(r);
+        }
+        out
+    }
+
+    /// The next report (cancel-safe); `None` once both sources are gone.
+    pub(super) async fn next(&mut self) -> Option<JobExitReport> {
+        tokio::select! {
+            Some(e) = self.exits.recv() => Some(exit_report(&e)),
+            Some(r) = self.refusals.recv() => Some(r),
+            else => None,
+        }
+    }
+}
+
+/// How a supervised copy ended, as the coordinator is told.
+pub(super) fn exit_report(exit: &JobExit) -> JobExitReport {
+    JobExitReport {
+        job_id: exit.job_id.clone(),
+        fencing_token: exit.fencing_token,
+        code: exit.code,
+        signal: exit.signal,
+        cause: exit.reason.cause(),
+        reason: format!("{:?}", exit.reason).to_lowercase(),
+    }
+}
+
+/// A refused start, reported as an exit of that copy.
+pub(super) fn refusal(job_id: String, fencing_token: u64, e: &SupervisorError) -> JobExitReport {
+    JobExitReport {
+        job_id,
+        fencing_token,
+        code: None,
+        signal: None,
+        cause: ExitCause::Refused,
+        reason: format!("refused: {e}"),
+    }
+}
+
+impl Jobs {
+    /// Runs jobs with `supervisor`, following the link's lease.
+    pub(super) fn new(
+        supervisor: Supervisor,
+        lease: watch::Receiver<LeaseView>,
+    ) -> Result<Self, SupervisorError> {
+        let supervisor = Arc::new(supervisor);
+        supervisor.follow_lease(lease);
+        let exits = supervisor
+            .exits()
+            .ok_or_else(|| SupervisorError::InvalidJob("exits taken".into()))?;
+        let (outbox_tx, outbox) = mpsc::channel(256);
+        let (refusals_tx, refusals) = mpsc::channel(256);
+        Ok(Self {
+            supervisor,
+            outbox_tx,
+            refusals_tx,
+            rx: Some(JobRx {
+                ended: Ended { exits, refusals },
+                outbox,
+            }),
+        })
+    }
+
+    /// Applies what every `Welcome` carries for jobs: the fence kill timeout, for new starts
+    /// and every running shim.
+    pub(super) fn on_welcome(&self, welcome: &Welcome) {
+        let new = Duration::from_millis(welcome.fence_kill_timeout_ms.into());
+        let old = self.supervisor.set_fence_kill_timeout(new);
+        if old != new {
+            tracing::info!(
+                "fence kill timeout {} -> {} ms from the coordinator",
+                old.as_millis(),
+                new.as_millis()
+            );
+        }
+    }
+
+    /// Every copy held: running, or a start accepted and in progress.
+    pub(super) fn held(&self) -> Vec<HeldJob> {
+        self.supervisor.held()
+    }
+
+    /// Every copy held, then the exit reports waiting (when no session loop has them). In this
+    /// order no copy can be missing from both: the supervisor drops a copy only after it has
+    /// handed on its exit. (A refused start is dropped just before its refusal is queued; it
+    /// never ran, so missing it for that moment cannot make a second copy.)
+    pub(super) fn held_then_drain(&mut self) -> (Vec<HeldJob>, Vec<JobExitReport>) {
+        let held = self.held();
+        let drained = self
+            .rx
+            .as_mut()
+            .map(|r| r.ended.drain())
+            .unwrap_or_default();
+        (held, drained)
+    }
+
+    /// Starts a job copy on a task of its own. The answer goes back through the outbox
+    /// (started) or the refusals (refused); a repeat of a start in progress answers nothing.
+    pub(super) fn start(&self, cmd: StartJob) {
+        let (sup, out, refusals) = (
+            self.supervisor.clone(),
+            self.outbox_tx.clone(),
+            self.refusals_tx.clone(),
+        );
+        tokio::spawn(async move {
+            // A start can arrive right after registration, before the first ack: the
+            // supervisor waits a moment for the lease (and refuses to start without one).
+            let (job_id, fencing_token) = (cmd.job_id.clone(), cmd.fencing_token);
+            let start = JobStart {
+                job_id: cmd.job_id,
+                job_name: cmd.job_name,
+                fencing_token: cmd.fencing_token,
+                command: cmd.command,
+                env: cmd.env,
+                workdir: cmd.workdir.map(Into::into),
+                gpus: cmd.gpus,
+            };
+            match sup.start(start).await {
+                Ok(_) => {
+                    tracing::info!(job = %job_id, fencing_token, "job started");
+                    let msg = AgentMsg::JobStarted {
+                        job_id,
+                        fencing_token,
+                    };
+                    let _ = out.send(msg).await;
+                }
+                // A repeat of a start still in progress: that start answers.
+                Err(SupervisorError::StartInProgress { .. }) => {
+                    tracing::info!(job = %job_id, fencing_token, "start repeated while in progress; the first one answers");
+                }
+                Err(e) => {
+                    tracing::warn!(job = %job_id, fencing_token, error = %e, "refused to start a job");
+                    let _ = refusals.send(refusal(job_id, fencing_token, &e)).await;
+                }
+            }
+        });
+    }
+
+    /// Stops a job copy on a task of its own; its end comes through the exits.
+    pub(super) fn stop(&self, job_id: String, token: u64, kill_timeout_ms: u32) {
+        let sup = self.supervisor.clone();
+        tokio::spawn(async move {
+            let kill_timeout = Duration::from_millis(kill_timeout_ms.into());
+            if let Err(e) = sup.stop(&job_id, token, kill_timeout).await {
+                tracing::info!(job = %job_id, token, error = %e, "stop: nothing to stop");
+            }
+        });
+    }
+
+    /// Reads the end of a job's logs on a task of its own; the answer goes to the outbox.
+    pub(super) fn tail_logs(&self, request: u64, job_id: String, lines: u32) {
+        let (sup, out) = (self.supervisor.clone(), self.outbox_tx.clone());
+        tokio::spawn(async move {
+            let msg = match sup.tail_logs(&job_id, lines.min(10_000) as usize).await {
+                Ok(t) => AgentMsg::Logs {
+                    request,
+                    stdout: t.stdout,
+                    stderr: t.stderr,
+                    error: None,
+                },
+                Err(e) => AgentMsg::Logs {
+                    request,
+                    stdout: vec![],
+                    stderr: vec![],
+                    error: Some(e.to_string()),
+                },
+            };
+            let _ = out.send(msg).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::ExitReason;
+    use std::time::Instant;
+    use tandem_common::ids::NodeId;
+    use tandem_common::proto::HeldState;
+
+    fn cmd(job_id: &str, fencing_token: u64) -> StartJob {
+        StartJob {
+            job_id: job_id.into(),
+            job_name: job_id.into(),
+            fencing_token,
+            command: vec!["/bin/true".into()],
+            env: Default::default(),
+            workdir: None,
+            gpus: Vec::new(),
+        }
+    }
+
+    /// Jobs without a lease: every start waits for one (2 s), held as starting, then fails.
+    /// No shim is ever started.
+    fn jobs(dir: &std::path::Path) -> (Jobs, watch::Sender<LeaseView>) {
+        let sup = Supervisor::new(dir, NodeId::random(), "n", Duration::from_millis(250))
+            .unwrap()
+            .with_shim_program("/nonexistent/shim");
+        let (lease_tx, lease_rx) = watch::channel(LeaseView::default());
+        (Jobs::new(sup, lease_rx).unwrap(), lease_tx)
+    }
+
+    #[test]
+    fn exits_and_refusals_are_reported_with_their_cause() {
+        let e = JobExit {
+            job_id: "j".into(),
+            fencing_token: 4,
+            code: None,
+            signal: Some(9),
+            reason: ExitReason::ShimSignalled,
+        };
+        let r = exit_report(&e);
+        assert_eq!(
+            (r.job_id.as_str(), r.fencing_token, r.signal, r.cause),
+            ("j", 4, Some(9), ExitCause::ShimSignalled)
+        );
+        assert_eq!(r.reason, "shimsignalled");
+        let r = refusal("j".into(), 5, &SupervisorError::NoLease);
+        assert_eq!(
+            (r.cause, r.code, r.signal),
+            (ExitCause::Refused, None, None)
+        );
+        assert_eq!(r.reason, "refused: no lease is held: jobs may not start");
+    }
+
+    #[tokio::test]
+    async fn a_repeated_start_in_progress_is_not_reported_as_an_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut jobs, _lease) = jobs(dir.path());
+        let mut rx = jobs.rx.take().unwrap();
+        jobs.start(cmd("a", 3));
+        let until = Instant::now() + Duration::from_secs(5);
+        while jobs.held().is_empty() {
+            assert!(Instant::now() < until, "the start was never held");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(jobs.held()[0].state, HeldState::Starting);
+        // The same copy again: nothing. A newer copy while it is held: refused, as an exit.
+        jobs.start(cmd("a", 3));
+        jobs.start(cmd("a", 4));
+        let r = tokio::time::timeout(Duration::from_secs(5), rx.ended.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.fencing_token, r.cause), (4, ExitCause::Refused));
+        assert!(r.reason.contains("already runs here"), "{}", r.reason);
+        // The first start gives up without a lease: one refusal for token 3, and nothing else.
+        let r = tokio::time::timeout(Duration::from_secs(10), rx.ended.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.fencing_token, r.cause), (3, ExitCause::Refused));
+        assert!(jobs.held().is_empty());
+        assert!(rx.ended.drain().is_empty());
+        assert!(rx.outbox.try_recv().is_err());
+    }
+}

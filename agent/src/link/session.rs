@@ -1,0 +1,291 @@
+//! One registered session: heartbeats and their acks, hardware updates, the coordinator's
+//! orders on the control stream, and the job reports that go back up.
+//!
+//! Apart from `link` (connect, register, join, reconnect) because this loop is where the job
+//! reports are decided: every exit is kept on disk before it is sent (`crate::exits`), an
+//! `ExitAck` forgets it, and `ReportJobs` is answered with what is held and every exit not
+//! acknowledged, as a `Hello` would carry them.
+
+use super::jobs::{JobRx, Jobs};
+use super::Link;
+use crate::exits::{split_for_message, ExitsError, MESSAGE_BUDGET};
+use crate::identity::Identity;
+use crate::lease::AckOutcome;
+use std::time::{Duration, Instant};
+use tandem_common::codec::{self, DEFAULT_MAX_FRAME};
+use tandem_common::hardware::HardwareReport;
+use tandem_common::proto::*;
+use tokio::sync::mpsc;
+
+impl Link {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn session(
+        &mut self,
+        conn: &quinn::Connection,
+        mut send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        welcome: &Welcome,
+        datagrams: bool,
+        rx: &mut Option<JobRx>,
+        identity: &mut Identity,
+        overflow: Vec<JobExitReport>,
+    ) -> String {
+        let (mut ended, mut outbox) = match rx.as_mut() {
+            Some(r) => (Some(&mut r.ended), Some(&mut r.outbox)),
+            None => (None, None),
+        };
+        // Exits that did not fit in the Hello follow it at once, then those never kept.
+        let unkept = std::mem::take(&mut self.unkept);
+        for report in overflow.into_iter().chain(unkept) {
+            let msg = AgentMsg::JobExited(report);
+            if let Err(e) = codec::write_msg(&mut send, &msg, DEFAULT_MAX_FRAME).await {
+                return format!("reporting a job exit: {e}");
+            }
+        }
+        let mut control = codec::spawn_reader::<CoordMsg, _>(recv, DEFAULT_MAX_FRAME);
+        let heartbeat = Duration::from_millis(welcome.heartbeat_ms.max(10).into());
+        // Beats sent on an older connection must not extend this session's lease.
+        let (mut beat_stream, mut acks) = if datagrams {
+            (None, None)
+        } else {
+            let s = match conn.open_uni().await {
+                Ok(s) => s,
+                Err(e) => return format!("cannot open the heartbeat stream: {e}"),
+            };
+            let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
+            let c = conn.clone();
+            tokio::spawn(async move {
+                if let Ok(mut uni) = c.accept_uni().await {
+                    while let Ok(Some(b)) = codec::read_frame(&mut uni, DEFAULT_MAX_FRAME).await {
+                        if tx.send(b).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            (Some(s), Some(rx))
+        };
+        let mut iv = tokio::time::interval(heartbeat);
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What the coordinator has: the report sent in Hello, then every delta applied to it.
+        let mut sent = self.reports.borrow_and_update().clone();
+        let mut last_ack = Instant::now();
+        // Silence this long means the connection is gone (e.g. the coordinator restarted and
+        // forgot it): register again on a new one rather than wait for QUIC's idle timeout.
+        // The lease is unaffected: it still runs out on its own time if no new ack comes.
+        let lease_len = Duration::from_millis(welcome.lease_ms.into());
+        let give_up_after = (3 * heartbeat).max(lease_len / 2);
+        loop {
+            tokio::select! {
+                _ = iv.tick() => {
+                    let now = Instant::now();
+                    wedge_hook();
+                    self.watchdog.ping_if_due(now);
+                    if now.duration_since(last_ack) > give_up_after {
+                        return format!("no heartbeat ack for {} ms; registering again", now.duration_since(last_ack).as_millis());
+                    }
+                    self.seq += 1;
+                    let seq = self.seq;
+                    let beat = AgentDatagram::Heartbeat(Heartbeat {
+                        seq,
+                        last_rtt_us: self.lease.last_rtt().map(|d| d.as_micros().min(u32::MAX as u128) as u32).unwrap_or(0),
+                        load: load_summary(&self.reports.borrow()),
+                    });
+                    self.lease.on_beat_sent(seq, now);
+                    let sent = match &mut beat_stream {
+                        None => codec::encode(&beat).map_err(|e| e.to_string()).and_then(|b| conn.send_datagram(b.into()).map_err(|e| e.to_string())),
+                        Some(s) => match codec::encode_frame(&beat, DEFAULT_MAX_FRAME) {
+                            Ok(f) => tokio::io::AsyncWriteExt::write_all(s, &f).await.map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        },
+                    };
+                    if let Err(e) = sent {
+                        return format!("sending a heartbeat: {e}");
+                    }
+                    self.publish(true);
+                    match self.renewal.poll(unix_now(), &identity.name) {
+                        Ok(Some(req)) => {
+                            tracing::info!("renewing the node certificate over the live connection");
+                            if let Err(e) = codec::write_msg(&mut send, &req, DEFAULT_MAX_FRAME).await {
+                                return format!("sending a certificate renewal: {e}");
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "cannot make a renewal request"),
+                    }
+                }
+                dg = conn.read_datagram(), if datagrams => match dg {
+                    Ok(b) => { if self.on_ack(&b) { last_ack = Instant::now(); } }
+                    Err(e) => return self.closed(e),
+                },
+                Some(b) = async { match acks.as_mut() { Some(rx) => rx.recv().await, None => None } }, if !datagrams => {
+                    if self.on_ack(&b) { last_ack = Instant::now(); }
+                }
+                Ok(()) = self.reports.changed() => {
+                    let current = self.reports.borrow_and_update().clone();
+                    if let Some(delta) = current.diff(&sent) {
+                        sent.apply(delta.clone());
+                        let msg = AgentMsg::HardwareUpdate(Box::new(delta));
+                        if let Err(e) = codec::write_msg(&mut send, &msg, DEFAULT_MAX_FRAME).await {
+                            return format!("sending a hardware update: {e}");
+                        }
+                    }
+                }
+                Some(report) = async { match ended.as_mut() { Some(r) => r.next().await, None => None } } => {
+                    // Kept on disk first: sent once here, and in every Hello until acknowledged.
+                    let _sent_below = self.keep_exits(std::slice::from_ref(&report));
+                    let msg = AgentMsg::JobExited(report);
+                    if let Err(e) = codec::write_msg(&mut send, &msg, DEFAULT_MAX_FRAME).await {
+                        return format!("reporting a job exit: {e}");
+                    }
+                }
+                Some(out) = async { match outbox.as_mut() { Some(r) => r.recv().await, None => None } } => {
+                    if let Err(e) = codec::write_msg(&mut send, &out, DEFAULT_MAX_FRAME).await {
+                        return format!("sending a job report: {e}");
+                    }
+                }
+                msg = control.recv() => match msg.transpose() {
+                    Ok(Some(CoordMsg::StartJob(cmd))) => {
+                        if let Some(j) = &self.jobs { j.start(*cmd) }
+                    }
+                    Ok(Some(CoordMsg::StopJob { job_id, fencing_token, kill_timeout_ms })) => {
+                        if let Some(j) = &self.jobs { j.stop(job_id, fencing_token, kill_timeout_ms) }
+                    }
+                    Ok(Some(CoordMsg::TailLogs { request, job_id, lines })) => {
+                        if let Some(j) = &self.jobs { j.tail_logs(request, job_id, lines) }
+                    }
+                    Ok(Some(CoordMsg::ExitAck { job_id, fencing_token })) => match self.exits.ack(&job_id, fencing_token) {
+                        Ok(true) => tracing::debug!(job = %job_id, fencing_token, "exit acknowledged"),
+                        Ok(false) => tracing::debug!(job = %job_id, fencing_token, "acknowledged an exit not kept (already acknowledged)"),
+                        Err(e) => tracing::warn!(job = %job_id, fencing_token, error = %e, "cannot forget an acknowledged exit; it will be reported again"),
+                    },
+                    Ok(Some(CoordMsg::ReportJobs { request })) => {
+                        // Held first, then the waiting exits (see `Jobs::held_then_drain`).
+                        let jobs = self.jobs.as_ref().map(Jobs::held).unwrap_or_default();
+                        let drained = ended.as_mut().map(|e| e.drain()).unwrap_or_default();
+                        let refused = self.keep_exits(&drained);
+                        let (exited, overflow) = split_for_message(self.exits.pending(), MESSAGE_BUDGET);
+                        let msgs = std::iter::once(AgentMsg::JobsHeld { request, jobs, exited })
+                            .chain(overflow.into_iter().chain(refused).map(AgentMsg::JobExited));
+                        for msg in msgs {
+                            if let Err(e) = codec::write_msg(&mut send, &msg, DEFAULT_MAX_FRAME).await {
+                                return format!("answering a job report request: {e}");
+                            }
+                        }
+                    }
+                    Ok(Some(CoordMsg::Ping { nonce })) => {
+                        if let Err(e) = codec::write_msg(&mut send, &AgentMsg::Pong { nonce }, DEFAULT_MAX_FRAME).await {
+                            return format!("answering a ping: {e}");
+                        }
+                    }
+                    Ok(Some(CoordMsg::CertificateRenewed { cert_pem, .. })) => {
+                        match self.renewal.on_renewed(identity, &self.cfg.state_dir, cert_pem, unix_now()) {
+                            Ok((serial, not_after)) => tracing::info!(serial, not_after_unix = not_after, next_renewal_unix = ?self.renewal.next_at(), "certificate renewed; used from the next connection on"),
+                            Err(e) => tracing::warn!(error = %e, retry_at_unix = ?self.renewal.next_at(), "certificate renewal failed; the current certificate stays in use"),
+                        }
+                    }
+                    Ok(Some(CoordMsg::RenewalRefused { reason })) => {
+                        self.renewal.on_refused(identity, unix_now());
+                        tracing::warn!(%reason, retry_at_unix = ?self.renewal.next_at(), "the coordinator refused to renew the certificate; the current one stays in use");
+                    }
+                    Ok(Some(CoordMsg::Reject(r))) => {
+                        self.lease.revoke();
+                        return format!("refused ({:?}): {}", r.code, r.reason);
+                    }
+                    Ok(Some(other)) => tracing::warn!(?other, "ignored an unexpected control message"),
+                    Ok(None) => return self.closed_reason(conn, "the coordinator closed the control stream"),
+                    Err(e) => return self.closed_reason(conn, &format!("control stream: {e}")),
+                },
+            }
+        }
+    }
+
+    /// Keeps exit reports on disk until acknowledged (see `crate::exits`), logging why one
+    /// could not be kept. Returns those the outbox refused (it is full, or the job id is
+    /// absurd): the caller sends each once, since no `Hello` will carry it.
+    pub(super) fn keep_exits(&mut self, reports: &[JobExitReport]) -> Vec<JobExitReport> {
+        let mut refused = Vec::new();
+        for r in reports {
+            let (job, token) = (&r.job_id, r.fencing_token);
+            match self.exits.record(r.clone()) {
+                Ok(()) => {}
+                Err(e @ ExitsError::Io { .. }) => {
+                    tracing::error!(job = %job, token, error = %e, "cannot keep a job exit on disk; it is reported, but an agent restart before it is acknowledged loses it")
+                }
+                Err(e) => {
+                    tracing::error!(job = %job, token, error = %e, "not keeping a job exit; it is reported once");
+                    refused.push(r.clone());
+                }
+            }
+        }
+        refused
+    }
+
+    fn on_ack(&mut self, body: &[u8]) -> bool {
+        match codec::decode_datagram::<CoordDatagram>(body) {
+            Ok(CoordDatagram::HeartbeatAck { seq, lease_ms }) => {
+                let out =
+                    self.lease
+                        .on_ack(seq, Duration::from_millis(lease_ms.into()), Instant::now());
+                if out != AckOutcome::Ignored {
+                    self.publish(true);
+                }
+                out != AckOutcome::Ignored
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "dropped an ack that does not decode");
+                false
+            }
+        }
+    }
+
+    fn closed(&mut self, e: quinn::ConnectionError) -> String {
+        if let quinn::ConnectionError::ApplicationClosed(c) = &e {
+            if c.error_code == 2u32.into() || c.error_code == 6u32.into() {
+                // Declared down, or removed: whatever lease we think we hold is void.
+                self.lease.revoke();
+            }
+        }
+        format!("connection closed: {e}")
+    }
+
+    fn closed_reason(&mut self, conn: &quinn::Connection, fallback: &str) -> String {
+        match conn.close_reason() {
+            Some(e) => self.closed(e),
+            None => fallback.to_string(),
+        }
+    }
+}
+
+/// Test hook: with `TANDEM_TEST_WEDGE_AFTER_MS` set, the main loop blocks for good that long
+/// after start, as a wedged loop would, so a test can see systemd's watchdog pings stop.
+fn wedge_hook() {
+    use std::sync::OnceLock;
+    static AT: OnceLock<Option<Instant>> = OnceLock::new();
+    let at = AT.get_or_init(|| {
+        std::env::var("TANDEM_TEST_WEDGE_AFTER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(|ms| Instant::now() + Duration::from_millis(ms))
+    });
+    if at.is_some_and(|t| Instant::now() >= t) {
+        tracing::error!("TANDEM_TEST_WEDGE_AFTER_MS: wedging the main loop");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Wall-clock seconds, for certificate validity.
+fn unix_now() -> i64 {
+    (tandem_common::time::unix_ms() / 1000) as i64
+}
+
+/// The small summary that rides with every beat, from the latest report.
+fn load_summary(r: &HardwareReport) -> LoadSummary {
+    LoadSummary {
+        cpu_centi_percent: (r.cpu.usage_percent.clamp(0.0, 100.0) * 100.0) as u16,
+        memory_available_mib: (r.memory.available_bytes >> 20).min(u32::MAX as u64) as u32,
+        jobs_running: 0,
+    }
+}
