@@ -16,7 +16,7 @@
 use crate::jobs::decision::Decision;
 use crate::jobs::model::{Exit, JobRecord};
 use crate::jobs::placement::NodeView;
-use crate::jobs::planner::{Event, Planner, View};
+use crate::jobs::planner::{Event, Planner, Reported, View};
 use crate::membership::{Fleet, Membership};
 use crate::model::NewEvent;
 use crate::store::{Change, StoreError};
@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tandem_common::ids::NodeId;
-use tandem_common::proto::{AgentMsg, CoordMsg, StartJob};
+use tandem_common::proto::{AgentMsg, CoordMsg, ExitCause, JobExitReport, StartJob};
 use tandem_common::time::unix_ms;
 
 /// How long a user stop waits between SIGTERM and SIGKILL.
@@ -500,29 +500,93 @@ impl Membership {
     }
 
     /// An agent reports that a copy ended (or was refused). Releases a move waiting on it.
-    pub fn job_exited(
-        &self,
-        node: &NodeId,
-        job: String,
-        token: u64,
-        code: Option<i32>,
-        signal: Option<i32>,
-    ) -> Result<(), StoreError> {
+    /// Once this returns `Ok`, what it decided is durable: the caller acknowledges the exit
+    /// ([`CoordMsg::ExitAck`]) and the agent forgets it; until then the agent keeps it and
+    /// reports it again in its next `Hello`.
+    ///
+    /// Only an exit of the job's own doing (or a refused start) counts against its restart
+    /// policy. A copy its agent fenced, or whose supervisor was signalled or died, did not
+    /// end the job: it is placed again ([`Event::CopyLost`]), so a `restart: never` job that
+    /// lost its lease is not marked failed, and one that completed is never run again.
+    pub fn job_exited(&self, node: &NodeId, r: &JobExitReport) -> Result<(), StoreError> {
         self.release_waiting(|old_node, old_token, j| {
-            old_node == node && old_token == token && j == job
+            old_node == node && old_token == r.fencing_token && j == r.job_id
         });
-        let exit = match (code, signal) {
+        let exit = match (r.code, r.signal) {
             (_, Some(s)) => Exit::Signal(s),
             (Some(c), None) => Exit::Code(c),
             // Refused before it ran: report it as a failure to start.
             (None, None) => Exit::Code(127),
         };
-        self.job_event(Event::JobExited {
-            job,
-            node: node.clone(),
-            fencing_token: token,
-            exit,
-        })
+        let event = match r.cause {
+            ExitCause::Exited | ExitCause::Refused => Event::JobExited {
+                job: r.job_id.clone(),
+                node: node.clone(),
+                fencing_token: r.fencing_token,
+                exit,
+            },
+            // A stop the coordinator ordered ends the placement when it is decided, so its
+            // exit is about an old copy; one that is still current was not decided here
+            // (a decision lost with a crash) and is treated like a loss.
+            ExitCause::Fenced | ExitCause::Lost | ExitCause::ShimSignalled | ExitCause::Stopped => {
+                Event::CopyLost {
+                    job: r.job_id.clone(),
+                    node: node.clone(),
+                    fencing_token: r.fencing_token,
+                    how: match r.cause {
+                        ExitCause::Fenced => "fenced by its agent (lease lost)".to_string(),
+                        ExitCause::Lost => "lost (its supervisor died)".to_string(),
+                        ExitCause::ShimSignalled => {
+                            "ended by a signal to its supervisor".to_string()
+                        }
+                        _ => "stopped".to_string(),
+                    },
+                }
+            }
+        };
+        self.job_event(event)
+    }
+
+    /// The exits a registering node reported in its `Hello` (kept on its disk since): each
+    /// is decided (as [`Membership::job_exited`]), then acknowledged on its session. Run
+    /// after the node's `NodeUp`, whose report counts these copies as held so that the node
+    /// coming up does not place them again before their exits are decided.
+    pub fn exits_reported(&self, node: &NodeId, exits: &[JobExitReport]) {
+        for r in exits {
+            match self.job_exited(node, r) {
+                Ok(()) => self.send_to(
+                    node,
+                    CoordMsg::ExitAck {
+                        job_id: r.job_id.clone(),
+                        fencing_token: r.fencing_token,
+                    },
+                ),
+                Err(e) => {
+                    tracing::error!(%node, job = %r.job_id, token = r.fencing_token, error = %e, "could not record a job exit; the agent reports it again")
+                }
+            }
+        }
+    }
+
+    /// Of the exits a registering node reports, those about a job's current placement on
+    /// that node: the node's `NodeUp` counts them as held (their exits come next).
+    pub fn current_exits(&self, node: &NodeId, exits: &[JobExitReport]) -> Vec<Reported> {
+        let t = self.lock();
+        exits
+            .iter()
+            .filter(|r| {
+                t.jobs.get(&r.job_id).is_some_and(|j| {
+                    !j.state.is_terminal()
+                        && j.current
+                            .as_ref()
+                            .is_some_and(|p| p.node == *node && p.fencing_token == r.fencing_token)
+                })
+            })
+            .map(|r| Reported {
+                job: r.job_id.clone(),
+                fencing_token: r.fencing_token,
+            })
+            .collect()
     }
 
     /// A node was declared down: its jobs are placed again, and moves waiting on its copies go.

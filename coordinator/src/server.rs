@@ -243,6 +243,7 @@ impl Server {
         // several KiB) is not kept for the life of the connection.
         let datagrams = hello.datagrams && conn.max_datagram_size().is_some();
         let held_jobs = std::mem::take(&mut hello.jobs);
+        let exited = std::mem::take(&mut hello.exited);
         let Hello {
             agent_version,
             hardware,
@@ -280,14 +281,17 @@ impl Server {
             self.membership.disconnected(&cert_node, reg.session);
             return;
         }
-        // What the node holds decides which of its jobs stay, go, or are placed again.
-        let running = held_jobs
+        // What the node holds decides which of its jobs stay, go, or are placed again. A
+        // current copy whose exit the node reports counts as held here: its exit is decided
+        // right after (its policy says what follows), never a blind placement again.
+        let mut running: Vec<_> = held_jobs
             .into_iter()
             .map(|j| crate::jobs::planner::Reported {
                 job: j.job_id,
                 fencing_token: j.fencing_token,
             })
             .collect();
+        running.extend(self.membership.current_exits(&cert_node, &exited));
         if let Err(e) = self
             .membership
             .job_event(crate::jobs::planner::Event::NodeUp {
@@ -297,6 +301,7 @@ impl Server {
         {
             tracing::error!(node = %cert_node, error = %e, "could not reconcile the node's jobs");
         }
+        self.membership.exits_reported(&cert_node, &exited);
         let why = self
             .session(
                 &conn,
@@ -389,13 +394,13 @@ impl Server {
                             }
                         }
                         Ok(Some(AgentMsg::JobExited(r))) => {
-                            tracing::info!(%node, job = %r.job_id, token = r.fencing_token, code = ?r.code, signal = ?r.signal, reason = %r.reason, "job copy ended");
-                            if let Err(e) = self.membership.job_exited(node, r.job_id, r.fencing_token, r.code, r.signal) {
-                                tracing::error!(%node, error = %e, "could not record a job exit");
-                            }
+                            tracing::info!(%node, job = %r.job_id, token = r.fencing_token, code = ?r.code, signal = ?r.signal, cause = r.cause.as_str(), reason = %r.reason, "job copy ended");
+                            self.membership.exits_reported(node, std::slice::from_ref(&r));
                         }
                         Ok(Some(m @ AgentMsg::Logs { .. })) => self.membership.logs_arrived(m),
-                        Ok(Some(AgentMsg::JobsHeld { .. })) => {}
+                        Ok(Some(AgentMsg::JobsHeld { exited, .. })) => {
+                            self.membership.exits_reported(node, &exited);
+                        }
                         Ok(Some(AgentMsg::RenewCertificate { csr_pem })) => {
                             let reply = match self.joiner.renew(node, serial, &csr_pem) {
                                 Ok(issued) => CoordMsg::CertificateRenewed {

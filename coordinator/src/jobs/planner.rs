@@ -53,7 +53,7 @@ use super::fencing::next_token;
 use super::model::{Exit, JobRecord, JobState};
 use super::placement::NodeView;
 use crate::model::{ClusterRecord, PairRecord};
-use reports::{job_exited, job_started, on_up, stop};
+use reports::{copy_lost, job_exited, job_started, on_up, stop};
 use std::collections::{BTreeMap, BTreeSet};
 use tandem_common::ids::NodeId;
 use work::Work;
@@ -140,6 +140,20 @@ pub enum Event {
         fencing_token: u64,
         /// How it ended.
         exit: Exit,
+    },
+    /// The copy of `job` with `fencing_token` on `node` is gone, and not by the job's own
+    /// doing: its agent fenced it (its lease ran out), its supervisor was signalled or died.
+    /// The job did not end: it is placed again (not counted as a restart), like a job its node
+    /// registered without.
+    CopyLost {
+        /// The job's id.
+        job: String,
+        /// The node.
+        node: NodeId,
+        /// The copy's token.
+        fencing_token: u64,
+        /// How it was lost, in words.
+        how: String,
     },
     /// A user stops the job (`DELETE /v1/jobs/{id}`).
     StopRequested {
@@ -252,6 +266,12 @@ impl Planner {
                 fencing_token,
                 exit,
             } => job_exited(&mut w, job, node, *fencing_token, *exit),
+            Event::CopyLost {
+                job,
+                node,
+                fencing_token,
+                how,
+            } => copy_lost(&mut w, job, node, *fencing_token, how),
             Event::Submitted { job } => match w.job(job) {
                 Some(j) => BTreeSet::from([j.spec.cluster]),
                 None => {

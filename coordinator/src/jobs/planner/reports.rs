@@ -207,3 +207,54 @@ pub(super) fn stop(w: &mut Work, id: &str) -> BTreeSet<String> {
     // Stopping frees room: the cluster's pending jobs may fit now.
     w.job(id).map(|j| j.spec.cluster).into_iter().collect()
 }
+
+/// `CopyLost`: the current copy is gone without the job ending; it is placed again (on the
+/// same node or another one, with a new token). Any other copy's loss changes nothing.
+pub(super) fn copy_lost(
+    w: &mut Work,
+    id: &str,
+    node: &NodeId,
+    token: u64,
+    how: &str,
+) -> BTreeSet<String> {
+    let Some(job) = w.job(id) else {
+        w.push(Decision::Ignore {
+            job: Some(id.to_string()),
+            reason: format!("lost copy of job {id}, which does not exist"),
+        });
+        return BTreeSet::new();
+    };
+    let clusters = BTreeSet::from([job.spec.cluster.clone()]);
+    if job.node() != Some(node) || !is_current(&job, token) {
+        let reason = format!(
+            "ignored lost copy ({how}): {}",
+            stale(w, Some(&job), id, &w.name(node), token)
+        );
+        w.push(Decision::Ignore {
+            job: Some(id.to_string()),
+            reason,
+        });
+        return clusters;
+    }
+    let name = w.name(node);
+    let d = match w.choose(&job, Some(node)) {
+        Ok(to) => Decision::Replace {
+            job: id.to_string(),
+            from: node.clone(),
+            reason: format!(
+                "its copy on {name} was {how}; it now runs on {}",
+                w.describe(&to)
+            ),
+            fencing_token: next_token(&job),
+            to,
+            end_reason: how.to_string(),
+        },
+        Err(e) => Decision::Pending {
+            job: id.to_string(),
+            end_reason: Some(how.to_string()),
+            reason: format!("its copy on {name} was {how} and it fits nowhere: {e}"),
+        },
+    };
+    w.push(d);
+    clusters
+}
