@@ -22,6 +22,18 @@
 //!   registrations, up to `MAX_GRACE_EXTENSION` beyond the configured grace. Declaring a node down later than its deadline is always safe: only
 //!   early is not.
 //!
+//! # Fence parameters
+//! `lease + fence_grace` is only safe if the agent fences with the kill timeout the grace was
+//! computed from. A coordinator restarted with a lower kill timeout or a shorter lease (3000
+//! -> 50 ms gave 2.8 s of two copies) faces agents that were given the old values. So the
+//! parameters agents were given are stored, and while they differ from the configured ones
+//! ([`FailureDetector::with_legacy`]) every node remembered from before the restart is judged
+//! by the larger of the two (`legacy_total`): at restore, and after it registers again until
+//! one `legacy_total` has passed since that registration. The agent applies the parameters of
+//! every `Welcome` before it beats on that session, so by then it fences with the new ones.
+//! [`FailureDetector::legacy_left`] says when no node may hold the old values any more; the
+//! caller then records the new ones as the parameters in force.
+//!
 //! Plain struct, no I/O, no clock: `handle_*(now, …)` in, transitions out.
 
 use std::collections::HashMap;
@@ -99,6 +111,9 @@ struct Tracked {
     liveness: Liveness,
     /// Remembered from the store and not beaten since the restart.
     returning: bool,
+    /// May hold the old fence parameters: `Some(None)` until it registers again,
+    /// `Some(Some(t))` until `t` after that, `None` not (or no longer).
+    legacy: Option<Option<Instant>>,
 }
 
 /// The failure detector.
@@ -115,6 +130,9 @@ pub struct FailureDetector {
     /// 20 ms, scanning every tick held the detector's lock, which every beat takes, for about
     /// a millisecond 50 times a second).
     next_due: Instant,
+    /// `lease + fence_grace` of the largest parameters agents may still hold, when they are
+    /// larger than the configured ones.
+    legacy_total: Option<Duration>,
 }
 
 /// How far a reconnect storm may push the restart grace beyond its configured length.
@@ -129,6 +147,42 @@ impl FailureDetector {
             grace_until: now + cfg.restart_grace(),
             nodes: HashMap::new(),
             next_due: now,
+            legacy_total: None,
+        }
+    }
+
+    /// Agents may still hold fence parameters whose `lease + fence_grace` is `total` (larger
+    /// than the configured one): nodes restored from the store are judged by it until they
+    /// have registered again and had time to take the new ones. Call before restoring nodes.
+    /// The restart grace is made at least that long.
+    pub fn with_legacy(mut self, total: Duration) -> Self {
+        if total > self.cfg.lease + self.cfg.fence_grace {
+            self.legacy_total = Some(total);
+            self.grace_until = self.grace_until.max(self.started_at + total);
+        }
+        self
+    }
+
+    /// Whether any node may still hold the old fence parameters at `now`.
+    pub fn legacy_left(&self, now: Instant) -> bool {
+        self.legacy_total.is_some()
+            && self.nodes.values().any(|t| {
+                t.liveness != Liveness::Down
+                    && match t.legacy {
+                        Some(None) => true,
+                        Some(Some(until)) => now < until,
+                        None => false,
+                    }
+            })
+    }
+
+    /// `lease + fence_grace` for a node in `t` at `now`.
+    fn total_for(&self, legacy: Option<Option<Instant>>, now: Instant) -> Duration {
+        let normal = self.cfg.lease + self.cfg.fence_grace;
+        match (self.legacy_total, legacy) {
+            (Some(l), Some(None)) => l.max(normal),
+            (Some(l), Some(Some(until))) if now < until => l.max(normal),
+            _ => normal,
         }
     }
 
@@ -147,8 +201,9 @@ impl FailureDetector {
     /// A node the store says was alive before we started. It has no session yet; its deadline
     /// is the end of the restart grace, so it has that long to reconnect.
     pub fn handle_restored(&mut self, node: NodeId, now: Instant) {
-        let deadline =
-            (self.started_at + self.cfg.restart_grace()).max(now + self.cfg.restart_grace());
+        let legacy = self.legacy_total.map(|_| None);
+        let grace = self.cfg.restart_grace().max(self.total_for(legacy, now));
+        let deadline = (self.started_at + grace).max(now + grace);
         self.next_due = self.next_due.min(now + self.first_due());
         self.nodes.insert(
             node,
@@ -158,6 +213,7 @@ impl FailureDetector {
                 deadline,
                 liveness: Liveness::Alive,
                 returning: true,
+                legacy,
             },
         );
     }
@@ -165,7 +221,16 @@ impl FailureDetector {
     /// A node registered on a new connection `session` (sessions only grow). Its lease starts
     /// with its first acked beat; until then it has one `lease + fence_grace` to beat.
     pub fn handle_registered(&mut self, node: NodeId, session: u64, now: Instant) {
-        let deadline = now + self.cfg.lease + self.cfg.fence_grace;
+        // A node that may hold the old fence parameters gets the new ones in this Welcome;
+        // it is judged by the old ones for one more old `lease + fence_grace`.
+        let legacy = match (
+            self.legacy_total,
+            self.nodes.get(&node).and_then(|t| t.legacy),
+        ) {
+            (Some(l), Some(None)) => Some(Some(now + l)),
+            (_, kept) => kept,
+        };
+        let deadline = now + self.total_for(legacy, now);
         // A remembered node that has not beaten since the restart, registering during the
         // grace: the reconnect storm goes on. That is its first registration, or another one
         // because the first timed out on the agent's side (the Welcome came too late in the
@@ -186,6 +251,7 @@ impl FailureDetector {
                 deadline,
                 liveness: Liveness::Alive,
                 returning,
+                legacy,
             },
         );
     }
@@ -199,12 +265,14 @@ impl FailureDetector {
         session: u64,
         now: Instant,
     ) -> Option<(Duration, bool)> {
+        let legacy = self.nodes.get(node)?.legacy;
+        let total = self.total_for(legacy, now);
         let t = self.nodes.get_mut(node)?;
         if t.session != session || t.liveness == Liveness::Down {
             return None;
         }
         t.last_beat = t.last_beat.max(now);
-        t.deadline = t.deadline.max(now + self.cfg.lease + self.cfg.fence_grace);
+        t.deadline = t.deadline.max(now + total);
         let recovered = t.liveness == Liveness::Suspect;
         t.liveness = Liveness::Alive;
         t.returning = false;
@@ -324,6 +392,73 @@ mod tests {
         let now = t0 + cfg().restart_grace();
         d.handle_registered(node(1), 1, now);
         (d, now)
+    }
+
+    fn downs(d: &mut FailureDetector, at: Instant) -> Vec<NodeId> {
+        d.handle_tick(at)
+            .into_iter()
+            .filter_map(|t| match t {
+                Transition::Down { node, .. } => Some(node),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Restarted with the kill timeout lowered from 3000 to 250 ms: agents may fence with
+    /// 3000 ms, so `lease + grace` of the old values (4100 ms) holds for remembered nodes.
+    #[test]
+    fn old_fence_parameters_hold_for_remembered_nodes_until_they_took_the_new_ones() {
+        let t0 = Instant::now();
+        let legacy = 4100 * MS;
+        let mut d = FailureDetector::new(cfg(), t0).with_legacy(legacy);
+        // Restored and never back: not down before the old lease and grace.
+        d.handle_restored(node(1), t0);
+        // Restored, registers, beats for a while, then falls silent.
+        d.handle_restored(node(2), t0);
+        assert!(d.legacy_left(t0));
+        assert!(downs(&mut d, t0 + 3999 * MS).is_empty());
+        d.handle_registered(node(2), 7, t0 + 100 * MS);
+        let mut last = t0 + 100 * MS;
+        while last < t0 + 1000 * MS {
+            last += 200 * MS;
+            assert!(d.handle_heartbeat(&node(2), 7, last).is_some());
+        }
+        assert_eq!(downs(&mut d, t0 + 4300 * MS), vec![node(1)]);
+        // Its last beat was judged by the old values: no down before last + 4100 ms.
+        assert!(downs(&mut d, last + legacy - MS).is_empty());
+        assert_eq!(downs(&mut d, last + legacy), vec![node(2)]);
+        assert!(!d.legacy_left(last + legacy));
+    }
+
+    #[test]
+    fn a_node_that_took_the_new_parameters_is_judged_by_them() {
+        let t0 = Instant::now();
+        let mut d = FailureDetector::new(cfg(), t0).with_legacy(4100 * MS);
+        d.handle_restored(node(1), t0);
+        d.handle_registered(node(1), 1, t0 + 100 * MS);
+        // Registered at 100 ms: the old values hold until 4200 ms.
+        assert!(d.legacy_left(t0 + 4199 * MS));
+        assert!(!d.legacy_left(t0 + 4200 * MS));
+        // Beats before 4200 ms were judged by the old values (the last one, at 4100 ms,
+        // holds it until 8200 ms); the later ones by the new.
+        let mut now = t0 + 100 * MS;
+        while now < t0 + 9000 * MS {
+            now += 200 * MS;
+            assert!(d.handle_heartbeat(&node(1), 1, now).is_some());
+        }
+        let normal = cfg().lease + cfg().fence_grace;
+        assert!(downs(&mut d, now + normal - MS).is_empty());
+        assert_eq!(downs(&mut d, now + normal), vec![node(1)]);
+        // A node new to this run never held the old values.
+        d.handle_registered(node(3), 2, now);
+        assert!(!d.legacy_left(now));
+    }
+
+    #[test]
+    fn parameters_no_larger_than_the_configured_ones_change_nothing() {
+        let t0 = Instant::now();
+        let d = FailureDetector::new(cfg(), t0).with_legacy(cfg().lease + cfg().fence_grace);
+        assert!(!d.legacy_left(t0));
     }
 
     #[test]

@@ -106,6 +106,27 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
             .map_err(|e| CoordinatorError::Pki(e.to_string()))?,
     );
     let metrics = Arc::new(metrics::Metrics::default());
+    // The fence parameters agents may hold: the stored ones (what earlier runs gave out) and
+    // the configured ones. Until no agent may hold the old ones, the larger of each is the
+    // record, and remembered nodes are judged by it (the detector's "Fence parameters").
+    let configured = model::FenceParams {
+        lease_ms: cfg.lease.as_millis() as u64,
+        fence_kill_timeout_ms: cfg.fence_kill_timeout.as_millis() as u64,
+    };
+    let stored = store.fence_params()?;
+    let in_force = stored.map_or(configured, |s| s.max(configured));
+    if stored != Some(in_force) {
+        store.commit(vec![store::Change::PutFenceParams(in_force)])?;
+    }
+    if in_force != configured {
+        tracing::warn!(
+            old_lease_ms = in_force.lease_ms,
+            old_fence_kill_timeout_ms = in_force.fence_kill_timeout_ms,
+            lease_ms = configured.lease_ms,
+            fence_kill_timeout_ms = configured.fence_kill_timeout_ms,
+            "the fence parameters changed: nodes that may hold the old ones are judged by the larger values until they registered with the new ones"
+        );
+    }
     let detector = FailureDetector::new(
         DetectorConfig {
             heartbeat: cfg.heartbeat,
@@ -115,9 +136,13 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
             restart_grace: cfg.restart_grace,
         },
         now,
+    )
+    .with_legacy(in_force.lease() + in_force.fence_grace());
+    let membership = Arc::new(
+        Membership::load(store.clone(), detector, metrics, now)?
+            .with_quotas(cfg.quotas)
+            .with_fence_update((in_force != configured).then_some(configured)),
     );
-    let membership =
-        Arc::new(Membership::load(store.clone(), detector, metrics, now)?.with_quotas(cfg.quotas));
     // Finish what a previous run decided but may not have carried out (e.g. a failover cut
     // short by a crash): the records are durable, the planner re-derives the commands.
     membership.reconcile_jobs()?;

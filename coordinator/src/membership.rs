@@ -134,6 +134,9 @@ pub struct Membership {
     pings: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
     /// Shared with the admin endpoint.
     pub metrics: Arc<Metrics>,
+    /// The configured fence parameters, to be recorded as the ones in force once no node may
+    /// hold older ones (see the detector's "Fence parameters").
+    fence_update: Mutex<Option<crate::model::FenceParams>>,
 }
 
 /// Puts `issued` in as the node's certificate and keeps `(serial, not_after)` as the previous
@@ -225,6 +228,7 @@ impl Membership {
             member_serials: Arc::new(std::sync::RwLock::new(serials)),
             pings: Mutex::new(HashMap::new()),
             metrics,
+            fence_update: Mutex::new(None),
         })
     }
 
@@ -750,6 +754,39 @@ impl Membership {
         }
     }
 
+    /// The configured fence parameters, to record once no node may hold older ones.
+    pub fn with_fence_update(self, configured: Option<crate::model::FenceParams>) -> Self {
+        *lock(&self.fence_update) = configured;
+        self
+    }
+
+    /// Records the configured fence parameters as the ones in force once no node may hold
+    /// the old ones any more.
+    fn maybe_record_fence_params(&self, now: Instant) {
+        let mut pending = lock(&self.fence_update);
+        let Some(p) = *pending else { return };
+        if lock(&self.detector).legacy_left(now) {
+            return;
+        }
+        match self.store.commit(vec![
+            Change::PutFenceParams(p),
+            Change::Event(NewEvent {
+                kind: "fence",
+                node: None,
+                message: format!(
+                    "every node holds the new fence parameters (lease {} ms, fence kill timeout {} ms); they are the ones in force",
+                    p.lease_ms, p.fence_kill_timeout_ms
+                ),
+            }),
+        ]) {
+            Ok(_) => {
+                tracing::info!(lease_ms = p.lease_ms, fence_kill_timeout_ms = p.fence_kill_timeout_ms, "every node holds the new fence parameters");
+                *pending = None;
+            }
+            Err(err) => tracing::error!(%err, "could not record the fence parameters in force"),
+        }
+    }
+
     /// Sets the cluster quotas (at start-up).
     pub fn with_quotas(mut self, quotas: crate::administration::Quotas) -> Self {
         self.quotas = quotas;
@@ -824,6 +861,7 @@ impl Membership {
     /// Runs the detector at `now` and applies what it decides.
     pub fn tick(&self, now: Instant) {
         self.fire_job_timers(now);
+        self.maybe_record_fence_params(now);
         let transitions = lock(&self.detector).handle_tick(now);
         // A wave (a stalled network, a rack losing power) brings thousands of transitions in
         // one tick. Suspicions are only shown, so they are recorded without waiting for the

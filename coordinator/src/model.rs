@@ -328,3 +328,35 @@ pub(crate) fn test_node(name: &str) -> NodeRecord {
         removed_ms: None,
     }
 }
+
+/// The fence parameters agents were given: the lease each ack grants and the SIGTERM-to-SIGKILL
+/// time they fence with. Stored, because a coordinator restarted with new values must still
+/// allow for agents that hold the old ones (see `crate::detector`, "Fence parameters").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceParams {
+    /// The lease, ms.
+    pub lease_ms: u64,
+    /// The fence kill timeout, ms.
+    pub fence_kill_timeout_ms: u64,
+}
+
+impl FenceParams {
+    /// The larger of each value: what any agent may hold while some hold `self` and others
+    /// `other`.
+    pub fn max(self, other: FenceParams) -> FenceParams {
+        FenceParams {
+            lease_ms: self.lease_ms.max(other.lease_ms),
+            fence_kill_timeout_ms: self.fence_kill_timeout_ms.max(other.fence_kill_timeout_ms),
+        }
+    }
+
+    /// The lease.
+    pub fn lease(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.lease_ms)
+    }
+
+    /// `fence_kill_timeout + 5% of lease + 50 ms`, as the config computes it.
+    pub fn fence_grace(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.fence_kill_timeout_ms + self.lease_ms / 20 + 50)
+    }
+}

@@ -441,7 +441,7 @@ fn bad_frames_versions_certificates_and_impersonation_are_refused_with_reasons()
             what: "Hello with protocol version 99",
             bytes: frame(&hello(99, None, None)),
             code: RejectCode::UnsupportedVersion,
-            words: s(&["version 99", "speaks 1"]),
+            words: s(&["version 99", "speaks 2"]),
             finish: false,
         },
         Case {

@@ -74,6 +74,8 @@ pub enum Change {
     PutOperation(OperationRecord),
     /// Insert or replace a job.
     PutJob(Box<crate::jobs::model::JobRecord>),
+    /// Record the fence parameters agents may hold.
+    PutFenceParams(crate::model::FenceParams),
 }
 
 /// Durable coordinator state.
@@ -121,4 +123,6 @@ pub trait StateStore: Send + Sync + 'static {
     fn operation(&self, id: &str) -> Result<Option<OperationRecord>, StoreError>;
     /// All jobs.
     fn jobs(&self) -> Result<Vec<crate::jobs::model::JobRecord>, StoreError>;
+    /// The fence parameters recorded last (`None` in a store that never had any).
+    fn fence_params(&self) -> Result<Option<crate::model::FenceParams>, StoreError>;
 }

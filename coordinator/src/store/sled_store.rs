@@ -193,6 +193,11 @@ impl StateStore for SledStore {
                     j.id.as_bytes().to_vec(),
                     Some(serde_json::to_vec(&j).map_err(engine)?),
                 )),
+                Change::PutFenceParams(f) => writes.push((
+                    7,
+                    b"fence_params".to_vec(),
+                    Some(serde_json::to_vec(&f).map_err(engine)?),
+                )),
                 Change::Event(e) => {
                     next += 1;
                     let ev = Event {
@@ -219,9 +224,10 @@ impl StateStore for SledStore {
             &self.pairs,
             &self.operations,
             &self.jobs,
+            &self.meta,
         );
         let res: Result<(), TransactionError<()>> = trees.transaction(
-            |(nodes, tokens, events, clusters, pairs, operations, jobs)| {
+            |(nodes, tokens, events, clusters, pairs, operations, jobs, meta)| {
                 for (tree, k, v) in &writes {
                     let t = match tree {
                         0 => nodes,
@@ -230,6 +236,7 @@ impl StateStore for SledStore {
                         4 => pairs,
                         5 => operations,
                         6 => jobs,
+                        7 => meta,
                         _ => events,
                     };
                     match v {
@@ -334,6 +341,14 @@ impl StateStore for SledStore {
             .get(id)
             .map_err(engine)?
             .map(|v| decode(id.as_bytes(), &v))
+            .transpose()
+    }
+
+    fn fence_params(&self) -> Result<Option<crate::model::FenceParams>, StoreError> {
+        self.meta
+            .get("fence_params")
+            .map_err(engine)?
+            .map(|v| decode(b"fence_params", &v))
             .transpose()
     }
 
