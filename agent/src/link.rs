@@ -89,8 +89,6 @@ enum Retry {
     Later(String),
 }
 
-/// TLS alert `certificate_revoked`: the coordinator no longer accepts our certificate.
-const CERTIFICATE_REVOKED: u8 = 44;
 const REVOKED: &str = "the coordinator refused this node's certificate as revoked: the node was removed; delete the agent's state dir and join again with a new token";
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -514,7 +512,7 @@ fn was_revoked(conn: &quinn::Connection) -> bool {
 /// Whether a connection error is the TLS alert `certificate_revoked`, sent by the peer or
 /// raised locally.
 fn is_revoked(e: &quinn::ConnectionError) -> bool {
-    let revoked = quinn::TransportErrorCode::crypto(CERTIFICATE_REVOKED);
+    let revoked = tandem_common::wire::TlsAlert::CertificateRevoked.transport_code();
     match e {
         quinn::ConnectionError::TransportError(t) => t.code == revoked,
         quinn::ConnectionError::ConnectionClosed(c) => c.error_code == revoked,

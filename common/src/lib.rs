@@ -11,6 +11,7 @@
 //! - `transport`: the QUIC transport parameters both ends use.
 //! - `time`: wall-clock helpers for records and events.
 //! - `notify`: systemd readiness, status and watchdog notifications.
+//! - `wire`: constants outside the messages (QUIC close codes, the revocation TLS alert).
 pub mod codec;
 pub mod hardware;
 pub mod ids;
@@ -21,3 +22,4 @@ pub mod time;
 pub mod tls;
 pub mod token;
 pub mod transport;
+pub mod wire;

@@ -76,6 +76,12 @@ pub struct RawConfig {
     pub max_clusters: usize,
     /// Nodes one cluster holds at most.
     pub max_nodes_per_cluster: usize,
+    /// Finished jobs (completed, failed, stopped) are deleted this long after they ended.
+    pub finished_job_retention_s: u64,
+    /// Used-up or expired join tokens are deleted this long after they were created.
+    pub token_retention_s: u64,
+    /// Finished operations are deleted this long after they finished.
+    pub operation_retention_s: u64,
 }
 
 impl Default for RawConfig {
@@ -97,6 +103,9 @@ impl Default for RawConfig {
             udp_buffer_bytes: 16 << 20,
             max_clusters: 50,
             max_nodes_per_cluster: 100,
+            finished_job_retention_s: 7 * 86_400,
+            token_retention_s: 7 * 86_400,
+            operation_retention_s: 7 * 86_400,
         }
     }
 }
@@ -132,6 +141,8 @@ pub struct Config {
     pub admin_tls_ips: Vec<std::net::IpAddr>,
     /// Extra DNS names the admin certificate names.
     pub admin_tls_dns: Vec<String>,
+    /// How long finished records are kept.
+    pub retention: crate::retention::Retention,
     /// Largest frame.
     pub max_frame_bytes: usize,
     /// QUIC socket buffers.
@@ -265,6 +276,15 @@ impl RawConfig {
                 "the token must be at least 16 characters",
             ));
         }
+        for (field, v) in [
+            ("finished_job_retention_s", self.finished_job_retention_s),
+            ("token_retention_s", self.token_retention_s),
+            ("operation_retention_s", self.operation_retention_s),
+        ] {
+            if v < 60 {
+                return Err(invalid(field, "must be at least 60 (seconds)"));
+            }
+        }
         let lease = Duration::from_millis(self.lease_ms);
         let fence_kill_timeout = Duration::from_millis(self.fence_kill_timeout_ms);
         Ok(Config {
@@ -290,6 +310,11 @@ impl RawConfig {
             quotas: crate::administration::Quotas {
                 max_clusters: self.max_clusters,
                 max_nodes_per_cluster: self.max_nodes_per_cluster,
+            },
+            retention: crate::retention::Retention {
+                finished_jobs: Duration::from_secs(self.finished_job_retention_s),
+                tokens: Duration::from_secs(self.token_retention_s),
+                operations: Duration::from_secs(self.operation_retention_s),
             },
         })
     }

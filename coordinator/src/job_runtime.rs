@@ -27,6 +27,9 @@ use tandem_common::ids::NodeId;
 use tandem_common::proto::{AgentMsg, CoordMsg, ExitCause, JobExitReport, StartJob};
 use tandem_common::time::unix_ms;
 
+/// A start unanswered this long makes the coordinator ask its node what it holds.
+pub const START_DEADLINE: Duration = Duration::from_secs(20);
+
 /// How long a user stop waits between SIGTERM and SIGKILL.
 pub const USER_KILL_TIMEOUT_MS: u32 = 5_000;
 
@@ -97,6 +100,9 @@ pub struct JobRuntime {
     waiting: Mutex<HashMap<String, (NodeId, u64, NodeId, StartJob)>>,
     /// Log requests waiting for their answer.
     logs: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<AgentMsg>>>,
+    /// Starts sent and not yet answered, by `(job, token)`: where, and when sent (or last
+    /// asked about). See [`Membership::check_unanswered_starts`].
+    unanswered: Mutex<HashMap<(String, u64), (NodeId, std::time::Instant)>>,
     fence_kill_timeout_ms: u32,
 }
 
@@ -113,6 +119,7 @@ impl JobRuntime {
             timer_seq: Default::default(),
             waiting: Mutex::new(HashMap::new()),
             logs: Mutex::new(HashMap::new()),
+            unanswered: Mutex::new(HashMap::new()),
             fence_kill_timeout_ms: fence_kill_timeout.as_millis() as u32,
         }
     }
@@ -381,8 +388,14 @@ impl Membership {
                 changes.insert(0, Change::PutJob(Box::new(j.clone())));
             }
         }
-        if !changes.is_empty() {
+        // A batch that changes a job is durable before any command leaves. One that only
+        // records events (a stale report's kill, a guard's hold) changes nothing that must
+        // survive a crash: it shares a later flush, so a node spamming reports about jobs it
+        // does not hold costs no fsync.
+        if changes.iter().any(|c| matches!(c, Change::PutJob(_))) {
             self.store().commit(changes)?;
+        } else if !changes.is_empty() {
+            self.store().apply(changes)?;
         }
         for j in jobs {
             t.jobs.insert(j.id.clone(), j);
@@ -424,6 +437,7 @@ impl Membership {
                     );
                 }
                 Outgoing::Start { node, cmd, .. } => {
+                    self.start_sent(&node, &cmd);
                     self.send_to(&node, CoordMsg::StartJob(Box::new(cmd)))
                 }
                 Outgoing::Stop {
@@ -475,7 +489,94 @@ impl Membership {
                 .map(|p| p.gpus.clone())
                 .unwrap_or_default();
             let cmd = start_cmd(job, d.token, &gpus);
+            self.start_sent(&d.node, &cmd);
             send_in(&t, &d.node, CoordMsg::StartJob(Box::new(cmd)));
+        }
+    }
+
+    fn start_sent(&self, node: &NodeId, cmd: &StartJob) {
+        lock(&self.jobs.unanswered).insert(
+            (cmd.job_id.clone(), cmd.fencing_token),
+            (node.clone(), std::time::Instant::now()),
+        );
+    }
+
+    /// Delivery is reconciled, never assumed: a start still unanswered [`START_DEADLINE`]
+    /// after it was sent (or last asked about) makes the coordinator ask its node what it
+    /// holds ([`CoordMsg::ReportJobs`]); the answer ([`Membership::jobs_held`]) decides.
+    /// Starts whose placement has since started, ended or been replaced are forgotten.
+    pub fn check_unanswered_starts(&self, now: std::time::Instant) {
+        if lock(&self.jobs.unanswered).is_empty() {
+            return;
+        }
+        let t = self.lock();
+        let mut ask: Vec<NodeId> = Vec::new();
+        lock(&self.jobs.unanswered).retain(|(job, token), (node, since)| {
+            let waiting = t.jobs.get(job).is_some_and(|j| {
+                !j.state.is_terminal()
+                    && j.current.as_ref().is_some_and(|p| {
+                        p.node == *node && p.fencing_token == *token && p.started_ms.is_none()
+                    })
+            });
+            if waiting && now.duration_since(*since) >= START_DEADLINE {
+                *since = now;
+                if !ask.contains(node) {
+                    ask.push(node.clone());
+                }
+            }
+            waiting
+        });
+        for node in ask {
+            tracing::warn!(%node, "a start is unanswered after {} s; asking the node what it holds", START_DEADLINE.as_secs());
+            send_in(
+                &t,
+                &node,
+                CoordMsg::ReportJobs {
+                    request: rand::random(),
+                },
+            );
+        }
+    }
+
+    /// A node's answer to `ReportJobs`: its exits are decided and acknowledged; a start it
+    /// was sent, does not hold and has no exit for is sent again with the same token (the
+    /// agent answers a start of a copy it holds without starting a second one).
+    pub fn jobs_held(
+        &self,
+        node: &NodeId,
+        held: &[tandem_common::proto::HeldJob],
+        exited: &[JobExitReport],
+    ) {
+        self.exits_reported(node, exited);
+        let t = self.lock();
+        let resend: Vec<(String, u64)> = lock(&self.jobs.unanswered)
+            .iter()
+            .filter(|((job, token), (n, _))| {
+                n == node
+                    && !held
+                        .iter()
+                        .any(|h| h.job_id == *job && h.fencing_token == *token)
+                    && !exited
+                        .iter()
+                        .any(|e| e.job_id == *job && e.fencing_token == *token)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (job, token) in resend {
+            let Some(j) = t.jobs.get(&job) else { continue };
+            let Some(p) = j
+                .current
+                .as_ref()
+                .filter(|p| p.node == *node && p.fencing_token == token && p.started_ms.is_none())
+            else {
+                continue;
+            };
+            if j.state.is_terminal() {
+                continue;
+            }
+            tracing::warn!(%node, %job, token, "the node does not hold a start it was sent; sending it again");
+            let cmd = start_cmd(j, token, &p.gpus);
+            send_in(&t, node, CoordMsg::StartJob(Box::new(cmd)));
         }
     }
 
@@ -620,6 +721,7 @@ impl Membership {
                 .get(&cmd.job_id)
                 .and_then(|j| j.current.as_ref().map(|p| p.fencing_token));
             if current == Some(cmd.fencing_token) {
+                self.start_sent(&to, &cmd);
                 send_in(&t, &to, CoordMsg::StartJob(Box::new(cmd)));
             }
         }

@@ -12,7 +12,8 @@
 //! - `administration`: cluster, pair and node operations behind the admin API.
 //! - `pairs`: the pair planner's decisions turned into durable changes.
 //! - `job_runtime`: the job planner's decisions made durable, then sent to agents.
-//! - `limits`: failed-join and refusal-log limits against floods.
+//! - `limits`: failed-join, refusal-log and per-session message limits against floods.
+//! - `retention`: which finished jobs, spent tokens and finished operations are deleted.
 //! - `join`: join tokens and CSRs traded for node certificates.
 //! - `outbox`: the queue of commands to one session (bounded, never drops silently).
 //! - `server`: the QUIC endpoint, one task per connection.
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod pairs;
+pub mod retention;
 pub mod server;
 pub mod store;
 
@@ -78,6 +80,8 @@ pub enum CoordinatorError {
 
 /// How often the failure detector is run.
 const TICK: Duration = Duration::from_millis(20);
+/// How often finished records past their retention are deleted.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How often freed heap is returned to the system.
 const MALLOC_TRIM_EVERY: Duration = Duration::from_secs(30);
 
@@ -141,6 +145,7 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     let membership = Arc::new(
         Membership::load(store.clone(), detector, metrics, now)?
             .with_quotas(cfg.quotas)
+            .with_retention(cfg.retention)
             .with_fence_update((in_force != configured).then_some(configured)),
     );
     // Finish what a previous run decided but may not have carried out (e.g. a failover cut
@@ -209,12 +214,23 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         // The detector's loop is the coordinator's main loop: it feeds systemd's watchdog.
         let mut watchdog = tandem_common::notify::Watchdog::from_env();
         let mut trimmed = Instant::now();
+        let mut swept: Option<Instant> = None;
         loop {
             iv.tick().await;
             watchdog.ping_if_due(Instant::now());
-            let m = m.clone();
+            let ticked = m.clone();
             // The tick may write to the store (fsync): keep it off the async workers.
-            let _ = tokio::task::spawn_blocking(move || m.tick(Instant::now())).await;
+            let _ = tokio::task::spawn_blocking(move || ticked.tick(Instant::now())).await;
+            if swept.is_none_or(|s| s.elapsed() >= SWEEP_EVERY) {
+                swept = Some(Instant::now());
+                let m = m.clone();
+                let swept =
+                    tokio::task::spawn_blocking(move || m.sweep(tandem_common::time::unix_ms()))
+                        .await;
+                if let Ok(Err(err)) = swept {
+                    tracing::error!(%err, "retention sweep failed");
+                }
+            }
             if trimmed.elapsed() >= MALLOC_TRIM_EVERY {
                 trimmed = Instant::now();
                 // glibc keeps what a join storm freed in its per-thread arenas (hundreds of

@@ -137,6 +137,8 @@ pub struct Membership {
     /// The configured fence parameters, to be recorded as the ones in force once no node may
     /// hold older ones (see the detector's "Fence parameters").
     fence_update: Mutex<Option<crate::model::FenceParams>>,
+    /// How long finished records are kept.
+    retention: crate::retention::Retention,
 }
 
 /// Puts `issued` in as the node's certificate and keeps `(serial, not_after)` as the previous
@@ -229,6 +231,7 @@ impl Membership {
             pings: Mutex::new(HashMap::new()),
             metrics,
             fence_update: Mutex::new(None),
+            retention: Default::default(),
         })
     }
 
@@ -787,6 +790,53 @@ impl Membership {
         }
     }
 
+    /// Sets how long finished records are kept (at start-up).
+    pub fn with_retention(mut self, retention: crate::retention::Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Deletes the finished jobs, spent tokens and finished operations past their retention,
+    /// in one durable batch. Run now and then (it reads every token and operation).
+    pub fn sweep(&self, now_ms: u64) -> Result<crate::retention::Expired, StoreError> {
+        let tokens = self.store.tokens()?;
+        let operations = self.store.operations()?;
+        let mut t = self.lock();
+        let e = crate::retention::expired(
+            &self.retention,
+            now_ms,
+            t.jobs.values(),
+            &tokens,
+            &operations,
+        );
+        if e.is_empty() {
+            return Ok(e);
+        }
+        let mut changes: Vec<Change> = Vec::new();
+        changes.extend(e.jobs.iter().cloned().map(Change::DeleteJob));
+        changes.extend(e.tokens.iter().cloned().map(Change::DeleteToken));
+        changes.extend(e.operations.iter().cloned().map(Change::DeleteOperation));
+        self.store.commit(changes)?;
+        for id in &e.jobs {
+            t.jobs.remove(id);
+        }
+        drop(t);
+        let m = &self.metrics;
+        m.retention_jobs_deleted
+            .fetch_add(e.jobs.len() as u64, Ordering::Relaxed);
+        m.retention_tokens_deleted
+            .fetch_add(e.tokens.len() as u64, Ordering::Relaxed);
+        m.retention_operations_deleted
+            .fetch_add(e.operations.len() as u64, Ordering::Relaxed);
+        tracing::info!(
+            jobs = e.jobs.len(),
+            tokens = e.tokens.len(),
+            operations = e.operations.len(),
+            "deleted finished records past their retention"
+        );
+        Ok(e)
+    }
+
     /// Sets the cluster quotas (at start-up).
     pub fn with_quotas(mut self, quotas: crate::administration::Quotas) -> Self {
         self.quotas = quotas;
@@ -862,6 +912,7 @@ impl Membership {
     pub fn tick(&self, now: Instant) {
         self.fire_job_timers(now);
         self.maybe_record_fence_params(now);
+        self.check_unanswered_starts(now);
         let transitions = lock(&self.detector).handle_tick(now);
         // A wave (a stalled network, a rack losing power) brings thousands of transitions in
         // one tick. Suspicions are only shown, so they are recorded without waiting for the
@@ -1117,21 +1168,22 @@ pub fn gpu_health_events(node: &str, before: &[GpuInfo], after: &[GpuInfo]) -> V
     out
 }
 
-/// QUIC application close codes the coordinator uses.
+/// QUIC application close codes the coordinator uses (the enum lives in `common::wire`).
 pub mod close_code {
     use quinn::VarInt;
+    use tandem_common::wire::CloseCode;
     /// A newer connection of the same node replaced this one.
-    pub const REPLACED: VarInt = VarInt::from_u32(1);
+    pub const REPLACED: VarInt = VarInt::from_u32(CloseCode::Replaced as u32);
     /// The node was declared down; it must register again.
-    pub const DECLARED_DOWN: VarInt = VarInt::from_u32(2);
+    pub const DECLARED_DOWN: VarInt = VarInt::from_u32(CloseCode::DeclaredDown as u32);
     /// The connection was refused (the reason came in a `Reject`).
-    pub const REFUSED: VarInt = VarInt::from_u32(3);
+    pub const REFUSED: VarInt = VarInt::from_u32(CloseCode::Refused as u32);
     /// The coordinator is shutting down.
-    pub const SHUTDOWN: VarInt = VarInt::from_u32(4);
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(CloseCode::Shutdown as u32);
     /// The node was removed; its certificate is revoked.
-    pub const REMOVED: VarInt = VarInt::from_u32(6);
+    pub const REMOVED: VarInt = VarInt::from_u32(CloseCode::Removed as u32);
     /// The peer broke the protocol.
-    pub const PROTOCOL: VarInt = VarInt::from_u32(5);
+    pub const PROTOCOL: VarInt = VarInt::from_u32(CloseCode::Protocol as u32);
 }
 
 #[cfg(test)]

@@ -72,6 +72,16 @@ pub struct Metrics {
     pub heartbeats_refused: AtomicU64,
     /// Datagrams or frames that did not decode.
     pub bad_messages: AtomicU64,
+    /// Times a node's control messages were held back by its rate limit.
+    pub agent_messages_throttled: AtomicU64,
+    /// Certificate renewals refused because the node asked too often.
+    pub renewals_throttled: AtomicU64,
+    /// Finished jobs deleted by retention.
+    pub retention_jobs_deleted: AtomicU64,
+    /// Used-up or expired tokens deleted by retention.
+    pub retention_tokens_deleted: AtomicU64,
+    /// Finished operations deleted by retention.
+    pub retention_operations_deleted: AtomicU64,
     /// Connections refused at registration or join.
     pub registrations_refused: AtomicU64,
     /// Nodes that joined.
@@ -94,6 +104,11 @@ impl Default for Metrics {
             heartbeats_received: AtomicU64::new(0),
             heartbeats_refused: AtomicU64::new(0),
             bad_messages: AtomicU64::new(0),
+            agent_messages_throttled: AtomicU64::new(0),
+            renewals_throttled: AtomicU64::new(0),
+            retention_jobs_deleted: AtomicU64::new(0),
+            retention_tokens_deleted: AtomicU64::new(0),
+            retention_operations_deleted: AtomicU64::new(0),
             registrations_refused: AtomicU64::new(0),
             joins: AtomicU64::new(0),
             certificate_renewals: AtomicU64::new(0),
@@ -139,6 +154,31 @@ impl Metrics {
                 "tandem_bad_messages_total",
                 "Datagrams or frames that did not decode.",
                 &self.bad_messages,
+            ),
+            (
+                "tandem_agent_messages_throttled_total",
+                "Times a node's control messages were held back by its rate limit (its stream is read again when the limit allows).",
+                &self.agent_messages_throttled,
+            ),
+            (
+                "tandem_renewals_throttled_total",
+                "Certificate renewals refused because the node asked again too soon.",
+                &self.renewals_throttled,
+            ),
+            (
+                "tandem_retention_jobs_deleted_total",
+                "Finished jobs deleted after finished_job_retention_s.",
+                &self.retention_jobs_deleted,
+            ),
+            (
+                "tandem_retention_tokens_deleted_total",
+                "Used-up or expired join tokens deleted after token_retention_s.",
+                &self.retention_tokens_deleted,
+            ),
+            (
+                "tandem_retention_operations_deleted_total",
+                "Finished operations deleted after operation_retention_s.",
+                &self.retention_operations_deleted,
             ),
             (
                 "tandem_registrations_refused_total",

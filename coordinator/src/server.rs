@@ -361,8 +361,18 @@ impl Server {
         // a waiter on the connection's state every time.
         let closed = conn.closed();
         tokio::pin!(closed);
+        let mut budget = crate::limits::MessageBudget::new(
+            crate::limits::MESSAGES_PER_SECOND,
+            crate::limits::MESSAGES_BURST,
+            Instant::now(),
+        );
+        // While set, the control stream is not read: the node is over its message budget.
+        let mut throttled: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
+                _ = async { match throttled { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                    throttled = None;
+                }
                 dg = conn.read_datagram(), if datagrams => {
                     match dg {
                         Ok(b) => self.on_beat(conn, &mut ack_stream, &b, node, session, peer).await,
@@ -372,7 +382,12 @@ impl Server {
                 Some(b) = beat_rx.recv(), if !datagrams => {
                     self.on_beat(conn, &mut ack_stream, &b, node, session, peer).await;
                 }
-                msg = control.recv(), if control_open => {
+                msg = control.recv(), if control_open && throttled.is_none() => {
+                    if let Some(wait) = budget.take(Instant::now()) {
+                        self.membership.metrics.agent_messages_throttled.fetch_add(1, Ordering::Relaxed);
+                        self.log_refusal(peer, &format!(": node {node} is over its budget of {} control messages a second; its stream is read again in {} ms", crate::limits::MESSAGES_PER_SECOND, wait.as_millis()));
+                        throttled = Some(tokio::time::Instant::now() + wait);
+                    }
                     match msg.transpose() {
                         Ok(Some(AgentMsg::Goodbye { reason })) => {
                             match self.membership.left(node, session, &reason) {
@@ -398,11 +413,16 @@ impl Server {
                             self.membership.exits_reported(node, std::slice::from_ref(&r));
                         }
                         Ok(Some(m @ AgentMsg::Logs { .. })) => self.membership.logs_arrived(m),
-                        Ok(Some(AgentMsg::JobsHeld { exited, .. })) => {
-                            self.membership.exits_reported(node, &exited);
+                        Ok(Some(AgentMsg::JobsHeld { jobs, exited, .. })) => {
+                            self.membership.jobs_held(node, &jobs, &exited);
                         }
                         Ok(Some(AgentMsg::RenewCertificate { csr_pem })) => {
-                            let reply = match self.joiner.renew(node, serial, &csr_pem) {
+                            let allowed = budget.renewal(Instant::now());
+                            let reply = if !allowed {
+                                self.membership.metrics.renewals_throttled.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(%peer, %node, "refused a certificate renewal: asked again within {} s", crate::limits::RENEWAL_EVERY.as_secs());
+                                CoordMsg::RenewalRefused { reason: format!("renewal asked again within {} s; try later", crate::limits::RENEWAL_EVERY.as_secs()) }
+                            } else { match self.joiner.renew(node, serial, &csr_pem) {
                                 Ok(issued) => CoordMsg::CertificateRenewed {
                                     cert_pem: issued.cert_pem,
                                     not_after_unix: issued.not_after_unix,
@@ -411,7 +431,7 @@ impl Server {
                                     tracing::warn!(%peer, %node, error = %e, "refused a certificate renewal");
                                     CoordMsg::RenewalRefused { reason: e.to_string() }
                                 }
-                            };
+                            } };
                             if let Err(e) = codec::write_msg(&mut send, &reply, self.max_frame).await {
                                 return format!("control stream write failed: {e}");
                             }

@@ -1066,3 +1066,153 @@ fn join_frame(token: &JoinToken, key: &NodeKey, name: &str) -> Result<Vec<u8>> {
     h.name = name.into();
     Ok(frame(&AgentMsg::Hello(h)))
 }
+
+/// Defect 9 of the engine issue: one authenticated node could stall the coordinator by
+/// spamming reports about jobs it does not hold (each cost a decision, an event and a disk
+/// flush under the fleet lock) or certificate renewals. Now its control stream is read at a
+/// bounded rate (the rest waits in QUIC's flow control, nothing is dropped), reports about
+/// jobs it does not hold cost no flush, and renewals are served once per interval. The two
+/// real agents stay ready and beating; the admin API keeps answering.
+#[test]
+fn one_node_spamming_job_reports_and_renewals_stalls_nobody() -> Result<()> {
+    let f = fleet("spam")?;
+    let token: JoinToken = f.api().token(1)?.parse()?;
+    let addr = f.quic();
+    let ca_pem = std::fs::read_to_string(f.coord.dir.join("ca.pem"))?;
+    let key = NodeKey::generate()?;
+    let rt = runtime();
+    let since = f.mark()?;
+    let (sent, stalled, renewals_refused, api_worst) = rt.block_on(async {
+        let ep = client()?;
+        let conn = connect(&ep, tls::join_client_config(token.ca_pin)?, addr).await?;
+        let CoordMsg::Joined(joined) =
+            exchange(&conn, &join_frame(&token, &key, "spammer")?).await?
+        else {
+            bail!("the spammer could not join");
+        };
+        conn.close(0u32.into(), b"joined");
+        let cfg = tls::node_client_config(&ca_pem, &joined.cert_pem, &key.key_pem())?;
+        let conn = connect(&ep, cfg, addr).await?;
+        let (mut send, mut recv) = timeout(T, conn.open_bi()).await??;
+        send.write_all(&frame(&hello(
+            PROTOCOL_VERSION,
+            Some(joined.node_id.clone()),
+            None,
+        )))
+        .await?;
+        let welcome = timeout(
+            T,
+            codec::read_msg::<CoordMsg, _>(&mut recv, DEFAULT_MAX_FRAME),
+        )
+        .await??;
+        ensure!(
+            matches!(welcome, Some(CoordMsg::Welcome(_))),
+            "not welcomed: {welcome:?}"
+        );
+        // Answers (kills of stale copies, refused renewals) are read on the side.
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let r2 = refused.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(Ok(Some(m))) = timeout(
+                Duration::from_secs(30),
+                codec::read_msg::<CoordMsg, _>(&mut recv, DEFAULT_MAX_FRAME),
+            )
+            .await
+            {
+                if matches!(m, CoordMsg::RenewalRefused { .. }) {
+                    r2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        // 8 s of spam, as fast as the coordinator takes it, while the API is timed.
+        let csr = key.csr_pem("spammer")?;
+        let start = Instant::now();
+        let mut n = 0u64;
+        let mut api_worst = Duration::ZERO;
+        let mut next_probe = Instant::now();
+        let (mut next_beat, mut seq, mut stalled) = (Instant::now(), 0u64, 0u64);
+        while start.elapsed() < Duration::from_secs(8) {
+            let msg = match n % 50 {
+                0 => AgentMsg::RenewCertificate {
+                    csr_pem: csr.clone(),
+                },
+                k if k % 2 == 0 => AgentMsg::JobStarted {
+                    job_id: format!("j-{:012x}", n),
+                    fencing_token: n,
+                },
+                _ => AgentMsg::JobExited(JobExitReport {
+                    job_id: format!("j-{:012x}", n),
+                    fencing_token: n,
+                    code: Some(0),
+                    signal: None,
+                    cause: ExitCause::Exited,
+                    reason: "exited".into(),
+                }),
+            };
+            // A write waits when the coordinator stops reading (its rate limit): bounded.
+            match timeout(Duration::from_millis(200), send.write_all(&frame(&msg))).await {
+                Ok(Ok(())) => n += 1,
+                Ok(Err(e)) => bail!("the spammer's stream failed after {n} messages: {e}"),
+                Err(_) => stalled += 1,
+            }
+            if Instant::now() >= next_beat {
+                next_beat = Instant::now() + Duration::from_millis(200);
+                seq += 1;
+                let beat = AgentDatagram::Heartbeat(Heartbeat {
+                    seq,
+                    last_rtt_us: 0,
+                    load: LoadSummary::default(),
+                });
+                conn.send_datagram(codec::encode(&beat)?.into())?;
+            }
+            if Instant::now() >= next_probe {
+                next_probe = Instant::now() + Duration::from_millis(500);
+                let api = f.api().clone();
+                let t = Instant::now();
+                tokio::task::spawn_blocking(move || api.get("/v1/nodes")).await??;
+                api_worst = api_worst.max(t.elapsed());
+            }
+        }
+        conn.close(0u32.into(), b"done");
+        let _ = timeout(T, reader).await;
+        anyhow::Ok((
+            n,
+            stalled,
+            refused.load(std::sync::atomic::Ordering::Relaxed),
+            api_worst,
+        ))
+    })?;
+    println!(
+        "spam: {sent} messages written in 8 s, {stalled} writes held back, {renewals_refused} renewals refused, slowest admin call {} ms",
+        api_worst.as_millis()
+    );
+    f.unharmed(since, "a node spamming job reports and renewals")?;
+    let metrics = f.api().request("GET", "/metrics", None, None)?.1;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    ensure!(
+        counter("tandem_agent_messages_throttled_total ") > 0,
+        "the spammer was never throttled ({sent} messages): {metrics}"
+    );
+    ensure!(
+        renewals_refused > 0 && counter("tandem_renewals_throttled_total ") > 0,
+        "renewals were not limited ({renewals_refused} refused)"
+    );
+    // Past its burst and QUIC's windows, the spammer's writes wait: it is slowed down, and
+    // what it wrote is read later, never dropped.
+    ensure!(
+        stalled > 0,
+        "{sent} messages written in 8 s and none ever waited: no backpressure"
+    );
+    ensure!(
+        api_worst < Duration::from_secs(2),
+        "the admin API took {api_worst:?} during the spam"
+    );
+    Ok(())
+}

@@ -76,6 +76,12 @@ pub enum Change {
     PutJob(Box<crate::jobs::model::JobRecord>),
     /// Record the fence parameters agents may hold.
     PutFenceParams(crate::model::FenceParams),
+    /// Remove a job (retention of finished jobs).
+    DeleteJob(String),
+    /// Remove a join token (retention of used-up or expired tokens).
+    DeleteToken(String),
+    /// Remove an operation (retention of finished operations).
+    DeleteOperation(String),
 }
 
 /// Durable coordinator state.
@@ -123,6 +129,10 @@ pub trait StateStore: Send + Sync + 'static {
     fn operation(&self, id: &str) -> Result<Option<OperationRecord>, StoreError>;
     /// All jobs.
     fn jobs(&self) -> Result<Vec<crate::jobs::model::JobRecord>, StoreError>;
+    /// All join tokens.
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// All operations.
+    fn operations(&self) -> Result<Vec<OperationRecord>, StoreError>;
     /// The fence parameters recorded last (`None` in a store that never had any).
     fn fence_params(&self) -> Result<Option<crate::model::FenceParams>, StoreError>;
 }

@@ -193,6 +193,9 @@ impl StateStore for SledStore {
                     j.id.as_bytes().to_vec(),
                     Some(serde_json::to_vec(&j).map_err(engine)?),
                 )),
+                Change::DeleteJob(id) => writes.push((6, id.into_bytes(), None)),
+                Change::DeleteToken(id) => writes.push((1, id.into_bytes(), None)),
+                Change::DeleteOperation(id) => writes.push((5, id.into_bytes(), None)),
                 Change::PutFenceParams(f) => writes.push((
                     7,
                     b"fence_params".to_vec(),
@@ -342,6 +345,14 @@ impl StateStore for SledStore {
             .map_err(engine)?
             .map(|v| decode(id.as_bytes(), &v))
             .transpose()
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        all(&self.tokens)
+    }
+
+    fn operations(&self) -> Result<Vec<OperationRecord>, StoreError> {
+        all(&self.operations)
     }
 
     fn fence_params(&self) -> Result<Option<crate::model::FenceParams>, StoreError> {

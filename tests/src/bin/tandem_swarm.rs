@@ -57,8 +57,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const REMEMBERED_BEATS: usize = 64;
 /// Distinct reasons kept per table in the summary; the rest are counted together.
 const MAX_REASONS: usize = 50;
-/// TLS alert `certificate_revoked` (link.rs).
-const CERTIFICATE_REVOKED: u8 = 44;
 /// The GPU fixture used unless `--gpu-fixture` or `--no-gpus` is given.
 const DEFAULT_FIXTURE: &str = include_str!("../../fixtures/gpus-8x-h100.json");
 
@@ -671,7 +669,7 @@ impl Backoff {
 }
 
 fn is_revoked(e: &quinn::ConnectionError) -> bool {
-    let revoked = quinn::TransportErrorCode::crypto(CERTIFICATE_REVOKED);
+    let revoked = tandem_common::wire::TlsAlert::CertificateRevoked.transport_code();
     match e {
         quinn::ConnectionError::TransportError(t) => t.code == revoked,
         quinn::ConnectionError::ConnectionClosed(c) => c.error_code == revoked,
