@@ -164,6 +164,7 @@ impl Membership {
 
     /// Runs the planner's start-up reconciliation (after a coordinator restart).
     pub fn reconcile_jobs(&self) -> Result<(), StoreError> {
+        self.rebuild_waiting();
         let out = {
             let mut t = self.lock();
             self.run_planner(&mut t, |p, v, now| p.reconcile(v, now))?
@@ -315,7 +316,9 @@ impl Membership {
                             node: to.node.clone(),
                             cmd: start_cmd(j, *fencing_token, &to.gpus),
                             delay: Duration::ZERO,
-                            after: None,
+                            // A replacement of a start still waiting for an older copy waits
+                            // for it too (the record carries the wait).
+                            after: waits_for(j),
                         });
                     }
                 }
@@ -713,18 +716,80 @@ impl Membership {
         if ready.is_empty() {
             return;
         }
-        // Only if it is still the job's current placement: checked and sent under one lock.
-        let t = self.lock();
+        // Only if it is still the job's current placement: checked, made durable (the wait is
+        // over: a restarted coordinator must not wait again) and sent under one lock.
+        let mut t = self.lock();
         for (to, cmd) in ready {
-            let current = t
-                .jobs
-                .get(&cmd.job_id)
-                .and_then(|j| j.current.as_ref().map(|p| p.fencing_token));
-            if current == Some(cmd.fencing_token) {
-                self.start_sent(&to, &cmd);
-                send_in(&t, &to, CoordMsg::StartJob(Box::new(cmd)));
+            let Some(j) = t.jobs.get(&cmd.job_id) else {
+                continue;
+            };
+            if j.current.as_ref().map(|p| p.fencing_token) != Some(cmd.fencing_token) {
+                continue;
             }
+            if j.current.as_ref().is_some_and(|p| p.after.is_some()) {
+                let mut j = j.clone();
+                if let Some(p) = j.current.as_mut() {
+                    p.after = None;
+                }
+                if let Err(e) = self
+                    .store()
+                    .commit(vec![Change::PutJob(Box::new(j.clone()))])
+                {
+                    tracing::error!(job = %cmd.job_id, error = %e, "could not record that a move's old copy ended; its start waits");
+                    continue;
+                }
+                t.jobs.insert(j.id.clone(), j);
+            }
+            self.start_sent(&to, &cmd);
+            send_in(&t, &to, CoordMsg::StartJob(Box::new(cmd)));
         }
+    }
+
+    /// After a restart: the starts that wait for an older copy to end (moves in progress) are
+    /// waited for again; one whose old node is gone or down is released at once.
+    fn rebuild_waiting(&self) {
+        let gone: Vec<(NodeId, u64, String)> = {
+            let t = self.lock();
+            let mut w = lock(&self.jobs.waiting);
+            let mut gone = Vec::new();
+            for j in t.jobs.values().filter(|j| !j.state.is_terminal()) {
+                let (Some((old_node, old_token)), Some(p)) = (waits_for(j), j.current.as_ref())
+                else {
+                    continue;
+                };
+                let alive = t.nodes.get(&old_node).is_some_and(|e| {
+                    crate::cluster::is_live(e.record.state)
+                        || e.record.state == crate::model::NodeState::Joining
+                }) || t
+                    .removing
+                    .get(&old_node)
+                    .is_some_and(|r| r.state != crate::model::NodeState::Down);
+                if !alive {
+                    gone.push((old_node.clone(), old_token, j.id.clone()));
+                }
+                w.insert(
+                    j.id.clone(),
+                    (
+                        old_node,
+                        old_token,
+                        p.node.clone(),
+                        start_cmd(j, p.fencing_token, &p.gpus),
+                    ),
+                );
+            }
+            gone
+        };
+        for (node, token, job) in gone {
+            self.release_waiting(|n, t, j| *n == node && t == token && j == job);
+        }
+    }
+
+    /// A node registered holding `held`: a move waiting for a copy of it that it does not
+    /// hold may go on (its exit, if it had one to report, was decided just before).
+    pub fn release_unheld(&self, node: &NodeId, held: &[(String, u64)]) {
+        self.release_waiting(|n, t, j| {
+            n == node && !held.iter().any(|(hj, ht)| hj == j && *ht == t)
+        });
     }
 
     /// Asks the node running `job` for the end of its logs.
@@ -798,4 +863,13 @@ fn send_in(t: &Fleet, node: &NodeId, msg: CoordMsg) {
             tracing::info!(%node, "node has no connection; its job command waits for it to register")
         }
     }
+}
+
+/// The older copy the job's current placement waits for, if any.
+fn waits_for(j: &JobRecord) -> Option<(NodeId, u64)> {
+    j.current
+        .as_ref()
+        .filter(|p| p.started_ms.is_none())
+        .and_then(|p| p.after.as_ref())
+        .map(|a| (a.node.clone(), a.fencing_token))
 }

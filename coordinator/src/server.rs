@@ -284,6 +284,10 @@ impl Server {
         // What the node holds decides which of its jobs stay, go, or are placed again. A
         // current copy whose exit the node reports counts as held here: its exit is decided
         // right after (its policy says what follows), never a blind placement again.
+        let held: Vec<(String, u64)> = held_jobs
+            .iter()
+            .map(|j| (j.job_id.clone(), j.fencing_token))
+            .collect();
         let mut running: Vec<_> = held_jobs
             .into_iter()
             .map(|j| crate::jobs::planner::Reported {
@@ -302,6 +306,8 @@ impl Server {
             tracing::error!(node = %cert_node, error = %e, "could not reconcile the node's jobs");
         }
         self.membership.exits_reported(&cert_node, &exited);
+        // A move waiting for a copy this node no longer holds may go on.
+        self.membership.release_unheld(&cert_node, &held);
         let why = self
             .session(
                 &conn,

@@ -477,3 +477,44 @@ fn concurrent_submits_of_one_name_accept_one() -> Result<()> {
     }
     Ok(())
 }
+
+/// A coordinator crash in the middle of a move: a drain stops the old copy first and starts
+/// the new one only once the old copy has ended. That wait was kept in memory only, so a
+/// coordinator killed right after the drain forgot it; restarted, it saw the new node register
+/// without the job and placed it again at once, while the old copy (which ignores SIGTERM and
+/// lives until its 5 s stop timeout) still ran. Now the wait is part of the stored placement.
+/// Checks: the old and the new copy never wrote at overlapping times.
+///
+/// On the code before the fix: `two copies ran at once: token 1 on ["dk-b"] wrote until ..,
+/// token 3 on ["dk-a"] from .. (256 ms of overlap)`.
+#[test]
+fn a_coordinator_killed_during_a_drain_never_runs_the_job_twice() -> Result<()> {
+    let mut f = Fleet::new("dk", "pool")?;
+    f.start_agents(&["dk-a", "dk-b"], &[])?;
+    let w = submit_stubborn_writer(&f, "dk-writer")?;
+    let first = f.wait_running(&w)?;
+    let (old_node, old_token) = f.placement(&first)?;
+    let old_id = first["node"].as_str().context("node")?.to_string();
+    f.coord.wait_restart_grace()?;
+
+    let t0 = Instant::now();
+    f.api()
+        .post(&format!("/v1/nodes/{old_id}/drain"), &json!({}))?;
+    let (dir, quic) = (f.coord.dir.clone(), f.coord.quic.clone());
+    f.coord.proc.kill9();
+    f.coord = Coordinator::start(&dir, Some(&quic))?;
+    let (moved, took) = f.wait_new_copy(&w, old_token, Duration::from_secs(20))?;
+    println!("drain, coordinator kill -9 and restart: new copy writing after {took:?}");
+    let (new_node, new_token) = f.placement(&moved)?;
+    ensure!(new_node != old_node, "still on {new_node}");
+    // The old copy ends at the latest at its stop's kill timeout (5 s) after the drain.
+    std::thread::sleep(Duration::from_millis(6500).saturating_sub(t0.elapsed()));
+    copies(&w.out)?;
+    handover(
+        &w.out,
+        old_token,
+        new_token,
+        "drain across a coordinator crash",
+    )?;
+    Ok(())
+}

@@ -294,8 +294,18 @@ impl Decision {
                 if !on(j, from) || !fresh(j, *fencing_token) {
                     return false;
                 }
+                // A placement still waiting for an older copy to end hands the wait on: that
+                // copy may still run wherever it was.
+                let after = j
+                    .current
+                    .as_ref()
+                    .filter(|p| p.started_ms.is_none())
+                    .and_then(|p| p.after.clone());
                 j.end_current(now_ms, end_reason);
                 place(j, to, *fencing_token, JobState::Migrating, reason);
+                if let Some(p) = j.current.as_mut() {
+                    p.after = after;
+                }
             }
             Self::Move {
                 from,
@@ -311,6 +321,12 @@ impl Decision {
                 }
                 j.end_current(now_ms, end_reason);
                 place(j, to, *fencing_token, JobState::Migrating, reason);
+                if let Some(p) = j.current.as_mut() {
+                    p.after = Some(super::model::OldCopy {
+                        node: from.clone(),
+                        fencing_token: *old_token,
+                    });
+                }
             }
             Self::Restart {
                 from,

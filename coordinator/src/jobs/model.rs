@@ -205,6 +205,21 @@ pub struct Placement {
     /// `stopped by user`, ...
     #[serde(default)]
     pub end_reason: Option<String>,
+    /// A copy that must have ended before this placement may start (a move stops the old
+    /// copy first): stored, so that a coordinator restarted in the middle of a move still
+    /// waits for it. Cleared, durably, when that copy's exit is reported, its node is
+    /// declared down, or its node registers without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<OldCopy>,
+}
+
+/// A copy of a job on a node, by its token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OldCopy {
+    /// The node.
+    pub node: NodeId,
+    /// The copy's token.
+    pub fencing_token: u64,
 }
 
 impl Placement {
@@ -217,6 +232,7 @@ impl Placement {
             started_ms: None,
             ended_ms: None,
             end_reason: None,
+            after: None,
         }
     }
 }

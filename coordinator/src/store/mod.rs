@@ -10,13 +10,18 @@
 //! after releasing it and before answering, so that the batches of many nodes share one flush
 //! (`group_commit` explains why that keeps the rule).
 //!
+//! [`MemStore`] keeps everything in memory with the same crash semantics (what was not made
+//! durable is lost), for simulations and tests; sled stays the embedded default.
+//!
 //! The trait exists so that a replicated backend (several coordinators) can replace the
 //! embedded sled store without touching the logic above it.
 
 mod group_commit;
+mod mem_store;
 mod sled_store;
 
 pub use group_commit::Ticket;
+pub use mem_store::MemStore;
 pub use sled_store::SledStore;
 
 use crate::model::{

@@ -378,6 +378,16 @@ impl World {
                     {
                         prop_assert!(*stop_old_first);
                         self.copies.remove(&(job.clone(), from.clone(), *old_token));
+                        // The model stops the old copy at once, so the runtime's wait for
+                        // its end is over at once too (the runtime clears it durably).
+                        if let Some(p) = self
+                            .jobs
+                            .iter_mut()
+                            .find(|r| r.id == job)
+                            .and_then(|r| r.current.as_mut())
+                        {
+                            p.after = None;
+                        }
                     }
                     let others: Vec<_> = self.copies.keys().filter(|(k, _, _)| *k == job).collect();
                     prop_assert!(others.is_empty(), "{} starts while {:?} run", job, others);

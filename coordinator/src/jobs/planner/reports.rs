@@ -40,6 +40,11 @@ pub(super) fn on_up(w: &mut Work, node: &NodeId, running: &[Reported]) {
         if confirmed.contains(&job.id) {
             continue;
         }
+        // Its start is withheld until an older copy elsewhere has ended (a move): the node
+        // was never sent it, so not holding it is no loss.
+        if job.current.as_ref().is_some_and(|p| p.after.is_some()) {
+            continue;
+        }
         let d = match w.choose(&job, Some(node)) {
             Ok(to) => Decision::Replace {
                 job: job.id.clone(),

@@ -248,6 +248,40 @@ fn drain_moves_jobs_stopping_the_old_copy_first_or_keeps_them() {
     assert!(matches!(&out[..], [Decision::Ignore { .. }]), "{out:?}");
 }
 
+/// A move's new placement waits (durably) for the old copy; the new node registering without
+/// the job is no loss (it was never sent the start), so nothing is placed again while the old
+/// copy may still run. If the new node goes down, the replacement keeps waiting for it too.
+#[test]
+fn a_move_waiting_for_its_old_copy_is_not_placed_again_when_the_new_node_registers() {
+    let mut fx = pool(3, 0);
+    fx.jobs = vec![running(1, spec(1000, GIB, 0), 1, 2, &[])];
+    let mut p = Planner::new(LEASE);
+    let out = fx.handle(&mut p, Event::Drain { node: id(1) }, 0);
+    let Some(Decision::Move { to, .. }) = out.first() else {
+        panic!("{out:?}")
+    };
+    let new = to.node.clone();
+    let old = crate::jobs::model::OldCopy {
+        node: id(1),
+        fencing_token: 2,
+    };
+    assert_eq!(fx.job(1).current.as_ref().unwrap().after, Some(old.clone()));
+    let n = (1..=3u8).find(|&i| id(i) == new).unwrap();
+    let out = fx.handle(&mut p, up(n, &[]), 10);
+    assert!(
+        !out.iter().any(|d| d.placement().is_some()),
+        "placed again while the old copy may run: {out:?}"
+    );
+    assert_eq!(fx.job(1).node(), Some(&new));
+    // The new node dies before the start was released: the job moves on, still waiting.
+    let out = fx.handle(&mut p, down(n), 20);
+    assert!(
+        matches!(out.first(), Some(Decision::Replace { .. })),
+        "{out:?}"
+    );
+    assert_eq!(fx.job(1).current.as_ref().unwrap().after, Some(old));
+}
+
 #[test]
 fn exits_follow_the_restart_policy_and_max_restarts() {
     let mut p = Planner::new(LEASE);
