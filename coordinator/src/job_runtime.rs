@@ -675,6 +675,9 @@ impl Membership {
     /// Of the exits a registering node reports, those about a job's current placement on
     /// that node: the node's `NodeUp` counts them as held (their exits come next).
     pub fn current_exits(&self, node: &NodeId, exits: &[JobExitReport]) -> Vec<Reported> {
+        if exits.is_empty() {
+            return Vec::new();
+        }
         let t = self.lock();
         exits
             .iter()
@@ -787,6 +790,9 @@ impl Membership {
     /// A node registered holding `held`: a move waiting for a copy of it that it does not
     /// hold may go on (its exit, if it had one to report, was decided just before).
     pub fn release_unheld(&self, node: &NodeId, held: &[(String, u64)]) {
+        if lock(&self.jobs.waiting).is_empty() {
+            return;
+        }
         self.release_waiting(|n, t, j| {
             n == node && !held.iter().any(|(hj, ht)| hj == j && *ht == t)
         });

@@ -374,6 +374,9 @@ impl Server {
         );
         // While set, the control stream is not read: the node is over its message budget.
         let mut throttled: Option<tokio::time::Instant> = None;
+        // Made once and again only after it completed, not per turn of the loop (every beat):
+        // each new one registers a waiter with the outbox.
+        let mut next_out = Box::pin(outbox.next());
         loop {
             tokio::select! {
                 _ = async { match throttled { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
@@ -461,7 +464,7 @@ impl Server {
                         }
                     }
                 }
-                out = outbox.next() => match out {
+                out = &mut next_out => match { next_out = Box::pin(outbox.next()); out } {
                     crate::outbox::Drained::Batch(batch) => {
                         for m in &batch {
                             if let Err(e) = codec::write_msg(&mut send, m, self.max_frame).await {
