@@ -464,7 +464,9 @@ impl Server {
                         }
                     }
                 }
-                out = &mut next_out => match { next_out = Box::pin(outbox.next()); out } {
+                out = &mut next_out => {
+                    next_out = Box::pin(outbox.next());
+                    match out {
                     crate::outbox::Drained::Batch(batch) => {
                         for m in &batch {
                             if let Err(e) = codec::write_msg(&mut send, m, self.max_frame).await {
@@ -478,7 +480,8 @@ impl Server {
                         return "the node did not read its commands".into();
                     }
                     crate::outbox::Drained::Closed => return "the session was replaced or ended".into(),
-                },
+                    }
+                }
                 reason = &mut closed => return reason.to_string(),
             }
         }
