@@ -106,6 +106,39 @@ pub(super) fn job_started(w: &mut Work, id: &str, node: &NodeId, token: u64) -> 
     job.map(|j| j.spec.cluster).into_iter().collect()
 }
 
+/// The job a report about copy `token` on `node` is about, with its cluster, when that copy is
+/// the job's current one. Otherwise the report (`what`, e.g. `exit (exited 0)`) is about an old
+/// copy or an unknown job: it is ignored with the reason, and `Err` carries the clusters to
+/// reconcile.
+fn current_copy(
+    w: &mut Work,
+    id: &str,
+    node: &NodeId,
+    token: u64,
+    what: &str,
+) -> Result<(JobRecord, BTreeSet<String>), BTreeSet<String>> {
+    let Some(job) = w.job(id) else {
+        w.push(Decision::Ignore {
+            job: Some(id.to_string()),
+            reason: format!("{what} of job {id}, which does not exist"),
+        });
+        return Err(BTreeSet::new());
+    };
+    let clusters = BTreeSet::from([job.spec.cluster.clone()]);
+    if job.node() != Some(node) || !is_current(&job, token) {
+        let reason = format!(
+            "ignored {what}: {}",
+            stale(w, Some(&job), id, &w.name(node), token)
+        );
+        w.push(Decision::Ignore {
+            job: Some(id.to_string()),
+            reason,
+        });
+        return Err(clusters);
+    }
+    Ok((job, clusters))
+}
+
 pub(super) fn job_exited(
     w: &mut Work,
     id: &str,
@@ -113,25 +146,10 @@ pub(super) fn job_exited(
     token: u64,
     exit: Exit,
 ) -> BTreeSet<String> {
-    let Some(job) = w.job(id) else {
-        w.push(Decision::Ignore {
-            job: Some(id.to_string()),
-            reason: format!("exit of job {id}, which does not exist"),
-        });
-        return BTreeSet::new();
+    let (job, clusters) = match current_copy(w, id, node, token, &format!("exit ({exit})")) {
+        Ok(found) => found,
+        Err(clusters) => return clusters,
     };
-    let clusters = BTreeSet::from([job.spec.cluster.clone()]);
-    if job.node() != Some(node) || !is_current(&job, token) {
-        let reason = format!(
-            "ignored exit ({exit}): {}",
-            stale(w, Some(&job), id, &w.name(node), token)
-        );
-        w.push(Decision::Ignore {
-            job: Some(id.to_string()),
-            reason,
-        });
-        return clusters;
-    }
     let end_reason = exit.to_string();
     let spec = &job.spec;
     let wants = match spec.restart {
@@ -222,25 +240,10 @@ pub(super) fn copy_lost(
     token: u64,
     how: &str,
 ) -> BTreeSet<String> {
-    let Some(job) = w.job(id) else {
-        w.push(Decision::Ignore {
-            job: Some(id.to_string()),
-            reason: format!("lost copy of job {id}, which does not exist"),
-        });
-        return BTreeSet::new();
+    let (job, clusters) = match current_copy(w, id, node, token, &format!("lost copy ({how})")) {
+        Ok(found) => found,
+        Err(clusters) => return clusters,
     };
-    let clusters = BTreeSet::from([job.spec.cluster.clone()]);
-    if job.node() != Some(node) || !is_current(&job, token) {
-        let reason = format!(
-            "ignored lost copy ({how}): {}",
-            stale(w, Some(&job), id, &w.name(node), token)
-        );
-        w.push(Decision::Ignore {
-            job: Some(id.to_string()),
-            reason,
-        });
-        return clusters;
-    }
     let name = w.name(node);
     let d = match w.choose(&job, Some(node)) {
         Ok(to) => Decision::Replace {
