@@ -478,11 +478,7 @@ impl Membership {
             let Some(job) = t.jobs.get(&d.job) else {
                 continue;
             };
-            let still = !job.state.is_terminal()
-                && job.current.as_ref().is_some_and(|p| {
-                    p.node == d.node && p.fencing_token == d.token && p.started_ms.is_none()
-                });
-            if !still {
+            if !awaits_start(job, &d.node, d.token) {
                 tracing::info!(job = %d.job, token = d.token, "delayed start dropped: the placement it was for was ended or replaced during the backoff");
                 continue;
             }
@@ -515,12 +511,10 @@ impl Membership {
         let t = self.lock();
         let mut ask: Vec<NodeId> = Vec::new();
         lock(&self.jobs.unanswered).retain(|(job, token), (node, since)| {
-            let waiting = t.jobs.get(job).is_some_and(|j| {
-                !j.state.is_terminal()
-                    && j.current.as_ref().is_some_and(|p| {
-                        p.node == *node && p.fencing_token == *token && p.started_ms.is_none()
-                    })
-            });
+            let waiting = t
+                .jobs
+                .get(job)
+                .is_some_and(|j| awaits_start(j, node, *token));
             if waiting && now.duration_since(*since) >= START_DEADLINE {
                 *since = now;
                 if !ask.contains(node) {
@@ -566,19 +560,16 @@ impl Membership {
             .map(|(k, _)| k.clone())
             .collect();
         for (job, token) in resend {
-            let Some(j) = t.jobs.get(&job) else { continue };
-            let Some(p) = j
-                .current
-                .as_ref()
-                .filter(|p| p.node == *node && p.fencing_token == token && p.started_ms.is_none())
-            else {
+            let Some(j) = t.jobs.get(&job).filter(|j| awaits_start(j, node, token)) else {
                 continue;
             };
-            if j.state.is_terminal() {
-                continue;
-            }
+            let gpus = j
+                .current
+                .as_ref()
+                .map(|p| p.gpus.clone())
+                .unwrap_or_default();
             tracing::warn!(%node, %job, token, "the node does not hold a start it was sent; sending it again");
-            let cmd = start_cmd(j, token, &p.gpus);
+            let cmd = start_cmd(j, token, &gpus);
             send_in(&t, node, CoordMsg::StartJob(Box::new(cmd)));
         }
     }
@@ -672,9 +663,37 @@ impl Membership {
         }
     }
 
+    /// A node registered holding `held` and reporting `exited` (exits it kept on its disk).
+    /// In order: its `NodeUp` (a current copy whose exit it reports counts as held, so it is
+    /// not placed again blindly), then those exits are decided and acknowledged, then a move
+    /// waiting for a copy it no longer holds may go on.
+    pub fn node_reported(
+        &self,
+        node: &NodeId,
+        held: &[tandem_common::proto::HeldJob],
+        exited: &[JobExitReport],
+    ) {
+        let mut running: Vec<Reported> = held
+            .iter()
+            .map(|j| Reported {
+                job: j.job_id.clone(),
+                fencing_token: j.fencing_token,
+            })
+            .collect();
+        running.extend(self.current_exits(node, exited));
+        if let Err(e) = self.job_event(Event::NodeUp {
+            node: node.clone(),
+            running,
+        }) {
+            tracing::error!(%node, error = %e, "could not reconcile the node's jobs");
+        }
+        self.exits_reported(node, exited);
+        self.release_unheld(node, held);
+    }
+
     /// Of the exits a registering node reports, those about a job's current placement on
     /// that node: the node's `NodeUp` counts them as held (their exits come next).
-    pub fn current_exits(&self, node: &NodeId, exits: &[JobExitReport]) -> Vec<Reported> {
+    fn current_exits(&self, node: &NodeId, exits: &[JobExitReport]) -> Vec<Reported> {
         if exits.is_empty() {
             return Vec::new();
         }
@@ -789,12 +808,12 @@ impl Membership {
 
     /// A node registered holding `held`: a move waiting for a copy of it that it does not
     /// hold may go on (its exit, if it had one to report, was decided just before).
-    pub fn release_unheld(&self, node: &NodeId, held: &[(String, u64)]) {
+    fn release_unheld(&self, node: &NodeId, held: &[tandem_common::proto::HeldJob]) {
         if lock(&self.jobs.waiting).is_empty() {
             return;
         }
         self.release_waiting(|n, t, j| {
-            n == node && !held.iter().any(|(hj, ht)| hj == j && *ht == t)
+            n == node && !held.iter().any(|h| h.job_id == j && h.fencing_token == t)
         });
     }
 
@@ -869,6 +888,16 @@ fn send_in(t: &Fleet, node: &NodeId, msg: CoordMsg) {
             tracing::info!(%node, "node has no connection; its job command waits for it to register")
         }
     }
+}
+
+/// Whether `j`'s current placement is `(node, token)` and still waits for its start (not
+/// started, not replaced, the job not ended): what a delayed or re-sent start is checked
+/// against.
+fn awaits_start(j: &JobRecord, node: &NodeId, token: u64) -> bool {
+    !j.state.is_terminal()
+        && j.current
+            .as_ref()
+            .is_some_and(|p| p.node == *node && p.fencing_token == token && p.started_ms.is_none())
 }
 
 /// The older copy the job's current placement waits for, if any.

@@ -7,7 +7,7 @@
 //! connection closes; nothing a peer sends can panic this code or touch another node.
 
 use crate::join::Joiner;
-use crate::membership::{close_code, Membership, MembershipError};
+use crate::membership::{Membership, MembershipError};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use tandem_common::codec::{self, CodecError};
 use tandem_common::ids::NodeId;
 use tandem_common::proto::*;
+use tandem_common::wire::CloseCode;
 use tokio::sync::mpsc;
 
 /// QUIC handshakes in progress at most; more are refused until some finish.
@@ -192,7 +193,7 @@ impl Server {
             }
             Err(_) => {
                 self.log_refusal(peer, ": no control stream within 5 s");
-                conn.close(close_code::PROTOCOL, b"no control stream");
+                conn.close(CloseCode::Protocol.into(), b"no control stream");
                 return;
             }
         };
@@ -281,33 +282,10 @@ impl Server {
             self.membership.disconnected(&cert_node, reg.session);
             return;
         }
-        // What the node holds decides which of its jobs stay, go, or are placed again. A
-        // current copy whose exit the node reports counts as held here: its exit is decided
-        // right after (its policy says what follows), never a blind placement again.
-        let held: Vec<(String, u64)> = held_jobs
-            .iter()
-            .map(|j| (j.job_id.clone(), j.fencing_token))
-            .collect();
-        let mut running: Vec<_> = held_jobs
-            .into_iter()
-            .map(|j| crate::jobs::planner::Reported {
-                job: j.job_id,
-                fencing_token: j.fencing_token,
-            })
-            .collect();
-        running.extend(self.membership.current_exits(&cert_node, &exited));
-        if let Err(e) = self
-            .membership
-            .job_event(crate::jobs::planner::Event::NodeUp {
-                node: cert_node.clone(),
-                running,
-            })
-        {
-            tracing::error!(node = %cert_node, error = %e, "could not reconcile the node's jobs");
-        }
-        self.membership.exits_reported(&cert_node, &exited);
-        // A move waiting for a copy this node no longer holds may go on.
-        self.membership.release_unheld(&cert_node, &held);
+        // What the node holds, and the exits it kept, decide which of its jobs stay, go, or are
+        // placed again.
+        self.membership
+            .node_reported(&cert_node, &held_jobs, &exited);
         let why = self
             .session(
                 &conn,
@@ -453,13 +431,13 @@ impl Server {
                         Err(CodecError::Decode(e)) => {
                             self.membership.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(%peer, %node, error = %e, "refused a control frame that does not decode; closing the connection");
-                            conn.close(close_code::PROTOCOL, b"control frame does not decode");
+                            conn.close(CloseCode::Protocol.into(), b"control frame does not decode");
                             return format!("bad frame: {e}");
                         }
                         Err(e) => {
                             self.membership.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(%peer, %node, error = %e, "control stream failed; closing the connection");
-                            conn.close(close_code::PROTOCOL, b"control stream error");
+                            conn.close(CloseCode::Protocol.into(), b"control stream error");
                             return e.to_string();
                         }
                     }
@@ -476,7 +454,7 @@ impl Server {
                     }
                     crate::outbox::Drained::Overflowed => {
                         tracing::warn!(%peer, %node, "closing a session that does not read its commands ({} queued); its next registration is reconciled", crate::outbox::MAX_QUEUED);
-                        conn.close(close_code::PROTOCOL, b"commands not read");
+                        conn.close(CloseCode::Protocol.into(), b"commands not read");
                         return "the node did not read its commands".into();
                     }
                     crate::outbox::Drained::Closed => return "the session was replaced or ended".into(),
@@ -594,6 +572,6 @@ impl Server {
             let _ = send.stopped().await;
         })
         .await;
-        conn.close(close_code::REFUSED, b"refused");
+        conn.close(CloseCode::Refused.into(), b"refused");
     }
 }
