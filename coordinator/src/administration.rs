@@ -6,7 +6,7 @@
 //! in-memory table: an acknowledged change survives a `kill -9` at any moment.
 
 use crate::cluster::validate::{self, ValidationError};
-use crate::membership::{close_code, Membership, MembershipError};
+use crate::membership::{Membership, MembershipError};
 use crate::model::*;
 use crate::store::{Change, StoreError};
 use std::collections::BTreeMap;
@@ -14,6 +14,7 @@ use tandem_common::hardware::HardwareReport;
 use tandem_common::ids::NodeId;
 use tandem_common::proto::RejectCode;
 use tandem_common::time::unix_ms;
+use tandem_common::wire::CloseCode;
 
 /// Why an administrative operation was refused or failed. Each maps to one API error code.
 #[derive(Debug, thiserror::Error)]
@@ -635,7 +636,7 @@ impl Membership {
             if let Some(live) = e.live {
                 live.control.close();
                 live.conn.close(
-                    close_code::REMOVED,
+                    CloseCode::Removed.into(),
                     b"node removed: its certificate is revoked",
                 );
             }

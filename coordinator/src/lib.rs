@@ -52,6 +52,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_common::pki::CertificateAuthority;
+use tandem_common::wire::CloseCode;
 
 /// Why the coordinator could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -347,10 +348,8 @@ impl Running {
         shutdown.await;
         tracing::info!("coordinator shutting down");
         tandem_common::notify::stopping();
-        self.endpoint.close(
-            membership::close_code::SHUTDOWN,
-            b"coordinator shutting down",
-        );
+        self.endpoint
+            .close(CloseCode::Shutdown.into(), b"coordinator shutting down");
         let _ = self.admin_stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(5), self.admin_task).await;
         for t in self.tasks {

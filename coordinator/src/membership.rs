@@ -24,6 +24,7 @@ use std::time::Instant;
 use tandem_common::hardware::{GpuInfo, HardwareDelta, HardwareReport};
 use tandem_common::ids::NodeId;
 use tandem_common::proto::{CoordMsg, RejectCode};
+use tandem_common::wire::CloseCode;
 
 /// Why a membership operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -535,7 +536,7 @@ impl Membership {
         if let Some(old) = entry.live.take() {
             old.control.close();
             old.conn.close(
-                close_code::REPLACED,
+                CloseCode::Replaced.into(),
                 b"replaced by a newer connection of this node",
             );
         }
@@ -948,8 +949,10 @@ impl Membership {
         match f {
             FollowUp::Down { node, live } => {
                 if let Some(live) = live {
-                    live.conn
-                        .close(close_code::DECLARED_DOWN, b"declared down: register again");
+                    live.conn.close(
+                        CloseCode::DeclaredDown.into(),
+                        b"declared down: register again",
+                    );
                 }
                 // The node's lease and fence grace are over: its jobs may start elsewhere.
                 if let Err(err) = self.jobs_on_node_down(&node) {
@@ -1166,24 +1169,6 @@ pub fn gpu_health_events(node: &str, before: &[GpuInfo], after: &[GpuInfo]) -> V
         out.push(format!("node {node}: {} is gone", label(b)));
     }
     out
-}
-
-/// QUIC application close codes the coordinator uses (the enum lives in `common::wire`).
-pub mod close_code {
-    use quinn::VarInt;
-    use tandem_common::wire::CloseCode;
-    /// A newer connection of the same node replaced this one.
-    pub const REPLACED: VarInt = VarInt::from_u32(CloseCode::Replaced as u32);
-    /// The node was declared down; it must register again.
-    pub const DECLARED_DOWN: VarInt = VarInt::from_u32(CloseCode::DeclaredDown as u32);
-    /// The connection was refused (the reason came in a `Reject`).
-    pub const REFUSED: VarInt = VarInt::from_u32(CloseCode::Refused as u32);
-    /// The coordinator is shutting down.
-    pub const SHUTDOWN: VarInt = VarInt::from_u32(CloseCode::Shutdown as u32);
-    /// The node was removed; its certificate is revoked.
-    pub const REMOVED: VarInt = VarInt::from_u32(CloseCode::Removed as u32);
-    /// The peer broke the protocol.
-    pub const PROTOCOL: VarInt = VarInt::from_u32(CloseCode::Protocol as u32);
 }
 
 #[cfg(test)]
