@@ -176,14 +176,9 @@ impl FailureDetector {
             })
     }
 
-    /// `lease + fence_grace` for a node in `t` at `now`.
+    /// `lease + fence_grace` for a node whose `legacy` mark is this, at `now`.
     fn total_for(&self, legacy: Option<Option<Instant>>, now: Instant) -> Duration {
-        let normal = self.cfg.lease + self.cfg.fence_grace;
-        match (self.legacy_total, legacy) {
-            (Some(l), Some(None)) => l.max(normal),
-            (Some(l), Some(Some(until))) if now < until => l.max(normal),
-            _ => normal,
-        }
+        total_for(&self.cfg, self.legacy_total, legacy, now)
     }
 
     /// How soon a node just tracked may change state: its suspicion or its deadline.
@@ -265,12 +260,11 @@ impl FailureDetector {
         session: u64,
         now: Instant,
     ) -> Option<(Duration, bool)> {
-        let legacy = self.nodes.get(node)?.legacy;
-        let total = self.total_for(legacy, now);
         let t = self.nodes.get_mut(node)?;
         if t.session != session || t.liveness == Liveness::Down {
             return None;
         }
+        let total = total_for(&self.cfg, self.legacy_total, t.legacy, now);
         t.last_beat = t.last_beat.max(now);
         t.deadline = t.deadline.max(now + total);
         let recovered = t.liveness == Liveness::Suspect;
@@ -354,6 +348,22 @@ impl FailureDetector {
         self.next_due = next_due;
         out.sort_by(|a, b| key(a).cmp(key(b)));
         out
+    }
+}
+
+/// `lease + fence_grace` under `cfg`, or the old parameters' `legacy_total` while the node
+/// may still hold them (see "Fence parameters").
+fn total_for(
+    cfg: &DetectorConfig,
+    legacy_total: Option<Duration>,
+    legacy: Option<Option<Instant>>,
+    now: Instant,
+) -> Duration {
+    let normal = cfg.lease + cfg.fence_grace;
+    match (legacy_total, legacy) {
+        (Some(l), Some(None)) => l.max(normal),
+        (Some(l), Some(Some(until))) if now < until => l.max(normal),
+        _ => normal,
     }
 }
 
