@@ -5,7 +5,7 @@
 //! by [`super::admit`]), not from when its shim answers: the link reports what is held in every
 //! `Hello`, and a copy that is about to run must never be missing from it.
 
-use super::held::{Claimed, HeldTable};
+use super::held::{Claimed, HeldTable, StartedJob};
 use super::protocol::*;
 use super::{logs, SupervisorError};
 use crate::link::LeaseView;
@@ -48,17 +48,6 @@ pub struct JobStart {
     pub workdir: Option<PathBuf>,
     /// Assigned GPU UUIDs, for `CUDA_VISIBLE_DEVICES`.
     pub gpus: Vec<String>,
-}
-
-/// A started job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StartedJob {
-    /// The job's pid, also its process group id.
-    pub pid: u32,
-    /// The shim's pid.
-    pub shim_pid: u32,
-    /// The job dir.
-    pub job_dir: PathBuf,
 }
 
 /// How a job ended.

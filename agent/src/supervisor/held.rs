@@ -7,13 +7,24 @@
 //! given up) leaves it again; a running copy leaves only after its exit has been handed on.
 
 use super::admit::{admit, Admission, HeldCopy};
-use super::api::StartedJob;
 use super::protocol::ShimCommand;
 use super::SupervisorError;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tandem_common::proto::{HeldJob, HeldState};
 use tokio::sync::mpsc;
+
+/// A started job: what a held copy records once its shim answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedJob {
+    /// The job's pid, also its process group id.
+    pub pid: u32,
+    /// The shim's pid.
+    pub shim_pid: u32,
+    /// The job dir.
+    pub job_dir: PathBuf,
+}
 
 /// A held copy of a job.
 enum Slot {

@@ -82,7 +82,8 @@ pub mod shim;
 
 mod api;
 
-pub use api::{JobExit, JobStart, LogTail, StartedJob, Supervisor};
+pub use api::{JobExit, JobStart, LogTail, Supervisor};
+pub use held::StartedJob;
 pub use protocol::{ExitReason, JobState, JobStatus};
 
 use std::path::PathBuf;
