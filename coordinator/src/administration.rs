@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use tandem_common::hardware::HardwareReport;
 use tandem_common::ids::NodeId;
 use tandem_common::proto::RejectCode;
-use tandem_common::time::unix_ms;
 use tandem_common::wire::CloseCode;
 
 /// Why an administrative operation was refused or failed. Each maps to one API error code.
@@ -125,10 +124,6 @@ where
     T: serde::Deserialize<'de>,
 {
     serde::Deserialize::deserialize(d).map(Some)
-}
-
-fn short_id(prefix: &str) -> String {
-    format!("{prefix}-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
 
 fn event(kind: &'static str, node: Option<NodeId>, message: String) -> Change {
@@ -263,9 +258,9 @@ impl Membership {
                 quotas.max_clusters
             )));
         }
-        let now = unix_ms();
+        let now = self.clock().unix_ms();
         let c = ClusterRecord {
-            id: short_id("c"),
+            id: crate::clock::short_id(self.clock(), "c"),
             name: req.name,
             alias: req.alias,
             description: req.description,
@@ -278,7 +273,7 @@ impl Membership {
             created_ms: now,
         };
         let op = OperationRecord {
-            id: short_id("op"),
+            id: crate::clock::short_id(self.clock(), "op"),
             kind: "create_cluster".into(),
             target: c.id.clone(),
             state: OperationState::Done,
@@ -394,7 +389,15 @@ impl Membership {
         let current = crate::pairs::cluster_pairs(&t, &cid);
         let d = crate::cluster::pairing::manual_pair(&nodes, &current, &p, &s)
             .map_err(|e| OpError::FailedPrecondition(e.to_string()))?;
-        let plan = crate::pairs::plan(&t, &c, &nodes, vec![d], unix_ms(), false);
+        let plan = crate::pairs::plan(
+            &t,
+            &c,
+            &nodes,
+            vec![d],
+            self.clock().unix_ms(),
+            false,
+            self.clock(),
+        );
         let made = plan
             .pairs
             .iter()
@@ -423,7 +426,15 @@ impl Membership {
             pair: pair.to_string(),
             reason: "unpaired by an operator".into(),
         };
-        let plan = crate::pairs::plan(&t, &c, &nodes, vec![d], unix_ms(), false);
+        let plan = crate::pairs::plan(
+            &t,
+            &c,
+            &nodes,
+            vec![d],
+            self.clock().unix_ms(),
+            false,
+            self.clock(),
+        );
         self.store().commit(plan.changes.clone())?;
         crate::pairs::install(&mut t, &cid, plan);
         Ok(existing)
@@ -578,7 +589,7 @@ impl Membership {
             .cloned()
             .collect();
         let mut tomb = rec.clone();
-        tomb.removed_ms = Some(unix_ms());
+        tomb.removed_ms = Some(self.clock().unix_ms());
         tomb.draining = true;
         let mut changes = vec![if may_hold_lease {
             Change::PutNode(Box::new(tomb.clone()))
@@ -634,10 +645,9 @@ impl Membership {
         }
         if let Some(e) = t.remove_node(&id) {
             if let Some(live) = e.live {
-                live.control.close();
-                live.conn.close(
-                    CloseCode::Removed.into(),
-                    b"node removed: its certificate is revoked",
+                live.control.close_connection(
+                    CloseCode::Removed,
+                    "node removed: its certificate is revoked",
                 );
             }
         }
@@ -656,7 +666,7 @@ impl Membership {
 
     /// Removes every unprotected node that has been down longer than `down_for_ms`.
     pub fn recycle(&self, down_for_ms: u64) -> Result<Recycled, OpError> {
-        let now = unix_ms();
+        let now = self.clock().unix_ms();
         let candidates: Vec<NodeRecord> = self
             .lock()
             .nodes
@@ -682,7 +692,7 @@ impl Membership {
 }
 
 fn find_cluster_id(
-    clusters: &std::collections::HashMap<String, ClusterRecord>,
+    clusters: &crate::clock::Map<String, ClusterRecord>,
     id_or_name: &str,
 ) -> Result<String, OpError> {
     if clusters.contains_key(id_or_name) {

@@ -36,7 +36,7 @@
 //!
 //! Plain struct, no I/O, no clock: `handle_*(now, …)` in, transitions out.
 
-use std::collections::HashMap;
+use crate::clock::Map as HashMap;
 use std::time::{Duration, Instant};
 use tandem_common::ids::NodeId;
 
@@ -145,7 +145,7 @@ impl FailureDetector {
             cfg,
             started_at: now,
             grace_until: now + cfg.restart_grace(),
-            nodes: HashMap::new(),
+            nodes: HashMap::default(),
             next_due: now,
             legacy_total: None,
         }
@@ -659,7 +659,7 @@ mod tests {
             let c = cfg();
             let mut d = FailureDetector::new(c, t0);
             // node -> (session, last beat, deadline, down)
-            let mut model: HashMap<u8, (u64, Instant, Instant, bool)> = HashMap::new();
+            let mut model: HashMap<u8, (u64, Instant, Instant, bool)> = HashMap::default();
             let mut now = t0;
             let mut session = 0u64;
             for (op, n, ms) in ops {

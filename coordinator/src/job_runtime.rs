@@ -13,6 +13,7 @@
 //! A move (drain, failback) stops the old copy first and starts the new one only when the old
 //! copy's exit is reported, or its node is declared down.
 
+use crate::clock::Map as HashMap;
 use crate::jobs::decision::Decision;
 use crate::jobs::model::{Exit, JobRecord};
 use crate::jobs::placement::NodeView;
@@ -20,12 +21,10 @@ use crate::jobs::planner::{Event, Planner, Reported, View};
 use crate::membership::{Fleet, Membership};
 use crate::model::NewEvent;
 use crate::store::{Change, StoreError};
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tandem_common::ids::NodeId;
 use tandem_common::proto::{AgentMsg, CoordMsg, ExitCause, JobExitReport, StartJob};
-use tandem_common::time::unix_ms;
 
 /// A start unanswered this long makes the coordinator ask its node what it holds.
 pub const START_DEADLINE: Duration = Duration::from_secs(20);
@@ -117,9 +116,9 @@ impl JobRuntime {
             planner: Mutex::new(Planner::new(lease.as_millis() as u64)),
             timers: Mutex::new(Default::default()),
             timer_seq: Default::default(),
-            waiting: Mutex::new(HashMap::new()),
-            logs: Mutex::new(HashMap::new()),
-            unanswered: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::default()),
+            logs: Mutex::new(HashMap::default()),
+            unanswered: Mutex::new(HashMap::default()),
             fence_kill_timeout_ms: fence_kill_timeout.as_millis() as u32,
         }
     }
@@ -217,7 +216,7 @@ impl Membership {
         t: &mut Fleet,
         decide: impl FnOnce(&mut Planner, &View, u64) -> Vec<Decision>,
     ) -> Result<Vec<Outgoing>, StoreError> {
-        let now = unix_ms();
+        let now = self.clock().unix_ms();
         let clusters: Vec<_> = t.clusters.values().cloned().collect();
         let nodes: Vec<NodeView> = t
             .nodes
@@ -431,7 +430,7 @@ impl Membership {
                         .timer_seq
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     lock(&self.jobs.timers).insert(
-                        (std::time::Instant::now() + delay, seq),
+                        (self.clock().now() + delay, seq),
                         DelayedStart {
                             node,
                             job: cmd.job_id,
@@ -496,7 +495,7 @@ impl Membership {
     fn start_sent(&self, node: &NodeId, cmd: &StartJob) {
         lock(&self.jobs.unanswered).insert(
             (cmd.job_id.clone(), cmd.fencing_token),
-            (node.clone(), std::time::Instant::now()),
+            (node.clone(), self.clock().now()),
         );
     }
 
@@ -529,7 +528,7 @@ impl Membership {
                 &t,
                 &node,
                 CoordMsg::ReportJobs {
-                    request: rand::random(),
+                    request: self.clock().random_u64(),
                 },
             );
         }
@@ -834,7 +833,7 @@ impl Membership {
         let Some(control) = self.control_of(&node) else {
             return Err(format!("node {node} is not connected"));
         };
-        let request = rand::random::<u64>();
+        let request = self.clock().random_u64();
         let (tx, rx) = tokio::sync::oneshot::channel();
         lock(&self.jobs.logs).insert(request, tx);
         let sent = control

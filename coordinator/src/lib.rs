@@ -5,6 +5,7 @@
 //! - `init`: `tandem-coordinator init`: the CA, the admin token, the config file.
 //! - `store`: the durable state behind the `StateStore` trait (sled).
 //! - `model`: the records kept (nodes, tokens, events).
+//! - `clock`: where the decision layer reads time and chance (simulated in `tests/sim`).
 //! - `cluster`: the pure decisions for clusters and pairs (validation, capacity, pairing).
 //! - `jobs`: the pure decisions for jobs (spec rules, placement, fencing tokens, failover planner).
 //! - `detector`: the failure detector, a plain struct driven by `now` (the fencing argument).
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod administration;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod ctl;

@@ -8,6 +8,7 @@
 //!
 //! Heartbeats never come through here; they go to the failure detector, which is in memory.
 
+use crate::clock::Map as HashMap;
 use crate::cluster::pairing::{self, PairDecision, PairNode};
 use crate::detector::{FailureDetector, Liveness, Transition};
 use crate::metrics::Metrics;
@@ -16,7 +17,6 @@ use crate::model::{
 };
 use crate::pairs;
 use crate::store::{Change, StateStore, StoreError};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,9 +54,8 @@ fn refused(code: RejectCode, reason: impl Into<String>) -> MembershipError {
 pub struct Live {
     /// The connection's session number.
     pub session: u64,
-    /// The QUIC connection (to close it).
-    pub conn: quinn::Connection,
-    /// Commands to send on its control stream (never dropped: see `outbox`).
+    /// Commands to send on its control stream (never dropped: see `outbox`), and the way to
+    /// close its connection: the connection itself belongs to the session task.
     pub control: Arc<crate::outbox::Outbox>,
 }
 
@@ -138,6 +137,8 @@ pub struct Membership {
     /// The configured fence parameters, to be recorded as the ones in force once no node may
     /// hold older ones (see the detector's "Fence parameters").
     fence_update: Mutex<Option<crate::model::FenceParams>>,
+    /// Time and chance (simulated in the deterministic simulation).
+    clock: Arc<dyn crate::clock::Clock>,
     /// How long finished records are kept.
     retention: crate::retention::Retention,
 }
@@ -229,11 +230,23 @@ impl Membership {
             quotas: Default::default(),
             jobs: crate::job_runtime::JobRuntime::new(cfg.lease, fence_kill),
             member_serials: Arc::new(std::sync::RwLock::new(serials)),
-            pings: Mutex::new(HashMap::new()),
+            pings: Mutex::new(HashMap::default()),
             metrics,
             fence_update: Mutex::new(None),
+            clock: Arc::new(crate::clock::SystemClock),
             retention: Default::default(),
         })
+    }
+
+    /// Reads time and chance from `clock` instead of the system's (the simulation's clock).
+    pub fn with_clock(mut self, clock: Arc<dyn crate::clock::Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Where time and chance come from.
+    pub fn clock(&self) -> &dyn crate::clock::Clock {
+        &*self.clock
     }
 
     /// The fleet table, locked. Every change to it is committed to the store while the lock
@@ -462,7 +475,6 @@ impl Membership {
         address: SocketAddr,
         agent_version: String,
         hardware: HardwareReport,
-        conn: quinn::Connection,
         control: Arc<crate::outbox::Outbox>,
         now: Instant,
     ) -> Result<Registered, MembershipError> {
@@ -499,7 +511,7 @@ impl Membership {
             NodeState::Joining => "registered with its new certificate".into(),
             _ => "registered".into(),
         };
-        rec.state_since_ms = tandem_common::time::unix_ms();
+        rec.state_since_ms = self.clock.unix_ms();
         let mut changes = vec![
             Change::PutNode(Box::new(rec.clone())),
             Change::Event(NewEvent {
@@ -534,19 +546,14 @@ impl Membership {
             ));
         };
         if let Some(old) = entry.live.take() {
-            old.control.close();
-            old.conn.close(
-                CloseCode::Replaced.into(),
-                b"replaced by a newer connection of this node",
+            old.control.close_connection(
+                CloseCode::Replaced,
+                "replaced by a newer connection of this node",
             );
         }
         let name = rec.name.clone();
         entry.record = rec;
-        entry.live = Some(Live {
-            session,
-            conn,
-            control,
-        });
+        entry.live = Some(Live { session, control });
         Ok(Registered {
             session,
             name,
@@ -640,7 +647,7 @@ impl Membership {
         let mut rec = e.record.clone();
         rec.state = NodeState::Left;
         rec.state_reason = format!("the agent left: {reason}");
-        rec.state_since_ms = tandem_common::time::unix_ms();
+        rec.state_since_ms = self.clock.unix_ms();
         let (_, ticket) = self.store.apply(vec![
             Change::PutNode(Box::new(rec.clone())),
             Change::Event(NewEvent {
@@ -672,7 +679,7 @@ impl Membership {
         let nodes = pairs::pair_nodes(t, cid, Some((&rec.id, live)));
         let current = pairs::cluster_pairs(t, cid);
         let decisions = decide(&nodes, &current, cluster);
-        let plan = pairs::plan(t, cluster, &nodes, decisions, now_ms, true);
+        let plan = pairs::plan(t, cluster, &nodes, decisions, now_ms, true, &*self.clock);
         plan.changed.then(|| (cid.clone(), plan))
     }
 
@@ -949,10 +956,8 @@ impl Membership {
         match f {
             FollowUp::Down { node, live } => {
                 if let Some(live) = live {
-                    live.conn.close(
-                        CloseCode::DeclaredDown.into(),
-                        b"declared down: register again",
-                    );
+                    live.control
+                        .close_connection(CloseCode::DeclaredDown, "declared down: register again");
                 }
                 // The node's lease and fence grace are over: its jobs may start elsewhere.
                 if let Err(err) = self.jobs_on_node_down(&node) {
@@ -1044,7 +1049,7 @@ impl Membership {
         let mut rec = current;
         rec.state = state;
         rec.state_reason = reason.clone();
-        rec.state_since_ms = tandem_common::time::unix_ms();
+        rec.state_since_ms = self.clock.unix_ms();
         let mut changes = vec![
             Change::PutNode(Box::new(rec.clone())),
             Change::Event(NewEvent {

@@ -21,6 +21,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use tandem_common::proto::CoordMsg;
+use tandem_common::wire::CloseCode;
 use tokio::sync::Notify;
 
 /// Commands queued to one session at most before it is closed as not reading.
@@ -43,6 +44,8 @@ struct State {
     queue: VecDeque<CoordMsg>,
     closed: bool,
     overflowed: bool,
+    /// Set by [`Outbox::close_connection`]: the session's connection is to be closed with it.
+    close: Option<(CloseCode, &'static str)>,
 }
 
 /// One session's queue of commands.
@@ -59,8 +62,9 @@ pub enum Drained {
     Batch(Vec<CoordMsg>),
     /// The queue overflowed: close the session.
     Overflowed,
-    /// The outbox was closed.
-    Closed,
+    /// The outbox was closed; with a code, the connection is to be closed with it (the
+    /// decision layer never holds a connection: the session task that owns it closes it).
+    Closed(Option<(CloseCode, &'static str)>),
 }
 
 impl std::fmt::Debug for Outbox {
@@ -111,10 +115,25 @@ impl Outbox {
                     return Drained::Batch(s.queue.drain(..).collect());
                 }
                 if s.closed {
-                    return Drained::Closed;
+                    return Drained::Closed(s.close);
                 }
             }
             notified.await;
+        }
+    }
+
+    /// Takes what is queued without waiting (`None`: nothing is): for a runtime that is not
+    /// async, such as the deterministic simulation.
+    pub fn try_next(&self) -> Option<Drained> {
+        let mut s = self.state();
+        if s.overflowed {
+            Some(Drained::Overflowed)
+        } else if !s.queue.is_empty() {
+            Some(Drained::Batch(s.queue.drain(..).collect()))
+        } else if s.closed {
+            Some(Drained::Closed(s.close))
+        } else {
+            None
         }
     }
 
@@ -122,6 +141,17 @@ impl Outbox {
     /// once the queue is empty.
     pub fn close(&self) {
         self.state().closed = true;
+        self.notify.notify_one();
+    }
+
+    /// Closes the outbox and asks the session task to close its connection with `code`: what
+    /// is queued is dropped, since the node reconciles with its next registration anyway.
+    pub fn close_connection(&self, code: CloseCode, reason: &'static str) {
+        let mut s = self.state();
+        s.closed = true;
+        s.queue.clear();
+        s.close.get_or_insert((code, reason));
+        drop(s);
         self.notify.notify_one();
     }
 
@@ -185,6 +215,22 @@ mod tests {
         o.close();
         assert_eq!(o.push(ping(2)), Err(OutboxError::Closed));
         assert_eq!(o.next().await, Drained::Batch(vec![ping(1)]));
-        assert_eq!(o.next().await, Drained::Closed);
+        assert_eq!(o.next().await, Drained::Closed(None));
+    }
+
+    #[tokio::test]
+    async fn closing_the_connection_drops_the_queue_and_carries_the_code() {
+        let o = Outbox::default();
+        o.push(ping(1)).unwrap();
+        o.close_connection(CloseCode::Replaced, "replaced");
+        assert_eq!(o.push(ping(2)), Err(OutboxError::Closed));
+        assert_eq!(
+            o.try_next(),
+            Some(Drained::Closed(Some((CloseCode::Replaced, "replaced"))))
+        );
+        assert_eq!(
+            o.next().await,
+            Drained::Closed(Some((CloseCode::Replaced, "replaced")))
+        );
     }
 }

@@ -72,6 +72,7 @@ pub fn plan(
     decisions: Vec<PairDecision>,
     now_ms: u64,
     auto: bool,
+    clock: &dyn crate::clock::Clock,
 ) -> PairPlan {
     let mut out = PairPlan {
         pairs: cluster_pairs(t, &cluster.id),
@@ -88,7 +89,7 @@ pub fn plan(
                 reason,
             } => {
                 let rec = PairRecord {
-                    id: format!("p-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff),
+                    id: crate::clock::short_id(clock, "p"),
                     cluster: cluster.id.clone(),
                     primary: primary.clone(),
                     standby: standby.clone(),

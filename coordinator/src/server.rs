@@ -256,7 +256,6 @@ impl Server {
             peer,
             agent_version,
             hardware,
-            conn.clone(),
             outbox.clone(),
             Instant::now(),
         ) {
@@ -457,7 +456,11 @@ impl Server {
                         conn.close(CloseCode::Protocol.into(), b"commands not read");
                         return "the node did not read its commands".into();
                     }
-                    crate::outbox::Drained::Closed => return "the session was replaced or ended".into(),
+                    crate::outbox::Drained::Closed(Some((code, why))) => {
+                        conn.close(code.into(), why.as_bytes());
+                        return why.into();
+                    }
+                    crate::outbox::Drained::Closed(None) => return "the session ended".into(),
                     }
                 }
                 reason = &mut closed => return reason.to_string(),
