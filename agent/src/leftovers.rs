@@ -16,6 +16,42 @@ use std::time::{Duration, Instant};
 /// How long to wait at most: the longest lease the coordinator allows (600 s) plus margin.
 pub const MAX_WAIT: Duration = Duration::from_secs(660);
 
+/// How the last copy of each job on this node ended, from its `status.json`, where that
+/// copy's token is the highest the job dir has seen. A copy that ended while no agent ran
+/// (the agent crashed, or was restarted, and its shim fenced the job or the job ended) was
+/// seen by nobody: without this its end would never be reported, and the coordinator would
+/// place a `restart: never` job again that had run to its end. Ends reported before are
+/// reported again; the coordinator knows them as stale and only acknowledges them.
+/// A copy whose status does not say it ended is left out (its supervisor died first).
+pub fn ended(state_dir: &Path) -> Vec<tandem_common::proto::JobExitReport> {
+    use crate::supervisor::protocol::{read_status, read_token, JobState};
+    let Ok(dir) = std::fs::read_dir(state_dir.join("jobs")) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<_> = dir.flatten().map(|e| e.path()).collect();
+    dirs.sort();
+    dirs.iter()
+        .filter_map(|d| {
+            let s = read_status(d)?;
+            (read_token(d).ok().flatten() == Some(s.fencing_token)).then_some(s)
+        })
+        .filter(|s| s.state != JobState::Running)
+        .map(|s| {
+            let reason = s
+                .reason
+                .unwrap_or(crate::supervisor::protocol::ExitReason::Lost);
+            tandem_common::proto::JobExitReport {
+                job_id: s.job_id,
+                fencing_token: s.fencing_token,
+                code: s.code,
+                signal: s.signal,
+                cause: reason.cause(),
+                reason: format!("{reason:?} while no agent ran").to_lowercase(),
+            }
+        })
+        .collect()
+}
+
 /// Job dirs under `state_dir/jobs` whose supervisor still holds the lock.
 pub fn held(state_dir: &Path) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(state_dir.join("jobs")) else {

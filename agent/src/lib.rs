@@ -48,6 +48,9 @@ pub async fn run(
     // Ready once local state is loaded: boot never waits on the network.
     tandem_common::notify::ready(&format!("starting: connecting to {}", cfg.coordinator));
     // Never register while copies from a previous run may still be alive (see `leftovers`).
+    // Ends no agent saw (a copy that ended while no agent ran) are then kept as exits to
+    // report, or a `restart: never` job that ended meanwhile would be placed again.
+    let mut link = link;
     tokio::pin!(shutdown);
     tokio::select! {
         r = leftovers::wait_until_fenced(&cfg.state_dir, leftovers::MAX_WAIT) => {
@@ -57,6 +60,7 @@ pub async fn run(
         }
         _ = &mut shutdown => return Ok(()),
     }
+    link.keep_leftover_exits();
     link.run(shutdown).await
 }
 

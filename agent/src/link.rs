@@ -226,6 +226,18 @@ impl Link {
         result
     }
 
+    /// Keeps the recorded ends of the last copy of every job (`leftovers::ended`) as exits to
+    /// report: the first `Hello` carries them. One the coordinator has decided on already is
+    /// stale to it and only acknowledged.
+    pub fn keep_leftover_exits(&mut self) {
+        for r in crate::leftovers::ended(&self.cfg.state_dir) {
+            tracing::info!(job = %r.job_id, token = r.fencing_token, cause = r.cause.as_str(), "a copy of the previous run ended while no agent ran; reporting its end");
+            if let Err(e) = self.exits.record(r) {
+                tracing::error!(error = %e, "could not keep the end of a copy of the previous run");
+            }
+        }
+    }
+
     fn publish(&self, connected: bool) {
         let now = Instant::now();
         let view = LeaseView {

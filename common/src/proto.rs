@@ -82,6 +82,11 @@ pub enum AgentMsg {
     },
 }
 
+/// The reason an agent gives for a start it refused because it held no lease (in
+/// [`JobExitReport::reason`], after `refused: `). The job did not run: the coordinator places it
+/// again instead of counting it as the job's exit.
+pub const REFUSED_NO_LEASE: &str = "no lease is held: jobs may not start";
+
 /// Why a job copy ended, as the agent saw it. Stable: the coordinator acts on it (an exit of
 /// the job's own doing counts against its restart policy; a fence or a loss does not).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -612,7 +612,18 @@ impl Membership {
             // Refused before it ran: report it as a failure to start.
             (None, None) => Exit::Code(127),
         };
+        // A start refused for want of a lease never ran: the node was between leases (a
+        // reconnect, or a start that waited past its session). Counting it as the job's exit
+        // failed `restart: never` jobs that had not run at all; it is placed again instead.
+        let no_lease = r.cause == ExitCause::Refused
+            && r.reason.contains(tandem_common::proto::REFUSED_NO_LEASE);
         let event = match r.cause {
+            ExitCause::Refused if no_lease => Event::CopyLost {
+                job: r.job_id.clone(),
+                node: node.clone(),
+                fencing_token: r.fencing_token,
+                how: "refused by its agent: it held no lease".to_string(),
+            },
             ExitCause::Exited | ExitCause::Refused => Event::JobExited {
                 job: r.job_id.clone(),
                 node: node.clone(),

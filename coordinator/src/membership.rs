@@ -251,6 +251,11 @@ impl Membership {
 
     /// The fleet table, locked. Every change to it is committed to the store while the lock
     /// is held, before the table itself changes.
+    /// A look at the fleet, for observers (the simulation's checks): nothing can change it.
+    pub fn read<R>(&self, f: impl FnOnce(&Fleet) -> R) -> R {
+        f(&lock(&self.table))
+    }
+
     pub(crate) fn lock(&self) -> MutexGuard<'_, Fleet> {
         lock(&self.table)
     }

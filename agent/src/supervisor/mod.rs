@@ -137,7 +137,7 @@ pub enum SupervisorError {
         job_id: String,
     },
     /// No lease is held (or it has run out): no job may start.
-    #[error("no lease is held: jobs may not start")]
+    #[error("{}", tandem_common::proto::REFUSED_NO_LEASE)]
     NoLease,
     /// A shim (from before an agent restart) still holds the job's dir until its deadline.
     #[error("job {job_id}: an earlier shim still holds its job dir")]

@@ -105,6 +105,8 @@ struct State {
     applied: Ticket,
     /// Serials reserved and not yet covered by a durable batch.
     pending_serial: Option<(Ticket, u64)>,
+    /// A deliberate bug for the simulation: flushes are acknowledged and not done.
+    lying: bool,
 }
 
 /// The in-memory store.
@@ -117,6 +119,15 @@ impl MemStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store with a deliberate bug: it says a batch is durable without making it so, as a
+    /// coordinator that acted before its persist had finished would. Only for showing that the
+    /// simulation catches that bug; never for running a coordinator.
+    pub fn with_lying_flush() -> Self {
+        let s = Self::default();
+        s.state().lying = true;
+        s
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -134,6 +145,7 @@ impl MemStore {
                 pending: Vec::new(),
                 applied: s.applied,
                 pending_serial: None,
+                lying: s.lying,
             }),
         }
     }
@@ -145,6 +157,9 @@ impl MemStore {
 
     fn make_durable(&self, ticket: Ticket) {
         let mut s = self.state();
+        if s.lying {
+            return;
+        }
         let due: Vec<_> = {
             let split = s.pending.partition_point(|(t, _, _)| *t <= ticket);
             s.pending.drain(..split).collect()

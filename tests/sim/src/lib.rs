@@ -1,0 +1,38 @@
+//! A deterministic simulation of a Tandem fleet.
+//!
+//! It runs the coordinator's real decision layer (`Membership`: the failure detector, the job
+//! planner, pairing, the job runtime, over the in-memory `MemStore` with crash semantics)
+//! against simulated agents built on the agent's real [`Lease`](tandem_agent::lease::Lease),
+//! the shim's real [`Guard`](tandem_agent::supervisor::guard::Guard) and the supervisor's real
+//! admission rule, over a simulated network, on a simulated clock. Everything that varies comes
+//! from one seed: a failing run prints its seed, and `tandem-sim --seed N` replays it exactly.
+//!
+//! What it throws at the fleet: agents killed (`kill -9`: the shims live on until their lease
+//! runs out), hung and restarted; nodes losing power; links cut one way or both; heartbeats
+//! lost, delayed, duplicated and reordered; the coordinator killed at any step (whatever its
+//! store had not flushed is lost, and so is every command not yet delivered) and restarted from
+//! its store; and an operator submitting, stopping, draining and removing.
+//!
+//! After every step it checks the promise ([`invariants`]): never two copies of a job alive at
+//! once, fencing tokens that only grow, a `never` job that ran to its end never started again,
+//! a stopped job never started again, no node declared down while a copy it ran is still alive.
+//! At the end, after the faults stop and the fleet settles, no acknowledged job is lost.
+//!
+//! # Layout
+//! - `clock`: the simulated clock and seeded chance the coordinator reads.
+//! - `net`: links, connections, delivery (control streams in order, datagrams lossy).
+//! - `agent`: one simulated agent and its job copies.
+//! - `coordinator`: the coordinator host: `Membership`, its store, its sessions (as the QUIC
+//!   server dispatches them).
+//! - `invariants`: what is checked, and the violation reported.
+//! - `world`: the event loop, the faults and the operator.
+
+pub mod agent;
+pub mod clock;
+pub mod coordinator;
+pub mod invariants;
+pub mod net;
+pub mod world;
+
+pub use invariants::Violation;
+pub use world::{run, Knobs, Report};

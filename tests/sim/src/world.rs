@@ -1,0 +1,934 @@
+//! The event loop: simulated time, the faults, the operator, and the checks.
+//!
+//! A run has two phases. During the *storm* agents crash, hang and restart, nodes lose power,
+//! links are cut, the coordinator is killed and restarted, and an operator submits, stops,
+//! drains and removes. Then the faults stop, everything is healed and restarted, and the fleet
+//! has a *settling* time, after which every acknowledged job must be where its policy says.
+//! The invariants of [`crate::invariants`] are checked at every step of both phases.
+
+use crate::agent::{Behaviour, Out, SimAgent};
+use crate::clock::{ms, SimClock};
+use crate::coordinator::{CoordHost, CoordOut, Params};
+use crate::invariants::{Ledger, Violation};
+use crate::net::{Dir, InFlight, Net, Packet, Weather};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tandem_common::ids::NodeId;
+use tandem_coordinator::jobs::model::{JobRecord, JobSpec, JobState, Resources, RestartPolicy};
+use tandem_coordinator::model::{ClusterMode, ClusterRecord, NodeRecord, NodeState};
+use tandem_coordinator::store::{Change, MemStore, StateStore};
+
+/// Deliberate bugs, to show that the simulation finds what they break.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Knobs {
+    /// The detector declares a node down as soon as its lease ends (no fence grace).
+    pub no_fence_grace: bool,
+    /// The store says a batch is durable without making it so (acting before a persist).
+    pub lying_flush: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// Events handled.
+    pub events: u64,
+    /// Agents in the run.
+    pub agents: usize,
+    /// Jobs acknowledged.
+    pub jobs: usize,
+    /// Job copies whose process began.
+    pub copies_started: u64,
+    /// Faults injected.
+    pub faults: u64,
+    /// Coordinator crashes.
+    pub coordinator_crashes: u64,
+    /// Simulated milliseconds.
+    pub sim_ms: u64,
+    /// The steps, when traced.
+    pub trace: Vec<String>,
+}
+
+#[derive(Debug)]
+enum Ev {
+    CoordTick(u64),
+    CoordStart,
+    Deliver(InFlight),
+    Connect(usize, u64),
+    Beat(usize, u64),
+    Wake(usize),
+    Unhang(usize),
+    AgentStart(usize),
+    Heal(usize, Dir),
+    Fault,
+    Admin,
+    IdleCheck,
+    ConnTimeout(u64),
+    Settle,
+}
+
+struct SimJob {
+    id: String,
+}
+
+struct World {
+    rng: StdRng,
+    clock: Arc<SimClock>,
+    queue: BTreeMap<(u64, u64), Ev>,
+    seq: u64,
+    agents: Vec<SimAgent>,
+    by_node: BTreeMap<NodeId, usize>,
+    pending_wake: Vec<Option<u64>>,
+    held_back: Vec<Vec<tandem_common::proto::AgentMsg>>,
+    net: Net,
+    weather: Weather,
+    store: Arc<MemStore>,
+    coord: Option<CoordHost>,
+    coord_run: u64,
+    params: Params,
+    ledger: Ledger,
+    jobs: Vec<SimJob>,
+    cluster: String,
+    storm_until: u64,
+    settled: bool,
+    down_seen: BTreeMap<NodeId, bool>,
+    report: Report,
+    trace: Option<Vec<String>>,
+}
+
+/// Runs one seed. `trace` keeps a line per step, printed with a violation.
+pub fn run(seed: u64, knobs: Knobs, trace: bool) -> Result<Report, Box<Violation>> {
+    tandem_coordinator::clock::fix_hash_seed(0x7a4d_e45e);
+    let mut w = World::new(seed, knobs, trace);
+    w.go().map_err(|what| {
+        Box::new(Violation {
+            seed,
+            at_ms: w.clock.ns() / 1_000_000,
+            what,
+            trace: w.trace.take().unwrap_or_default(),
+        })
+    })?;
+    w.report.sim_ms = w.clock.ns() / 1_000_000;
+    w.report.copies_started = w.ledger.copies_started;
+    w.report.trace = w.trace.take().unwrap_or_default();
+    Ok(w.report)
+}
+
+impl World {
+    fn new(seed: u64, knobs: Knobs, trace: bool) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let clock = Arc::new(SimClock::new(seed));
+        let n = rng.random_range(2..=5usize);
+        let store = Arc::new(if knobs.lying_flush {
+            MemStore::with_lying_flush()
+        } else {
+            MemStore::new()
+        });
+        let lease = Duration::from_millis(1000);
+        let fence_kill = Duration::from_millis(250);
+        let params = Params {
+            heartbeat: Duration::from_millis(200),
+            lease,
+            fence_kill,
+            fence_grace: if knobs.no_fence_grace {
+                Duration::ZERO
+            } else {
+                fence_kill + lease / 20 + Duration::from_millis(50)
+            },
+            restart_grace: Duration::from_secs(5),
+        };
+        let cluster = ClusterRecord {
+            id: "c-sim".into(),
+            name: "sim".into(),
+            alias: String::new(),
+            description: String::new(),
+            mode: ClusterMode::Pool,
+            labels: Default::default(),
+            deletion_protection: false,
+            min_node: None,
+            failback: false,
+            model: None,
+            created_ms: 0,
+        };
+        let mut changes = vec![Change::PutCluster(Box::new(cluster))];
+        let mut agents = Vec::new();
+        let mut by_node = BTreeMap::new();
+        for i in 0..n {
+            let id = NodeId(format!("n-{:016x}", i + 1));
+            let rec = NodeRecord {
+                id: id.clone(),
+                name: format!("sim-{i}"),
+                state: NodeState::Joining,
+                state_reason: "joined".into(),
+                state_since_ms: 0,
+                address: "10.0.0.1:7000".into(),
+                agent_version: "sim".into(),
+                cert_serial: 100 + i as u64,
+                cert_not_after_unix: i64::MAX,
+                previous_cert_serial: None,
+                previous_cert_not_after_unix: 0,
+                key_sha256: String::new(),
+                created_ms: 0,
+                joined_with_token: "t-sim".into(),
+                hardware: crate::agent::hardware(),
+                cluster: Some("c-sim".into()),
+                labels: Default::default(),
+                taints: Vec::new(),
+                protected: false,
+                draining: false,
+                removed_ms: None,
+            };
+            changes.push(Change::PutNode(Box::new(rec)));
+            by_node.insert(id.clone(), i);
+            agents.push(SimAgent::new(i, id, 100 + i as u64));
+        }
+        store.commit(changes).expect("mem store");
+        let weather = Weather {
+            loss: rng.random_range(0.0..0.1),
+            duplicate: rng.random_range(0.0..0.05),
+            max_delay_ns: rng.random_range(ms(1)..=ms(30)),
+        };
+        let storm_until = rng.random_range(ms(4_000)..=ms(12_000));
+        let mut w = Self {
+            rng,
+            clock,
+            queue: BTreeMap::new(),
+            seq: 0,
+            pending_wake: vec![None; n],
+            held_back: vec![Vec::new(); n],
+            agents,
+            by_node,
+            net: Net::new(n),
+            weather,
+            store,
+            coord: None,
+            coord_run: 0,
+            params,
+            ledger: Ledger::default(),
+            jobs: Vec::new(),
+            cluster: "c-sim".into(),
+            storm_until,
+            settled: false,
+            down_seen: BTreeMap::new(),
+            report: Report {
+                seed,
+                agents: n,
+                ..Default::default()
+            },
+            trace: trace.then(Vec::new),
+        };
+        w.at(0, Ev::CoordStart);
+        for i in 0..n {
+            let t = w.rng.random_range(0..=ms(300));
+            w.at(t, Ev::AgentStart(i));
+        }
+        let submits = w.rng.random_range(1..=6);
+        for _ in 0..submits {
+            let t = w.rng.random_range(ms(100)..=ms(2_000));
+            w.at(t, Ev::Admin);
+        }
+        w.at(ms(500), Ev::Fault);
+        w.at(ms(1_000), Ev::IdleCheck);
+        w.at(storm_until, Ev::Settle);
+        w
+    }
+
+    fn at(&mut self, t: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((t, self.seq), ev);
+    }
+
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.trace {
+            t.push(format!(
+                "{:>8.3} s  {}",
+                self.clock.ns() as f64 / 1e9,
+                line()
+            ));
+        }
+    }
+
+    fn go(&mut self) -> Result<(), String> {
+        // Long enough after the storm for every deadline to pass: a lease, the restart grace,
+        // the unanswered-start deadline (20 s) and the retries after it.
+        let end = self.storm_until + ms(32_000);
+        while let Some(((t, _), ev)) = self.queue.pop_first() {
+            if t > end {
+                break;
+            }
+            self.clock.advance_to(t);
+            self.report.events += 1;
+            self.step(ev)?;
+        }
+        self.final_check()
+    }
+
+    fn step(&mut self, ev: Ev) -> Result<(), String> {
+        let now = self.clock.ns();
+        match ev {
+            Ev::CoordStart => {
+                if self.coord.is_none() {
+                    self.coord_run += 1;
+                    self.note(|| "coordinator starts".into());
+                    let host =
+                        CoordHost::start(self.store.clone(), self.clock.clone(), self.params);
+                    self.coord = Some(host);
+                    let run = self.coord_run;
+                    self.at(now + ms(20), Ev::CoordTick(run));
+                    self.coord_io(|_, _| {})?;
+                }
+            }
+            Ev::CoordTick(run) => {
+                if run == self.coord_run && self.coord.is_some() {
+                    let clock = self.clock.clone();
+                    self.coord_io(|h, _| h.tick(&clock))?;
+                    self.check_downs()?;
+                    self.at(now + ms(20), Ev::CoordTick(run));
+                }
+            }
+            Ev::Deliver(f) => self.deliver(f)?,
+            Ev::Connect(i, run) => {
+                let a = &self.agents[i];
+                if !a.up || a.run != run || a.removed || a.conn.is_some() {
+                    return Ok(());
+                }
+                if a.hung_until > now {
+                    let t = a.hung_until;
+                    self.at(t, Ev::Connect(i, run));
+                } else if a.leftovers() {
+                    self.at(now + ms(50), Ev::Connect(i, run));
+                } else if self.coord.is_some() && self.net.reachable(i) {
+                    let conn = self.net.open(i);
+                    self.note(|| format!("agent {i} connects (conn {conn})"));
+                    let mut out = Vec::new();
+                    self.agents[i].connected(conn, &mut out);
+                    self.agent_outs(i, out)?;
+                } else {
+                    let t = now + ms(1_000) + self.rng.random_range(0..=ms(500));
+                    self.at(t, Ev::Connect(i, run));
+                }
+            }
+            Ev::Beat(i, conn) => {
+                let a = &self.agents[i];
+                if !a.up || a.conn != Some(conn) || !a.welcomed {
+                    return Ok(());
+                }
+                if a.hung_until > now {
+                    let t = a.hung_until;
+                    self.at(t, Ev::Beat(i, conn));
+                    return Ok(());
+                }
+                let mut out = Vec::new();
+                self.agents[i].beat(&self.clock, now, &mut out);
+                self.agent_outs(i, out)?;
+            }
+            Ev::Wake(i) => {
+                self.pending_wake[i] = None;
+                let mut out = Vec::new();
+                self.agents[i].wake(now, &mut out);
+                self.agent_outs(i, out)?;
+            }
+            Ev::Unhang(i) => {
+                let msgs = std::mem::take(&mut self.held_back[i]);
+                let out = msgs.into_iter().map(Out::Send).collect();
+                self.agent_outs(i, out)?;
+            }
+            Ev::AgentStart(i) => {
+                if !self.agents[i].up && !self.agents[i].removed {
+                    self.note(|| format!("agent {i} starts"));
+                    self.agents[i].powered = true;
+                    let mut out = Vec::new();
+                    self.agents[i].start(now, &mut out);
+                    self.agent_outs(i, out)?;
+                }
+            }
+            Ev::Heal(i, dir) => {
+                self.note(|| format!("link {i} {dir:?} heals"));
+                let w = self.weather;
+                let released = self.net.set_cut(&mut self.rng, w, now, i, dir, false);
+                for (t, f) in released {
+                    self.at(t, Ev::Deliver(f));
+                }
+            }
+            Ev::Fault => {
+                if now < self.storm_until {
+                    self.fault()?;
+                    let t = now + self.rng.random_range(ms(200)..=ms(1_500));
+                    self.at(t, Ev::Fault);
+                    if self.rng.random_bool(0.5) {
+                        let t = now + self.rng.random_range(ms(100)..=ms(2_000));
+                        self.at(t, Ev::Admin);
+                    }
+                }
+            }
+            Ev::Admin => self.admin()?,
+            Ev::IdleCheck => {
+                for conn in self.net.idle_out(now) {
+                    self.close_conn(conn)?;
+                }
+                self.at(now + ms(1_000), Ev::IdleCheck);
+            }
+            Ev::ConnTimeout(conn) => {
+                let dead_agent = self.net.conns.get(&conn).is_some_and(|c| !c.open_at_agent);
+                if dead_agent {
+                    self.close_conn(conn)?;
+                }
+            }
+            Ev::Settle => self.settle()?,
+        }
+        Ok(())
+    }
+
+    fn close_conn(&mut self, conn: u64) -> Result<(), String> {
+        let Some(c) = self.net.conns.remove(&conn) else {
+            return Ok(());
+        };
+        self.note(|| format!("conn {conn} of agent {} times out", c.agent));
+        if self.agents[c.agent].conn == Some(conn) {
+            let now = self.clock.ns();
+            let mut out = Vec::new();
+            self.agents[c.agent].disconnected(now, &mut self.rng, &mut out);
+            self.agent_outs(c.agent, out)?;
+        }
+        if self.coord.as_ref().is_some_and(|h| h.has(conn)) {
+            self.coord_io(|h, _| h.lost(conn))?;
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, f: InFlight) -> Result<(), String> {
+        let now = self.clock.ns();
+        let Some(c) = self.net.conns.get(&f.conn) else {
+            return Ok(());
+        };
+        let i = c.agent;
+        match f.dir {
+            Dir::Down => {
+                if !c.open_at_agent || self.agents[i].conn != Some(f.conn) || !self.agents[i].up {
+                    return Ok(());
+                }
+                if self.agents[i].hung_until > now {
+                    let t = self.agents[i].hung_until;
+                    self.at(t, Ev::Deliver(f));
+                    return Ok(());
+                }
+                let mut out = Vec::new();
+                match f.packet {
+                    Packet::Coord(m) => {
+                        self.note(|| format!("agent {i} gets {}", short(&format!("{m:?}"))));
+                        let clock = self.clock.clone();
+                        self.agents[i].on_msg(&clock, &mut self.rng, now, f.sent_ns, m, &mut out);
+                    }
+                    Packet::Ack { seq, lease_ms } => {
+                        self.agents[i].ack(&self.clock, &mut self.rng, now, seq, lease_ms, &mut out)
+                    }
+                    Packet::Closed(why) => {
+                        self.note(|| format!("agent {i}: conn {} closed: {why}", f.conn));
+                        if let Some(c) = self.net.conns.get_mut(&f.conn) {
+                            c.open_at_agent = false;
+                            if !c.open_at_coord {
+                                self.net.conns.remove(&f.conn);
+                            }
+                        }
+                        self.agents[i].disconnected(now, &mut self.rng, &mut out);
+                    }
+                    _ => {}
+                }
+                self.agent_outs(i, out)
+            }
+            Dir::Up => {
+                if self.coord.is_none() {
+                    return Ok(());
+                }
+                if !c.open_at_coord {
+                    // A packet for a connection this process does not know: a stateless reset.
+                    let w = self.weather;
+                    for (t, f) in self.net.send(
+                        &mut self.rng,
+                        w,
+                        now,
+                        f.conn,
+                        Dir::Down,
+                        Packet::Closed("reset"),
+                    ) {
+                        self.at(t, Ev::Deliver(f));
+                    }
+                    return Ok(());
+                }
+                if let Packet::Agent(m) = &f.packet {
+                    self.note(|| {
+                        format!(
+                            "coordinator gets from agent {i}: {}",
+                            short(&format!("{m:?}"))
+                        )
+                    });
+                    let exits: &[tandem_common::proto::JobExitReport] = match m {
+                        tandem_common::proto::AgentMsg::JobExited(r) => std::slice::from_ref(r),
+                        tandem_common::proto::AgentMsg::Hello(h) => &h.exited,
+                        tandem_common::proto::AgentMsg::JobsHeld { exited, .. } => exited,
+                        _ => &[],
+                    };
+                    for r in exits {
+                        if r.cause == tandem_common::proto::ExitCause::Exited {
+                            self.ledger.end_told(&r.job_id, now);
+                        }
+                    }
+                }
+                let clock = self.clock.clone();
+                self.coord_io(|h, out| h.on_packet(&clock, f.conn, f.packet, out))
+            }
+        }
+    }
+
+    /// Runs `f` on the coordinator, then drains its outboxes onto the network.
+    fn coord_io(
+        &mut self,
+        f: impl FnOnce(&mut CoordHost, &mut Vec<CoordOut>),
+    ) -> Result<(), String> {
+        let Some(h) = self.coord.as_mut() else {
+            return Ok(());
+        };
+        let mut out = Vec::new();
+        f(h, &mut out);
+        h.drain(&mut out);
+        let now = self.clock.ns();
+        let w = self.weather;
+        for o in out {
+            let (conn, p) = match o {
+                CoordOut::Send(conn, p) => (conn, p),
+                CoordOut::Close(conn, why) => {
+                    self.net.close_at_coord(conn);
+                    (conn, Packet::Closed(why))
+                }
+            };
+            for (t, f) in self.net.send(&mut self.rng, w, now, conn, Dir::Down, p) {
+                self.at(t, Ev::Deliver(f));
+            }
+        }
+        Ok(())
+    }
+
+    fn agent_outs(&mut self, i: usize, out: Vec<Out>) -> Result<(), String> {
+        let now = self.clock.ns();
+        let w = self.weather;
+        for o in out {
+            match o {
+                Out::Send(m) => {
+                    if self.agents[i].hung_until > now {
+                        if self.held_back[i].is_empty() {
+                            let t = self.agents[i].hung_until;
+                            self.at(t, Ev::Unhang(i));
+                        }
+                        self.held_back[i].push(m);
+                    } else if let Some(conn) = self.agents[i].conn {
+                        for (t, f) in
+                            self.net
+                                .send(&mut self.rng, w, now, conn, Dir::Up, Packet::Agent(m))
+                        {
+                            self.at(t, Ev::Deliver(f));
+                        }
+                    }
+                }
+                Out::Beat(seq) => {
+                    if let Some(conn) = self.agents[i].conn {
+                        for (t, f) in
+                            self.net
+                                .send(&mut self.rng, w, now, conn, Dir::Up, Packet::Beat(seq))
+                        {
+                            self.at(t, Ev::Deliver(f));
+                        }
+                    }
+                }
+                Out::Began {
+                    job,
+                    token,
+                    sent_ns,
+                } => {
+                    self.note(|| format!("copy {job}/{token} begins on node {i}"));
+                    self.ledger.began(&job, i, token, sent_ns)?;
+                }
+                Out::Ended {
+                    job,
+                    token,
+                    natural,
+                    never,
+                } => {
+                    self.note(|| {
+                        format!("copy {job}/{token} ends on node {i} (natural: {natural})")
+                    });
+                    self.ledger.ended(&job, i, token, natural, never);
+                }
+                Out::Wake(t) => {
+                    if self.pending_wake[i].is_none_or(|p| t < p) {
+                        self.pending_wake[i] = Some(t);
+                        self.at(t, Ev::Wake(i));
+                    }
+                }
+                Out::Connect(t) => {
+                    let run = self.agents[i].run;
+                    self.at(t, Ev::Connect(i, run));
+                }
+                Out::NextBeat(t, conn) => self.at(t, Ev::Beat(i, conn)),
+            }
+        }
+        Ok(())
+    }
+
+    /// After a tick: a node newly declared down (or a removal finished) must run nothing.
+    fn check_downs(&mut self) -> Result<(), String> {
+        let Some(h) = &self.coord else {
+            return Ok(());
+        };
+        let mut newly = Vec::new();
+        h.m.read(|t| {
+            for (id, e) in &t.nodes {
+                let down = e.record.state == NodeState::Down;
+                let was = self.down_seen.insert(id.clone(), down).unwrap_or(false);
+                if down && !was {
+                    newly.push(id.clone());
+                }
+            }
+            for id in self.by_node.keys() {
+                if !t.nodes.contains_key(id) && !t.removing.contains_key(id) {
+                    let was = self.down_seen.insert(id.clone(), true).unwrap_or(false);
+                    if !was {
+                        newly.push(id.clone());
+                    }
+                }
+            }
+        });
+        for id in newly {
+            let i = self.by_node[&id];
+            self.note(|| format!("coordinator: node {i} is down (or gone)"));
+            self.ledger.declared_down(i)?;
+        }
+        Ok(())
+    }
+
+    fn fault(&mut self) -> Result<(), String> {
+        let now = self.clock.ns();
+        self.report.faults += 1;
+        let n = self.agents.len();
+        let i = self.rng.random_range(0..n);
+        match self.rng.random_range(0..100) {
+            0..=14 => {
+                if self.agents[i].up {
+                    self.note(|| format!("FAULT agent {i} is killed"));
+                    if let Some(conn) = self.agents[i].conn {
+                        if let Some(c) = self.net.conns.get_mut(&conn) {
+                            c.open_at_agent = false;
+                        }
+                        self.at(now + crate::net::IDLE_TIMEOUT_NS, Ev::ConnTimeout(conn));
+                    }
+                    self.agents[i].crash();
+                    let t = now + self.rng.random_range(ms(50)..=ms(3_000));
+                    self.at(t, Ev::AgentStart(i));
+                }
+            }
+            15..=27 => {
+                if self.agents[i].up {
+                    let until = now + self.rng.random_range(ms(100)..=ms(3_000));
+                    self.note(|| {
+                        format!("FAULT agent {i} hangs for {} ms", (until - now) / 1_000_000)
+                    });
+                    self.agents[i].hung_until = until;
+                }
+            }
+            28..=35 => {
+                if self.agents[i].powered {
+                    self.note(|| format!("FAULT node {i} loses power"));
+                    if let Some(conn) = self.agents[i].conn {
+                        if let Some(c) = self.net.conns.get_mut(&conn) {
+                            c.open_at_agent = false;
+                        }
+                        self.at(now + crate::net::IDLE_TIMEOUT_NS, Ev::ConnTimeout(conn));
+                    }
+                    let mut out = Vec::new();
+                    self.agents[i].power_cut(&mut out);
+                    self.agent_outs(i, out)?;
+                    let t = now + self.rng.random_range(ms(300)..=ms(5_000));
+                    self.at(t, Ev::AgentStart(i));
+                }
+            }
+            36..=80 => {
+                let dirs: &[Dir] = match self.rng.random_range(0..3) {
+                    0 => &[Dir::Up],
+                    1 => &[Dir::Down],
+                    _ => &[Dir::Up, Dir::Down],
+                };
+                let len = self.rng.random_range(ms(50)..=ms(4_000));
+                self.note(|| format!("FAULT link {i} cut {dirs:?} for {} ms", len / 1_000_000));
+                let w = self.weather;
+                for d in dirs {
+                    self.net.set_cut(&mut self.rng, w, now, i, *d, true);
+                    self.at(now + len, Ev::Heal(i, *d));
+                }
+            }
+            81..=90 => {
+                if self.coord.is_some() {
+                    self.note(|| "FAULT the coordinator is killed".into());
+                    self.crash_coordinator();
+                    let t = now + self.rng.random_range(ms(50)..=ms(4_000));
+                    self.at(t, Ev::CoordStart);
+                }
+            }
+            _ => {
+                // Weather changes.
+                self.weather.loss = self.rng.random_range(0.0..0.3);
+                self.weather.max_delay_ns = self.rng.random_range(ms(1)..=ms(60));
+            }
+        }
+        Ok(())
+    }
+
+    fn crash_coordinator(&mut self) {
+        self.report.coordinator_crashes += 1;
+        self.coord = None;
+        for c in self.net.conns.values_mut() {
+            c.open_at_coord = false;
+        }
+        // What the store had not flushed is lost with the process.
+        self.store = Arc::new(self.store.crash());
+    }
+
+    fn admin(&mut self) -> Result<(), String> {
+        let Some(h) = &self.coord else {
+            return Ok(());
+        };
+        let m = h.m.clone();
+        let now = self.clock.ns();
+        let live: Vec<String> = m.read(|t| {
+            let mut v: Vec<_> = t
+                .jobs
+                .values()
+                .filter(|j| !j.state.is_terminal())
+                .map(|j| j.id.clone())
+                .collect();
+            v.sort();
+            v
+        });
+        let roll = self.rng.random_range(0..100);
+        if roll < 50 || self.jobs.is_empty() || now < ms(2_000) {
+            let n = self.jobs.len();
+            let (restart, never) = match self.rng.random_range(0..3) {
+                0 => (RestartPolicy::Never, true),
+                1 => (RestartPolicy::Always, false),
+                _ => (RestartPolicy::OnFailure, false),
+            };
+            let b = Behaviour {
+                runs_for_ns: self
+                    .rng
+                    .random_bool(0.4)
+                    .then(|| self.rng.random_range(ms(500)..=ms(8_000))),
+                code: self.rng.random_range(0..=1),
+                ignores_term: self.rng.random_bool(0.2),
+            };
+            let mut env = std::collections::BTreeMap::new();
+            env.insert(
+                "SIM_RESTART".to_string(),
+                if never { "never" } else { "other" }.to_string(),
+            );
+            let spec = JobSpec {
+                name: format!("job-{n}"),
+                cluster: self.cluster.clone(),
+                command: b.command(),
+                env,
+                workdir: None,
+                resources: Resources {
+                    cpu_millis: 1_000,
+                    memory_bytes: 1 << 30,
+                    gpus: 0,
+                },
+                restart,
+                max_restarts: 2,
+                constraints: Default::default(),
+                tolerations: Vec::new(),
+            };
+            let id = format!("j-{n:04}");
+            let rec = JobRecord::new(
+                id.clone(),
+                spec,
+                tandem_coordinator::clock::Clock::unix_ms(&*self.clock),
+            );
+            self.note(|| format!("ADMIN submit {id} ({restart:?}, {b:?})"));
+            let r = self.coord_io(|h, _| {
+                let _ = h.m.submit_job(rec).map(|_| ());
+            });
+            r?;
+            if m.read(|t| t.jobs.contains_key(&id)) {
+                self.jobs.push(SimJob { id });
+                self.report.jobs += 1;
+            }
+        } else if roll < 70 {
+            if let Some(job) = live
+                .get(self.rng.random_range(0..live.len().max(1)))
+                .cloned()
+            {
+                self.note(|| format!("ADMIN stop {job}"));
+                let mut ok = false;
+                let j = job.clone();
+                self.coord_io(|h, _| {
+                    ok =
+                        h.m.job_event(tandem_coordinator::jobs::planner::Event::StopRequested {
+                            job: j,
+                        })
+                        .is_ok();
+                })?;
+                if ok {
+                    self.ledger.stop_acknowledged(&job, now);
+                }
+            }
+        } else if roll < 95 {
+            let i = self.rng.random_range(0..self.agents.len());
+            let drain = self.rng.random_bool(0.6);
+            self.note(|| format!("ADMIN drain node {i}: {drain}"));
+            self.coord_io(|h, _| {
+                let _ = h.m.set_draining(&format!("sim-{i}"), drain);
+            })?;
+        } else {
+            let present = self.agents.iter().filter(|a| !a.removed).count();
+            let i = self.rng.random_range(0..self.agents.len());
+            if present > 2 && !self.agents[i].removed {
+                self.note(|| format!("ADMIN remove node {i}"));
+                let mut removed = false;
+                self.coord_io(|h, _| {
+                    removed =
+                        h.m.remove_node(&format!("sim-{i}"), "simulated removal")
+                            .is_ok();
+                })?;
+                if removed {
+                    // Its certificate is revoked: it never comes back.
+                    self.agents[i].removed = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The storm ends: every link heals, every node and agent is started, the coordinator too.
+    fn settle(&mut self) -> Result<(), String> {
+        self.settled = true;
+        self.note(|| "the storm ends".into());
+        let now = self.clock.ns();
+        for i in 0..self.agents.len() {
+            for d in [Dir::Up, Dir::Down] {
+                self.at(now, Ev::Heal(i, d));
+            }
+            if !self.agents[i].up {
+                self.at(now + ms(10), Ev::AgentStart(i));
+            }
+            self.agents[i].hung_until = self.agents[i].hung_until.min(now);
+        }
+        self.weather.loss = self.weather.loss.min(0.05);
+        if self.coord.is_none() {
+            self.at(now + ms(10), Ev::CoordStart);
+        }
+        Ok(())
+    }
+
+    /// After settling: every acknowledged job is running (one copy, the one its record names),
+    /// pending with a reason, or ended by its policy; no copy runs that no record names.
+    fn final_check(&mut self) -> Result<(), String> {
+        let Some(h) = &self.coord else {
+            return Err("the coordinator is not running at the end".into());
+        };
+        let m = h.m.clone();
+        if self.trace.is_some() {
+            let lines: Vec<String> = m.read(|t| {
+                self.jobs
+                    .iter()
+                    .filter_map(|j| t.jobs.get(&j.id))
+                    .map(|r| {
+                        format!(
+                            "end: job {} is {:?} ({}) token {}",
+                            r.id, r.state, r.state_reason, r.last_fencing_token
+                        )
+                    })
+                    .collect()
+            });
+            for l in lines {
+                self.note(|| l);
+            }
+        }
+        m.read(|t| self.check_jobs(t))
+    }
+
+    fn check_jobs(&self, t: &tandem_coordinator::membership::Fleet) -> Result<(), String> {
+        for j in &self.jobs {
+            let Some(rec) = t.jobs.get(&j.id) else {
+                return Err(format!("acknowledged job {} is lost: no record", j.id));
+            };
+            let alive = self.ledger.alive_copy(&j.id);
+            match rec.state {
+                JobState::Running => {
+                    let p = rec
+                        .current
+                        .as_ref()
+                        .ok_or(format!("job {} is running nowhere", j.id))?;
+                    let want = (self.by_node[&p.node], p.fencing_token);
+                    let removed = self.agents[want.0].removed;
+                    if alive != Some(want) && !removed {
+                        return Err(format!(
+                            "job {} is recorded running as copy {} on node {}, but the copy alive is {alive:?}",
+                            j.id, want.1, want.0
+                        ));
+                    }
+                }
+                JobState::Pending => {
+                    if rec.state_reason.is_empty() {
+                        return Err(format!("job {} is pending without a reason", j.id));
+                    }
+                    if let Some(a) = alive {
+                        return Err(format!("job {} is pending while copy {a:?} runs", j.id));
+                    }
+                }
+                JobState::Stopped => {
+                    if !self.ledger.was_stopped(&j.id) {
+                        return Err(format!("job {} is stopped but nobody stopped it", j.id));
+                    }
+                }
+                JobState::Completed | JobState::Failed => {
+                    if !self.ledger.natural_exits.contains_key(&j.id) {
+                        return Err(format!(
+                            "job {} ended {:?} ({}) without any copy ending by itself",
+                            j.id, rec.state, rec.state_reason
+                        ));
+                    }
+                }
+                s => {
+                    return Err(format!(
+                        "job {} is stranded in {s:?} ({}) after the fleet settled",
+                        j.id, rec.state_reason
+                    ))
+                }
+            }
+            if rec.state.is_terminal() {
+                if let Some(a) = alive {
+                    return Err(format!(
+                        "job {} ended ({:?}) but copy {a:?} still runs",
+                        j.id, rec.state
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn short(s: &str) -> String {
+    if s.len() > 160 {
+        format!(
+            "{}…",
+            &s[..s
+                .char_indices()
+                .take_while(|(i, _)| *i < 160)
+                .last()
+                .map_or(0, |(i, _)| i)]
+        )
+    } else {
+        s.to_string()
+    }
+}
