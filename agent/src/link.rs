@@ -79,6 +79,8 @@ pub struct LeaseView {
     pub held_until: Option<Instant>,
     /// Whether a registered connection is up.
     pub connected: bool,
+    /// The session whose ack gave `held_until`.
+    pub session: Option<u64>,
 }
 
 /// How a session ended when it can be retried.
@@ -133,6 +135,8 @@ pub struct Link {
     /// Exits the outbox refused to keep (see `keep_exits`) while no session ran: sent once
     /// when the next session starts.
     unkept: Vec<JobExitReport>,
+    /// The session whose ack extended the lease last.
+    lease_session: Option<u64>,
 }
 
 fn tls_err(e: impl std::fmt::Display) -> AgentError {
@@ -166,6 +170,7 @@ impl Link {
         Ok(Self {
             exits,
             unkept: Vec::new(),
+            lease_session: None,
             cfg,
             endpoint,
             lease: Lease::new(),
@@ -244,6 +249,7 @@ impl Link {
             node_id: self.lease_tx.borrow().node_id.clone(),
             held_until: self.lease.expires_at().filter(|t| *t > now),
             connected,
+            session: self.lease_session,
         };
         self.lease_tx.send_if_modified(|v| {
             let changed = *v != view;

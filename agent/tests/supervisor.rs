@@ -88,6 +88,7 @@ impl Env {
             env,
             workdir: None,
             gpus: Vec::new(),
+            session: None,
         }
     }
 
@@ -710,4 +711,52 @@ async fn a_new_fence_kill_timeout_reaches_running_shims_and_new_starts() {
         (e.job_id.as_str(), e.signal, e.reason),
         ("slow", Some(libc::SIGKILL), ExitReason::Fenced)
     );
+}
+
+/// Polls until the supervisor holds `job` (its start is accepted and waits for a lease).
+async fn wait_held(sup: &Supervisor, job: &str) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while !sup.held().iter().any(|h| h.job_id == job) {
+        assert!(Instant::now() < until, "never held: {job}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Found by the simulation (`tests/sim`): a start that came on one session without a lease
+/// waited for one, and took the lease of the *next* session. In between the node had been
+/// declared down and the job placed on another node: two copies. A waiting start now takes
+/// only a lease its own session gave; with one, it starts.
+#[tokio::test]
+async fn a_start_waiting_for_a_lease_takes_only_one_of_its_own_session() {
+    use tandem_agent::LeaseView;
+    let t = env();
+    let sup = Arc::new(t.supervisor());
+    let _exits = sup.exits().unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(LeaseView::default());
+    let _follow = sup.follow_lease(rx);
+    let lease = |session| LeaseView {
+        node_id: None,
+        held_until: far(),
+        connected: true,
+        session: Some(session),
+    };
+
+    let mut job = t.job("j1", 1, "sleep 30");
+    job.session = Some(5);
+    let s = sup.clone();
+    let waiting = tokio::spawn(async move { s.start(job).await });
+    wait_held(&sup, "j1").await;
+    tx.send_replace(lease(6));
+    let err = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(err, SupervisorError::NoLease), "{err}");
+    wait_not_held(&sup).await;
+
+    tx.send_replace(LeaseView::default());
+    let mut job = t.job("j1", 2, "sleep 30");
+    job.session = Some(7);
+    let s = sup.clone();
+    let waiting = tokio::spawn(async move { s.start(job).await });
+    wait_held(&sup, "j1").await;
+    tx.send_replace(lease(7));
+    waiting.await.unwrap().unwrap();
 }

@@ -143,7 +143,7 @@ impl Jobs {
 
     /// Starts a job copy on a task of its own. The answer goes back through the outbox
     /// (started) or the refusals (refused); a repeat of a start in progress answers nothing.
-    pub(super) fn start(&self, cmd: StartJob) {
+    pub(super) fn start(&self, cmd: StartJob, session: u64) {
         let (sup, out, refusals) = (
             self.supervisor.clone(),
             self.outbox_tx.clone(),
@@ -161,6 +161,7 @@ impl Jobs {
                 env: cmd.env,
                 workdir: cmd.workdir.map(Into::into),
                 gpus: cmd.gpus,
+                session: Some(session),
             };
             match sup.start(start).await {
                 Ok(_) => {
@@ -275,7 +276,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut jobs, _lease) = jobs(dir.path());
         let mut rx = jobs.rx.take().unwrap();
-        jobs.start(cmd("a", 3));
+        jobs.start(cmd("a", 3), 1);
         let until = Instant::now() + Duration::from_secs(5);
         while jobs.held().is_empty() {
             assert!(Instant::now() < until, "the start was never held");
@@ -283,8 +284,8 @@ mod tests {
         }
         assert_eq!(jobs.held()[0].state, HeldState::Starting);
         // The same copy again: nothing. A newer copy while it is held: refused, as an exit.
-        jobs.start(cmd("a", 3));
-        jobs.start(cmd("a", 4));
+        jobs.start(cmd("a", 3), 1);
+        jobs.start(cmd("a", 4), 1);
         let r = tokio::time::timeout(Duration::from_secs(5), rx.ended.next())
             .await
             .unwrap()

@@ -115,11 +115,11 @@ impl Link {
                     }
                 }
                 dg = conn.read_datagram(), if datagrams => match dg {
-                    Ok(b) => { if self.on_ack(&b) { last_ack = Instant::now(); } }
+                    Ok(b) => { if self.on_ack(&b, welcome.session) { last_ack = Instant::now(); } }
                     Err(e) => return self.closed(e),
                 },
                 Some(b) = async { match acks.as_mut() { Some(rx) => rx.recv().await, None => None } }, if !datagrams => {
-                    if self.on_ack(&b) { last_ack = Instant::now(); }
+                    if self.on_ack(&b, welcome.session) { last_ack = Instant::now(); }
                 }
                 Ok(()) = self.reports.changed() => {
                     let current = self.reports.borrow_and_update().clone();
@@ -146,7 +146,7 @@ impl Link {
                 }
                 msg = control.recv() => match msg.transpose() {
                     Ok(Some(CoordMsg::StartJob(cmd))) => {
-                        if let Some(j) = &self.jobs { j.start(*cmd) }
+                        if let Some(j) = &self.jobs { j.start(*cmd, welcome.session) }
                     }
                     Ok(Some(CoordMsg::StopJob { job_id, fencing_token, kill_timeout_ms })) => {
                         if let Some(j) = &self.jobs { j.stop(job_id, fencing_token, kill_timeout_ms) }
@@ -221,12 +221,15 @@ impl Link {
         refused
     }
 
-    fn on_ack(&mut self, body: &[u8]) -> bool {
+    fn on_ack(&mut self, body: &[u8], session: u64) -> bool {
         match codec::decode_datagram::<CoordDatagram>(body) {
             Ok(CoordDatagram::HeartbeatAck { seq, lease_ms }) => {
                 let out =
                     self.lease
                         .on_ack(seq, Duration::from_millis(lease_ms.into()), Instant::now());
+                if let AckOutcome::Extended(_) = out {
+                    self.lease_session = Some(session);
+                }
                 if out != AckOutcome::Ignored {
                     self.publish(true);
                 }

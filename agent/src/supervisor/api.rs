@@ -48,6 +48,11 @@ pub struct JobStart {
     pub workdir: Option<PathBuf>,
     /// Assigned GPU UUIDs, for `CUDA_VISIBLE_DEVICES`.
     pub gpus: Vec<String>,
+    /// The session the start came on. A start that arrives without a lease and waits for one
+    /// takes only a lease that an ack *of this session* gave: once the session is gone (the
+    /// node may have been declared down, and the job placed elsewhere), a lease from the next
+    /// session would let this old start run beside the new copy. `None`: any lease (tests).
+    pub session: Option<u64>,
 }
 
 /// How a job ended.
@@ -100,6 +105,8 @@ pub struct Supervisor {
     /// The lease deadline in CLOCK_MONOTONIC ns; `None` = no lease. Dropped with the supervisor,
     /// which closes every shim's stdin.
     deadline: Arc<watch::Sender<Option<u64>>>,
+    /// The session whose ack gave the lease in `deadline` (0: none). Set before `deadline`.
+    lease_session: Arc<watch::Sender<u64>>,
     exits_rx: Mutex<Option<mpsc::Receiver<JobExit>>>,
 }
 
@@ -147,6 +154,7 @@ impl Supervisor {
             held: Arc::default(),
             exits_tx,
             deadline: Arc::new(watch::channel(None).0),
+            lease_session: Arc::new(watch::channel(0).0),
             exits_rx: Mutex::new(Some(exits_rx)),
         })
     }
@@ -207,10 +215,19 @@ impl Supervisor {
         mut lease: watch::Receiver<LeaseView>,
     ) -> tokio::task::JoinHandle<()> {
         let deadline: Weak<watch::Sender<Option<u64>>> = Arc::downgrade(&self.deadline);
+        let session: Weak<watch::Sender<u64>> = Arc::downgrade(&self.lease_session);
         tokio::spawn(async move {
             loop {
-                let held = lease.borrow_and_update().held_until;
+                let (held, from) = {
+                    let v = lease.borrow_and_update();
+                    (v.held_until, v.session.unwrap_or(0))
+                };
                 let Some(tx) = deadline.upgrade() else { return };
+                // The session first: a start waiting for a lease reads it once the deadline
+                // changed, and must see whose lease that is.
+                if let Some(s) = session.upgrade() {
+                    s.send_replace(from);
+                }
                 tx.send_replace(held.map(instant_to_monotonic_ns));
                 drop(tx);
                 if lease.changed().await.is_err() {
@@ -261,13 +278,20 @@ impl Supervisor {
         // A start can arrive just before the lease that came with the same registration has
         // reached this side (the first ack, then the lease task): wait for it, briefly.
         let mut deadline_rx = self.deadline.subscribe();
+        let session_rx = self.lease_session.subscribe();
         let give_up = tokio::time::Instant::now() + LEASE_WAIT;
+        let mut waited = false;
         let deadline = loop {
             if let Some(ns) = *deadline_rx.borrow_and_update() {
-                if monotonic_ns().is_some_and(|now| now < ns) {
+                // A lease held when the start arrived is good (it ends before the coordinator
+                // may declare this node down); one that came later must be of the start's own
+                // session (see `JobStart::session`).
+                let ours = !waited || job.session.is_none_or(|s| *session_rx.borrow() == s);
+                if ours && monotonic_ns().is_some_and(|now| now < ns) {
                     break ns;
                 }
             }
+            waited = true;
             match tokio::time::timeout_at(give_up, deadline_rx.changed()).await {
                 Ok(Ok(())) => continue,
                 _ => return Err(SupervisorError::NoLease),

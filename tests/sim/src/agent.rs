@@ -168,13 +168,12 @@ pub struct SimAgent {
     unseen_ends: Vec<JobExitReport>,
 }
 
-/// Whether a waiting start takes only a lease from its own session. The real agent does not
-/// yet (its supervisor takes any lease that comes within 2 s), so this is off and the model is
-/// the agent as it is: the simulation finds two copies from it (a start that waited past a
-/// down declaration, carried out under the next session's lease; the coordinator's stop of
-/// that start in progress is ignored). Switched on, those seeds pass: the fix to make.
+/// Whether a waiting start takes only a lease from its own session, as the real supervisor
+/// does (`JobStart::session`). The simulation found the bug this closes: switched off, the
+/// model is the agent as it was, and two copies appear (a start that waited past a down
+/// declaration ran under the next session's lease).
 pub static SESSION_BOUND_WAIT: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
+    std::sync::atomic::AtomicBool::new(true);
 
 /// Whether a new run reports the ends its shims recorded while no agent ran (the fix); off,
 /// the model is the agent as it was, which ran a `restart: never` job twice.
