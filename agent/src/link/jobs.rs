@@ -186,6 +186,11 @@ impl Jobs {
 
     /// Stops a job copy on a task of its own; its end comes through the exits.
     pub(super) fn stop(&self, job_id: String, token: u64, kill_timeout_ms: u32) {
+        // Before the next message is read: a start after this stop must find nothing held.
+        if self.supervisor.cancel_waiting_start(&job_id, token) {
+            tracing::info!(job = %job_id, token, "stop: cancelled a start still waiting for its lease");
+            return;
+        }
         let sup = self.supervisor.clone();
         tokio::spawn(async move {
             let kill_timeout = Duration::from_millis(kill_timeout_ms.into());

@@ -297,6 +297,12 @@ impl Supervisor {
                 _ => return Err(SupervisorError::NoLease),
             }
         };
+        if !claim.proceed() {
+            return Err(SupervisorError::StoppedBeforeStart {
+                job_id: id,
+                token: job.fencing_token,
+            });
+        }
         std::fs::DirBuilder::new()
             .mode(0o700)
             .recursive(true)
@@ -430,6 +436,13 @@ impl Supervisor {
         }
     }
 
+    /// Cancels the start of `job_id`'s copy `token` if it still waits for its lease (see
+    /// `HeldTable::cancel_waiting`); at once, so that a start that follows the stop on the
+    /// control stream is admitted.
+    pub fn cancel_waiting_start(&self, job_id: &str, token: u64) -> bool {
+        self.held.cancel_waiting(job_id, token)
+    }
+
     /// Stops a job: SIGTERM to its group now, SIGKILL after `kill_timeout`. Returns once the
     /// shim has the command; the end comes through [`Supervisor::exits`]. A token lower than
     /// the running copy's is refused; a higher one is recorded as the job's highest.
@@ -440,7 +453,11 @@ impl Supervisor {
         kill_timeout: Duration,
     ) -> Result<(), SupervisorError> {
         let job_dir = self.job_dir(job_id)?;
-        // A copy still starting has nothing to stop yet.
+        // A start still waiting for its lease is cancelled; one further on has nothing to
+        // stop yet (it is stopped as stale once it reports).
+        if self.held.cancel_waiting(job_id, token) {
+            return Ok(());
+        }
         let Some((running, ctl)) = self.held.running(job_id) else {
             return Err(SupervisorError::NotRunning {
                 job_id: job_id.to_string(),

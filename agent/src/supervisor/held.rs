@@ -29,7 +29,11 @@ pub struct StartedJob {
 /// A held copy of a job.
 enum Slot {
     /// Accepted; the shim has not answered yet.
-    Starting { token: u64 },
+    Starting {
+        token: u64,
+        /// Still waiting for a lease: nothing is on disk yet, and a stop may cancel it.
+        waiting: bool,
+    },
     /// The shim started the job.
     Running {
         token: u64,
@@ -41,7 +45,7 @@ enum Slot {
 impl Slot {
     fn copy(&self) -> HeldCopy {
         match self {
-            Slot::Starting { token } => HeldCopy {
+            Slot::Starting { token, .. } => HeldCopy {
                 token: *token,
                 state: HeldState::Starting,
             },
@@ -114,7 +118,13 @@ impl HeldTable {
                 })
             }
         }
-        jobs.insert(job(), Slot::Starting { token });
+        jobs.insert(
+            job(),
+            Slot::Starting {
+                token,
+                waiting: true,
+            },
+        );
         Ok(Claimed::New(Claim {
             table: Arc::clone(self),
             job_id: job(),
@@ -149,6 +159,22 @@ impl HeldTable {
         }
     }
 
+    /// A stop for a copy whose start still waits for a lease: the start is cancelled (its
+    /// entry goes, so a newer start may be admitted at once) and `true` is returned. Before,
+    /// such a stop did nothing, and the newer start that follows a stop was refused as "an
+    /// older copy is held" (the simulation found `restart` jobs failed that way).
+    pub(super) fn cancel_waiting(&self, job_id: &str, token: u64) -> bool {
+        let mut jobs = lock(&self.jobs);
+        let waiting = matches!(
+            jobs.get(job_id),
+            Some(Slot::Starting { token: t, waiting: true }) if *t == token
+        );
+        if waiting {
+            jobs.remove(job_id);
+        }
+        waiting
+    }
+
     /// The running copy of `job_id` with `token` has ended (and its exit was handed on).
     pub(super) fn release(&self, job_id: &str, token: u64) {
         let mut jobs = lock(&self.jobs);
@@ -168,6 +194,19 @@ pub(super) struct Claim {
 }
 
 impl Claim {
+    /// The lease came: the start goes ahead and can no longer be cancelled. `false`: it was
+    /// cancelled by a stop meanwhile, and must not start.
+    pub(super) fn proceed(&self) -> bool {
+        let mut jobs = lock(&self.table.jobs);
+        match jobs.get_mut(&self.job_id) {
+            Some(Slot::Starting { token, waiting }) if *token == self.token => {
+                *waiting = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The shim answered: the copy runs.
     pub(super) fn promote(mut self, ctl: mpsc::Sender<ShimCommand>, started: StartedJob) {
         let slot = Slot::Running {
@@ -186,7 +225,7 @@ impl Drop for Claim {
             return;
         }
         let mut jobs = lock(&self.table.jobs);
-        if matches!(jobs.get(&self.job_id), Some(Slot::Starting { token }) if *token == self.token)
+        if matches!(jobs.get(&self.job_id), Some(Slot::Starting { token, .. }) if *token == self.token)
         {
             jobs.remove(&self.job_id);
         }
@@ -219,6 +258,24 @@ mod tests {
             .into_iter()
             .map(|h| (h.job_id, h.fencing_token, h.state))
             .collect()
+    }
+
+    #[test]
+    fn a_stop_cancels_a_start_only_while_it_waits_for_its_lease() {
+        let t = Arc::new(HeldTable::default());
+        let c = claim(&t, "a", 1);
+        assert!(!t.cancel_waiting("a", 2), "another token is not this start");
+        assert!(t.cancel_waiting("a", 1));
+        assert!(state(&t).is_empty(), "the cancelled start is not held");
+        // The newer start that follows the stop is admitted at once ...
+        let newer = claim(&t, "a", 2);
+        // ... and the cancelled one, when its lease comes, does not go ahead.
+        assert!(!c.proceed());
+        drop(c);
+        assert_eq!(state(&t), vec![("a".into(), 2, HeldState::Starting)]);
+        // Once a start has gone ahead, a stop no longer cancels it.
+        assert!(newer.proceed());
+        assert!(!t.cancel_waiting("a", 2));
     }
 
     #[test]

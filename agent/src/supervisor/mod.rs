@@ -139,6 +139,14 @@ pub enum SupervisorError {
     /// No lease is held (or it has run out): no job may start.
     #[error("{}", tandem_common::proto::REFUSED_NO_LEASE)]
     NoLease,
+    /// A stop came while the start waited for its lease: it never ran.
+    #[error("job {job_id} copy {token} was stopped before it started")]
+    StoppedBeforeStart {
+        /// The job.
+        job_id: String,
+        /// The copy's token.
+        token: u64,
+    },
     /// A shim (from before an agent restart) still holds the job's dir until its deadline.
     #[error("job {job_id}: an earlier shim still holds its job dir")]
     Busy {

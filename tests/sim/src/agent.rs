@@ -423,6 +423,17 @@ impl SimAgent {
                 fencing_token,
                 kill_timeout_ms,
             } => {
+                if let Some(pos) = self
+                    .waiting
+                    .iter()
+                    .position(|(c, _, _)| c.job_id == job_id && c.fencing_token == fencing_token)
+                {
+                    // As the supervisor does: a start still waiting for its lease is cancelled.
+                    let (cmd, _, _) = self.waiting.remove(pos);
+                    let why =
+                        format!("job {job_id} copy {fencing_token} was stopped before it started");
+                    return self.refuse(&cmd, why, out);
+                }
                 let run = self.run;
                 if let Some(c) = self.copies.iter_mut().find(|c| {
                     !c.gone && c.owner == run && c.job == job_id && c.token == fencing_token
