@@ -166,6 +166,9 @@ pub struct SimAgent {
     /// Ends recorded by shims (their `status.json`) that no agent saw: the next run reports
     /// them (`leftovers::ended`).
     unseen_ends: Vec<JobExitReport>,
+    /// The exits the last `Hello` carried: those kept after it go once the session begins,
+    /// as the real link drains the exits that came during its registration.
+    in_hello: std::collections::BTreeSet<(String, u64)>,
 }
 
 /// Whether a waiting start takes only a lease from its own session, as the real supervisor
@@ -212,6 +215,7 @@ impl SimAgent {
             lease_conn: None,
             waiting_conn: BTreeMap::new(),
             unseen_ends: Vec::new(),
+            in_hello: Default::default(),
         }
     }
 
@@ -289,6 +293,7 @@ impl SimAgent {
         }
         self.conn = Some(conn);
         self.welcomed = false;
+        self.in_hello = self.exits.keys().cloned().collect();
         out.push(Out::Send(AgentMsg::Hello(Box::new(
             tandem_common::proto::Hello {
                 protocol_version: tandem_common::proto::PROTOCOL_VERSION,
@@ -411,8 +416,14 @@ impl SimAgent {
                     );
                     apply(c, &acts, now, out);
                 }
-                // Exits that happened while the link was down go again with the Hello; any
-                // since then go now.
+                // Exits kept since the Hello was sent go now.
+                let since: Vec<_> = self
+                    .exits
+                    .iter()
+                    .filter(|(k, _)| !self.in_hello.contains(*k))
+                    .map(|(_, r)| r.clone())
+                    .collect();
+                out.extend(since.into_iter().map(|r| Out::Send(AgentMsg::JobExited(r))));
                 if let Some(c) = self.conn {
                     out.push(Out::NextBeat(now, c));
                 }
