@@ -19,6 +19,9 @@ pub(super) struct Jobs {
     supervisor: Arc<Supervisor>,
     outbox_tx: mpsc::Sender<AgentMsg>,
     refusals_tx: mpsc::Sender<JobExitReport>,
+    /// Starts read off the control stream whose task has not finished: a stop that follows
+    /// one must not report its copy as not held.
+    starting: Arc<std::sync::Mutex<std::collections::HashSet<(String, u64)>>>,
     /// Lent to the session loop while a session runs.
     pub(super) rx: Option<JobRx>,
 }
@@ -101,6 +104,7 @@ impl Jobs {
             supervisor,
             outbox_tx,
             refusals_tx,
+            starting: Default::default(),
             rx: Some(JobRx {
                 ended: Ended { exits, refusals },
                 outbox,
@@ -149,7 +153,27 @@ impl Jobs {
             self.outbox_tx.clone(),
             self.refusals_tx.clone(),
         );
+        let key = (cmd.job_id.clone(), cmd.fencing_token);
+        let starting = self.starting.clone();
+        starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone());
         tokio::spawn(async move {
+            // Dropped when the start is over, however it ends.
+            struct Done(
+                Arc<std::sync::Mutex<std::collections::HashSet<(String, u64)>>>,
+                (String, u64),
+            );
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&self.1);
+                }
+            }
+            let _done = Done(starting, key);
             // A start can arrive right after registration, before the first ack: the
             // supervisor waits a moment for the lease (and refuses to start without one).
             let (job_id, fencing_token) = (cmd.job_id.clone(), cmd.fencing_token);
@@ -189,6 +213,31 @@ impl Jobs {
         // Before the next message is read: a start after this stop must find nothing held.
         if self.supervisor.cancel_waiting_start(&job_id, token) {
             tracing::info!(job = %job_id, token, "stop: cancelled a start still waiting for its lease");
+            return;
+        }
+        // A copy this agent does not hold (its start never arrived, or came to an agent run
+        // that is gone: this run waited for the old copies before it registered) is not
+        // running here: say so, or a move waiting for that copy's end would wait for ever
+        // (the simulation found drains stuck in `migrating`).
+        let starting = self
+            .starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&(job_id.clone(), token));
+        if !starting && self.supervisor.holds_no(&job_id, token) {
+            tracing::info!(job = %job_id, token, "stop: that copy is not held here; reporting it gone");
+            let report = JobExitReport {
+                job_id,
+                fencing_token: token,
+                code: None,
+                signal: None,
+                cause: ExitCause::Lost,
+                reason: "not held by this agent when it was told to stop it".into(),
+            };
+            let refusals = self.refusals_tx.clone();
+            tokio::spawn(async move {
+                let _ = refusals.send(report).await;
+            });
             return;
         }
         let sup = self.supervisor.clone();
@@ -306,5 +355,60 @@ mod tests {
         assert!(jobs.held().is_empty());
         assert!(rx.ended.drain().is_empty());
         assert!(rx.outbox.try_recv().is_err());
+    }
+
+    /// Found by the simulation: a drain stops a copy whose start went to an agent run that
+    /// is gone; the new run holds nothing of it, and the move waited for that copy's end for
+    /// ever. A stop of a copy not held is answered as that copy being gone; a stop of a start
+    /// still waiting for its lease cancels it, and the newer start after it is admitted.
+    #[tokio::test]
+    async fn a_stop_of_a_copy_not_held_reports_it_gone_and_one_of_a_waiting_start_cancels_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut jobs, _lease) = jobs(dir.path());
+        let mut rx = jobs.rx.take().unwrap();
+        jobs.stop("gone".into(), 7, 5_000);
+        let r = tokio::time::timeout(Duration::from_secs(5), rx.ended.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.job_id.as_str(), r.fencing_token, r.cause),
+            ("gone", 7, ExitCause::Lost)
+        );
+
+        jobs.start(cmd("a", 3), 1);
+        let until = Instant::now() + Duration::from_secs(5);
+        while jobs.held().is_empty() {
+            assert!(Instant::now() < until, "the start was never held");
+            tokio::task::yield_now().await;
+        }
+        jobs.stop("a".into(), 3, 5_000);
+        assert!(
+            jobs.held().is_empty(),
+            "the waiting start is cancelled at once"
+        );
+        jobs.start(cmd("a", 4), 1);
+        let until = Instant::now() + Duration::from_secs(5);
+        while jobs.held().is_empty() {
+            assert!(Instant::now() < until, "the newer start was not admitted");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(jobs.held()[0].fencing_token, 4);
+        // Without a lease both give up after their wait, as refusals (the cancelled one never
+        // goes ahead, whatever comes first).
+        let mut ended = Vec::new();
+        for _ in 0..2 {
+            let r = tokio::time::timeout(Duration::from_secs(10), rx.ended.next())
+                .await
+                .unwrap()
+                .unwrap();
+            ended.push((r.fencing_token, r.cause));
+        }
+        ended.sort_by_key(|e| e.0);
+        assert_eq!(
+            ended,
+            vec![(3, ExitCause::Refused), (4, ExitCause::Refused)]
+        );
+        assert!(jobs.held().is_empty());
     }
 }

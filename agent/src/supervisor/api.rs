@@ -443,6 +443,16 @@ impl Supervisor {
         self.held.cancel_waiting(job_id, token)
     }
 
+    /// Whether no copy of `job_id` with `token` is held (starting or running): a stop for it
+    /// has nothing to act on, and nothing of it runs here.
+    pub fn holds_no(&self, job_id: &str, token: u64) -> bool {
+        !self
+            .held
+            .list()
+            .iter()
+            .any(|h| h.job_id == job_id && h.fencing_token == token)
+    }
+
     /// Stops a job: SIGTERM to its group now, SIGKILL after `kill_timeout`. Returns once the
     /// shim has the command; the end comes through [`Supervisor::exits`]. A token lower than
     /// the running copy's is refused; a higher one is recorded as the job's highest.

@@ -446,6 +446,23 @@ impl SimAgent {
                     return self.refuse(&cmd, why, out);
                 }
                 let run = self.run;
+                let held = self.copies.iter().any(|c| {
+                    !c.gone && c.owner == run && c.job == job_id && c.token == fencing_token
+                });
+                if !held {
+                    // As the link does: a copy not held here is reported gone.
+                    return self.report_exit(
+                        JobExitReport {
+                            job_id,
+                            fencing_token,
+                            code: None,
+                            signal: None,
+                            cause: ExitCause::Lost,
+                            reason: "not held by this agent when it was told to stop it".into(),
+                        },
+                        out,
+                    );
+                }
                 if let Some(c) = self.copies.iter_mut().find(|c| {
                     !c.gone && c.owner == run && c.job == job_id && c.token == fencing_token
                 }) {

@@ -471,8 +471,21 @@ impl World {
                         tandem_common::proto::AgentMsg::JobsHeld { exited, .. } => exited,
                         _ => &[],
                     };
+                    // Only the end of the copy the coordinator holds current counts: a copy
+                    // that ended while its node was declared down (unknown to anyone) was
+                    // failed over in good faith, as by any scheduler.
+                    let node = self.agents[i].node.clone();
+                    let h = self.coord.as_ref().expect("checked above");
                     for r in exits {
-                        if r.cause == tandem_common::proto::ExitCause::Exited {
+                        let current = h.m.read(|t| {
+                            t.jobs
+                                .get(&r.job_id)
+                                .and_then(|j| j.current.as_ref())
+                                .is_some_and(|p| {
+                                    p.node == node && p.fencing_token == r.fencing_token
+                                })
+                        });
+                        if r.cause == tandem_common::proto::ExitCause::Exited && current {
                             self.ledger.end_told(&r.job_id, now);
                         }
                     }
