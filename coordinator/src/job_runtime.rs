@@ -356,7 +356,9 @@ impl Membership {
                             node: to.node.clone(),
                             cmd: start_cmd(j, *fencing_token, &to.gpus),
                             delay: Duration::ZERO,
-                            after: Some((from.clone(), *old_token)),
+                            // The record carries the wait: the old copy, or the older copy
+                            // the old placement itself still waited for.
+                            after: waits_for(j).or_else(|| Some((from.clone(), *old_token))),
                         });
                     }
                 }
@@ -745,6 +747,7 @@ impl Membership {
                 .map(|(_, _, to, cmd)| (to, cmd))
                 .collect()
         };
+        self.release_pending_waits(&matches);
         if ready.is_empty() {
             return;
         }
@@ -777,6 +780,40 @@ impl Membership {
         }
     }
 
+    /// Pending jobs whose left-over wait (`JobRecord::waits_for`) is for a copy that `matches`
+    /// (it ended, or its node is down): the wait is over, durably.
+    fn release_pending_waits(&self, matches: &impl Fn(&NodeId, u64, &str) -> bool) {
+        let mut t = self.lock();
+        let done: Vec<JobRecord> = t
+            .jobs
+            .values()
+            .filter(|j| {
+                j.waits_for
+                    .as_ref()
+                    .is_some_and(|a| matches(&a.node, a.fencing_token, &j.id))
+            })
+            .map(|j| {
+                let mut j = j.clone();
+                j.waits_for = None;
+                j
+            })
+            .collect();
+        if done.is_empty() {
+            return;
+        }
+        let changes = done
+            .iter()
+            .map(|j| Change::PutJob(Box::new(j.clone())))
+            .collect();
+        if let Err(e) = self.store().commit(changes) {
+            tracing::error!(error = %e, "could not record that a pending job's old copy ended; it still waits");
+            return;
+        }
+        for j in done {
+            t.jobs.insert(j.id.clone(), j);
+        }
+    }
+
     /// After a restart: the starts that wait for an older copy to end (moves in progress) are
     /// waited for again; one whose old node is gone or down is released at once.
     fn rebuild_waiting(&self) {
@@ -784,7 +821,19 @@ impl Membership {
             let t = self.lock();
             let mut w = lock(&self.jobs.waiting);
             let mut gone = Vec::new();
+            let node_gone = |old_node: &NodeId| {
+                !(t.nodes.get(old_node).is_some_and(|e| {
+                    crate::cluster::is_live(e.record.state)
+                        || e.record.state == crate::model::NodeState::Joining
+                }) || t
+                    .removing
+                    .get(old_node)
+                    .is_some_and(|r| r.state != crate::model::NodeState::Down))
+            };
             for j in t.jobs.values().filter(|j| !j.state.is_terminal()) {
+                if let Some(a) = j.waits_for.as_ref().filter(|a| node_gone(&a.node)) {
+                    gone.push((a.node.clone(), a.fencing_token, j.id.clone()));
+                }
                 let (Some((old_node, old_token)), Some(p)) = (waits_for(j), j.current.as_ref())
                 else {
                     continue;

@@ -281,7 +281,11 @@ impl Decision {
                 if j.current.is_some() || j.state.is_terminal() || !fresh(j, *fencing_token) {
                     return false;
                 }
+                let after = j.waits_for.take();
                 place(j, to, *fencing_token, JobState::Starting, reason);
+                if let Some(p) = j.current.as_mut() {
+                    p.after = after;
+                }
             }
             Self::Replace {
                 from,
@@ -319,13 +323,25 @@ impl Decision {
                 if !on(j, from) || !is_current(j, *old_token) || !fresh(j, *fencing_token) {
                     return false;
                 }
-                j.end_current(now_ms, end_reason);
-                place(j, to, *fencing_token, JobState::Migrating, reason);
-                if let Some(p) = j.current.as_mut() {
-                    p.after = Some(super::model::OldCopy {
+                // The new copy waits for the old one to end; but an old placement that still
+                // waited for an older copy was never started (its start goes out only once
+                // that wait is over), and the copy that may still run is the older one: the
+                // wait is handed on. (The simulation found two copies: a drain moved a job
+                // whose placement waited for the copy on a node being removed, and the new
+                // copy waited only for the placement that never ran.)
+                let after = j
+                    .current
+                    .as_ref()
+                    .filter(|p| p.started_ms.is_none())
+                    .and_then(|p| p.after.clone())
+                    .unwrap_or_else(|| super::model::OldCopy {
                         node: from.clone(),
                         fencing_token: *old_token,
                     });
+                j.end_current(now_ms, end_reason);
+                place(j, to, *fencing_token, JobState::Migrating, reason);
+                if let Some(p) = j.current.as_mut() {
+                    p.after = Some(after);
                 }
             }
             Self::Restart {
@@ -360,8 +376,20 @@ impl Decision {
                 if j.state.is_terminal() {
                     return false;
                 }
+                // A placement given up while it waited for an older copy leaves that wait to
+                // the job: the older copy may still run. (The simulation found two copies: a
+                // move's new node died, the job went pending and lost the wait, and its next
+                // start ran beside the copy on the node being removed.)
+                let waited = j
+                    .current
+                    .as_ref()
+                    .filter(|p| p.started_ms.is_none())
+                    .and_then(|p| p.after.clone());
                 if let Some(why) = end_reason {
                     j.end_current(now_ms, why);
+                }
+                if waited.is_some() && j.current.is_none() {
+                    j.waits_for = waited;
                 }
                 if j.current.is_some() {
                     return false;
@@ -384,6 +412,7 @@ impl Decision {
                 j.state_reason = reason.clone();
             }
             Self::Stop { reason, .. } => {
+                j.waits_for = None;
                 j.end_current(now_ms, "stopped by user");
                 j.state = JobState::Stopped;
                 j.state_reason = reason.clone();

@@ -263,6 +263,11 @@ pub struct JobRecord {
     pub last_fencing_token: u64,
     /// When it was made (Unix ms).
     pub created_ms: u64,
+    /// A copy that may still run, left from a placement that waited for it and was given up
+    /// (its new node died and no other could take the job): the job's next placement waits
+    /// for it too. Cleared once that copy has ended or its node is down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waits_for: Option<OldCopy>,
 }
 
 impl JobRecord {
@@ -278,6 +283,7 @@ impl JobRecord {
             restarts: 0,
             last_fencing_token: 0,
             created_ms,
+            waits_for: None,
         }
     }
 

@@ -97,6 +97,8 @@ struct World {
     down_seen: BTreeMap<NodeId, bool>,
     report: Report,
     trace: Option<Vec<String>>,
+    /// What the trace last showed of each job record.
+    traced_jobs: BTreeMap<String, String>,
 }
 
 /// Runs one seed. `trace` keeps a line per step, printed with a violation.
@@ -219,6 +221,7 @@ impl World {
                 ..Default::default()
             },
             trace: trace.then(Vec::new),
+            traced_jobs: BTreeMap::new(),
         };
         w.at(0, Ev::CoordStart);
         for i in 0..n {
@@ -507,6 +510,39 @@ impl World {
         let mut out = Vec::new();
         f(h, &mut out);
         h.drain(&mut out);
+        if self.trace.is_some() {
+            let m = h.m.clone();
+            let by_node = &self.by_node;
+            let now_jobs: Vec<(String, String)> = m.read(|t| {
+                t.jobs
+                    .values()
+                    .map(|j| {
+                        let at = j.current.as_ref().map_or("-".to_string(), |p| {
+                            format!(
+                                "copy {} on node {}{}",
+                                p.fencing_token,
+                                by_node.get(&p.node).map_or(-1, |i| *i as i64),
+                                p.after.as_ref().map_or(String::new(), |a| format!(
+                                    " after copy {} on node {}",
+                                    a.fencing_token,
+                                    by_node.get(&a.node).map_or(-1, |i| *i as i64)
+                                ))
+                            )
+                        });
+                        (j.id.clone(), format!("{:?} {at}", j.state))
+                    })
+                    .collect()
+            });
+            for (id, line) in now_jobs {
+                if self.traced_jobs.get(&id) != Some(&line) {
+                    self.traced_jobs.insert(id.clone(), line.clone());
+                    self.note(|| format!("record {id}: {line}"));
+                }
+            }
+        }
+        if self.coord.is_none() {
+            return Ok(());
+        }
         let now = self.clock.ns();
         let w = self.weather;
         for o in out {

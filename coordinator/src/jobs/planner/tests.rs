@@ -282,6 +282,72 @@ fn a_move_waiting_for_its_old_copy_is_not_placed_again_when_the_new_node_registe
     assert_eq!(fx.job(1).current.as_ref().unwrap().after, Some(old));
 }
 
+/// Found by the simulation: a job whose move still waits for its old copy is moved again
+/// (its new node is drained too). The copy that may run is still the first one: the second
+/// move waits for it, not for the placement in between, which never started.
+#[test]
+fn a_second_move_before_the_first_started_waits_for_the_same_old_copy() {
+    let mut fx = pool(3, 0);
+    fx.jobs = vec![running(1, spec(1000, GIB, 0), 1, 2, &[])];
+    let mut p = Planner::new(LEASE);
+    let out = fx.handle(&mut p, Event::Drain { node: id(1) }, 0);
+    let Some(Decision::Move { to, .. }) = out.first() else {
+        panic!("{out:?}")
+    };
+    let first = to.node.clone();
+    let old = crate::jobs::model::OldCopy {
+        node: id(1),
+        fencing_token: 2,
+    };
+    let out = fx.handle(
+        &mut p,
+        Event::Drain {
+            node: first.clone(),
+        },
+        10,
+    );
+    assert!(
+        matches!(out.first(), Some(Decision::Move { .. })),
+        "{out:?}"
+    );
+    let now = fx.job(1).current.clone().unwrap();
+    assert_ne!(now.node, first);
+    assert_eq!(
+        now.after,
+        Some(old),
+        "the second move waits for the copy that may run"
+    );
+}
+
+/// Found by the simulation: a move's new node dies before the start went out, and no other
+/// node can take the job. It goes pending, and keeps the wait: its next placement waits for
+/// the old copy too, which may still run.
+#[test]
+fn a_job_left_pending_by_a_waiting_move_keeps_the_wait() {
+    let mut fx = pool(2, 0);
+    fx.jobs = vec![running(1, spec(1000, GIB, 0), 1, 2, &[])];
+    let mut p = Planner::new(LEASE);
+    let out = fx.handle(&mut p, Event::Drain { node: id(1) }, 0);
+    assert!(
+        matches!(out.first(), Some(Decision::Move { .. })),
+        "{out:?}"
+    );
+    let old = crate::jobs::model::OldCopy {
+        node: id(1),
+        fencing_token: 2,
+    };
+    let out = fx.handle(&mut p, down(2), 10);
+    assert!(fx.job(1).current.is_none(), "{out:?}");
+    assert_eq!(fx.job(1).waits_for, Some(old.clone()));
+    let out = fx.handle(&mut p, up(2, &[]), 20);
+    assert!(
+        matches!(out.first(), Some(Decision::Start { .. })),
+        "{out:?}"
+    );
+    assert_eq!(fx.job(1).current.as_ref().unwrap().after, Some(old));
+    assert_eq!(fx.job(1).waits_for, None);
+}
+
 #[test]
 fn exits_follow_the_restart_policy_and_max_restarts() {
     let mut p = Planner::new(LEASE);
