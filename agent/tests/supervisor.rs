@@ -603,43 +603,57 @@ async fn a_start_is_held_from_acceptance_and_a_repeat_is_not_refused() {
         assert!(Instant::now() < until, "never held as starting");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // A repeat of that start does nothing (the first answers); other tokens are refused.
+    // A repeat of that start does nothing (the first answers).
     let err = sup.start(t.job("rep", 3, "true")).await.unwrap_err();
     assert!(
         matches!(err, SupervisorError::StartInProgress { token: 3, .. }),
         "{err}"
     );
-    let err = sup.start(t.job("rep", 4, "true")).await.unwrap_err();
-    assert!(
-        matches!(err, SupervisorError::AlreadyRunning { token: 3, .. }),
-        "{err}"
-    );
+    // A newer start supersedes it while it still waits for its lease (nothing of it runs or
+    // is on disk yet); an older one is stale.
+    let second = tokio::spawn({
+        let (sup, job) = (sup.clone(), t.job("rep", 4, FAMILY));
+        async move { sup.start(job).await }
+    });
+    while sup.held() != [held("rep", 4, HeldState::Starting)] {
+        assert!(
+            Instant::now() < until,
+            "the newer start did not supersede the older"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let err = sup.start(t.job("rep", 2, "true")).await.unwrap_err();
     assert!(
         matches!(
             err,
             SupervisorError::StaleToken {
                 token: 2,
-                highest: 3,
+                highest: 4,
                 ..
             }
         ),
         "{err}"
     );
     sup.refresh(far());
-    let started = first.await.unwrap().unwrap();
-    assert_eq!(sup.held(), [held("rep", 3, HeldState::Running)]);
-    // Repeated while it runs: answered with the running copy; nothing else is started.
-    assert_eq!(sup.start(t.job("rep", 3, "true")).await.unwrap(), started);
+    let err = first.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, SupervisorError::StoppedBeforeStart { token: 3, .. }),
+        "{err}"
+    );
+    let started = second.await.unwrap().unwrap();
+    assert_eq!(sup.held(), [held("rep", 4, HeldState::Running)]);
+    // Repeated while it runs: answered with the running copy; a newer one is refused while
+    // it runs (it has to be stopped first).
+    assert_eq!(sup.start(t.job("rep", 4, "true")).await.unwrap(), started);
     assert!(matches!(
-        sup.start(t.job("rep", 4, "true")).await,
-        Err(SupervisorError::AlreadyRunning { token: 3, .. })
+        sup.start(t.job("rep", 5, "true")).await,
+        Err(SupervisorError::AlreadyRunning { token: 4, .. })
     ));
-    sup.stop("rep", 3, Duration::from_secs(5)).await.unwrap();
+    sup.stop("rep", 4, Duration::from_secs(5)).await.unwrap();
     let e = next_exit(&mut exits, Duration::from_secs(10)).await;
     assert_eq!(
         (e.job_id.as_str(), e.fencing_token, e.reason),
-        ("rep", 3, ExitReason::Stopped)
+        ("rep", 4, ExitReason::Stopped)
     );
     wait_not_held(&sup).await;
 

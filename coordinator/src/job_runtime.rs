@@ -676,53 +676,65 @@ impl Membership {
     }
 
     /// A node registered holding `held` and reporting `exited` (exits it kept on its disk).
-    /// In order: its `NodeUp` (a current copy whose exit it reports counts as held, so it is
-    /// not placed again blindly), then those exits are decided and acknowledged, then a move
-    /// waiting for a copy it no longer holds may go on.
+    /// In order: those exits are decided and acknowledged, then its `NodeUp`, then a move
+    /// waiting for a copy it no longer holds may go on. The exits come first: a copy whose
+    /// end the node reports is over, and nothing the node's coming up decides (placing what it
+    /// does not hold again, moving what a drain moves off it) may act on it as if it ran.
+    /// (Before, the `NodeUp` counted such copies as held: on a draining node the drain moved a
+    /// `restart: never` job that had run to its end, and its exit, decided next, was stale.
+    /// The simulation found it.)
     pub fn node_reported(
         &self,
         node: &NodeId,
         held: &[tandem_common::proto::HeldJob],
         exited: &[JobExitReport],
     ) {
-        let mut running: Vec<Reported> = held
+        // Only exits can place anything before the `NodeUp` (most registrations have none).
+        let placed_before = if exited.is_empty() {
+            Vec::new()
+        } else {
+            self.placed_on(node)
+        };
+        self.exits_reported(node, exited);
+        let placed_since: Vec<Reported> = if exited.is_empty() {
+            Vec::new()
+        } else {
+            self.placed_on(node)
+                .into_iter()
+                .filter(|p| !placed_before.contains(p))
+                .collect()
+        };
+        let running: Vec<Reported> = held
             .iter()
             .map(|j| Reported {
                 job: j.job_id.clone(),
                 fencing_token: j.fencing_token,
             })
             .collect();
-        running.extend(self.current_exits(node, exited));
         if let Err(e) = self.job_event(Event::NodeUp {
             node: node.clone(),
             running,
+            placed_since,
         }) {
             tracing::error!(%node, error = %e, "could not reconcile the node's jobs");
         }
-        self.exits_reported(node, exited);
         self.release_unheld(node, held);
     }
 
-    /// Of the exits a registering node reports, those about a job's current placement on
-    /// that node: the node's `NodeUp` counts them as held (their exits come next).
-    fn current_exits(&self, node: &NodeId, exits: &[JobExitReport]) -> Vec<Reported> {
-        if exits.is_empty() {
-            return Vec::new();
-        }
-        let t = self.lock();
-        exits
-            .iter()
-            .filter(|r| {
-                t.jobs.get(&r.job_id).is_some_and(|j| {
-                    !j.state.is_terminal()
-                        && j.current
-                            .as_ref()
-                            .is_some_and(|p| p.node == *node && p.fencing_token == r.fencing_token)
-                })
+    /// The current placements on `node`.
+    fn placed_on(&self, node: &NodeId) -> Vec<Reported> {
+        self.lock()
+            .jobs
+            .values()
+            .filter_map(|j| {
+                j.current
+                    .as_ref()
+                    .filter(|p| p.node == *node)
+                    .map(|p| (j, p))
             })
-            .map(|r| Reported {
-                job: r.job_id.clone(),
-                fencing_token: r.fencing_token,
+            .map(|(j, p)| Reported {
+                job: j.id.clone(),
+                fencing_token: p.fencing_token,
             })
             .collect()
     }

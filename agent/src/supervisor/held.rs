@@ -104,6 +104,13 @@ impl HeldTable {
                     token,
                 })
             }
+            // An older start that still waits for its lease has nothing on disk and no
+            // process: the newer start supersedes it (that one, when its lease comes, does
+            // not go ahead). Refusing the newer one instead counted as the job's exit and
+            // failed `restart: never` jobs that had not run (the simulation found it: a
+            // node's report and a new placement crossed).
+            Admission::OlderHeld { .. }
+                if matches!(slot, Some(Slot::Starting { waiting: true, .. })) => {}
             Admission::OlderHeld { held } => {
                 return Err(SupervisorError::AlreadyRunning {
                     job_id: job(),
@@ -276,6 +283,22 @@ mod tests {
         // Once a start has gone ahead, a stop no longer cancels it.
         assert!(newer.proceed());
         assert!(!t.cancel_waiting("a", 2));
+    }
+
+    #[test]
+    fn a_newer_start_supersedes_an_older_one_still_waiting_for_its_lease() {
+        let t = Arc::new(HeldTable::default());
+        let old = claim(&t, "a", 1);
+        let newer = claim(&t, "a", 2);
+        assert!(!old.proceed(), "the superseded start does not go ahead");
+        drop(old);
+        assert_eq!(state(&t), vec![("a".into(), 2, HeldState::Starting)]);
+        // One that went ahead is not superseded: the newer start is refused until it ends.
+        assert!(newer.proceed());
+        assert!(matches!(
+            t.claim("a", 3),
+            Err(SupervisorError::AlreadyRunning { token: 2, .. })
+        ));
     }
 
     #[test]

@@ -139,8 +139,8 @@ pub enum SupervisorError {
     /// No lease is held (or it has run out): no job may start.
     #[error("{}", tandem_common::proto::REFUSED_NO_LEASE)]
     NoLease,
-    /// A stop came while the start waited for its lease: it never ran.
-    #[error("job {job_id} copy {token} was stopped before it started")]
+    /// A stop, or a newer start, came while the start waited for its lease: it never ran.
+    #[error("job {job_id} copy {token} was stopped or superseded before it started")]
     StoppedBeforeStart {
         /// The job.
         job_id: String,

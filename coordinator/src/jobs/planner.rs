@@ -110,6 +110,10 @@ pub enum Event {
         node: NodeId,
         /// What it holds.
         running: Vec<Reported>,
+        /// Placements on it decided after its report was made (the exits it reported were
+        /// decided first, and a restart may have come back to it): not in the report, and
+        /// not lost either.
+        placed_since: Vec<Reported>,
     },
     /// `node` was suspect and beats again (it never went down).
     Recovered {
@@ -234,13 +238,17 @@ impl Planner {
                 }
                 cs
             }
-            Event::NodeUp { node, running } => {
+            Event::NodeUp {
+                node,
+                running,
+                placed_since,
+            } => {
                 w.set_node(node, |n| {
                     n.live = true;
                     n.suspect = false;
                 });
                 let cs = w.clusters_of(node);
-                on_up(&mut w, node, running);
+                on_up(&mut w, node, running, placed_since);
                 for c in &cs {
                     self.maybe_resume(&mut w, c, node);
                 }

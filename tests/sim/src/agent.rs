@@ -528,6 +528,25 @@ impl SimAgent {
                 return;
             }
             Admission::InProgress => return,
+            // As the supervisor does: a newer start supersedes one still waiting for its lease.
+            Admission::OlderHeld { held }
+                if self
+                    .waiting
+                    .iter()
+                    .any(|(c, _, _)| c.job_id == cmd.job_id && c.fencing_token == held) =>
+            {
+                let pos = self
+                    .waiting
+                    .iter()
+                    .position(|(c, _, _)| c.job_id == cmd.job_id)
+                    .expect("just found");
+                let (old, _, _) = self.waiting.remove(pos);
+                let why = format!(
+                    "job {} copy {held} was stopped or superseded before it started",
+                    old.job_id
+                );
+                self.refuse(&old, why, out);
+            }
             Admission::OlderHeld { held } => {
                 return self.refuse(&cmd, format!("copy {held} is still held"), out)
             }

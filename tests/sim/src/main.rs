@@ -30,6 +30,14 @@ struct Args {
 
 fn main() {
     let a = Args::parse();
+    // `RUST_LOG=tandem_coordinator=debug` shows the coordinator's own log lines of a replay.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .without_time()
+            .try_init();
+    }
     let knobs = tandem_sim::Knobs {
         no_fence_grace: a.no_fence_grace,
         lying_flush: a.lying_flush,

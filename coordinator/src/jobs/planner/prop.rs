@@ -248,6 +248,7 @@ impl World {
                 Event::NodeUp {
                     node: id(n),
                     running: self.reported(n),
+                    placed_since: Vec::new(),
                 }
             }
             Ev::Reconnect(n) => {
@@ -257,6 +258,7 @@ impl World {
                 Event::NodeUp {
                     node: id(n),
                     running: self.reported(n),
+                    placed_since: Vec::new(),
                 }
             }
             Ev::Drain(n) => {

@@ -12,7 +12,7 @@ use tandem_common::ids::NodeId;
 
 /// `NodeUp`: kill what the node holds that is not current; confirm what is; place again what it
 /// should hold and does not.
-pub(super) fn on_up(w: &mut Work, node: &NodeId, running: &[Reported]) {
+pub(super) fn on_up(w: &mut Work, node: &NodeId, running: &[Reported], placed_since: &[Reported]) {
     let name = w.name(node);
     let mut reported: Vec<&Reported> = running.iter().collect();
     reported.sort_by(|a, b| (&a.job, a.fencing_token).cmp(&(&b.job, b.fencing_token)));
@@ -38,6 +38,14 @@ pub(super) fn on_up(w: &mut Work, node: &NodeId, running: &[Reported]) {
     }
     for job in w.on_node(node) {
         if confirmed.contains(&job.id) {
+            continue;
+        }
+        // Placed here after the report was made: its start may be on its way.
+        if job.current.as_ref().is_some_and(|p| {
+            placed_since
+                .iter()
+                .any(|r| r.job == job.id && r.fencing_token == p.fencing_token)
+        }) {
             continue;
         }
         // Its start is withheld until an older copy elsewhere has ended (a move): the node

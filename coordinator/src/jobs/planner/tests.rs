@@ -73,6 +73,7 @@ fn down(n: u8) -> Event {
 fn up(n: u8, running: &[(u32, u64)]) -> Event {
     Event::NodeUp {
         node: id(n),
+        placed_since: Vec::new(),
         running: running
             .iter()
             .map(|&(k, t)| Reported {
