@@ -149,7 +149,9 @@ impl Membership {
             // is placed on live nodes only.
             let idle = match &event {
                 Event::NodeUp { running, .. } => running.is_empty(),
-                Event::Recovered { .. } | Event::NodeDown { .. } => true,
+                Event::Recovered { .. } | Event::NodeDown { .. } | Event::NodeRemoved { .. } => {
+                    true
+                }
                 _ => false,
             };
             if idle && t.jobs.is_empty() {
@@ -742,6 +744,13 @@ impl Membership {
     /// A node was declared down: its jobs are placed again, and moves waiting on its copies go.
     pub fn jobs_on_node_down(&self, node: &NodeId) -> Result<(), StoreError> {
         self.job_event(Event::NodeDown { node: node.clone() })?;
+        self.release_waiting(|old_node, _, _| old_node == node);
+        Ok(())
+    }
+
+    /// A removed node's lease is over: its jobs are placed again (see `Event::NodeRemoved`).
+    pub fn jobs_on_node_removed(&self, node: &NodeId) -> Result<(), StoreError> {
+        self.job_event(Event::NodeRemoved { node: node.clone() })?;
         self.release_waiting(|old_node, _, _| old_node == node);
         Ok(())
     }

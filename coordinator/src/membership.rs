@@ -970,8 +970,8 @@ impl Membership {
                 }
             }
             FollowUp::Removed { node } => {
-                // Shown to the planner as down for this one event, then gone.
-                if let Err(err) = self.jobs_on_node_down(&node) {
+                // Shown to the planner as removed for this one event, then gone.
+                if let Err(err) = self.jobs_on_node_removed(&node) {
                     tracing::error!(node = %node, %err, "could not place a removed node's jobs again");
                 }
                 self.lock().removing.remove(&node);

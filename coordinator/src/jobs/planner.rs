@@ -115,6 +115,15 @@ pub enum Event {
         /// not lost either.
         placed_since: Vec<Reported>,
     },
+    /// A node the operator removed is let go (its lease is over): its jobs are placed again as
+    /// after a down, but the disruption guard does not count it, and a hold that counted it
+    /// stops waiting for it. A removal is the operator's intent, not a sign that the
+    /// coordinator is cut off; a hold waiting for a removed node to return waited for ever
+    /// (the simulation found jobs stranded that way).
+    NodeRemoved {
+        /// The node.
+        node: NodeId,
+    },
     /// `node` was suspect and beats again (it never went down).
     Recovered {
         /// The node.
@@ -238,6 +247,17 @@ impl Planner {
                 }
                 cs
             }
+            Event::NodeRemoved { node } => {
+                w.set_node(node, |n| {
+                    n.live = false;
+                    n.suspect = false;
+                });
+                let cs = w.clusters_of(node);
+                for c in &cs {
+                    self.maybe_resume(&mut w, c, node, "was removed");
+                }
+                cs
+            }
             Event::NodeUp {
                 node,
                 running,
@@ -250,7 +270,7 @@ impl Planner {
                 let cs = w.clusters_of(node);
                 on_up(&mut w, node, running, placed_since);
                 for c in &cs {
-                    self.maybe_resume(&mut w, c, node);
+                    self.maybe_resume(&mut w, c, node, "is back");
                 }
                 cs
             }
@@ -471,7 +491,7 @@ impl Planner {
         });
     }
 
-    fn maybe_resume(&mut self, w: &mut Work, cluster: &str, node: &NodeId) {
+    fn maybe_resume(&mut self, w: &mut Work, cluster: &str, node: &NodeId, what: &str) {
         let Some(g) = self.guards.get_mut(cluster) else {
             return;
         };
@@ -482,7 +502,7 @@ impl Planner {
             return;
         }
         let reason = format!(
-            "failover in cluster {} resumes: {} is back, {still} of {} nodes are still down",
+            "failover in cluster {} resumes: {} {what}, {still} of {} nodes are still down",
             w.cluster_name(cluster),
             w.name(node),
             h.ready_before

@@ -125,6 +125,9 @@ impl World {
         let mut rng = StdRng::seed_from_u64(seed);
         let clock = Arc::new(SimClock::new(seed));
         let n = rng.random_range(2..=5usize);
+        // Some runs pair the nodes: primaries run the work, standbys take it over.
+        let ha_pairs = rng.random_bool(0.4);
+        let failback = rng.random_bool(0.5);
         let store = Arc::new(if knobs.lying_flush {
             MemStore::with_lying_flush()
         } else {
@@ -148,11 +151,15 @@ impl World {
             name: "sim".into(),
             alias: String::new(),
             description: String::new(),
-            mode: ClusterMode::Pool,
+            mode: if ha_pairs {
+                ClusterMode::HaPairs
+            } else {
+                ClusterMode::Pool
+            },
             labels: Default::default(),
             deletion_protection: false,
             min_node: None,
-            failback: false,
+            failback,
             model: None,
             created_ms: 0,
         };
@@ -859,6 +866,29 @@ impl World {
                 if ok {
                     self.ledger.stop_acknowledged(&job, now);
                 }
+            }
+        } else if roll < 80 {
+            // Pair changes (refused in a pool cluster, as they should be).
+            let pairs: Vec<String> = m.read(|t| {
+                let mut v: Vec<_> = t.pairs.keys().cloned().collect();
+                v.sort();
+                v
+            });
+            if !pairs.is_empty() && self.rng.random_bool(0.5) {
+                let p = pairs[self.rng.random_range(0..pairs.len())].clone();
+                self.note(|| format!("ADMIN unpair {p}"));
+                let c = self.cluster.clone();
+                self.coord_io(|h, _| {
+                    let _ = h.m.delete_pair(&c, &p);
+                })?;
+            } else {
+                let n = self.agents.len();
+                let (a, b) = (self.rng.random_range(0..n), self.rng.random_range(0..n));
+                self.note(|| format!("ADMIN pair node {a} with node {b}"));
+                let c = self.cluster.clone();
+                self.coord_io(|h, _| {
+                    let _ = h.m.create_pair(&c, &format!("sim-{a}"), &format!("sim-{b}"));
+                })?;
             }
         } else if roll < 95 {
             let i = self.rng.random_range(0..self.agents.len());

@@ -349,6 +349,35 @@ fn a_job_left_pending_by_a_waiting_move_keeps_the_wait() {
     assert_eq!(fx.job(1).waits_for, None);
 }
 
+/// Found by the simulation: the last ready node of a cluster is removed, and its lease
+/// ends. Counted as a down it paused failover until it returned, which a removed node never
+/// does: the jobs were stranded. A removal is not counted by the disruption guard.
+#[test]
+fn a_removed_node_does_not_pause_failover() {
+    let run = |removed: bool| {
+        let mut fx = pool(2, 0);
+        fx.jobs = vec![running(1, spec(1000, GIB, 0), 1, 2, &[])];
+        let mut p = Planner::new(LEASE);
+        fx.handle(&mut p, down(2), 0);
+        let ev = if removed {
+            Event::NodeRemoved { node: id(1) }
+        } else {
+            down(1)
+        };
+        fx.handle(&mut p, ev, 10 * LEASE)
+    };
+    let out = run(false);
+    assert!(
+        out.iter().any(|d| matches!(d, Decision::Hold { .. })),
+        "a down of the last ready node holds: {out:?}"
+    );
+    let out = run(true);
+    assert!(
+        !out.iter().any(|d| matches!(d, Decision::Hold { .. })),
+        "a removal must not hold: {out:?}"
+    );
+}
+
 #[test]
 fn exits_follow_the_restart_policy_and_max_restarts() {
     let mut p = Planner::new(LEASE);
