@@ -156,6 +156,9 @@ pub struct SimAgent {
     pub exits: BTreeMap<(String, u64), JobExitReport>,
     /// The highest token seen per job (on disk).
     tokens: BTreeMap<String, u64>,
+    /// How far this host's monotonic clock runs fast (+) or slow (−), in millionths: every
+    /// time the agent and its shims see is local ([`SimAgent::local`]).
+    pub drift_ppm: i64,
     /// Accepted starts waiting for a lease (the real supervisor waits 2 s for one), with when
     /// their start was sent and when the wait ends.
     waiting: Vec<(StartJob, u64, u64)>,
@@ -212,11 +215,26 @@ impl SimAgent {
             exits: BTreeMap::new(),
             tokens: BTreeMap::new(),
             waiting: Vec::new(),
+            drift_ppm: 0,
             lease_conn: None,
             waiting_conn: BTreeMap::new(),
             unseen_ends: Vec::new(),
             in_hello: Default::default(),
         }
+    }
+
+    /// This host's clock at simulated time `global`.
+    pub fn local(&self, global: u64) -> u64 {
+        (global as i128 + global as i128 * self.drift_ppm as i128 / 1_000_000) as u64
+    }
+
+    /// The simulated time at which this host's clock reads `local` (never before it).
+    pub fn global(&self, local: u64) -> u64 {
+        if local == u64::MAX {
+            return u64::MAX;
+        }
+        let d = 1_000_000 + self.drift_ppm as i128;
+        ((local as i128 * 1_000_000 + d - 1) / d) as u64
     }
 
     /// Starts the agent process (a fresh run: the lease and connection are gone).

@@ -9,9 +9,11 @@
 //!
 //! What it throws at the fleet: agents killed (`kill -9`: the shims live on until their lease
 //! runs out), hung and restarted; nodes losing power; links cut one way or both; heartbeats
-//! lost, delayed, duplicated and reordered; the coordinator killed at any step (whatever its
-//! store had not flushed is lost, and so is every command not yet delivered) and restarted from
-//! its store; and an operator submitting, stopping, draining and removing.
+//! lost, delayed, duplicated and reordered; host clocks running up to 2% fast or slow; the
+//! coordinator killed at any step (whatever its store had not flushed is lost, and so is every
+//! command not yet delivered) and restarted from its store; and an operator submitting,
+//! stopping, draining, removing, pairing and unpairing (pool clusters, and `ha_pairs` clusters
+//! in 40% of runs).
 //!
 //! After every step it checks the promise ([`invariants`]): never two copies of a job alive at
 //! once, fencing tokens that only grow, a `never` job that ran to its end never started again,
@@ -35,4 +37,4 @@ pub mod net;
 pub mod world;
 
 pub use invariants::Violation;
-pub use world::{run, Knobs, Report};
+pub use world::{run, Knobs, Report, DEFAULT_MAX_DRIFT_PPM};

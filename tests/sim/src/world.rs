@@ -27,7 +27,13 @@ pub struct Knobs {
     pub no_fence_grace: bool,
     /// The store says a batch is durable without making it so (acting before a persist).
     pub lying_flush: bool,
+    /// How far the hosts' clocks may run fast or slow, in millionths (default 2%; the fence
+    /// grace allows 5% of the lease). A larger drift than the design allows must be caught.
+    pub max_drift_ppm: Option<i64>,
 }
+
+/// The clock drift of a run unless a knob says otherwise: ±2%.
+pub const DEFAULT_MAX_DRIFT_PPM: i64 = 20_000;
 
 /// What a run did.
 #[derive(Debug, Clone, Default)]
@@ -193,7 +199,10 @@ impl World {
             };
             changes.push(Change::PutNode(Box::new(rec)));
             by_node.insert(id.clone(), i);
-            agents.push(SimAgent::new(i, id, 100 + i as u64));
+            let mut a = SimAgent::new(i, id, 100 + i as u64);
+            let max = knobs.max_drift_ppm.unwrap_or(DEFAULT_MAX_DRIFT_PPM);
+            a.drift_ppm = rng.random_range(-max..=max);
+            agents.push(a);
         }
         store.commit(changes).expect("mem store");
         let weather = Weather {
@@ -350,13 +359,15 @@ impl World {
                 }
                 let mut out = Vec::new();
                 self.note(|| format!("agent {i} beats on conn {conn}"));
-                self.agents[i].beat(&self.clock, now, &mut out);
+                let local = self.agents[i].local(now);
+                self.agents[i].beat(&self.clock, local, &mut out);
                 self.agent_outs(i, out)?;
             }
             Ev::Wake(i) => {
                 self.pending_wake[i] = None;
                 let mut out = Vec::new();
-                self.agents[i].wake(now, &mut out);
+                let local = self.agents[i].local(now);
+                self.agents[i].wake(local, &mut out);
                 self.agent_outs(i, out)?;
             }
             Ev::Unhang(i) => {
@@ -369,7 +380,8 @@ impl World {
                     self.note(|| format!("agent {i} starts"));
                     self.agents[i].powered = true;
                     let mut out = Vec::new();
-                    self.agents[i].start(now, &mut out);
+                    let local = self.agents[i].local(now);
+                    self.agents[i].start(local, &mut out);
                     self.agent_outs(i, out)?;
                 }
             }
@@ -418,7 +430,8 @@ impl World {
         if self.agents[c.agent].conn == Some(conn) {
             let now = self.clock.ns();
             let mut out = Vec::new();
-            self.agents[c.agent].disconnected(now, &mut self.rng, &mut out);
+            let local = self.agents[c.agent].local(now);
+            self.agents[c.agent].disconnected(local, &mut self.rng, &mut out);
             self.agent_outs(c.agent, out)?;
         }
         if self.coord.as_ref().is_some_and(|h| h.has(conn)) {
@@ -448,11 +461,20 @@ impl World {
                     Packet::Coord(m) => {
                         self.note(|| format!("agent {i} gets {}", short(&format!("{m:?}"))));
                         let clock = self.clock.clone();
-                        self.agents[i].on_msg(&clock, &mut self.rng, now, f.sent_ns, m, &mut out);
+                        let local = self.agents[i].local(now);
+                        self.agents[i].on_msg(&clock, &mut self.rng, local, f.sent_ns, m, &mut out);
                     }
                     Packet::Ack { seq, lease_ms } => {
                         self.note(|| format!("agent {i} gets the ack of beat {seq}"));
-                        self.agents[i].ack(&self.clock, &mut self.rng, now, seq, lease_ms, &mut out)
+                        let local = self.agents[i].local(now);
+                        self.agents[i].ack(
+                            &self.clock,
+                            &mut self.rng,
+                            local,
+                            seq,
+                            lease_ms,
+                            &mut out,
+                        )
                     }
                     Packet::Closed(why) => {
                         self.note(|| format!("agent {i}: conn {} closed: {why}", f.conn));
@@ -462,7 +484,8 @@ impl World {
                                 self.net.conns.remove(&f.conn);
                             }
                         }
-                        self.agents[i].disconnected(now, &mut self.rng, &mut out);
+                        let local = self.agents[i].local(now);
+                        self.agents[i].disconnected(local, &mut self.rng, &mut out);
                     }
                     _ => {}
                 }
@@ -648,16 +671,21 @@ impl World {
                     self.ledger.ended(&job, i, token, natural, never);
                 }
                 Out::Wake(t) => {
+                    let t = self.agents[i].global(t).max(now);
                     if self.pending_wake[i].is_none_or(|p| t < p) {
                         self.pending_wake[i] = Some(t);
                         self.at(t, Ev::Wake(i));
                     }
                 }
                 Out::Connect(t) => {
+                    let t = self.agents[i].global(t).max(now);
                     let run = self.agents[i].run;
                     self.at(t, Ev::Connect(i, run));
                 }
-                Out::NextBeat(t, conn) => self.at(t, Ev::Beat(i, conn)),
+                Out::NextBeat(t, conn) => {
+                    let t = self.agents[i].global(t).max(now);
+                    self.at(t, Ev::Beat(i, conn))
+                }
             }
         }
         Ok(())
@@ -887,7 +915,8 @@ impl World {
                 self.note(|| format!("ADMIN pair node {a} with node {b}"));
                 let c = self.cluster.clone();
                 self.coord_io(|h, _| {
-                    let _ = h.m.create_pair(&c, &format!("sim-{a}"), &format!("sim-{b}"));
+                    let _ =
+                        h.m.create_pair(&c, &format!("sim-{a}"), &format!("sim-{b}"));
                 })?;
             }
         } else if roll < 95 {

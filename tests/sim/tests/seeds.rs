@@ -113,3 +113,21 @@ fn a_store_that_acts_before_its_flush_loses_acknowledged_jobs() {
         "the simulation did not catch a store that acknowledges unflushed batches: {found:?}"
     );
 }
+
+#[test]
+fn clocks_drifting_past_the_fence_grace_let_a_node_be_declared_down_while_its_copies_run() {
+    // The fence grace allows 5% of the lease for clock drift; ±30% is far past it.
+    let found = sweep(
+        Knobs {
+            max_drift_ppm: Some(300_000),
+            ..Default::default()
+        },
+        0..300,
+    );
+    assert!(
+        found
+            .iter()
+            .any(|v| v.what.contains("was declared down while copy")),
+        "the simulation did not catch clocks drifting past the fence grace: {found:?}"
+    );
+}
