@@ -660,6 +660,9 @@ impl Membership {
         } else {
             drop(t);
             self.forget(&id);
+            // A failover hold that counted it (it went down with more than half of its
+            // cluster) must not wait for it to return.
+            self.job_event(crate::jobs::planner::Event::NodeRemoved { node: id.clone() })?;
         }
         Ok(rec)
     }

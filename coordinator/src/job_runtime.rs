@@ -610,6 +610,54 @@ impl Membership {
         self.release_waiting(|old_node, old_token, j| {
             old_node == node && old_token == r.fencing_token && j == r.job_id
         });
+        self.job_event(exit_event(node, r))
+    }
+
+    /// The exits a registering node reported in its `Hello` (kept on its disk since), or in
+    /// an answer to `ReportJobs`: decided together, as one planner batch (each as
+    /// [`Membership::job_exited`] decides it; see `Planner::handle_all` for why together),
+    /// then acknowledged on its session.
+    pub fn exits_reported(&self, node: &NodeId, exits: &[JobExitReport]) {
+        if exits.is_empty() {
+            return;
+        }
+        for r in exits {
+            self.release_waiting(|old_node, old_token, j| {
+                old_node == node && old_token == r.fencing_token && j == r.job_id
+            });
+        }
+        let events: Vec<Event> = exits.iter().map(|r| exit_event(node, r)).collect();
+        let decided = (|| {
+            let out = {
+                let mut t = self.lock();
+                self.run_planner(&mut t, |p, v, now| p.handle_all(v, &events, now))?
+            };
+            self.dispatch(out);
+            Ok::<_, StoreError>(())
+        })();
+        match decided {
+            Ok(()) => {
+                for r in exits {
+                    self.send_to(
+                        node,
+                        CoordMsg::ExitAck {
+                            job_id: r.job_id.clone(),
+                            fencing_token: r.fencing_token,
+                        },
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(%node, exits = exits.len(), error = %e, "could not record job exits; the agent reports them again")
+            }
+        }
+    }
+}
+
+/// The planner event a copy's end is: its own exit (counted by the restart policy), or a
+/// lost copy (placed again).
+fn exit_event(node: &NodeId, r: &JobExitReport) -> Event {
+    {
         let exit = match (r.code, r.signal) {
             (_, Some(s)) => Exit::Signal(s),
             (Some(c), None) => Exit::Code(c),
@@ -621,7 +669,7 @@ impl Membership {
         // failed `restart: never` jobs that had not run at all; it is placed again instead.
         let no_lease = r.cause == ExitCause::Refused
             && r.reason.contains(tandem_common::proto::REFUSED_NO_LEASE);
-        let event = match r.cause {
+        match r.cause {
             ExitCause::Refused if no_lease => Event::CopyLost {
                 job: r.job_id.clone(),
                 node: node.clone(),
@@ -652,31 +700,11 @@ impl Membership {
                     },
                 }
             }
-        };
-        self.job_event(event)
-    }
-
-    /// The exits a registering node reported in its `Hello` (kept on its disk since): each
-    /// is decided (as [`Membership::job_exited`]), then acknowledged on its session. Run
-    /// after the node's `NodeUp`, whose report counts these copies as held so that the node
-    /// coming up does not place them again before their exits are decided.
-    pub fn exits_reported(&self, node: &NodeId, exits: &[JobExitReport]) {
-        for r in exits {
-            match self.job_exited(node, r) {
-                Ok(()) => self.send_to(
-                    node,
-                    CoordMsg::ExitAck {
-                        job_id: r.job_id.clone(),
-                        fencing_token: r.fencing_token,
-                    },
-                ),
-                Err(e) => {
-                    tracing::error!(%node, job = %r.job_id, token = r.fencing_token, error = %e, "could not record a job exit; the agent reports it again")
-                }
-            }
         }
     }
+}
 
+impl Membership {
     /// A node registered holding `held` and reporting `exited` (exits it kept on its disk).
     /// In order: those exits are decided and acknowledged, then its `NodeUp`, then a move
     /// waiting for a copy it no longer holds may go on. The exits come first: a copy whose
@@ -698,12 +726,15 @@ impl Membership {
             self.placed_on(node)
         };
         self.exits_reported(node, exited);
+        // Placed, or released to start (a wait for an old copy that ended), meanwhile: their
+        // starts went out after the report was made.
         let placed_since: Vec<Reported> = if exited.is_empty() {
             Vec::new()
         } else {
             self.placed_on(node)
                 .into_iter()
-                .filter(|p| !placed_before.contains(p))
+                .filter(|p| !p.1 && !placed_before.contains(p))
+                .map(|p| p.0)
                 .collect()
         };
         let running: Vec<Reported> = held
@@ -723,8 +754,9 @@ impl Membership {
         self.release_unheld(node, held);
     }
 
-    /// The current placements on `node`.
-    fn placed_on(&self, node: &NodeId) -> Vec<Reported> {
+    /// The current placements on `node`, and whether each still waits for an old copy (its
+    /// start not sent yet).
+    fn placed_on(&self, node: &NodeId) -> Vec<(Reported, bool)> {
         self.lock()
             .jobs
             .values()
@@ -734,9 +766,14 @@ impl Membership {
                     .filter(|p| p.node == *node)
                     .map(|p| (j, p))
             })
-            .map(|(j, p)| Reported {
-                job: j.id.clone(),
-                fencing_token: p.fencing_token,
+            .map(|(j, p)| {
+                (
+                    Reported {
+                        job: j.id.clone(),
+                        fencing_token: p.fencing_token,
+                    },
+                    p.after.is_some(),
+                )
             })
             .collect()
     }

@@ -233,9 +233,34 @@ impl Planner {
     /// node counts as down (`NodeDown`), up (`NodeUp`) or draining (`Drain`) whatever the view
     /// says, so a slightly stale view cannot undo the event.
     pub fn handle(&mut self, view: &View, event: &Event, now_ms: u64) -> Vec<Decision> {
+        self.handle_all(view, std::slice::from_ref(event), now_ms)
+    }
+
+    /// Handles several events at once: each is taken in, in order, and only then are their
+    /// clusters reconciled. A node's report of several exits is one such batch: reconciled
+    /// after the first, a drain moved the copies whose ends came next as if they still ran
+    /// (the simulation found a `restart: never` job run again that way).
+    pub fn handle_all(&mut self, view: &View, events: &[Event], now_ms: u64) -> Vec<Decision> {
         let mut w = Work::new(view, now_ms);
         let mut announce = None;
-        let clusters: BTreeSet<String> = match event {
+        let mut clusters = BTreeSet::new();
+        for event in events {
+            clusters.extend(self.take_in(&mut w, event, &mut announce));
+        }
+        for c in &clusters {
+            self.reconcile_cluster(&mut w, c, announce.as_ref(), false);
+        }
+        w.out
+    }
+
+    /// One event's own decisions; returns the clusters to reconcile after it.
+    fn take_in(
+        &mut self,
+        w: &mut Work,
+        event: &Event,
+        announce: &mut Option<NodeId>,
+    ) -> BTreeSet<String> {
+        match event {
             Event::NodeDown { node } => {
                 w.set_node(node, |n| {
                     n.live = false;
@@ -243,7 +268,7 @@ impl Planner {
                 });
                 let cs = w.clusters_of(node);
                 for c in &cs {
-                    self.on_down(&mut w, c, node);
+                    self.on_down(w, c, node);
                 }
                 cs
             }
@@ -252,9 +277,17 @@ impl Planner {
                     n.live = false;
                     n.suspect = false;
                 });
-                let cs = w.clusters_of(node);
+                // A node removed while it was down is no longer in the view: the holds that
+                // count it are found by it.
+                let mut cs = w.clusters_of(node);
+                cs.extend(
+                    self.guards
+                        .iter()
+                        .filter(|(_, g)| g.holding.as_ref().is_some_and(|h| h.down.contains(node)))
+                        .map(|(c, _)| c.clone()),
+                );
                 for c in &cs {
-                    self.maybe_resume(&mut w, c, node, "was removed");
+                    self.maybe_resume(w, c, node, "was removed");
                 }
                 cs
             }
@@ -268,9 +301,9 @@ impl Planner {
                     n.suspect = false;
                 });
                 let cs = w.clusters_of(node);
-                on_up(&mut w, node, running, placed_since);
+                on_up(w, node, running, placed_since);
                 for c in &cs {
-                    self.maybe_resume(&mut w, c, node, "is back");
+                    self.maybe_resume(w, c, node, "is back");
                 }
                 cs
             }
@@ -280,26 +313,26 @@ impl Planner {
             }
             Event::Drain { node } => {
                 w.set_node(node, |n| n.draining = true);
-                announce = Some(node.clone());
+                *announce = Some(node.clone());
                 w.clusters_of(node)
             }
             Event::JobStarted {
                 job,
                 node,
                 fencing_token,
-            } => job_started(&mut w, job, node, *fencing_token),
+            } => job_started(w, job, node, *fencing_token),
             Event::JobExited {
                 job,
                 node,
                 fencing_token,
                 exit,
-            } => job_exited(&mut w, job, node, *fencing_token, *exit),
+            } => job_exited(w, job, node, *fencing_token, *exit),
             Event::CopyLost {
                 job,
                 node,
                 fencing_token,
                 how,
-            } => copy_lost(&mut w, job, node, *fencing_token, how),
+            } => copy_lost(w, job, node, *fencing_token, how),
             Event::Submitted { job } => match w.job(job) {
                 Some(j) => BTreeSet::from([j.spec.cluster]),
                 None => {
@@ -310,12 +343,8 @@ impl Planner {
                     BTreeSet::new()
                 }
             },
-            Event::StopRequested { job } => stop(&mut w, job),
-        };
-        for c in &clusters {
-            self.reconcile_cluster(&mut w, c, announce.as_ref(), false);
+            Event::StopRequested { job } => stop(w, job),
         }
-        w.out
     }
 
     /// Reconciles every cluster: what `handle` does after an event, for all of them. Run it
