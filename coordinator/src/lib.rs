@@ -21,14 +21,12 @@
 //! - `admin`: the HTTP/JSON admin endpoint and `/metrics`.
 //! - `metrics`: counters and histograms.
 //! - `dev`: `tandem-coordinator dev`, a coordinator and a few agents on loopback.
-//! - `ctl`: the `tandemctl` client.
 
 pub mod admin;
 pub mod administration;
 pub mod clock;
 pub mod cluster;
 pub mod config;
-pub mod ctl;
 pub mod detector;
 pub mod dev;
 pub mod init;

@@ -123,8 +123,9 @@ pub struct JobSpec {
     pub tolerations: Vec<Toleration>,
 }
 
-/// How a job stands. Also `tandemctl jobs list --state` (clap's names are the API's).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+/// How a job stands. `tandemctl` keeps its own copy of these names for `jobs list --state`
+/// (`coordinator/ctl/src/lib.rs`): add a state there too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Fits nowhere (yet); `state_reason` says why.

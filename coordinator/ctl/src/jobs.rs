@@ -328,7 +328,7 @@ fn print_job(names: &Names, j: &Value) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Cli, Cmd, JobsCmd, Restart};
+    use super::super::{Cli, Cmd, JobState, JobsCmd, Restart};
     use super::*;
     use clap::Parser;
 
@@ -494,6 +494,28 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&["jobs", "list", "--state", "asleep"]).is_err());
+        // What `--state` accepts is what is sent as `?state=`: the API's seven names.
+        use clap::ValueEnum;
+        let names: Vec<String> = JobState::value_variants()
+            .iter()
+            .map(|st| {
+                let typed = st.to_possible_value().unwrap().get_name().to_string();
+                assert_eq!(typed, st.as_str());
+                typed
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "pending",
+                "starting",
+                "running",
+                "migrating",
+                "failed",
+                "stopped",
+                "completed"
+            ]
+        );
         assert!(parse(&["jobs", "list"]).is_ok());
         assert!(matches!(
             parse(&["jobs", "show", "j-0123"]).unwrap().cmd,

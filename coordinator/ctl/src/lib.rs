@@ -1,12 +1,19 @@
 //! `tandemctl`: the admin API from a shell. Tables for people, `-o json` for scripts (the API's
 //! answer exactly as it came).
 //!
+//! A client of the HTTP/JSON API only: it does not link the coordinator. It reads the answers
+//! as JSON values and keeps its own names for what it sends (e.g. the job states of
+//! `jobs list --state`, [`JobState`]).
+//!
 //! # Layout
-//! - this module: the command line and the dispatch;
-//! - [`client`]: the HTTP calls, percent-encoding, short-id resolution;
-//! - [`parse`]: durations, sizes and labels as people type them;
-//! - [`show`]: table and age helpers;
-//! - `clusters`, `nodes`, `jobs`: the commands.
+//! - `lib.rs`: the command line (`Cli`, the commands and their arguments), `CtlError`, and
+//!   `run`, which builds the HTTP agent and dispatches;
+//! - `main.rs`: the binary: parses the arguments, calls `run`, prints the error, exits 1;
+//! - `client`: the HTTP calls, percent-encoding, short-id resolution;
+//! - `parse`: durations, sizes, CPU amounts, labels and environment variables as people type them;
+//! - `show`: table, short-id and age helpers;
+//! - `clusters`: clusters, pairs and operations; `nodes`: nodes, recycle, join tokens and
+//!   events; `jobs`: jobs. Each command's unit tests sit in its module.
 
 mod client;
 mod clusters;
@@ -414,8 +421,41 @@ impl Restart {
     }
 }
 
-/// A job's state, for `jobs list --state`: the model's own states.
-pub use crate::jobs::model::JobState;
+/// A job's state, for `jobs list --state`. The names are the API's (the coordinator's
+/// `jobs::model::JobState`, sent as `?state=`); kept here so the ctl does not link the
+/// coordinator.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum JobState {
+    /// Fits nowhere (yet); `state_reason` says why.
+    Pending,
+    /// Placed; the start command is out, the agent has not confirmed it.
+    Starting,
+    /// The agent confirmed the start of the current placement.
+    Running,
+    /// Moving to a new node (node down, drain); running again once the new node confirms.
+    Migrating,
+    /// Ended on a failure it is not restarted after.
+    Failed,
+    /// Stopped by a user.
+    Stopped,
+    /// Ended successfully and is not restarted.
+    Completed,
+}
+
+impl JobState {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Migrating => "migrating",
+            Self::Failed => "failed",
+            Self::Stopped => "stopped",
+            Self::Completed => "completed",
+        }
+    }
+}
 
 /// Operation commands.
 #[derive(Subcommand, Debug)]
