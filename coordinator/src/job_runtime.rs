@@ -163,6 +163,17 @@ impl Membership {
         Ok(())
     }
 
+    /// Feeds `events` to the planner as one batch, makes its decisions durable, and sends
+    /// the commands.
+    fn decide(&self, events: &[Event]) -> Result<(), StoreError> {
+        let out = {
+            let mut t = self.lock();
+            self.run_planner(&mut t, |p, v, now| p.handle_all(v, events, now))?
+        };
+        self.dispatch(out);
+        Ok(())
+    }
+
     /// Runs the planner's start-up reconciliation (after a coordinator restart).
     pub fn reconcile_jobs(&self) -> Result<(), StoreError> {
         self.rebuild_waiting();
@@ -597,26 +608,11 @@ impl Membership {
         })
     }
 
-    /// An agent reports that a copy ended (or was refused). Releases a move waiting on it.
-    /// Once this returns `Ok`, what it decided is durable: the caller acknowledges the exit
-    /// ([`CoordMsg::ExitAck`]) and the agent forgets it; until then the agent keeps it and
-    /// reports it again in its next `Hello`.
-    ///
-    /// Only an exit of the job's own doing (or a refused start) counts against its restart
-    /// policy. A copy its agent fenced, or whose supervisor was signalled or died, did not
-    /// end the job: it is placed again ([`Event::CopyLost`]), so a `restart: never` job that
-    /// lost its lease is not marked failed, and one that completed is never run again.
-    pub fn job_exited(&self, node: &NodeId, r: &JobExitReport) -> Result<(), StoreError> {
-        self.release_waiting(|old_node, old_token, j| {
-            old_node == node && old_token == r.fencing_token && j == r.job_id
-        });
-        self.job_event(exit_event(node, r))
-    }
-
-    /// The exits a registering node reported in its `Hello` (kept on its disk since), or in
-    /// an answer to `ReportJobs`: decided together, as one planner batch (each as
-    /// [`Membership::job_exited`] decides it; see `Planner::handle_all` for why together),
-    /// then acknowledged on its session.
+    /// Copies' ends an agent reported (in its `Hello`, as they happen, or in an answer to
+    /// `ReportJobs`): the moves waiting on them are released, then they are decided together,
+    /// as one planner batch (see `Planner::handle_all` for why together), and once that is
+    /// durable each is acknowledged ([`CoordMsg::ExitAck`]) and the agent forgets it; until
+    /// then the agent keeps it and reports it again in its next `Hello`.
     pub fn exits_reported(&self, node: &NodeId, exits: &[JobExitReport]) {
         if exits.is_empty() {
             return;
@@ -627,15 +623,7 @@ impl Membership {
             });
         }
         let events: Vec<Event> = exits.iter().map(|r| exit_event(node, r)).collect();
-        let decided = (|| {
-            let out = {
-                let mut t = self.lock();
-                self.run_planner(&mut t, |p, v, now| p.handle_all(v, &events, now))?
-            };
-            self.dispatch(out);
-            Ok::<_, StoreError>(())
-        })();
-        match decided {
+        match self.decide(&events) {
             Ok(()) => {
                 for r in exits {
                     self.send_to(
@@ -654,8 +642,11 @@ impl Membership {
     }
 }
 
-/// The planner event a copy's end is: its own exit (counted by the restart policy), or a
-/// lost copy (placed again).
+/// The planner event a copy's end is. Only an exit of the job's own doing (or a refused
+/// start) counts against its restart policy. A copy its agent fenced, or whose supervisor was
+/// signalled or died, did not end the job: it is placed again ([`Event::CopyLost`]), so a
+/// `restart: never` job that lost its lease is not marked failed, and one that completed is
+/// never run again.
 fn exit_event(node: &NodeId, r: &JobExitReport) -> Event {
     {
         let exit = match (r.code, r.signal) {

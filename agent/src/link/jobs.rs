@@ -302,6 +302,29 @@ mod tests {
         (Jobs::new(sup, lease_rx).unwrap(), lease_tx)
     }
 
+    /// Polls until the copy held for the job is the one with `token`.
+    async fn held_as(jobs: &Jobs, token: u64) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while jobs.held().first().map(|h| h.fencing_token) != Some(token) {
+            assert!(Instant::now() < until, "copy {token} was never held");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The next two ends reported, as (token, cause), by token.
+    async fn two_ends(rx: &mut JobRx) -> Vec<(u64, ExitCause)> {
+        let mut ended = Vec::new();
+        for _ in 0..2 {
+            let r = tokio::time::timeout(Duration::from_secs(10), rx.ended.next())
+                .await
+                .unwrap()
+                .unwrap();
+            ended.push((r.fencing_token, r.cause));
+        }
+        ended.sort_by_key(|e| e.0);
+        ended
+    }
+
     #[test]
     fn exits_and_refusals_are_reported_with_their_cause() {
         let e = JobExit {
@@ -331,36 +354,16 @@ mod tests {
         let (mut jobs, _lease) = jobs(dir.path());
         let mut rx = jobs.rx.take().unwrap();
         jobs.start(cmd("a", 3), 1);
-        let until = Instant::now() + Duration::from_secs(5);
-        while jobs.held().is_empty() {
-            assert!(Instant::now() < until, "the start was never held");
-            tokio::task::yield_now().await;
-        }
+        held_as(&jobs, 3).await;
         assert_eq!(jobs.held()[0].state, HeldState::Starting);
         // The same copy again: nothing. A newer copy while it still waits for its lease:
         // the newer one supersedes it (it has no process and nothing on disk).
         jobs.start(cmd("a", 3), 1);
         jobs.start(cmd("a", 4), 1);
-        let until = Instant::now() + Duration::from_secs(5);
-        while jobs.held().first().map(|h| h.fencing_token) != Some(4) {
-            assert!(
-                Instant::now() < until,
-                "the newer start did not supersede the older"
-            );
-            tokio::task::yield_now().await;
-        }
+        held_as(&jobs, 4).await;
         // Both give up without a lease: one refusal each, and nothing else.
-        let mut ended = Vec::new();
-        for _ in 0..2 {
-            let r = tokio::time::timeout(Duration::from_secs(10), rx.ended.next())
-                .await
-                .unwrap()
-                .unwrap();
-            ended.push((r.fencing_token, r.cause));
-        }
-        ended.sort_by_key(|e| e.0);
         assert_eq!(
-            ended,
+            two_ends(&mut rx).await,
             vec![(3, ExitCause::Refused), (4, ExitCause::Refused)]
         );
         assert!(jobs.held().is_empty());
@@ -388,36 +391,18 @@ mod tests {
         );
 
         jobs.start(cmd("a", 3), 1);
-        let until = Instant::now() + Duration::from_secs(5);
-        while jobs.held().is_empty() {
-            assert!(Instant::now() < until, "the start was never held");
-            tokio::task::yield_now().await;
-        }
+        held_as(&jobs, 3).await;
         jobs.stop("a".into(), 3, 5_000);
         assert!(
             jobs.held().is_empty(),
             "the waiting start is cancelled at once"
         );
         jobs.start(cmd("a", 4), 1);
-        let until = Instant::now() + Duration::from_secs(5);
-        while jobs.held().is_empty() {
-            assert!(Instant::now() < until, "the newer start was not admitted");
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(jobs.held()[0].fencing_token, 4);
+        held_as(&jobs, 4).await;
         // Without a lease both give up after their wait, as refusals (the cancelled one never
         // goes ahead, whatever comes first).
-        let mut ended = Vec::new();
-        for _ in 0..2 {
-            let r = tokio::time::timeout(Duration::from_secs(10), rx.ended.next())
-                .await
-                .unwrap()
-                .unwrap();
-            ended.push((r.fencing_token, r.cause));
-        }
-        ended.sort_by_key(|e| e.0);
         assert_eq!(
-            ended,
+            two_ends(&mut rx).await,
             vec![(3, ExitCause::Refused), (4, ExitCause::Refused)]
         );
         assert!(jobs.held().is_empty());

@@ -80,54 +80,54 @@ fn a_seed_replays_exactly() {
     assert_eq!(a, b);
 }
 
+/// Runs 300 seeds with a deliberate bug and asserts that a violation mentioning one of
+/// `found` is caught: without that, the checks could be blind.
+fn caught(knobs: Knobs, found: &[&str], bug: &str) {
+    let violations = sweep(knobs, 0..300);
+    assert!(
+        violations
+            .iter()
+            .any(|v| found.iter().any(|f| v.what.contains(f))),
+        "the simulation did not catch {bug}: {violations:?}"
+    );
+}
+
 #[test]
 fn without_the_fence_grace_nodes_are_declared_down_while_their_copies_run() {
-    let found = sweep(
-        Knobs {
-            no_fence_grace: true,
-            ..Default::default()
-        },
-        0..300,
-    );
-    assert!(
-        found
-            .iter()
-            .any(|v| v.what.contains("was declared down while copy")),
-        "the simulation did not catch a detector without fence grace: {found:?}"
+    let knobs = Knobs {
+        no_fence_grace: true,
+        ..Default::default()
+    };
+    caught(
+        knobs,
+        &["was declared down while copy"],
+        "a detector without fence grace",
     );
 }
 
 #[test]
 fn a_store_that_acts_before_its_flush_loses_acknowledged_jobs() {
-    let found = sweep(
-        Knobs {
-            lying_flush: true,
-            ..Default::default()
-        },
-        0..300,
-    );
-    assert!(
-        found
-            .iter()
-            .any(|v| v.what.contains("is lost") || v.what.contains("two copies")),
-        "the simulation did not catch a store that acknowledges unflushed batches: {found:?}"
+    let knobs = Knobs {
+        lying_flush: true,
+        ..Default::default()
+    };
+    caught(
+        knobs,
+        &["is lost", "two copies"],
+        "a store that acknowledges unflushed batches",
     );
 }
 
 #[test]
 fn clocks_drifting_past_the_fence_grace_let_a_node_be_declared_down_while_its_copies_run() {
     // The fence grace allows 5% of the lease for clock drift; ±30% is far past it.
-    let found = sweep(
-        Knobs {
-            max_drift_ppm: Some(300_000),
-            ..Default::default()
-        },
-        0..300,
-    );
-    assert!(
-        found
-            .iter()
-            .any(|v| v.what.contains("was declared down while copy")),
-        "the simulation did not catch clocks drifting past the fence grace: {found:?}"
+    let knobs = Knobs {
+        max_drift_ppm: Some(300_000),
+        ..Default::default()
+    };
+    caught(
+        knobs,
+        &["was declared down while copy"],
+        "clocks drifting past the fence grace",
     );
 }
