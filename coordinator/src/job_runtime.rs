@@ -917,7 +917,12 @@ impl Membership {
     /// A node registered holding `held`: a move waiting for a copy of it that it does not
     /// hold may go on (its exit, if it had one to report, was decided just before).
     fn release_unheld(&self, node: &NodeId, held: &[tandem_common::proto::HeldJob]) {
-        if lock(&self.jobs.waiting).is_empty() {
+        // Nothing waits: neither a start (the waiting map) nor a pending job's left-over wait.
+        // (Checking the map alone skipped the pending jobs: one waited for ever for a copy
+        // its node, back without it after a power cut, no longer held. Found by a soak.)
+        // One lock at a time (elsewhere the table is locked before the waiting map).
+        let no_start_waits = lock(&self.jobs.waiting).is_empty();
+        if no_start_waits && !self.lock().jobs.values().any(|j| j.waits_for.is_some()) {
             return;
         }
         self.release_waiting(|n, t, j| {
