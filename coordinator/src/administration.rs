@@ -2,8 +2,11 @@
 //! node routes.
 //!
 //! Every operation checks its input (the rules live in `cluster::validate`), decides under the
-//! fleet lock, commits the records and an event to the store, and only then changes the
-//! in-memory table: an acknowledged change survives a `kill -9` at any moment.
+//! fleet lock, applies the records and an event to the store, and only then changes the
+//! in-memory table. Nothing here waits for the disk: the admin endpoint answers only once
+//! every batch applied before the answer is durable (`admin::durable_replies`), and what goes
+//! to a node waits in its outbox for the same (see `outbox`). So an acknowledged change
+//! survives a `kill -9` at any moment, and no flush is waited for under the fleet lock.
 
 use crate::cluster::validate::{self, ValidationError};
 use crate::membership::{Membership, MembershipError};
@@ -281,7 +284,7 @@ impl Membership {
             created_ms: now,
             done_ms: Some(now),
         };
-        self.store().commit(vec![
+        self.store().apply(vec![
             Change::PutCluster(Box::new(c.clone())),
             Change::PutOperation(op.clone()),
             event(
@@ -325,7 +328,7 @@ impl Membership {
         if let Some(f) = patch.failback {
             c.failback = f;
         }
-        self.store().commit(vec![
+        self.store().apply(vec![
             Change::PutCluster(Box::new(c.clone())),
             event("cluster", None, format!("cluster {} edited", c.name)),
         ])?;
@@ -355,7 +358,7 @@ impl Membership {
                 c.name
             )));
         }
-        self.store().commit(vec![
+        self.store().apply(vec![
             Change::DeleteCluster(id.clone()),
             event(
                 "cluster",
@@ -404,7 +407,7 @@ impl Membership {
             .find(|x| x.primary == p && x.standby == s)
             .cloned()
             .ok_or_else(|| OpError::FailedPrecondition("the pair could not be formed".into()))?;
-        self.store().commit(plan.changes.clone())?;
+        self.store().apply(plan.changes.clone())?;
         crate::pairs::install(&mut t, &cid, plan);
         Ok(made)
     }
@@ -435,7 +438,7 @@ impl Membership {
             false,
             self.clock(),
         );
-        self.store().commit(plan.changes.clone())?;
+        self.store().apply(plan.changes.clone())?;
         crate::pairs::install(&mut t, &cid, plan);
         Ok(existing)
     }
@@ -516,7 +519,7 @@ impl Membership {
             validate::check_taints(&taints)?;
             rec.taints = taints;
         }
-        self.store().commit(vec![
+        self.store().apply(vec![
             Change::PutNode(Box::new(rec.clone())),
             event(
                 "node_edited",
@@ -544,7 +547,7 @@ impl Membership {
         } else {
             "no longer draining"
         };
-        self.store().commit(vec![
+        self.store().apply(vec![
             Change::PutNode(Box::new(rec.clone())),
             event(
                 "node_drain",
@@ -634,7 +637,7 @@ impl Membership {
                 ),
             ));
         }
-        self.store().commit(changes)?;
+        self.store().apply(changes)?;
         for p in pairs {
             t.pairs.remove(&p.id);
         }

@@ -2,8 +2,11 @@
 //! carried out.
 //!
 //! # Order of things (the fencing argument's coordinator side)
-//! Every decision is applied to the job records and committed to the store — with its new
-//! fencing token — *before* any command leaves for an agent. A `kill -9` of the coordinator at
+//! Every decision is applied to the job records and to the store — with its new fencing token
+//! — under the fleet lock, and its commands are queued to the sessions' outboxes under the same
+//! lock; an outbox writes a command only once every batch applied before it is on disk (see
+//! `outbox`). So a decision is durable *before* any command leaves for an agent, and nobody
+//! waits for the disk under the lock. A `kill -9` of the coordinator at
 //! any point therefore either loses a decision that nobody acted on, or keeps one whose token
 //! the agents will honour; never a start that the store does not know about. A node's jobs are
 //! placed again only after the detector declared it `down`, which happens only after its lease
@@ -51,7 +54,7 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
-/// A command for an agent, decided and durable.
+/// A command for an agent, decided (it leaves once durable).
 #[derive(Debug)]
 pub enum Outgoing {
     /// Start a copy (after `delay`, or once `after` — an old copy — has ended).
@@ -139,7 +142,7 @@ fn start_cmd(job: &JobRecord, token: u64, gpus: &[String]) -> StartJob {
 impl Membership {
     /// Feeds one event to the planner, makes its decisions durable, and sends the commands.
     pub fn job_event(&self, event: Event) -> Result<(), StoreError> {
-        let out = {
+        {
             let mut t = self.lock();
             // The planner's view holds every node: building it costs O(fleet). In a fleet
             // without jobs, a node coming up (or back) holding nothing, or going down, cannot
@@ -157,41 +160,35 @@ impl Membership {
             if idle && t.jobs.is_empty() {
                 return Ok(());
             }
-            self.run_planner(&mut t, |p, v, now| p.handle(v, &event, now))?
-        };
-        self.dispatch(out);
+            let out = self.run_planner(&mut t, |p, v, now| p.handle(v, &event, now))?;
+            self.dispatch(&t, out);
+        }
         Ok(())
     }
 
     /// Feeds `events` to the planner as one batch, makes its decisions durable, and sends
     /// the commands.
     fn decide(&self, events: &[Event]) -> Result<(), StoreError> {
-        let out = {
-            let mut t = self.lock();
-            self.run_planner(&mut t, |p, v, now| p.handle_all(v, events, now))?
-        };
-        self.dispatch(out);
+        let mut t = self.lock();
+        let out = self.run_planner(&mut t, |p, v, now| p.handle_all(v, events, now))?;
+        self.dispatch(&t, out);
         Ok(())
     }
 
     /// Runs the planner's start-up reconciliation (after a coordinator restart).
     pub fn reconcile_jobs(&self) -> Result<(), StoreError> {
         self.rebuild_waiting();
-        let out = {
-            let mut t = self.lock();
-            self.run_planner(&mut t, |p, v, now| p.reconcile(v, now))?
-        };
-        self.dispatch(out);
+        let mut t = self.lock();
+        let out = self.run_planner(&mut t, |p, v, now| p.reconcile(v, now))?;
+        self.dispatch(&t, out);
         Ok(())
     }
 
     /// Operator override of the disruption guard for a cluster.
     pub fn force_failover(&self, cluster: &str) -> Result<(), StoreError> {
-        let out = {
-            let mut t = self.lock();
-            self.run_planner(&mut t, |p, v, now| p.force_failover(v, cluster, now))?
-        };
-        self.dispatch(out);
+        let mut t = self.lock();
+        let out = self.run_planner(&mut t, |p, v, now| p.force_failover(v, cluster, now))?;
+        self.dispatch(&t, out);
         Ok(())
     }
 
@@ -211,7 +208,7 @@ impl Membership {
                     id: j.id.clone(),
                 });
             }
-            self.store().commit(vec![
+            self.store().apply(vec![
                 Change::PutJob(Box::new(job.clone())),
                 Change::Event(NewEvent {
                     kind: "job",
@@ -405,13 +402,12 @@ impl Membership {
                 changes.insert(0, Change::PutJob(Box::new(j.clone())));
             }
         }
-        // A batch that changes a job is durable before any command leaves. One that only
-        // records events (a stale report's kill, a guard's hold) changes nothing that must
-        // survive a crash: it shares a later flush, so a node spamming reports about jobs it
-        // does not hold costs no fsync.
-        if changes.iter().any(|c| matches!(c, Change::PutJob(_))) {
-            self.store().commit(changes)?;
-        } else if !changes.is_empty() {
+        // Applied here, under the fleet lock, and never waited for: a batch that changes a job
+        // is durable before any command leaves, because the commands are queued to the
+        // sessions' outboxes, which send only once every batch applied before them is durable
+        // (see `outbox`). Nobody waits for the disk under the lock, and the flusher thread
+        // covers many decisions with one flush.
+        if !changes.is_empty() {
             self.store().apply(changes)?;
         }
         for j in jobs {
@@ -420,9 +416,12 @@ impl Membership {
         Ok(out)
     }
 
-    /// Sends decided commands to the agents that hold a live connection. A command for a node
-    /// without one is dropped: when the node registers again, the planner sees what it holds.
-    fn dispatch(&self, out: Vec<Outgoing>) {
+    /// Queues decided commands to the agents that hold a live connection, under the fleet lock
+    /// `t` they were decided under: a session's commands leave in the order of the decisions
+    /// (two decisions dispatched after the lock was released could overtake each other: a
+    /// stop queued before the start it stops). A command for a node without a session is
+    /// not queued: when the node registers again, the planner sees what it holds.
+    fn dispatch(&self, t: &Fleet, out: Vec<Outgoing>) {
         for o in out {
             match o {
                 Outgoing::Start {
@@ -455,14 +454,15 @@ impl Membership {
                 }
                 Outgoing::Start { node, cmd, .. } => {
                     self.start_sent(&node, &cmd);
-                    self.send_to(&node, CoordMsg::StartJob(Box::new(cmd)))
+                    send_in(t, &node, CoordMsg::StartJob(Box::new(cmd)))
                 }
                 Outgoing::Stop {
                     node,
                     job,
                     token,
                     kill_timeout_ms,
-                } => self.send_to(
+                } => send_in(
+                    t,
                     &node,
                     CoordMsg::StopJob {
                         job_id: job,
@@ -817,7 +817,7 @@ impl Membership {
                 }
                 if let Err(e) = self
                     .store()
-                    .commit(vec![Change::PutJob(Box::new(j.clone()))])
+                    .apply(vec![Change::PutJob(Box::new(j.clone()))])
                 {
                     tracing::error!(job = %cmd.job_id, error = %e, "could not record that a move's old copy ended; its start waits");
                     continue;
@@ -854,7 +854,7 @@ impl Membership {
             .iter()
             .map(|j| Change::PutJob(Box::new(j.clone())))
             .collect();
-        if let Err(e) = self.store().commit(changes) {
+        if let Err(e) = self.store().apply(changes) {
             tracing::error!(error = %e, "could not record that a pending job's old copy ended; it still waits");
             return;
         }

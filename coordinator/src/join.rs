@@ -233,15 +233,16 @@ impl Joiner {
     }
 
     /// Renews a member's certificate over its live connection, which presented `conn_serial`:
-    /// signs a certificate for the CSR's key with a new serial and records it durably before
-    /// returning it. The node's id and cluster stay; only the key, serial and expiry change.
+    /// signs a certificate for the CSR's key with a new serial and applies its record; the
+    /// caller sends it only once the store's newest ticket is durable. The node's id and cluster stay; only the key, serial and expiry change.
     pub fn renew(
         &self,
         node: &NodeId,
         conn_serial: u64,
         csr_pem: &str,
     ) -> Result<tandem_common::pki::IssuedCert, MembershipError> {
-        let serial = self.membership.store().next_serial()?;
+        // Durable with the renewal's own batch, which the caller waits for before answering.
+        let (serial, _) = self.membership.store().reserve_serial()?;
         let issued = self
             .ca
             .sign_node_csr(csr_pem, node, serial, self.cert_validity)

@@ -121,7 +121,8 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     let stored = store.fence_params()?;
     let in_force = stored.map_or(configured, |s| s.max(configured));
     if stored != Some(in_force) {
-        store.commit(vec![store::Change::PutFenceParams(in_force)])?;
+        // Before any Welcome: each waits for its registration's later ticket.
+        store.apply(vec![store::Change::PutFenceParams(in_force)])?;
     }
     if in_force != configured {
         tracing::warn!(
@@ -154,7 +155,8 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     membership.reconcile_jobs()?;
 
     // A fresh server certificate at every start; agents trust the CA, not this certificate.
-    let serial = store.next_serial()?;
+    let (serial, ticket) = store.reserve_serial()?;
+    store.durable(ticket).await;
     let ips: Vec<_> = [cfg.quic_addr.ip()]
         .into_iter()
         .filter(|ip| !ip.is_unspecified())
@@ -270,7 +272,8 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         let _ = stop_rx.await;
     };
     let admin_task = if cfg.admin_tls {
-        let serial = store.next_serial()?;
+        let (serial, ticket) = store.reserve_serial()?;
+        store.durable(ticket).await;
         let mut ips = cfg.admin_tls_ips.clone();
         if !admin_addr.ip().is_unspecified() {
             ips.push(admin_addr.ip());

@@ -1,10 +1,11 @@
 //! Membership: the node table, and every change to it.
 //!
 //! The table lives in memory for reads and in the [`StateStore`] for durability. Every change
-//! (a join, a registration, a state change) is committed to the store — written and flushed —
-//! *before* the in-memory table changes and before anyone is told: a `kill -9` between the two
-//! loses nothing that was acknowledged. Changes are serialised by the table's lock, so the order
-//! in the store is the order of the decisions.
+//! (a join, a registration, a state change) is applied to the store under the table's lock, so
+//! the order in the store is the order of the decisions, and is durable *before* anyone is
+//! told: what goes to a node waits in its outbox for the batch's ticket (see `outbox`), and a
+//! reply (a Welcome, an admin answer) waits for it too. Nobody waits for the disk under the
+//! lock. A `kill -9` before the flush loses only what nobody was told.
 //!
 //! Heartbeats never come through here; they go to the failure detector, which is in memory.
 
@@ -249,13 +250,13 @@ impl Membership {
         &*self.clock
     }
 
-    /// The fleet table, locked. Every change to it is committed to the store while the lock
-    /// is held, before the table itself changes.
     /// A look at the fleet, for observers (the simulation's checks): nothing can change it.
     pub fn read<R>(&self, f: impl FnOnce(&Fleet) -> R) -> R {
         f(&lock(&self.table))
     }
 
+    /// The fleet table, locked. Every change to it is applied to the store while the lock is
+    /// held, before the table itself changes.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Fleet> {
         lock(&self.table)
     }
@@ -628,7 +629,8 @@ impl Membership {
                 message: ev,
             }));
         }
-        self.store.commit(changes)?;
+        // Shown only (placement reads it too, and a decision on it waits for its flush).
+        self.store.apply(changes)?;
         e.record = rec;
         Ok(())
     }
@@ -689,7 +691,7 @@ impl Membership {
     }
 
     /// Records a renewed certificate for `node`, asked for on a connection that presented
-    /// `conn_serial`. Durable before it returns (and so before the certificate is sent). The
+    /// `conn_serial`. Applied, not waited for: the certificate is sent once it is durable. The
     /// connection's serial stays valid as the previous one until the node registers with the
     /// new one; any other serial the node had is revoked.
     pub fn record_renewal(
@@ -733,7 +735,8 @@ impl Membership {
                 ),
             }),
         ];
-        self.store.commit(changes)?;
+        // Applied; the caller waits for it to be durable before the certificate is sent.
+        self.store.apply(changes)?;
         self.set_member_serial(issued.serial, true);
         for s in dropped {
             self.set_member_serial(s, false);
@@ -784,7 +787,9 @@ impl Membership {
         if lock(&self.detector).legacy_left(now) {
             return;
         }
-        match self.store.commit(vec![
+        // Applied, not waited for: until it is durable a restart reads the older (larger)
+        // parameters, which is the safe side.
+        match self.store.apply(vec![
             Change::PutFenceParams(p),
             Change::Event(NewEvent {
                 kind: "fence",
@@ -829,7 +834,7 @@ impl Membership {
         changes.extend(e.jobs.iter().cloned().map(Change::DeleteJob));
         changes.extend(e.tokens.iter().cloned().map(Change::DeleteToken));
         changes.extend(e.operations.iter().cloned().map(Change::DeleteOperation));
-        self.store.commit(changes)?;
+        self.store.apply(changes)?;
         for id in &e.jobs {
             t.jobs.remove(id);
         }
@@ -928,10 +933,12 @@ impl Membership {
         self.check_unanswered_starts(now);
         let transitions = lock(&self.detector).handle_tick(now);
         // A wave (a stalled network, a rack losing power) brings thousands of transitions in
-        // one tick. Suspicions are only shown, so they are recorded without waiting for the
-        // disk: they share the next flush. Each `down` is recorded, made durable and acted on
-        // before the next one is even recorded: the job planner's disruption guard counts the
-        // downs it has been told of against the nodes it sees, and must see them one by one.
+        // one tick. Each is recorded and acted on before the next one is even recorded: the
+        // job planner's disruption guard counts the downs it has been told of against the
+        // nodes it sees, and must see them one by one. Nothing here waits for the disk: what
+        // a down leads to (its jobs' starts elsewhere, its connection's close) is queued to
+        // outboxes, which send only once the down's batch is durable, so a wave's downs share
+        // flushes instead of paying one each.
         let (downs, others): (Vec<_>, Vec<_>) = transitions
             .into_iter()
             .partition(|t| matches!(t, Transition::Down { .. }));
@@ -941,15 +948,14 @@ impl Membership {
             }
         }
         for tr in downs {
-            if let Some((ticket, f)) = self.record_transition(tr) {
-                self.store.wait_durable(ticket);
+            if let Some((_, f)) = self.record_transition(tr) {
                 self.follow_up(f);
             }
         }
     }
 
     /// A transition outside the tick (a suspect beat again): recorded, then acted on. What it
-    /// leads to (job decisions) is committed durably on its own, after this record.
+    /// leads to (job decisions) is applied after this record and leaves once durable.
     fn apply(&self, tr: Transition) {
         if let Some((_, f)) = self.record_transition(tr) {
             self.follow_up(f);

@@ -17,9 +17,20 @@
 //!
 //! Pushing takes a plain mutex for a moment and never waits: it is called while the fleet
 //! table is locked, so it must not await or block on the session.
+//!
+//! # Sent only once durable
+//! Every command is stamped, as it is pushed, with the store's newest ticket
+//! ([`StateStore::last_ticket`]), and the session writes it only once that ticket is durable.
+//! A command is decided on the fleet's state after some batch was applied to the store; the
+//! batch (and every one before it: the store's log is written in order) is on disk before the
+//! command leaves. So the deciders apply their batches under the fleet lock and never wait for
+//! the disk there ("no fsync under a lock"), and "durable before acted on" is this one rule in
+//! one place instead of a wait in every decider. Commands are pushed under the same lock their
+//! decision was taken under, so a session's commands leave in the order they were decided.
 
+use crate::store::{StateStore, Ticket};
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tandem_common::proto::CoordMsg;
 use tandem_common::wire::CloseCode;
 use tokio::sync::Notify;
@@ -41,11 +52,13 @@ pub enum OutboxError {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<CoordMsg>,
+    /// Commands, each with the ticket that must be durable before it is written.
+    queue: VecDeque<(Ticket, CoordMsg)>,
     closed: bool,
     overflowed: bool,
-    /// Set by [`Outbox::close_connection`]: the session's connection is to be closed with it.
-    close: Option<(CloseCode, &'static str)>,
+    /// Set by [`Outbox::close_connection`]: the session's connection is to be closed with it,
+    /// once the ticket is durable.
+    close: Option<(CloseCode, &'static str, Ticket)>,
 }
 
 /// One session's queue of commands.
@@ -53,9 +66,13 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
+    /// Where the tickets come from (none: every command may leave at once, for tests of the
+    /// queue alone).
+    store: Option<Arc<dyn StateStore>>,
 }
 
-/// What the session task gets from [`Outbox::next`].
+/// What the session task gets from [`Outbox::next`] (or [`Outbox::try_next`], with the ticket
+/// that must be durable before it is carried out).
 #[derive(Debug, PartialEq)]
 pub enum Drained {
     /// Commands to write, in order.
@@ -76,12 +93,26 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
+    /// An outbox whose commands leave only once the newest batch of `store` at their push is
+    /// durable.
+    pub fn new(store: Arc<dyn StateStore>) -> Self {
+        Self {
+            store: Some(store),
+            ..Self::default()
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `msg`. Never waits.
+    fn ticket(&self) -> Ticket {
+        self.store.as_ref().map_or(0, |s| s.last_ticket())
+    }
+
+    /// Queues `msg`, to be written once every batch applied so far is durable. Never waits.
     pub fn push(&self, msg: CoordMsg) -> Result<(), OutboxError> {
+        let after = self.ticket();
         let mut s = self.state();
         if s.closed {
             return Err(OutboxError::Closed);
@@ -95,43 +126,42 @@ impl Outbox {
             self.notify.notify_one();
             return Err(OutboxError::Overflowed);
         }
-        s.queue.push_back(msg);
+        s.queue.push_back((after, msg));
         drop(s);
         self.notify.notify_one();
         Ok(())
     }
 
-    /// Waits for commands (or the end) and takes every queued command at once.
+    /// Waits for commands (or the end), takes every queued command at once, and returns them
+    /// once their tickets are durable.
     pub async fn next(&self) -> Drained {
         loop {
             // Registered before the check: a push between the check and the await wakes us.
             let notified = self.notify.notified();
-            {
-                let mut s = self.state();
-                if s.overflowed {
-                    return Drained::Overflowed;
+            if let Some((drained, after)) = self.try_next() {
+                if let Some(store) = &self.store {
+                    store.durable(after).await;
                 }
-                if !s.queue.is_empty() {
-                    return Drained::Batch(s.queue.drain(..).collect());
-                }
-                if s.closed {
-                    return Drained::Closed(s.close);
-                }
+                return drained;
             }
             notified.await;
         }
     }
 
-    /// Takes what is queued without waiting (`None`: nothing is): for a runtime that is not
-    /// async, such as the deterministic simulation.
-    pub fn try_next(&self) -> Option<Drained> {
+    /// Takes what is queued without waiting (`None`: nothing is), with the ticket that must be
+    /// durable before it is carried out: for a runtime that is not async, such as the
+    /// deterministic simulation.
+    pub fn try_next(&self) -> Option<(Drained, Ticket)> {
         let mut s = self.state();
         if s.overflowed {
-            Some(Drained::Overflowed)
+            Some((Drained::Overflowed, 0))
         } else if !s.queue.is_empty() {
-            Some(Drained::Batch(s.queue.drain(..).collect()))
+            let after = s.queue.iter().map(|(t, _)| *t).max().unwrap_or(0);
+            let batch = s.queue.drain(..).map(|(_, m)| m).collect();
+            Some((Drained::Batch(batch), after))
         } else if s.closed {
-            Some(Drained::Closed(s.close))
+            let after = s.close.map_or(0, |c| c.2);
+            Some((Drained::Closed(s.close.map(|(c, why, _)| (c, why))), after))
         } else {
             None
         }
@@ -147,12 +177,18 @@ impl Outbox {
     /// Closes the outbox and asks the session task to close its connection with `code`: what
     /// is queued is dropped, since the node reconciles with its next registration anyway.
     pub fn close_connection(&self, code: CloseCode, reason: &'static str) {
+        let after = self.ticket();
         let mut s = self.state();
         s.closed = true;
-        s.queue.clear();
-        s.close.get_or_insert((code, reason));
+        let after = s.queue.drain(..).map(|(t, _)| t).fold(after, u64::max);
+        s.close.get_or_insert((code, reason, after));
         drop(s);
         self.notify.notify_one();
+    }
+
+    /// Whether the outbox was closed (its session task has yet to see it, or has).
+    pub fn is_closed(&self) -> bool {
+        self.state().closed
     }
 
     /// How many commands wait.
@@ -226,11 +262,39 @@ mod tests {
         assert_eq!(o.push(ping(2)), Err(OutboxError::Closed));
         assert_eq!(
             o.try_next(),
-            Some(Drained::Closed(Some((CloseCode::Replaced, "replaced"))))
+            Some((Drained::Closed(Some((CloseCode::Replaced, "replaced"))), 0))
         );
         assert_eq!(
             o.next().await,
             Drained::Closed(Some((CloseCode::Replaced, "replaced")))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_leaves_only_once_the_batches_before_it_are_durable() {
+        use crate::store::{Change, MemStore};
+        let store = std::sync::Arc::new(MemStore::new());
+        let o = Outbox::new(store.clone());
+        o.push(ping(0)).unwrap();
+        assert_eq!(o.try_next(), Some((Drained::Batch(vec![ping(0)]), 0)));
+        let (_, t1) = store.apply(vec![Change::DeleteJob("a".into())]).unwrap();
+        o.push(ping(1)).unwrap();
+        let (_, t2) = store.apply(vec![Change::DeleteJob("b".into())]).unwrap();
+        o.close_connection(CloseCode::Replaced, "replaced");
+        assert_eq!(store.pending(), 2);
+        // Dropped by the close, the ping's ticket still holds the close back.
+        assert!(t1 < t2);
+        assert_eq!(
+            o.try_next(),
+            Some((Drained::Closed(Some((CloseCode::Replaced, "replaced"))), t2))
+        );
+        let o = Outbox::new(store.clone());
+        o.push(ping(2)).unwrap();
+        assert_eq!(o.next().await, Drained::Batch(vec![ping(2)]));
+        assert_eq!(
+            store.pending(),
+            0,
+            "both batches are durable once the ping leaves"
         );
     }
 }

@@ -239,7 +239,7 @@ impl Server {
                 .await;
         }
         let serial = tandem_common::tls::peer_cert_serial(&conn).unwrap_or(0);
-        let outbox = Arc::new(crate::outbox::Outbox::default());
+        let outbox = Arc::new(crate::outbox::Outbox::new(self.membership.store().clone()));
         // Only what the session needs outlives this point: the Hello (with a hardware report of
         // several KiB) is not kept for the life of the connection.
         let datagrams = hello.datagrams && conn.max_datagram_size().is_some();
@@ -418,6 +418,9 @@ impl Server {
                                     CoordMsg::RenewalRefused { reason: e.to_string() }
                                 }
                             } };
+                            // The new certificate (and its serial) is recorded before it leaves.
+                            let store = self.membership.store();
+                            store.durable(store.last_ticket()).await;
                             if let Err(e) = codec::write_msg(&mut send, &reply, self.max_frame).await {
                                 return format!("control stream write failed: {e}");
                             }

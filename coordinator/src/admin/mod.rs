@@ -4,6 +4,11 @@
 //! constant time. Bodies are capped, JSON that does not parse or has unknown fields is refused
 //! with `invalid_argument` and the parser's reason, and unknown routes answer `not_found` in the
 //! same envelope.
+//!
+//! Handlers decide under the fleet lock and apply their batches to the store without waiting
+//! for the disk; [`durable_replies`] holds every answer back until every batch applied before
+//! it is durable. So an acknowledged change survives a crash, nothing waits for a flush under
+//! the lock or blocks an async worker, and a read never shows a state a crash could undo.
 
 mod error;
 mod fleet;
@@ -83,6 +88,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
             axum::routing::delete(fleet::delete_pair),
         )
         .route("/v1/events", get(list_events))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            durable_replies,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
@@ -98,6 +107,15 @@ pub fn router(state: Arc<AdminState>) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// Answers only once every batch the store had applied when the handler finished is durable
+/// (the handler's own, and any it read: see `outbox` for why the newest ticket is the one).
+async fn durable_replies(State(s): Shared, req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let store = s.membership.store();
+    store.durable(store.last_ticket()).await;
+    response
 }
 
 async fn auth(State(s): Shared, req: Request, next: Next) -> Response {
@@ -264,7 +282,7 @@ async fn create_token(
         uses: 0,
         cluster: cluster.clone(),
     };
-    s.membership.store().commit(vec![
+    s.membership.store().apply(vec![
         crate::store::Change::PutToken(rec.clone()),
         crate::store::Change::Event(crate::model::NewEvent {
             kind: "token_created",

@@ -112,6 +112,11 @@ impl GroupCommit {
         t
     }
 
+    /// The newest ticket handed out.
+    pub fn last(&self) -> Ticket {
+        self.lock().applied
+    }
+
     /// Blocks until `ticket` is durable.
     pub fn wait(&self, ticket: Ticket) {
         let mut st = self.lock();

@@ -191,6 +191,10 @@ impl StateStore for MemStore {
         self.make_durable(ticket);
     }
 
+    fn last_ticket(&self) -> Ticket {
+        self.state().applied
+    }
+
     fn durable(
         &self,
         ticket: Ticket,

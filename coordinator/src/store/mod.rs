@@ -100,8 +100,14 @@ pub trait StateStore: Send + Sync + 'static {
     /// Applies a batch atomically, in memory and in order, without waiting for the disk.
     /// Nothing may act on it before its ticket is durable.
     fn apply(&self, changes: Vec<Change>) -> Result<(Vec<Event>, Ticket), StoreError>;
-    /// Blocks until the batch with `ticket` (and every one before it) is on disk.
+    /// Blocks until the batch with `ticket` (and every one before it) is on disk. Never on an
+    /// async worker or under a lock: the coordinator's own paths await [`StateStore::durable`]
+    /// or hand the ticket to the session's outbox, which sends only once it is durable.
     fn wait_durable(&self, ticket: Ticket);
+    /// The ticket of the newest batch applied so far (0 before the first). Whatever was
+    /// decided after reading the state waits for this ticket before it is acted on: the
+    /// decision may rest on any batch applied before it (see `outbox`).
+    fn last_ticket(&self) -> Ticket;
     /// Resolves once the batch with `ticket` (and every one before it) is on disk.
     fn durable(
         &self,

@@ -145,6 +145,10 @@ impl StateStore for SledStore {
         self.group.wait(ticket)
     }
 
+    fn last_ticket(&self) -> Ticket {
+        self.group.last()
+    }
+
     fn durable(
         &self,
         ticket: Ticket,

@@ -3,7 +3,8 @@
 //! What the QUIC server does with a connection is done here the same way, in the same order:
 //! `register`, wait for its ticket, `Welcome`, then `node_reported`; a heartbeat goes to the
 //! detector and its lease comes back in an ack; job reports go to the job runtime; the
-//! outboxes are drained onto the connections; a closed outbox closes its connection; a lost
+//! outboxes are drained onto the connections a moment later, each batch once its ticket is
+//! durable; admin answers wait for the newest ticket; a closed outbox closes its connection; a lost
 //! connection is `disconnected`. Startup is `run`'s: fence parameters, the detector with the
 //! legacy fence, `load`, `reconcile_jobs`.
 
@@ -58,6 +59,8 @@ pub struct CoordHost {
     pub store: Arc<MemStore>,
     sessions: BTreeMap<u64, Session>,
     params: Params,
+    /// Deliberate bug: commands and answers leave without waiting for their tickets.
+    pub send_before_durable: bool,
 }
 
 impl CoordHost {
@@ -72,7 +75,7 @@ impl CoordHost {
         let in_force = stored.map_or(configured, |s| s.max(configured));
         if stored != Some(in_force) {
             store
-                .commit(vec![Change::PutFenceParams(in_force)])
+                .apply(vec![Change::PutFenceParams(in_force)])
                 .expect("mem store");
         }
         let detector = FailureDetector::new(
@@ -97,7 +100,25 @@ impl CoordHost {
             store,
             sessions: BTreeMap::new(),
             params,
+            send_before_durable: false,
         }
+    }
+
+    /// Waits for `ticket` as a sender does before acting (unless the knob says not to).
+    fn durable(&self, ticket: tandem_coordinator::store::Ticket) {
+        if !self.send_before_durable {
+            self.store.wait_durable(ticket);
+        }
+    }
+
+    /// The admin endpoint's rule: an answer waits for every batch applied before it.
+    pub fn answer(&self) {
+        self.durable(self.store.last_ticket());
+    }
+
+    /// The group-commit flusher: whatever is applied becomes durable.
+    pub fn flush(&self) {
+        self.store.wait_durable(self.store.last_ticket());
     }
 
     /// Whether `conn` has a session here.
@@ -155,7 +176,7 @@ impl CoordHost {
         let Some(node) = h.node_id.clone() else {
             return;
         };
-        let outbox = Arc::new(Outbox::default());
+        let outbox = Arc::new(Outbox::new(self.store.clone()));
         let serial = self
             .m
             .find(&node.0)
@@ -173,7 +194,7 @@ impl CoordHost {
             now,
         ) {
             Ok(reg) => {
-                self.store.wait_durable(reg.ticket);
+                self.durable(reg.ticket);
                 out.push(CoordOut::Send(
                     conn,
                     Packet::Coord(CoordMsg::Welcome(Welcome {
@@ -211,21 +232,32 @@ impl CoordHost {
         self.m.tick(clock.instant(clock.ns()));
     }
 
-    /// Carries what the outboxes hold onto the connections.
+    /// Whether an outbox holds something to carry out.
+    pub fn has_output(&self) -> bool {
+        self.sessions
+            .values()
+            .any(|s| !s.outbox.is_empty() || s.outbox.is_closed())
+    }
+
+    /// Carries what the outboxes hold onto the connections, each batch once its ticket is
+    /// durable (as the session task does).
     pub fn drain(&mut self, out: &mut Vec<CoordOut>) {
         let mut ended = Vec::new();
         for (conn, s) in &self.sessions {
-            match s.outbox.try_next() {
-                None => {}
-                Some(Drained::Batch(b)) => out.extend(
+            let Some((drained, after)) = s.outbox.try_next() else {
+                continue;
+            };
+            self.durable(after);
+            match drained {
+                Drained::Batch(b) => out.extend(
                     b.into_iter()
                         .map(|m| CoordOut::Send(*conn, Packet::Coord(m))),
                 ),
-                Some(Drained::Overflowed) => {
+                Drained::Overflowed => {
                     out.push(CoordOut::Close(*conn, "commands not read"));
                     ended.push(*conn);
                 }
-                Some(Drained::Closed(why)) => {
+                Drained::Closed(why) => {
                     out.push(CoordOut::Close(*conn, why.map_or("ended", |w| w.1)));
                     ended.push(*conn);
                 }

@@ -26,6 +26,9 @@ struct Args {
     /// Deliberate bug: the store acknowledges flushes it did not do.
     #[arg(long)]
     lying_flush: bool,
+    /// Deliberate bug: commands and answers leave before their batches are durable.
+    #[arg(long)]
+    send_before_durable: bool,
     /// How far host clocks may drift, in millionths (default 20000: 2%).
     #[arg(long)]
     max_drift_ppm: Option<i64>,
@@ -44,6 +47,7 @@ fn main() {
     let knobs = tandem_sim::Knobs {
         no_fence_grace: a.no_fence_grace,
         lying_flush: a.lying_flush,
+        send_before_durable: a.send_before_durable,
         max_drift_ppm: a.max_drift_ppm,
     };
     if let Some(seed) = a.seed {

@@ -27,6 +27,9 @@ pub struct Knobs {
     pub no_fence_grace: bool,
     /// The store says a batch is durable without making it so (acting before a persist).
     pub lying_flush: bool,
+    /// Commands and answers leave without waiting for their batches to be durable (acting
+    /// before a persist has finished).
+    pub send_before_durable: bool,
     /// How far the hosts' clocks may run fast or slow, in millionths (default 2%; the fence
     /// grace allows 5% of the lease). A larger drift than the design allows must be caught.
     pub max_drift_ppm: Option<i64>,
@@ -61,6 +64,7 @@ pub struct Report {
 #[derive(Debug)]
 enum Ev {
     CoordTick(u64),
+    CoordDrain(u64),
     CoordStart,
     Deliver(InFlight),
     Connect(usize, u64),
@@ -106,6 +110,10 @@ struct World {
     /// What the trace last showed of each job record.
     traced_jobs: BTreeMap<String, String>,
     traced_event: u64,
+    /// The deliberate bugs switched on.
+    knobs: Knobs,
+    /// A drain of the outboxes is scheduled.
+    drain_due: bool,
 }
 
 /// Runs one seed. `trace` keeps a line per step, printed with a violation.
@@ -240,6 +248,8 @@ impl World {
             trace: trace.then(Vec::new),
             traced_jobs: BTreeMap::new(),
             traced_event: 0,
+            knobs,
+            drain_due: false,
         };
         w.at(0, Ev::CoordStart);
         for i in 0..n {
@@ -309,18 +319,30 @@ impl World {
                 if self.coord.is_none() {
                     self.coord_run += 1;
                     self.note(|| "coordinator starts".into());
-                    let host =
+                    let mut host =
                         CoordHost::start(self.store.clone(), self.clock.clone(), self.params);
+                    host.send_before_durable = self.knobs.send_before_durable;
                     self.coord = Some(host);
+                    self.drain_due = false;
                     let run = self.coord_run;
                     self.at(now + ms(20), Ev::CoordTick(run));
                     self.coord_io(|_, _| {})?;
                 }
             }
+            Ev::CoordDrain(run) => {
+                if run == self.coord_run && self.coord.is_some() {
+                    self.drain_due = false;
+                    self.coord_io(|h, out| h.drain(out))?;
+                }
+            }
             Ev::CoordTick(run) => {
                 if run == self.coord_run && self.coord.is_some() {
                     let clock = self.clock.clone();
-                    self.coord_io(|h, _| h.tick(&clock))?;
+                    self.coord_io(|h, _| {
+                        // The flusher lags: what the last tick applied is flushed now.
+                        h.flush();
+                        h.tick(&clock)
+                    })?;
                     self.check_downs()?;
                     self.at(now + ms(20), Ev::CoordTick(run));
                 }
@@ -364,6 +386,12 @@ impl World {
                 self.agent_outs(i, out)?;
             }
             Ev::Wake(i) => {
+                // A timer with a token: only the wake the agent asked for last counts (a wake
+                // moved earlier leaves its later event behind, and each stale event woke the
+                // agent again and scheduled another: one seed ran 53 million of them).
+                if self.pending_wake[i] != Some(now) {
+                    return Ok(());
+                }
                 self.pending_wake[i] = None;
                 let mut out = Vec::new();
                 let local = self.agents[i].local(now);
@@ -558,7 +586,7 @@ impl World {
         };
         let mut out = Vec::new();
         f(h, &mut out);
-        h.drain(&mut out);
+
         if self.trace.is_some() {
             let events = h
                 .store
@@ -600,10 +628,18 @@ impl World {
                 }
             }
         }
-        if self.coord.is_none() {
+        let Some(h) = self.coord.as_ref() else {
             return Ok(());
-        }
+        };
         let now = self.clock.ns();
+        // The session tasks carry the outboxes out a moment later (each batch once it is
+        // durable): a crash may come between a decision and its send.
+        if !self.drain_due && h.has_output() {
+            self.drain_due = true;
+            let t = now + self.rng.random_range(0..=ms(2));
+            let ev = Ev::CoordDrain(self.coord_run);
+            self.at(t, ev);
+        }
         let w = self.weather;
         for o in out {
             let (conn, p) = match o {
@@ -868,11 +904,13 @@ impl World {
                 tandem_coordinator::clock::Clock::unix_ms(&*self.clock),
             );
             self.note(|| format!("ADMIN submit {id} ({restart:?}, {b:?})"));
+            let mut ok = false;
             let r = self.coord_io(|h, _| {
-                let _ = h.m.submit_job(rec).map(|_| ());
+                ok = h.m.submit_job(rec).is_ok();
+                h.answer();
             });
             r?;
-            if m.read(|t| t.jobs.contains_key(&id)) {
+            if ok && m.read(|t| t.jobs.contains_key(&id)) {
                 self.jobs.push(SimJob { id });
                 self.report.jobs += 1;
             }
@@ -890,6 +928,7 @@ impl World {
                             job: j,
                         })
                         .is_ok();
+                    h.answer();
                 })?;
                 if ok {
                     self.ledger.stop_acknowledged(&job, now);
@@ -908,6 +947,7 @@ impl World {
                 let c = self.cluster.clone();
                 self.coord_io(|h, _| {
                     let _ = h.m.delete_pair(&c, &p);
+                    h.answer();
                 })?;
             } else {
                 let n = self.agents.len();
@@ -917,6 +957,7 @@ impl World {
                 self.coord_io(|h, _| {
                     let _ =
                         h.m.create_pair(&c, &format!("sim-{a}"), &format!("sim-{b}"));
+                    h.answer();
                 })?;
             }
         } else if roll < 95 {
@@ -925,6 +966,7 @@ impl World {
             self.note(|| format!("ADMIN drain node {i}: {drain}"));
             self.coord_io(|h, _| {
                 let _ = h.m.set_draining(&format!("sim-{i}"), drain);
+                h.answer();
             })?;
         } else {
             let present = self.agents.iter().filter(|a| !a.removed).count();
@@ -936,6 +978,7 @@ impl World {
                     removed =
                         h.m.remove_node(&format!("sim-{i}"), "simulated removal")
                             .is_ok();
+                    h.answer();
                 })?;
                 if removed {
                     // Its certificate is revoked: it never comes back.

@@ -119,6 +119,21 @@ fn a_store_that_acts_before_its_flush_loses_acknowledged_jobs() {
 }
 
 #[test]
+fn acting_before_a_persist_is_durable_loses_acknowledged_jobs() {
+    // Commands and admin answers leave without waiting for their batch's ticket: a crash
+    // before the flush undoes what was acknowledged.
+    let knobs = Knobs {
+        send_before_durable: true,
+        ..Default::default()
+    };
+    caught(
+        knobs,
+        &["is lost", "two copies", "started again", "runs again"],
+        "acting before a persist is durable",
+    );
+}
+
+#[test]
 fn clocks_drifting_past_the_fence_grace_let_a_node_be_declared_down_while_its_copies_run() {
     // The fence grace allows 5% of the lease for clock drift; ±30% is far past it.
     let knobs = Knobs {
