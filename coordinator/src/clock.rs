@@ -1,7 +1,7 @@
 //! Where the decision layer reads time and chance from.
 //!
-//! Membership, the job runtime and administration never call `Instant::now`, the wall clock or
-//! the thread's random generator themselves: they ask their [`Clock`]. In the coordinator that
+//! The engine never calls `Instant::now`, the wall clock or the thread's random generator
+//! itself: it asks its [`Clock`]. In the coordinator that
 //! is [`SystemClock`]; in the deterministic simulation (`tests/sim`) it is a simulated clock
 //! with a seeded generator, so that one seed replays the same run exactly. The maps the fleet
 //! is kept in hash with [`FleetHash`] for the same reason: their iteration order (which node a

@@ -148,7 +148,7 @@ pub struct Config {
     /// QUIC socket buffers.
     pub udp_buffer_bytes: usize,
     /// Cluster quotas.
-    pub quotas: crate::administration::Quotas,
+    pub quotas: crate::engine::Quotas,
 }
 
 /// A host name of dot-separated labels of letters, digits and `-`.
@@ -307,7 +307,7 @@ impl RawConfig {
             admin_tls_dns,
             max_frame_bytes: self.max_frame_bytes,
             udp_buffer_bytes: self.udp_buffer_bytes,
-            quotas: crate::administration::Quotas {
+            quotas: crate::engine::Quotas {
                 max_clusters: self.max_clusters,
                 max_nodes_per_cluster: self.max_nodes_per_cluster,
             },

@@ -14,7 +14,7 @@
 //! certificate for the same id, and no token use is spent. Anyone else asking for the name is
 //! refused.
 
-use crate::membership::{Membership, MembershipError};
+use crate::engine::{Engine, MembershipError};
 use crate::model::{NodeRecord, NodeState};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -29,7 +29,7 @@ pub struct Joiner {
     /// The CA that signs node certificates.
     pub ca: Arc<CertificateAuthority>,
     /// The table the node is added to.
-    pub membership: Arc<Membership>,
+    pub membership: Arc<Engine>,
     /// Node certificate lifetime.
     pub cert_validity: Duration,
     /// The lease told to agents.

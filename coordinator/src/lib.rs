@@ -9,10 +9,9 @@
 //! - `cluster`: the pure decisions for clusters and pairs (validation, capacity, pairing).
 //! - `jobs`: the pure decisions for jobs (spec rules, placement, fencing tokens, failover planner).
 //! - `detector`: the failure detector, a plain struct driven by `now` (the fencing argument).
-//! - `membership`: the node table; every change durable before it is acted on.
-//! - `administration`: cluster, pair and node operations behind the admin API.
-//! - `pairs`: the pair planner's decisions turned into durable changes.
-//! - `job_runtime`: the job planner's decisions made durable, then sent to agents.
+//! - `engine`: the one owner of fleet state (nodes, clusters, pairs, jobs, timers): decides
+//!   on every input, applies each batch to the store, and queues what it sends to outboxes
+//!   that send only once the batch is durable.
 //! - `limits`: failed-join, refusal-log and per-session message limits against floods.
 //! - `retention`: which finished jobs, spent tokens and finished operations are deleted.
 //! - `join`: join tokens and CSRs traded for node certificates.
@@ -23,29 +22,26 @@
 //! - `dev`: `tandem-coordinator dev`, a coordinator and a few agents on loopback.
 
 pub mod admin;
-pub mod administration;
 pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod detector;
 pub mod dev;
+pub mod engine;
 pub mod init;
-pub mod job_runtime;
 pub mod jobs;
 pub mod join;
 pub mod limits;
-pub mod membership;
 pub mod metrics;
 pub mod model;
 pub mod outbox;
-pub mod pairs;
 pub mod retention;
 pub mod server;
 pub mod store;
 
 use crate::config::Config;
 use crate::detector::{DetectorConfig, FailureDetector};
-use crate::membership::Membership;
+use crate::engine::Engine;
 use crate::store::{SledStore, StateStore};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -93,7 +89,7 @@ pub struct Running {
     /// Where the QUIC endpoint listens.
     pub quic_addr: SocketAddr,
     /// The membership table (for in-process use, e.g. dev mode).
-    pub membership: Arc<Membership>,
+    pub membership: Arc<Engine>,
     /// The CA.
     pub ca: Arc<CertificateAuthority>,
     endpoint: quinn::Endpoint,
@@ -145,7 +141,7 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     )
     .with_legacy(in_force.lease() + in_force.fence_grace());
     let membership = Arc::new(
-        Membership::load(store.clone(), detector, metrics, now)?
+        Engine::load(store.clone(), detector, metrics, now)?
             .with_quotas(cfg.quotas)
             .with_retention(cfg.retention)
             .with_fence_update((in_force != configured).then_some(configured)),

@@ -101,7 +101,7 @@ pub struct NodeRecord {
     pub draining: bool,
     /// Removed by an operator while it may still hold a lease (Unix ms of the removal): the
     /// record is kept as a tombstone, out of the node table, until the detector declares the
-    /// lease over; only then may the node's jobs run elsewhere (see `administration`).
+    /// lease over; only then may the node's jobs run elsewhere (see `engine::node_admin`).
     #[serde(default)]
     pub removed_ms: Option<u64>,
 }

@@ -3,7 +3,7 @@
 //! Finished jobs, used-up or expired join tokens and finished operations were never deleted:
 //! a long-lived coordinator's store and memory grew with every job it ever ran, and every
 //! planner call copied every job. [`expired`] decides (plain code, `now` passed in) which
-//! records are past their retention; `Membership::sweep` deletes them in one durable batch.
+//! records are past their retention; `Engine::sweep` deletes them in one durable batch.
 //!
 //! Deleting a finished job is safe for the fencing argument: it has no placement, its last
 //! copy was stopped or ended long before (retention is at least a minute), and a node that

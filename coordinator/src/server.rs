@@ -6,8 +6,8 @@
 //! refusal is logged with the peer's address and reason and answered with a `Reject` before the
 //! connection closes; nothing a peer sends can panic this code or touch another node.
 
+use crate::engine::{Engine, MembershipError};
 use crate::join::Joiner;
-use crate::membership::{Membership, MembershipError};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -80,7 +80,7 @@ pub fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::
 /// What the connection tasks share.
 pub struct Server {
     /// The membership table.
-    pub membership: Arc<Membership>,
+    pub membership: Arc<Engine>,
     /// Join handling.
     pub joiner: Joiner,
     /// Heartbeat interval and lease told to agents.

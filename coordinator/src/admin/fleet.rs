@@ -1,7 +1,7 @@
 //! Admin routes for clusters, pairs and node administration (check, drain, remove, recycle).
 
 use super::{views, ApiError, ApiJson, ApiQuery, Code, Shared};
-use crate::administration::{ClusterPatch, NewCluster, NodePatch, OpError};
+use crate::engine::{ClusterPatch, NewCluster, NodePatch, OpError};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;

@@ -60,10 +60,10 @@ pub(super) async fn submit(
     );
     let id = job.id.clone();
     s.membership.submit_job(job).map_err(|e| match e {
-        crate::job_runtime::SubmitError::NameTaken { .. } => {
+        crate::engine::SubmitError::NameTaken { .. } => {
             ApiError::new(Code::AlreadyExists, e.to_string())
         }
-        crate::job_runtime::SubmitError::Store(e) => e.into(),
+        crate::engine::SubmitError::Store(e) => e.into(),
     })?;
     let job = find(&s, &id)?;
     Ok((StatusCode::CREATED, Json(json!({ "job": view(&job) }))))

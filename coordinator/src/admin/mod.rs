@@ -18,7 +18,7 @@ mod views;
 
 pub use error::{ApiError, Code};
 
-use crate::membership::Membership;
+use crate::engine::Engine;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -40,7 +40,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// What the handlers share.
 pub struct AdminState {
     /// The membership table.
-    pub membership: Arc<Membership>,
+    pub membership: Arc<Engine>,
     /// The CA (its pin goes into join tokens).
     pub ca: Arc<CertificateAuthority>,
     /// The bearer token.

@@ -1,7 +1,7 @@
 //! How records look in the API: times in RFC 3339 next to Unix milliseconds, plus what only
 //! the live table knows (connection, heartbeat age).
 
-use crate::membership::{Membership, NodeEntry};
+use crate::engine::{Engine, NodeEntry};
 use crate::model::{ClusterRecord, Event, NodeState, PairRecord};
 use serde_json::{json, Value};
 use std::time::Instant;
@@ -9,7 +9,7 @@ use tandem_common::ids::NodeId;
 use tandem_common::time::rfc3339;
 
 /// A node object.
-pub fn node(m: &Membership, e: &NodeEntry, now: Instant) -> Value {
+pub fn node(m: &Engine, e: &NodeEntry, now: Instant) -> Value {
     let r = &e.record;
     json!({
         "id": r.id,
@@ -49,7 +49,7 @@ pub fn event(e: &Event) -> Value {
 }
 
 /// A cluster object: the record, its status, capacity, nodes, pairs and jobs.
-pub fn cluster(m: &Membership, c: &ClusterRecord) -> Value {
+pub fn cluster(m: &Engine, c: &ClusterRecord) -> Value {
     let (nodes, pairs, status, capacity) = m.cluster_overview(&c.id);
     let name_of = |id: &NodeId| nodes.iter().find(|n| n.id == *id).map(|n| n.name.clone());
     json!({

@@ -1,4 +1,4 @@
-//! The coordinator host: the real `Membership` over a `MemStore`, and its sessions.
+//! The coordinator host: the real `Engine` over a `MemStore`, and its sessions.
 //!
 //! What the QUIC server does with a connection is done here the same way, in the same order:
 //! `register`, wait for its ticket, `Welcome`, then `node_reported`; a heartbeat goes to the
@@ -16,7 +16,7 @@ use std::time::Duration;
 use tandem_common::ids::NodeId;
 use tandem_common::proto::{AgentMsg, CoordMsg, Reject, Welcome};
 use tandem_coordinator::detector::{DetectorConfig, FailureDetector};
-use tandem_coordinator::membership::{Membership, MembershipError};
+use tandem_coordinator::engine::{Engine, MembershipError};
 use tandem_coordinator::model::FenceParams;
 use tandem_coordinator::outbox::{Drained, Outbox};
 use tandem_coordinator::store::{Change, MemStore, StateStore};
@@ -54,7 +54,7 @@ struct Session {
 /// One coordinator process.
 pub struct CoordHost {
     /// The decision layer.
-    pub m: Arc<Membership>,
+    pub m: Arc<Engine>,
     /// Its store.
     pub store: Arc<MemStore>,
     sessions: BTreeMap<u64, Session>,
@@ -89,7 +89,7 @@ impl CoordHost {
             now,
         )
         .with_legacy(in_force.lease() + in_force.fence_grace());
-        let m = Membership::load(store.clone(), detector, Default::default(), now)
+        let m = Engine::load(store.clone(), detector, Default::default(), now)
             .expect("mem store")
             .with_fence_update((in_force != configured).then_some(configured))
             .with_clock(clock);

@@ -1,6 +1,6 @@
 //! A deterministic simulation of a Tandem fleet.
 //!
-//! It runs the coordinator's real decision layer (`Membership`: the failure detector, the job
+//! It runs the coordinator's real decision layer (`Engine`: the failure detector, the job
 //! planner, pairing, the job runtime, over the in-memory `MemStore` with crash semantics)
 //! against simulated agents built on the agent's real [`Lease`](tandem_agent::lease::Lease),
 //! the shim's real [`Guard`](tandem_agent::supervisor::guard::Guard) and the supervisor's real
@@ -24,7 +24,7 @@
 //! - `clock`: the simulated clock and seeded chance the coordinator reads.
 //! - `net`: links, connections, delivery (control streams in order, datagrams lossy).
 //! - `agent`: one simulated agent and its job copies.
-//! - `coordinator`: the coordinator host: `Membership`, its store, its sessions (as the QUIC
+//! - `coordinator`: the coordinator host: `Engine`, its store, its sessions (as the QUIC
 //!   server dispatches them).
 //! - `invariants`: what is checked, and the violation reported.
 //! - `world`: the event loop, the faults and the operator.

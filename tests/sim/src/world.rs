@@ -1037,7 +1037,7 @@ impl World {
         m.read(|t| self.check_jobs(t))
     }
 
-    fn check_jobs(&self, t: &tandem_coordinator::membership::Fleet) -> Result<(), String> {
+    fn check_jobs(&self, t: &tandem_coordinator::engine::Fleet) -> Result<(), String> {
         for j in &self.jobs {
             let Some(rec) = t.jobs.get(&j.id) else {
                 return Err(format!("acknowledged job {} is lost: no record", j.id));

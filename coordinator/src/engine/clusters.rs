@@ -1,5 +1,5 @@
-//! Cluster, pair and node administration: the operations behind the admin API's cluster and
-//! node routes.
+//! Cluster and pair administration: the operations behind the admin API's cluster and pair
+//! routes, and the cluster rules a joining node must meet.
 //!
 //! Every operation checks its input (the rules live in `cluster::validate`), decides under the
 //! fleet lock, applies the records and an event to the store, and only then changes the
@@ -8,15 +8,17 @@
 //! to a node waits in its outbox for the same (see `outbox`). So an acknowledged change
 //! survives a `kill -9` at any moment, and no flush is waited for under the fleet lock.
 
+use super::core::Engine;
+use super::fleet::Fleet;
+use super::nodes::MembershipError;
+use super::quotas::Quotas;
 use crate::cluster::validate::{self, ValidationError};
-use crate::membership::{Membership, MembershipError};
 use crate::model::*;
 use crate::store::{Change, StoreError};
 use std::collections::BTreeMap;
 use tandem_common::hardware::HardwareReport;
 use tandem_common::ids::NodeId;
 use tandem_common::proto::RejectCode;
-use tandem_common::wire::CloseCode;
 
 /// Why an administrative operation was refused or failed. Each maps to one API error code.
 #[derive(Debug, thiserror::Error)]
@@ -43,24 +45,6 @@ pub enum OpError {
 
 /// What a recycle did: the nodes removed, and `(name, reason)` for those it could not remove.
 pub type Recycled = (Vec<NodeRecord>, Vec<(String, String)>);
-
-/// Limits from the coordinator's configuration.
-#[derive(Clone, Copy, Debug)]
-pub struct Quotas {
-    /// Clusters per coordinator.
-    pub max_clusters: usize,
-    /// Nodes per cluster.
-    pub max_nodes_per_cluster: usize,
-}
-
-impl Default for Quotas {
-    fn default() -> Self {
-        Self {
-            max_clusters: 50,
-            max_nodes_per_cluster: 100,
-        }
-    }
-}
 
 /// A new cluster as asked for.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -129,7 +113,7 @@ where
     serde::Deserialize::deserialize(d).map(Some)
 }
 
-fn event(kind: &'static str, node: Option<NodeId>, message: String) -> Change {
+pub(super) fn event(kind: &'static str, node: Option<NodeId>, message: String) -> Change {
     Change::Event(NewEvent {
         kind,
         node,
@@ -137,7 +121,7 @@ fn event(kind: &'static str, node: Option<NodeId>, message: String) -> Change {
     })
 }
 
-impl Membership {
+impl Engine {
     /// Finds a cluster by id or name.
     pub fn cluster(&self, id_or_name: &str) -> Option<ClusterRecord> {
         let t = self.lock();
@@ -193,8 +177,8 @@ impl Membership {
             .map(|e| e.record.clone())
             .collect();
         nodes.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then(a.name.cmp(&b.name)));
-        let pairs = crate::pairs::cluster_pairs(&t, cid);
-        let view = crate::pairs::pair_nodes(&t, cid, None);
+        let pairs = super::pairs::cluster_pairs(&t, cid);
+        let view = super::pairs::pair_nodes(&t, cid, None);
         let status = crate::cluster::pairing::cluster_status(c.mode, &view, &pairs);
         // What jobs hold (and, in ha_pairs, reserve on standbys) is not free.
         let views: Vec<_> = t
@@ -388,11 +372,11 @@ impl Membership {
         }
         let p = find_node_id(&t, primary)?;
         let s = find_node_id(&t, standby)?;
-        let nodes = crate::pairs::pair_nodes(&t, &cid, None);
-        let current = crate::pairs::cluster_pairs(&t, &cid);
+        let nodes = super::pairs::pair_nodes(&t, &cid, None);
+        let current = super::pairs::cluster_pairs(&t, &cid);
         let d = crate::cluster::pairing::manual_pair(&nodes, &current, &p, &s)
             .map_err(|e| OpError::FailedPrecondition(e.to_string()))?;
-        let plan = crate::pairs::plan(
+        let plan = super::pairs::plan(
             &t,
             &c,
             &nodes,
@@ -408,7 +392,7 @@ impl Membership {
             .cloned()
             .ok_or_else(|| OpError::FailedPrecondition("the pair could not be formed".into()))?;
         self.store().apply(plan.changes.clone())?;
-        crate::pairs::install(&mut t, &cid, plan);
+        super::pairs::install(&mut t, &cid, plan);
         Ok(made)
     }
 
@@ -424,12 +408,12 @@ impl Membership {
             .filter(|p| p.cluster == cid)
             .cloned()
             .ok_or_else(|| OpError::NotFound(format!("no pair `{pair}` in cluster {}", c.name)))?;
-        let nodes = crate::pairs::pair_nodes(&t, &cid, None);
+        let nodes = super::pairs::pair_nodes(&t, &cid, None);
         let d = crate::cluster::pairing::PairDecision::Unpair {
             pair: pair.to_string(),
             reason: "unpaired by an operator".into(),
         };
-        let plan = crate::pairs::plan(
+        let plan = super::pairs::plan(
             &t,
             &c,
             &nodes,
@@ -439,7 +423,7 @@ impl Membership {
             self.clock(),
         );
         self.store().apply(plan.changes.clone())?;
-        crate::pairs::install(&mut t, &cid, plan);
+        super::pairs::install(&mut t, &cid, plan);
         Ok(existing)
     }
 
@@ -501,203 +485,9 @@ impl Membership {
         }
         Ok(c)
     }
-
-    /// Edits a node's protection, labels and taints.
-    pub fn patch_node(&self, id_or_name: &str, patch: NodePatch) -> Result<NodeRecord, OpError> {
-        let mut t = self.lock();
-        let id = find_node_id(&t, id_or_name)?;
-        let mut rec = t.nodes[&id].record.clone();
-        if let Some(p) = patch.protected {
-            rec.protected = p;
-        }
-        if let Some(l) = &patch.labels {
-            let merged = validate::merge_labels(&rec.labels, l);
-            validate::check_labels(&merged)?;
-            rec.labels = merged;
-        }
-        if let Some(taints) = patch.taints {
-            validate::check_taints(&taints)?;
-            rec.taints = taints;
-        }
-        self.store().apply(vec![
-            Change::PutNode(Box::new(rec.clone())),
-            event(
-                "node_edited",
-                Some(id.clone()),
-                format!("node {} edited", rec.name),
-            ),
-        ])?;
-        if let Some(e) = t.nodes.get_mut(&id) {
-            e.record = rec.clone();
-        }
-        Ok(rec)
-    }
-
-    /// Sets or clears a node's drain flag.
-    pub fn set_draining(&self, id_or_name: &str, draining: bool) -> Result<NodeRecord, OpError> {
-        let mut t = self.lock();
-        let id = find_node_id(&t, id_or_name)?;
-        let mut rec = t.nodes[&id].record.clone();
-        if rec.draining == draining {
-            return Ok(rec);
-        }
-        rec.draining = draining;
-        let what = if draining {
-            "draining: no new work"
-        } else {
-            "no longer draining"
-        };
-        self.store().apply(vec![
-            Change::PutNode(Box::new(rec.clone())),
-            event(
-                "node_drain",
-                Some(id.clone()),
-                format!("node {} is {what}", rec.name),
-            ),
-        ])?;
-        if let Some(e) = t.nodes.get_mut(&id) {
-            e.record = rec.clone();
-        }
-        Ok(rec)
-    }
-
-    /// Removes a node: refused while protected. Its record goes, so its certificate is no
-    /// longer accepted (registration checks the record and its serial), its open connection is
-    /// closed, and a pair it was in is dissolved.
-    ///
-    /// # No way around the lease
-    /// A node that may still hold a lease (the detector has not declared it down) may still
-    /// run its jobs: closing its connection stops its beats, but its agent fences them only
-    /// when its last lease runs out. Placing them elsewhere at once ran two copies for up to a
-    /// lease. So such a node leaves the table but is kept as a tombstone (durably, in the
-    /// same batch), shown to the job planner as live and draining: its jobs move only once
-    /// their copies there have ended or the detector declares the node down, exactly as after
-    /// a crash. A node already down, joining or gone holds no lease and goes at once.
-    pub fn remove_node(&self, id_or_name: &str, why: &str) -> Result<NodeRecord, OpError> {
-        let mut t = self.lock();
-        let id = find_node_id(&t, id_or_name)?;
-        let rec = t.nodes[&id].record.clone();
-        let may_hold_lease =
-            matches!(rec.state, NodeState::Ready | NodeState::Suspect) && self.may_hold_lease(&id);
-        if rec.protected {
-            return Err(OpError::FailedPrecondition(format!(
-                "node {} is protected; clear its protection first (PATCH protected=false)",
-                rec.name
-            )));
-        }
-        let pairs: Vec<PairRecord> = t
-            .pairs
-            .values()
-            .filter(|p| p.primary == id || p.standby == id)
-            .cloned()
-            .collect();
-        let mut tomb = rec.clone();
-        tomb.removed_ms = Some(self.clock().unix_ms());
-        tomb.draining = true;
-        let mut changes = vec![if may_hold_lease {
-            Change::PutNode(Box::new(tomb.clone()))
-        } else {
-            Change::DeleteNode(id.clone())
-        }];
-        changes.push(event(
-            "node_removed",
-            Some(id.clone()),
-            format!(
-                "node {} removed ({why}); certificate serial {} revoked{}",
-                rec.name,
-                rec.cert_serial,
-                if may_hold_lease {
-                    "; its jobs move once their copies there end or its lease is over"
-                } else {
-                    ""
-                }
-            ),
-        ));
-        for p in &pairs {
-            changes.push(Change::DeletePair(p.id.clone()));
-            let partner = if p.primary == id {
-                &p.standby
-            } else {
-                &p.primary
-            };
-            let partner = t
-                .nodes
-                .get(partner)
-                .map_or_else(|| partner.to_string(), |e| e.record.name.clone());
-            let cluster = t
-                .clusters
-                .get(&p.cluster)
-                .map_or_else(|| p.cluster.clone(), |c| c.name.clone());
-            changes.push(event(
-                "pair",
-                None,
-                format!(
-                    "cluster {cluster}: pair {} dissolved (its member {} was removed: {why}); {partner} is unpaired",
-                    p.id, rec.name
-                ),
-            ));
-        }
-        self.store().apply(changes)?;
-        for p in pairs {
-            t.pairs.remove(&p.id);
-        }
-        // Revoked: the TLS layer refuses this certificate from now on.
-        self.set_member_serial(rec.cert_serial, false);
-        if let Some(previous) = rec.previous_cert_serial {
-            self.set_member_serial(previous, false);
-        }
-        if let Some(e) = t.remove_node(&id) {
-            if let Some(live) = e.live {
-                live.control.close_connection(
-                    CloseCode::Removed,
-                    "node removed: its certificate is revoked",
-                );
-            }
-        }
-        if may_hold_lease {
-            t.removing.insert(id.clone(), tomb);
-            drop(t);
-            // Its jobs start moving now (stop first, as a drain does); none starts elsewhere
-            // before its copy there has ended or the node is declared down.
-            self.job_event(crate::jobs::planner::Event::Drain { node: id.clone() })?;
-        } else {
-            drop(t);
-            self.forget(&id);
-            // A failover hold that counted it (it went down with more than half of its
-            // cluster) must not wait for it to return.
-            self.job_event(crate::jobs::planner::Event::NodeRemoved { node: id.clone() })?;
-        }
-        Ok(rec)
-    }
-
-    /// Removes every unprotected node that has been down longer than `down_for_ms`.
-    pub fn recycle(&self, down_for_ms: u64) -> Result<Recycled, OpError> {
-        let now = self.clock().unix_ms();
-        let candidates: Vec<NodeRecord> = self
-            .lock()
-            .nodes
-            .values()
-            .filter(|e| {
-                e.record.state == NodeState::Down
-                    && now.saturating_sub(e.record.state_since_ms) >= down_for_ms
-            })
-            .map(|e| e.record.clone())
-            .collect();
-        let (mut removed, mut skipped) = (Vec::new(), Vec::new());
-        for c in candidates {
-            match self.remove_node(
-                c.id.as_str(),
-                &format!("recycled: down for more than {} s", down_for_ms / 1000),
-            ) {
-                Ok(r) => removed.push(r),
-                Err(e) => skipped.push((c.name, e.to_string())),
-            }
-        }
-        Ok((removed, skipped))
-    }
 }
 
-fn find_cluster_id(
+pub(super) fn find_cluster_id(
     clusters: &crate::clock::Map<String, ClusterRecord>,
     id_or_name: &str,
 ) -> Result<String, OpError> {
@@ -711,7 +501,7 @@ fn find_cluster_id(
         .ok_or_else(|| OpError::NotFound(format!("no cluster with id or name `{id_or_name}`")))
 }
 
-fn find_node_id(t: &crate::membership::Fleet, id_or_name: &str) -> Result<NodeId, OpError> {
+pub(super) fn find_node_id(t: &Fleet, id_or_name: &str) -> Result<NodeId, OpError> {
     if let Some(id) = NodeId::parse(id_or_name).filter(|id| t.nodes.contains_key(id)) {
         return Ok(id);
     }

@@ -2,13 +2,13 @@
 //! durable changes.
 //!
 //! The planner decides; this module gives new pairs their ids, builds the records and events
-//! for one batch, and returns the pair table to install once the batch is on disk. Membership
-//! calls it inside the same commit as the node change that caused it, so a promotion is never
-//! acted on (or acknowledged) before it is recorded.
+//! for one batch, and returns the pair table to install with it. The engine applies them in
+//! the same batch as the node change that caused them, so a promotion is never acted on (or
+//! acknowledged) before it is durable.
 
+use super::fleet::Fleet;
 use crate::cluster::is_live;
 use crate::cluster::pairing::{self, PairDecision, PairNode};
-use crate::membership::Fleet;
 use crate::model::{ClusterMode, ClusterRecord, NewEvent, PairRecord, PairState};
 use crate::store::Change;
 use tandem_common::ids::NodeId;

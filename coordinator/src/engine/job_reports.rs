@@ -1,0 +1,450 @@
+//! What agents report about their jobs (starts, exits, what they hold, logs), and the moves
+//! that wait for an old copy to end: reconciled against the job records, never assumed.
+
+use super::core::Engine;
+use super::job_state::{awaits_start, lock, send_in, start_cmd, waits_for};
+use crate::jobs::model::{Exit, JobRecord};
+use crate::jobs::planner::{Event, Reported};
+use crate::store::{Change, StoreError};
+use std::time::Duration;
+use tandem_common::ids::NodeId;
+use tandem_common::proto::{AgentMsg, CoordMsg, ExitCause, JobExitReport, StartJob};
+
+impl Engine {
+    /// A node's answer to `ReportJobs`: its exits are decided and acknowledged; a start it
+    /// was sent, does not hold and has no exit for is sent again with the same token (the
+    /// agent answers a start of a copy it holds without starting a second one).
+    pub fn jobs_held(
+        &self,
+        node: &NodeId,
+        held: &[tandem_common::proto::HeldJob],
+        exited: &[JobExitReport],
+    ) {
+        self.exits_reported(node, exited);
+        let t = self.lock();
+        let resend: Vec<(String, u64)> = lock(&self.jobs.unanswered)
+            .iter()
+            .filter(|((job, token), (n, _))| {
+                n == node
+                    && !held
+                        .iter()
+                        .any(|h| h.job_id == *job && h.fencing_token == *token)
+                    && !exited
+                        .iter()
+                        .any(|e| e.job_id == *job && e.fencing_token == *token)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (job, token) in resend {
+            let Some(j) = t.jobs.get(&job).filter(|j| awaits_start(j, node, token)) else {
+                continue;
+            };
+            let gpus = j
+                .current
+                .as_ref()
+                .map(|p| p.gpus.clone())
+                .unwrap_or_default();
+            tracing::warn!(%node, %job, token, "the node does not hold a start it was sent; sending it again");
+            let cmd = start_cmd(j, token, &gpus);
+            send_in(&t, node, CoordMsg::StartJob(Box::new(cmd)));
+        }
+    }
+
+    pub(super) fn control_of(
+        &self,
+        node: &NodeId,
+    ) -> Option<std::sync::Arc<crate::outbox::Outbox>> {
+        self.lock()
+            .nodes
+            .get(node)
+            .and_then(|e| e.live.as_ref().map(|l| l.control.clone()))
+    }
+
+    pub(super) fn send_to(&self, node: &NodeId, msg: CoordMsg) {
+        send_in(&self.lock(), node, msg)
+    }
+
+    /// An agent reports that a copy started.
+    pub fn job_started(&self, node: &NodeId, job: String, token: u64) -> Result<(), StoreError> {
+        self.job_event(Event::JobStarted {
+            job,
+            node: node.clone(),
+            fencing_token: token,
+        })
+    }
+
+    /// Copies' ends an agent reported (in its `Hello`, as they happen, or in an answer to
+    /// `ReportJobs`): the moves waiting on them are released, then they are decided together,
+    /// as one planner batch (see `Planner::handle_all` for why together), and once that is
+    /// durable each is acknowledged ([`CoordMsg::ExitAck`]) and the agent forgets it; until
+    /// then the agent keeps it and reports it again in its next `Hello`.
+    pub fn exits_reported(&self, node: &NodeId, exits: &[JobExitReport]) {
+        if exits.is_empty() {
+            return;
+        }
+        for r in exits {
+            self.release_waiting(|old_node, old_token, j| {
+                old_node == node && old_token == r.fencing_token && j == r.job_id
+            });
+        }
+        let events: Vec<Event> = exits.iter().map(|r| exit_event(node, r)).collect();
+        match self.decide(&events) {
+            Ok(()) => {
+                for r in exits {
+                    self.send_to(
+                        node,
+                        CoordMsg::ExitAck {
+                            job_id: r.job_id.clone(),
+                            fencing_token: r.fencing_token,
+                        },
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(%node, exits = exits.len(), error = %e, "could not record job exits; the agent reports them again")
+            }
+        }
+    }
+
+    /// A node registered holding `held` and reporting `exited` (exits it kept on its disk).
+    /// In order: those exits are decided and acknowledged, then its `NodeUp`, then a move
+    /// waiting for a copy it no longer holds may go on. The exits come first: a copy whose
+    /// end the node reports is over, and nothing the node's coming up decides (placing what it
+    /// does not hold again, moving what a drain moves off it) may act on it as if it ran.
+    /// (Before, the `NodeUp` counted such copies as held: on a draining node the drain moved a
+    /// `restart: never` job that had run to its end, and its exit, decided next, was stale.
+    /// The simulation found it.)
+    pub fn node_reported(
+        &self,
+        node: &NodeId,
+        held: &[tandem_common::proto::HeldJob],
+        exited: &[JobExitReport],
+    ) {
+        // Only exits can place anything before the `NodeUp` (most registrations have none).
+        let placed_before = if exited.is_empty() {
+            Vec::new()
+        } else {
+            self.placed_on(node)
+        };
+        self.exits_reported(node, exited);
+        // Placed, or released to start (a wait for an old copy that ended), meanwhile: their
+        // starts went out after the report was made.
+        let placed_since: Vec<Reported> = if exited.is_empty() {
+            Vec::new()
+        } else {
+            self.placed_on(node)
+                .into_iter()
+                .filter(|p| !p.1 && !placed_before.contains(p))
+                .map(|p| p.0)
+                .collect()
+        };
+        let running: Vec<Reported> = held
+            .iter()
+            .map(|j| Reported {
+                job: j.job_id.clone(),
+                fencing_token: j.fencing_token,
+            })
+            .collect();
+        if let Err(e) = self.job_event(Event::NodeUp {
+            node: node.clone(),
+            running,
+            placed_since,
+        }) {
+            tracing::error!(%node, error = %e, "could not reconcile the node's jobs");
+        }
+        self.release_unheld(node, held);
+    }
+
+    /// The current placements on `node`, and whether each still waits for an old copy (its
+    /// start not sent yet).
+    pub(super) fn placed_on(&self, node: &NodeId) -> Vec<(Reported, bool)> {
+        self.lock()
+            .jobs
+            .values()
+            .filter_map(|j| {
+                j.current
+                    .as_ref()
+                    .filter(|p| p.node == *node)
+                    .map(|p| (j, p))
+            })
+            .map(|(j, p)| {
+                (
+                    Reported {
+                        job: j.id.clone(),
+                        fencing_token: p.fencing_token,
+                    },
+                    p.after.is_some(),
+                )
+            })
+            .collect()
+    }
+
+    /// A node was declared down: its jobs are placed again, and moves waiting on its copies go.
+    pub fn jobs_on_node_down(&self, node: &NodeId) -> Result<(), StoreError> {
+        self.job_event(Event::NodeDown { node: node.clone() })?;
+        self.release_waiting(|old_node, _, _| old_node == node);
+        Ok(())
+    }
+
+    /// A removed node's lease is over: its jobs are placed again (see `Event::NodeRemoved`).
+    pub fn jobs_on_node_removed(&self, node: &NodeId) -> Result<(), StoreError> {
+        self.job_event(Event::NodeRemoved { node: node.clone() })?;
+        self.release_waiting(|old_node, _, _| old_node == node);
+        Ok(())
+    }
+
+    pub(super) fn release_waiting(&self, matches: impl Fn(&NodeId, u64, &str) -> bool) {
+        let ready: Vec<(NodeId, StartJob)> = {
+            let mut w = lock(&self.jobs.waiting);
+            let keys: Vec<String> = w
+                .iter()
+                .filter(|(j, (n, t, _, _))| matches(n, *t, j))
+                .map(|(j, _)| j.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| w.remove(&k))
+                .map(|(_, _, to, cmd)| (to, cmd))
+                .collect()
+        };
+        self.release_pending_waits(&matches);
+        if ready.is_empty() {
+            return;
+        }
+        // Only if it is still the job's current placement: checked, made durable (the wait is
+        // over: a restarted coordinator must not wait again) and sent under one lock.
+        let mut t = self.lock();
+        for (to, cmd) in ready {
+            let Some(j) = t.jobs.get(&cmd.job_id) else {
+                continue;
+            };
+            if j.current.as_ref().map(|p| p.fencing_token) != Some(cmd.fencing_token) {
+                continue;
+            }
+            if j.current.as_ref().is_some_and(|p| p.after.is_some()) {
+                let mut j = j.clone();
+                if let Some(p) = j.current.as_mut() {
+                    p.after = None;
+                }
+                if let Err(e) = self
+                    .store()
+                    .apply(vec![Change::PutJob(Box::new(j.clone()))])
+                {
+                    tracing::error!(job = %cmd.job_id, error = %e, "could not record that a move's old copy ended; its start waits");
+                    continue;
+                }
+                t.jobs.insert(j.id.clone(), j);
+            }
+            self.start_sent(&to, &cmd);
+            send_in(&t, &to, CoordMsg::StartJob(Box::new(cmd)));
+        }
+    }
+
+    /// Pending jobs whose left-over wait (`JobRecord::waits_for`) is for a copy that `matches`
+    /// (it ended, or its node is down): the wait is over, durably.
+    pub(super) fn release_pending_waits(&self, matches: &impl Fn(&NodeId, u64, &str) -> bool) {
+        let mut t = self.lock();
+        let done: Vec<JobRecord> = t
+            .jobs
+            .values()
+            .filter(|j| {
+                j.waits_for
+                    .as_ref()
+                    .is_some_and(|a| matches(&a.node, a.fencing_token, &j.id))
+            })
+            .map(|j| {
+                let mut j = j.clone();
+                j.waits_for = None;
+                j
+            })
+            .collect();
+        if done.is_empty() {
+            return;
+        }
+        let changes = done
+            .iter()
+            .map(|j| Change::PutJob(Box::new(j.clone())))
+            .collect();
+        if let Err(e) = self.store().apply(changes) {
+            tracing::error!(error = %e, "could not record that a pending job's old copy ended; it still waits");
+            return;
+        }
+        for j in done {
+            t.jobs.insert(j.id.clone(), j);
+        }
+    }
+
+    /// After a restart: the starts that wait for an older copy to end (moves in progress) are
+    /// waited for again; one whose old node is gone or down is released at once.
+    pub(super) fn rebuild_waiting(&self) {
+        let gone: Vec<(NodeId, u64, String)> = {
+            let t = self.lock();
+            let mut w = lock(&self.jobs.waiting);
+            let mut gone = Vec::new();
+            let node_gone = |old_node: &NodeId| {
+                !(t.nodes.get(old_node).is_some_and(|e| {
+                    crate::cluster::is_live(e.record.state)
+                        || e.record.state == crate::model::NodeState::Joining
+                }) || t
+                    .removing
+                    .get(old_node)
+                    .is_some_and(|r| r.state != crate::model::NodeState::Down))
+            };
+            for j in t.jobs.values().filter(|j| !j.state.is_terminal()) {
+                if let Some(a) = j.waits_for.as_ref().filter(|a| node_gone(&a.node)) {
+                    gone.push((a.node.clone(), a.fencing_token, j.id.clone()));
+                }
+                let (Some((old_node, old_token)), Some(p)) = (waits_for(j), j.current.as_ref())
+                else {
+                    continue;
+                };
+                let alive = t.nodes.get(&old_node).is_some_and(|e| {
+                    crate::cluster::is_live(e.record.state)
+                        || e.record.state == crate::model::NodeState::Joining
+                }) || t
+                    .removing
+                    .get(&old_node)
+                    .is_some_and(|r| r.state != crate::model::NodeState::Down);
+                if !alive {
+                    gone.push((old_node.clone(), old_token, j.id.clone()));
+                }
+                w.insert(
+                    j.id.clone(),
+                    (
+                        old_node,
+                        old_token,
+                        p.node.clone(),
+                        start_cmd(j, p.fencing_token, &p.gpus),
+                    ),
+                );
+            }
+            gone
+        };
+        for (node, token, job) in gone {
+            self.release_waiting(|n, t, j| *n == node && t == token && j == job);
+        }
+    }
+
+    /// A node registered holding `held`: a move waiting for a copy of it that it does not
+    /// hold may go on (its exit, if it had one to report, was decided just before).
+    pub(super) fn release_unheld(&self, node: &NodeId, held: &[tandem_common::proto::HeldJob]) {
+        // Nothing waits: neither a start (the waiting map) nor a pending job's left-over wait.
+        // (Checking the map alone skipped the pending jobs: one waited for ever for a copy
+        // its node, back without it after a power cut, no longer held. Found by a soak.)
+        // One lock at a time (elsewhere the table is locked before the waiting map).
+        let no_start_waits = lock(&self.jobs.waiting).is_empty();
+        if no_start_waits && !self.lock().jobs.values().any(|j| j.waits_for.is_some()) {
+            return;
+        }
+        self.release_waiting(|n, t, j| {
+            n == node && !held.iter().any(|h| h.job_id == j && h.fencing_token == t)
+        });
+    }
+
+    /// Asks the node running `job` for the end of its logs.
+    pub async fn job_logs(
+        &self,
+        job: &JobRecord,
+        lines: u32,
+    ) -> Result<(Vec<String>, Vec<String>), String> {
+        let node = job
+            .current
+            .as_ref()
+            .map(|p| p.node.clone())
+            .or_else(|| job.history.last().map(|p| p.node.clone()));
+        let Some(node) = node else {
+            return Err("the job never ran".into());
+        };
+        let Some(control) = self.control_of(&node) else {
+            return Err(format!("node {node} is not connected"));
+        };
+        let request = self.clock().random_u64();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.jobs.logs).insert(request, tx);
+        let sent = control
+            .push(CoordMsg::TailLogs {
+                request,
+                job_id: job.id.clone(),
+                lines,
+            })
+            .is_ok();
+        let r = if !sent {
+            Err("the node's connection closed".to_string())
+        } else {
+            match tokio::time::timeout(Duration::from_secs(3), rx).await {
+                Ok(Ok(AgentMsg::Logs {
+                    stdout,
+                    stderr,
+                    error: None,
+                    ..
+                })) => Ok((stdout, stderr)),
+                Ok(Ok(AgentMsg::Logs { error: Some(e), .. })) => Err(e),
+                Ok(_) => Err("the node's connection closed".to_string()),
+                Err(_) => Err("the node did not answer within 3 s".to_string()),
+            }
+        };
+        lock(&self.jobs.logs).remove(&request);
+        r
+    }
+
+    /// A log answer arrived.
+    pub fn logs_arrived(&self, msg: AgentMsg) {
+        if let AgentMsg::Logs { request, .. } = &msg {
+            if let Some(tx) = lock(&self.jobs.logs).remove(request) {
+                let _ = tx.send(msg);
+            }
+        }
+    }
+}
+
+/// The planner event a copy's end is. Only an exit of the job's own doing (or a refused
+/// start) counts against its restart policy. A copy its agent fenced, or whose supervisor was
+/// signalled or died, did not end the job: it is placed again ([`Event::CopyLost`]), so a
+/// `restart: never` job that lost its lease is not marked failed, and one that completed is
+/// never run again.
+fn exit_event(node: &NodeId, r: &JobExitReport) -> Event {
+    {
+        let exit = match (r.code, r.signal) {
+            (_, Some(s)) => Exit::Signal(s),
+            (Some(c), None) => Exit::Code(c),
+            // Refused before it ran: report it as a failure to start.
+            (None, None) => Exit::Code(127),
+        };
+        // A start refused for want of a lease never ran: the node was between leases (a
+        // reconnect, or a start that waited past its session). Counting it as the job's exit
+        // failed `restart: never` jobs that had not run at all; it is placed again instead.
+        let no_lease = r.cause == ExitCause::Refused
+            && r.reason.contains(tandem_common::proto::REFUSED_NO_LEASE);
+        match r.cause {
+            ExitCause::Refused if no_lease => Event::CopyLost {
+                job: r.job_id.clone(),
+                node: node.clone(),
+                fencing_token: r.fencing_token,
+                how: "refused by its agent: it held no lease".to_string(),
+            },
+            ExitCause::Exited | ExitCause::Refused => Event::JobExited {
+                job: r.job_id.clone(),
+                node: node.clone(),
+                fencing_token: r.fencing_token,
+                exit,
+            },
+            // A stop the coordinator ordered ends the placement when it is decided, so its
+            // exit is about an old copy; one that is still current was not decided here
+            // (a decision lost with a crash) and is treated like a loss.
+            ExitCause::Fenced | ExitCause::Lost | ExitCause::ShimSignalled | ExitCause::Stopped => {
+                Event::CopyLost {
+                    job: r.job_id.clone(),
+                    node: node.clone(),
+                    fencing_token: r.fencing_token,
+                    how: match r.cause {
+                        ExitCause::Fenced => "fenced by its agent (lease lost)".to_string(),
+                        ExitCause::Lost => "lost (its supervisor died)".to_string(),
+                        ExitCause::ShimSignalled => {
+                            "ended by a signal to its supervisor".to_string()
+                        }
+                        _ => "stopped".to_string(),
+                    },
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! Jobs at the engine: the planner's decisions (`jobs::planner`) made durable, then
+//! carried out.
+//!
+//! # Order of things (the fencing argument's coordinator side)
+//! Every decision is applied to the job records and to the store — with its new fencing token
+//! — under the fleet lock, and its commands are queued to the sessions' outboxes under the same
+//! lock; an outbox writes a command only once every batch applied before it is on disk (see
+//! `outbox`). So a decision is durable *before* any command leaves for an agent, and nobody
+//! waits for the disk under the lock. A `kill -9` of the coordinator at
+//! any point therefore either loses a decision that nobody acted on, or keeps one whose token
+//! the agents will honour; never a start that the store does not know about. A node's jobs are
+//! placed again only after the detector declared it `down`, which happens only after its lease
+//! and fence grace ran out: by then its per-job supervisors have killed every copy (see the
+//! agent's `supervisor` module).
+//!
+//! A move (drain, failback) stops the old copy first and starts the new one only when the old
+//! copy's exit is reported, or its node is declared down.
+
+use super::core::Engine;
+use super::fleet::Fleet;
+use super::job_state::{
+    awaits_start, lock, send_in, start_cmd, waits_for, DelayedStart, Outgoing, SubmitError,
+    START_DEADLINE, USER_KILL_TIMEOUT_MS,
+};
+use crate::jobs::decision::Decision;
+use crate::jobs::model::JobRecord;
+use crate::jobs::placement::NodeView;
+use crate::jobs::planner::{Event, Planner, View};
+use crate::model::NewEvent;
+use crate::store::{Change, StoreError};
+use std::time::Duration;
+use tandem_common::ids::NodeId;
+use tandem_common::proto::{CoordMsg, StartJob};
+
+impl Engine {
+    /// Feeds one event to the planner, makes its decisions durable, and sends the commands.
+    pub fn job_event(&self, event: Event) -> Result<(), StoreError> {
+        {
+            let mut t = self.lock();
+            // The planner's view holds every node: building it costs O(fleet). In a fleet
+            // without jobs, a node coming up (or back) holding nothing, or going down, cannot
+            // lead to any decision; in a join storm, or a mass failure, of thousands of nodes
+            // that cost would be paid once per node (seconds of CPU at 5,000 nodes). The
+            // guard's memory of recent downs only matters to jobs, and a job submitted later
+            // is placed on live nodes only.
+            let idle = match &event {
+                Event::NodeUp { running, .. } => running.is_empty(),
+                Event::Recovered { .. } | Event::NodeDown { .. } | Event::NodeRemoved { .. } => {
+                    true
+                }
+                _ => false,
+            };
+            if idle && t.jobs.is_empty() {
+                return Ok(());
+            }
+            let out = self.run_planner(&mut t, |p, v, now| p.handle(v, &event, now))?;
+            self.dispatch(&t, out);
+        }
+        Ok(())
+    }
+
+    /// Feeds `events` to the planner as one batch, makes its decisions durable, and sends
+    /// the commands.
+    pub(super) fn decide(&self, events: &[Event]) -> Result<(), StoreError> {
+        let mut t = self.lock();
+        let out = self.run_planner(&mut t, |p, v, now| p.handle_all(v, events, now))?;
+        self.dispatch(&t, out);
+        Ok(())
+    }
+
+    /// Runs the planner's start-up reconciliation (after a coordinator restart).
+    pub fn reconcile_jobs(&self) -> Result<(), StoreError> {
+        self.rebuild_waiting();
+        let mut t = self.lock();
+        let out = self.run_planner(&mut t, |p, v, now| p.reconcile(v, now))?;
+        self.dispatch(&t, out);
+        Ok(())
+    }
+
+    /// Operator override of the disruption guard for a cluster.
+    pub fn force_failover(&self, cluster: &str) -> Result<(), StoreError> {
+        let mut t = self.lock();
+        let out = self.run_planner(&mut t, |p, v, now| p.force_failover(v, cluster, now))?;
+        self.dispatch(&t, out);
+        Ok(())
+    }
+
+    /// Records a new job and places it. The name is checked under the same lock the job is
+    /// inserted under: two submits of one name at once cannot both pass.
+    pub fn submit_job(&self, job: JobRecord) -> Result<(), SubmitError> {
+        {
+            let mut t = self.lock();
+            if let Some(j) = t
+                .jobs
+                .values()
+                .find(|j| j.spec.name == job.spec.name && !j.state.is_terminal())
+            {
+                return Err(SubmitError::NameTaken {
+                    name: job.spec.name.clone(),
+                    state: j.state.as_str(),
+                    id: j.id.clone(),
+                });
+            }
+            self.store().apply(vec![
+                Change::PutJob(Box::new(job.clone())),
+                Change::Event(NewEvent {
+                    kind: "job",
+                    node: None,
+                    message: format!("job {} ({}) submitted", job.spec.name, job.id),
+                }),
+            ])?;
+            t.jobs.insert(job.id.clone(), job.clone());
+        }
+        Ok(self.job_event(Event::Submitted { job: job.id })?)
+    }
+
+    pub(super) fn run_planner(
+        &self,
+        t: &mut Fleet,
+        decide: impl FnOnce(&mut Planner, &View, u64) -> Vec<Decision>,
+    ) -> Result<Vec<Outgoing>, StoreError> {
+        let now = self.clock().unix_ms();
+        let clusters: Vec<_> = t.clusters.values().cloned().collect();
+        let nodes: Vec<NodeView> = t
+            .nodes
+            .values()
+            .map(|e| NodeView::from_record(&e.record))
+            // A node being removed may still run its jobs until its lease is over: the
+            // planner sees it as live and draining (its jobs move only once their copies
+            // there have ended, or the node is down), and places nothing new on it.
+            .chain(t.removing.values().map(|r| {
+                let mut v = NodeView::from_record(r);
+                v.draining = true;
+                v
+            }))
+            .collect();
+        let pairs: Vec<_> = t.pairs.values().cloned().collect();
+        let mut jobs: Vec<JobRecord> = t.jobs.values().cloned().collect();
+        jobs.sort_by(|a, b| a.id.cmp(&b.id));
+        let decisions = {
+            let view = View {
+                clusters: &clusters,
+                nodes: &nodes,
+                pairs: &pairs,
+                jobs: &jobs,
+            };
+            decide(&mut lock(&self.jobs.planner), &view, now)
+        };
+        if decisions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let before = jobs.clone();
+        let mut changes = Vec::new();
+        let mut out = Vec::new();
+        for d in &decisions {
+            let applied = d.apply(&mut jobs, now);
+            let job = |id: &str| jobs.iter().find(|j| j.id == id);
+            let name = |id: &str| {
+                job(id)
+                    .map(|j| j.spec.name.clone())
+                    .unwrap_or_else(|| id.to_string())
+            };
+            match d {
+                Decision::Ignore { .. } | Decision::Keep { .. } => {
+                    tracing::debug!(reason = d.reason(), "job decision without effect");
+                    continue;
+                }
+                Decision::Hold {
+                    cluster, reason, ..
+                }
+                | Decision::Resume { cluster, reason } => {
+                    changes.push(Change::Event(NewEvent {
+                        kind: "failover_guard",
+                        node: None,
+                        message: format!("cluster {cluster}: {reason}"),
+                    }));
+                    continue;
+                }
+                _ => {}
+            }
+            if !applied && !matches!(d, Decision::Stop { .. } | Decision::KillStale { .. }) {
+                tracing::debug!(reason = d.reason(), "stale job decision");
+                continue;
+            }
+            let (id, node) = match d {
+                Decision::KillStale { job, node, .. } => (job.clone(), Some(node.clone())),
+                Decision::Start { job, to, .. }
+                | Decision::Replace { job, to, .. }
+                | Decision::Move { job, to, .. }
+                | Decision::Restart { job, to, .. } => (job.clone(), Some(to.node.clone())),
+                Decision::Stop { job, node, .. } => (job.clone(), node.clone()),
+                Decision::Started { job, .. }
+                | Decision::Pending { job, .. }
+                | Decision::Failed { job, .. }
+                | Decision::Completed { job, .. } => (job.clone(), None),
+                _ => continue,
+            };
+            changes.push(Change::Event(NewEvent {
+                kind: "job",
+                node,
+                message: format!("job {}: {}", name(&id), d.reason()),
+            }));
+            match d {
+                Decision::Start {
+                    job,
+                    to,
+                    fencing_token,
+                    ..
+                }
+                | Decision::Replace {
+                    job,
+                    to,
+                    fencing_token,
+                    ..
+                } => {
+                    if let Some(j) = jobs.iter().find(|j| j.id == *job) {
+                        out.push(Outgoing::Start {
+                            node: to.node.clone(),
+                            cmd: start_cmd(j, *fencing_token, &to.gpus),
+                            delay: Duration::ZERO,
+                            // A replacement of a start still waiting for an older copy waits
+                            // for it too (the record carries the wait).
+                            after: waits_for(j),
+                        });
+                    }
+                }
+                Decision::Restart {
+                    job,
+                    to,
+                    fencing_token,
+                    backoff_ms,
+                    ..
+                } => {
+                    if let Some(j) = jobs.iter().find(|j| j.id == *job) {
+                        out.push(Outgoing::Start {
+                            node: to.node.clone(),
+                            cmd: start_cmd(j, *fencing_token, &to.gpus),
+                            delay: Duration::from_millis(*backoff_ms),
+                            after: None,
+                        });
+                    }
+                }
+                Decision::Move {
+                    job,
+                    from,
+                    old_token,
+                    to,
+                    fencing_token,
+                    ..
+                } => {
+                    out.push(Outgoing::Stop {
+                        node: from.clone(),
+                        job: job.clone(),
+                        token: *old_token,
+                        kill_timeout_ms: USER_KILL_TIMEOUT_MS,
+                    });
+                    if let Some(j) = jobs.iter().find(|j| j.id == *job) {
+                        out.push(Outgoing::Start {
+                            node: to.node.clone(),
+                            cmd: start_cmd(j, *fencing_token, &to.gpus),
+                            delay: Duration::ZERO,
+                            // The record carries the wait: the old copy, or the older copy
+                            // the old placement itself still waited for.
+                            after: waits_for(j).or_else(|| Some((from.clone(), *old_token))),
+                        });
+                    }
+                }
+                Decision::Stop {
+                    job,
+                    node: Some(n),
+                    fencing_token: Some(tok),
+                    ..
+                } => out.push(Outgoing::Stop {
+                    node: n.clone(),
+                    job: job.clone(),
+                    token: *tok,
+                    kill_timeout_ms: USER_KILL_TIMEOUT_MS,
+                }),
+                Decision::KillStale {
+                    node,
+                    job,
+                    fencing_token,
+                    ..
+                } => out.push(Outgoing::Stop {
+                    node: node.clone(),
+                    job: job.clone(),
+                    token: *fencing_token,
+                    kill_timeout_ms: self.jobs.fence_kill_timeout_ms,
+                }),
+                _ => {}
+            }
+        }
+        for j in &jobs {
+            if !before.iter().any(|b| b == j) {
+                changes.insert(0, Change::PutJob(Box::new(j.clone())));
+            }
+        }
+        // Applied here, under the fleet lock, and never waited for: a batch that changes a job
+        // is durable before any command leaves, because the commands are queued to the
+        // sessions' outboxes, which send only once every batch applied before them is durable
+        // (see `outbox`). Nobody waits for the disk under the lock, and the flusher thread
+        // covers many decisions with one flush.
+        if !changes.is_empty() {
+            self.store().apply(changes)?;
+        }
+        for j in jobs {
+            t.jobs.insert(j.id.clone(), j);
+        }
+        Ok(out)
+    }
+
+    /// Queues decided commands to the agents that hold a live connection, under the fleet lock
+    /// `t` they were decided under: a session's commands leave in the order of the decisions
+    /// (two decisions dispatched after the lock was released could overtake each other: a
+    /// stop queued before the start it stops). A command for a node without a session is
+    /// not queued: when the node registers again, the planner sees what it holds.
+    pub(super) fn dispatch(&self, t: &Fleet, out: Vec<Outgoing>) {
+        for o in out {
+            match o {
+                Outgoing::Start {
+                    node,
+                    cmd,
+                    after: Some((old_node, old_token)),
+                    ..
+                } => {
+                    lock(&self.jobs.waiting)
+                        .insert(cmd.job_id.clone(), (old_node, old_token, node, cmd));
+                }
+                Outgoing::Start {
+                    node,
+                    cmd,
+                    delay,
+                    after: None,
+                } if !delay.is_zero() => {
+                    let seq = self
+                        .jobs
+                        .timer_seq
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    lock(&self.jobs.timers).insert(
+                        (self.clock().now() + delay, seq),
+                        DelayedStart {
+                            node,
+                            job: cmd.job_id,
+                            token: cmd.fencing_token,
+                        },
+                    );
+                }
+                Outgoing::Start { node, cmd, .. } => {
+                    self.start_sent(&node, &cmd);
+                    send_in(t, &node, CoordMsg::StartJob(Box::new(cmd)))
+                }
+                Outgoing::Stop {
+                    node,
+                    job,
+                    token,
+                    kill_timeout_ms,
+                } => send_in(
+                    t,
+                    &node,
+                    CoordMsg::StopJob {
+                        job_id: job,
+                        fencing_token: token,
+                        kill_timeout_ms,
+                    },
+                ),
+            }
+        }
+    }
+
+    /// Fires the delayed starts due at `now`. Each is sent only if its placement is still the
+    /// job's current one and has not started: checked and sent under the same fleet lock.
+    pub fn fire_job_timers(&self, now: std::time::Instant) {
+        let due: Vec<DelayedStart> = {
+            let mut timers = lock(&self.jobs.timers);
+            let later = timers.split_off(&(now, u64::MAX));
+            std::mem::replace(&mut *timers, later)
+                .into_values()
+                .collect()
+        };
+        if due.is_empty() {
+            return;
+        }
+        let t = self.lock();
+        for d in due {
+            let Some(job) = t.jobs.get(&d.job) else {
+                continue;
+            };
+            if !awaits_start(job, &d.node, d.token) {
+                tracing::info!(job = %d.job, token = d.token, "delayed start dropped: the placement it was for was ended or replaced during the backoff");
+                continue;
+            }
+            let gpus = job
+                .current
+                .as_ref()
+                .map(|p| p.gpus.clone())
+                .unwrap_or_default();
+            let cmd = start_cmd(job, d.token, &gpus);
+            self.start_sent(&d.node, &cmd);
+            send_in(&t, &d.node, CoordMsg::StartJob(Box::new(cmd)));
+        }
+    }
+
+    pub(super) fn start_sent(&self, node: &NodeId, cmd: &StartJob) {
+        lock(&self.jobs.unanswered).insert(
+            (cmd.job_id.clone(), cmd.fencing_token),
+            (node.clone(), self.clock().now()),
+        );
+    }
+
+    /// Delivery is reconciled, never assumed: a start still unanswered [`START_DEADLINE`]
+    /// after it was sent (or last asked about) makes the coordinator ask its node what it
+    /// holds ([`CoordMsg::ReportJobs`]); the answer ([`Engine::jobs_held`]) decides.
+    /// Starts whose placement has since started, ended or been replaced are forgotten.
+    pub fn check_unanswered_starts(&self, now: std::time::Instant) {
+        if lock(&self.jobs.unanswered).is_empty() {
+            return;
+        }
+        let t = self.lock();
+        let mut ask: Vec<NodeId> = Vec::new();
+        lock(&self.jobs.unanswered).retain(|(job, token), (node, since)| {
+            let waiting = t
+                .jobs
+                .get(job)
+                .is_some_and(|j| awaits_start(j, node, *token));
+            if waiting && now.duration_since(*since) >= START_DEADLINE {
+                *since = now;
+                if !ask.contains(node) {
+                    ask.push(node.clone());
+                }
+            }
+            waiting
+        });
+        for node in ask {
+            tracing::warn!(%node, "a start is unanswered after {} s; asking the node what it holds", START_DEADLINE.as_secs());
+            send_in(
+                &t,
+                &node,
+                CoordMsg::ReportJobs {
+                    request: self.clock().random_u64(),
+                },
+            );
+        }
+    }
+}

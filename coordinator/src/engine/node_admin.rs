@@ -1,0 +1,205 @@
+//! Node administration: edit, drain, remove (waiting out the node's lease, exactly as a down
+//! does), recycle.
+
+use super::clusters::{event, find_node_id, NodePatch, OpError, Recycled};
+use super::core::Engine;
+use crate::cluster::validate::{self};
+use crate::model::*;
+use crate::store::Change;
+use tandem_common::wire::CloseCode;
+
+impl Engine {
+    /// Edits a node's protection, labels and taints.
+    pub fn patch_node(&self, id_or_name: &str, patch: NodePatch) -> Result<NodeRecord, OpError> {
+        let mut t = self.lock();
+        let id = find_node_id(&t, id_or_name)?;
+        let mut rec = t.nodes[&id].record.clone();
+        if let Some(p) = patch.protected {
+            rec.protected = p;
+        }
+        if let Some(l) = &patch.labels {
+            let merged = validate::merge_labels(&rec.labels, l);
+            validate::check_labels(&merged)?;
+            rec.labels = merged;
+        }
+        if let Some(taints) = patch.taints {
+            validate::check_taints(&taints)?;
+            rec.taints = taints;
+        }
+        self.store().apply(vec![
+            Change::PutNode(Box::new(rec.clone())),
+            event(
+                "node_edited",
+                Some(id.clone()),
+                format!("node {} edited", rec.name),
+            ),
+        ])?;
+        if let Some(e) = t.nodes.get_mut(&id) {
+            e.record = rec.clone();
+        }
+        Ok(rec)
+    }
+
+    /// Sets or clears a node's drain flag.
+    pub fn set_draining(&self, id_or_name: &str, draining: bool) -> Result<NodeRecord, OpError> {
+        let mut t = self.lock();
+        let id = find_node_id(&t, id_or_name)?;
+        let mut rec = t.nodes[&id].record.clone();
+        if rec.draining == draining {
+            return Ok(rec);
+        }
+        rec.draining = draining;
+        let what = if draining {
+            "draining: no new work"
+        } else {
+            "no longer draining"
+        };
+        self.store().apply(vec![
+            Change::PutNode(Box::new(rec.clone())),
+            event(
+                "node_drain",
+                Some(id.clone()),
+                format!("node {} is {what}", rec.name),
+            ),
+        ])?;
+        if let Some(e) = t.nodes.get_mut(&id) {
+            e.record = rec.clone();
+        }
+        Ok(rec)
+    }
+
+    /// Removes a node: refused while protected. Its record goes, so its certificate is no
+    /// longer accepted (registration checks the record and its serial), its open connection is
+    /// closed, and a pair it was in is dissolved.
+    ///
+    /// # No way around the lease
+    /// A node that may still hold a lease (the detector has not declared it down) may still
+    /// run its jobs: closing its connection stops its beats, but its agent fences them only
+    /// when its last lease runs out. Placing them elsewhere at once ran two copies for up to a
+    /// lease. So such a node leaves the table but is kept as a tombstone (durably, in the
+    /// same batch), shown to the job planner as live and draining: its jobs move only once
+    /// their copies there have ended or the detector declares the node down, exactly as after
+    /// a crash. A node already down, joining or gone holds no lease and goes at once.
+    pub fn remove_node(&self, id_or_name: &str, why: &str) -> Result<NodeRecord, OpError> {
+        let mut t = self.lock();
+        let id = find_node_id(&t, id_or_name)?;
+        let rec = t.nodes[&id].record.clone();
+        let may_hold_lease =
+            matches!(rec.state, NodeState::Ready | NodeState::Suspect) && self.may_hold_lease(&id);
+        if rec.protected {
+            return Err(OpError::FailedPrecondition(format!(
+                "node {} is protected; clear its protection first (PATCH protected=false)",
+                rec.name
+            )));
+        }
+        let pairs: Vec<PairRecord> = t
+            .pairs
+            .values()
+            .filter(|p| p.primary == id || p.standby == id)
+            .cloned()
+            .collect();
+        let mut tomb = rec.clone();
+        tomb.removed_ms = Some(self.clock().unix_ms());
+        tomb.draining = true;
+        let mut changes = vec![if may_hold_lease {
+            Change::PutNode(Box::new(tomb.clone()))
+        } else {
+            Change::DeleteNode(id.clone())
+        }];
+        changes.push(event(
+            "node_removed",
+            Some(id.clone()),
+            format!(
+                "node {} removed ({why}); certificate serial {} revoked{}",
+                rec.name,
+                rec.cert_serial,
+                if may_hold_lease {
+                    "; its jobs move once their copies there end or its lease is over"
+                } else {
+                    ""
+                }
+            ),
+        ));
+        for p in &pairs {
+            changes.push(Change::DeletePair(p.id.clone()));
+            let partner = if p.primary == id {
+                &p.standby
+            } else {
+                &p.primary
+            };
+            let partner = t
+                .nodes
+                .get(partner)
+                .map_or_else(|| partner.to_string(), |e| e.record.name.clone());
+            let cluster = t
+                .clusters
+                .get(&p.cluster)
+                .map_or_else(|| p.cluster.clone(), |c| c.name.clone());
+            changes.push(event(
+                "pair",
+                None,
+                format!(
+                    "cluster {cluster}: pair {} dissolved (its member {} was removed: {why}); {partner} is unpaired",
+                    p.id, rec.name
+                ),
+            ));
+        }
+        self.store().apply(changes)?;
+        for p in pairs {
+            t.pairs.remove(&p.id);
+        }
+        // Revoked: the TLS layer refuses this certificate from now on.
+        self.set_member_serial(rec.cert_serial, false);
+        if let Some(previous) = rec.previous_cert_serial {
+            self.set_member_serial(previous, false);
+        }
+        if let Some(e) = t.remove_node(&id) {
+            if let Some(live) = e.live {
+                live.control.close_connection(
+                    CloseCode::Removed,
+                    "node removed: its certificate is revoked",
+                );
+            }
+        }
+        if may_hold_lease {
+            t.removing.insert(id.clone(), tomb);
+            drop(t);
+            // Its jobs start moving now (stop first, as a drain does); none starts elsewhere
+            // before its copy there has ended or the node is declared down.
+            self.job_event(crate::jobs::planner::Event::Drain { node: id.clone() })?;
+        } else {
+            drop(t);
+            self.forget(&id);
+            // A failover hold that counted it (it went down with more than half of its
+            // cluster) must not wait for it to return.
+            self.job_event(crate::jobs::planner::Event::NodeRemoved { node: id.clone() })?;
+        }
+        Ok(rec)
+    }
+
+    /// Removes every unprotected node that has been down longer than `down_for_ms`.
+    pub fn recycle(&self, down_for_ms: u64) -> Result<Recycled, OpError> {
+        let now = self.clock().unix_ms();
+        let candidates: Vec<NodeRecord> = self
+            .lock()
+            .nodes
+            .values()
+            .filter(|e| {
+                e.record.state == NodeState::Down
+                    && now.saturating_sub(e.record.state_since_ms) >= down_for_ms
+            })
+            .map(|e| e.record.clone())
+            .collect();
+        let (mut removed, mut skipped) = (Vec::new(), Vec::new());
+        for c in candidates {
+            match self.remove_node(
+                c.id.as_str(),
+                &format!("recycled: down for more than {} s", down_for_ms / 1000),
+            ) {
+                Ok(r) => removed.push(r),
+                Err(e) => skipped.push((c.name, e.to_string())),
+            }
+        }
+        Ok((removed, skipped))
+    }
+}
