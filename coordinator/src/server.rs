@@ -6,7 +6,7 @@
 //! refusal is logged with the peer's address and reason and answered with a `Reject` before the
 //! connection closes; nothing a peer sends can panic this code or touch another node.
 
-use crate::engine::{Engine, MembershipError};
+use crate::engine::{Engine, Handled, MembershipError};
 use crate::join::Joiner;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -375,60 +375,39 @@ impl Server {
                         throttled = Some(tokio::time::Instant::now() + wait);
                     }
                     match msg.transpose() {
-                        Ok(Some(AgentMsg::Goodbye { reason })) => {
-                            match self.membership.left(node, session, &reason) {
-                                Ok(Some(ticket)) => self.membership.store().durable(ticket).await,
-                                Ok(None) => {}
-                                Err(e) => tracing::error!(%node, error = %e, "could not record that the node left"),
-                            }
-                            return format!("the agent left: {reason}");
-                        }
-                        Ok(Some(AgentMsg::HardwareUpdate(delta))) => {
-                            if let Err(e) = self.membership.hardware_update(node, *delta) {
-                                tracing::error!(%node, error = %e, "could not record a hardware update");
-                            }
-                        }
-                        Ok(Some(AgentMsg::Pong { nonce })) => self.membership.pong(nonce),
-                        Ok(Some(AgentMsg::JobStarted { job_id, fencing_token })) => {
-                            if let Err(e) = self.membership.job_started(node, job_id, fencing_token) {
-                                tracing::error!(%node, error = %e, "could not record a job start");
-                            }
-                        }
-                        Ok(Some(AgentMsg::JobExited(r))) => {
-                            tracing::info!(%node, job = %r.job_id, token = r.fencing_token, code = ?r.code, signal = ?r.signal, cause = r.cause.as_str(), reason = %r.reason, "job copy ended");
-                            self.membership.exits_reported(node, std::slice::from_ref(&r));
-                        }
-                        Ok(Some(m @ AgentMsg::Logs { .. })) => self.membership.logs_arrived(m),
-                        Ok(Some(AgentMsg::JobsHeld { jobs, exited, .. })) => {
-                            self.membership.jobs_held(node, &jobs, &exited);
-                        }
-                        Ok(Some(AgentMsg::RenewCertificate { csr_pem })) => {
-                            let allowed = budget.renewal(Instant::now());
-                            let reply = if !allowed {
-                                self.membership.metrics.renewals_throttled.fetch_add(1, Ordering::Relaxed);
-                                tracing::warn!(%peer, %node, "refused a certificate renewal: asked again within {} s", crate::limits::RENEWAL_EVERY.as_secs());
-                                CoordMsg::RenewalRefused { reason: format!("renewal asked again within {} s; try later", crate::limits::RENEWAL_EVERY.as_secs()) }
-                            } else { match self.joiner.renew(node, serial, &csr_pem) {
-                                Ok(issued) => CoordMsg::CertificateRenewed {
-                                    cert_pem: issued.cert_pem,
-                                    not_after_unix: issued.not_after_unix,
-                                },
-                                Err(e) => {
-                                    tracing::warn!(%peer, %node, error = %e, "refused a certificate renewal");
-                                    CoordMsg::RenewalRefused { reason: e.to_string() }
+                        Ok(Some(msg)) => match self.membership.on_agent_msg(node, session, msg) {
+                            Handled::Done => {}
+                            Handled::Left { ticket, reason } => {
+                                if let Some(ticket) = ticket {
+                                    self.membership.store().durable(ticket).await;
                                 }
-                            } };
-                            // The new certificate (and its serial) is recorded before it leaves.
-                            let store = self.membership.store();
-                            store.durable(store.last_ticket()).await;
-                            if let Err(e) = codec::write_msg(&mut send, &reply, self.max_frame).await {
-                                return format!("control stream write failed: {e}");
+                                return format!("the agent left: {reason}");
                             }
-                        }
-                        Ok(Some(AgentMsg::Hello(_))) => {
-                            self.membership.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(%peer, %node, "refused a second Hello on a registered connection");
-                        }
+                            Handled::Renew { csr_pem } => {
+                                let allowed = budget.renewal(Instant::now());
+                                let reply = if !allowed {
+                                    self.membership.metrics.renewals_throttled.fetch_add(1, Ordering::Relaxed);
+                                    tracing::warn!(%peer, %node, "refused a certificate renewal: asked again within {} s", crate::limits::RENEWAL_EVERY.as_secs());
+                                    CoordMsg::RenewalRefused { reason: format!("renewal asked again within {} s; try later", crate::limits::RENEWAL_EVERY.as_secs()) }
+                                } else { match self.joiner.renew(node, serial, &csr_pem) {
+                                    Ok(issued) => CoordMsg::CertificateRenewed {
+                                        cert_pem: issued.cert_pem,
+                                        not_after_unix: issued.not_after_unix,
+                                    },
+                                    Err(e) => {
+                                        tracing::warn!(%peer, %node, error = %e, "refused a certificate renewal");
+                                        CoordMsg::RenewalRefused { reason: e.to_string() }
+                                    }
+                                } };
+                                // The new certificate (and its serial) is recorded before it leaves.
+                                let store = self.membership.store();
+                                store.durable(store.last_ticket()).await;
+                                if let Err(e) = codec::write_msg(&mut send, &reply, self.max_frame).await {
+                                    return format!("control stream write failed: {e}");
+                                }
+                            }
+                            Handled::Refused(why) => tracing::warn!(%peer, %node, "refused {why}"),
+                        },
                         Ok(None) => control_open = false,
                         Err(CodecError::Decode(e)) => {
                             self.membership.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);

@@ -195,11 +195,18 @@ impl Engine {
                 | Decision::Completed { job, .. } => (job.clone(), None),
                 _ => continue,
             };
-            changes.push(Change::Event(NewEvent {
-                kind: "job",
-                node,
-                message: format!("job {}: {}", name(&id), d.reason()),
-            }));
+            // A kill of a copy of a job there is no record of (never submitted, or deleted by
+            // retention) is logged, not recorded: a node reporting starts of made-up jobs must
+            // not push real events out of the store's window, nor cost a write.
+            if matches!(d, Decision::KillStale { .. }) && job(&id).is_none() {
+                tracing::info!(job = %id, node = ?node, reason = d.reason(), "killing a copy of a job with no record");
+            } else {
+                changes.push(Change::Event(NewEvent {
+                    kind: "job",
+                    node,
+                    message: format!("job {}: {}", name(&id), d.reason()),
+                }));
+            }
             match d {
                 Decision::Start {
                     job,

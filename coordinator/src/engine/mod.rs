@@ -8,7 +8,7 @@
 //! # Inputs and what comes out
 //! Inputs are calls, each decided under the engine's lock with time and chance from its
 //! [`Clock`](crate::clock::Clock) (simulated in `tests/sim`): a message from a node's session
-//! (`register`, `heartbeat`, `job_started`, `exits_reported`, `jobs_held`, ...), an admin
+//! (`register`, `heartbeat`, and the rest through `on_agent_msg`), an admin
 //! request (`submit_job`, `set_draining`, `remove_node`, ...), a tick (`tick`: the detector,
 //! delayed starts, unanswered starts, fence parameters), a session that closed
 //! (`disconnected`). What a decision produces, it hands over before the lock is released:
@@ -51,6 +51,8 @@
 //! - `job_state`: the job side's state and the commands decisions become.
 //! - `jobs`: job decisions (events to the planner, submits, delayed and unanswered starts).
 //! - `job_reports`: what agents report about their jobs, and moves waiting for an old copy.
+//! - `session`: a registered session's messages, one front door for the server and the
+//!   simulation.
 //! - `clusters`, `node_admin`, `quotas`: administration.
 
 mod clusters;
@@ -63,6 +65,7 @@ mod node_admin;
 mod nodes;
 mod pairs;
 mod quotas;
+mod session;
 mod transitions;
 
 pub use self::core::Engine;
@@ -71,3 +74,4 @@ pub use fleet::{Fleet, Live, NodeEntry};
 pub use job_state::{Outgoing, SubmitError, START_DEADLINE, USER_KILL_TIMEOUT_MS};
 pub use nodes::{gpu_health_events, MembershipError, Registered};
 pub use quotas::Quotas;
+pub use session::Handled;

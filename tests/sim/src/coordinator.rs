@@ -16,7 +16,7 @@ use std::time::Duration;
 use tandem_common::ids::NodeId;
 use tandem_common::proto::{AgentMsg, CoordMsg, Reject, Welcome};
 use tandem_coordinator::detector::{DetectorConfig, FailureDetector};
-use tandem_coordinator::engine::{Engine, MembershipError};
+use tandem_coordinator::engine::{Engine, Handled, MembershipError};
 use tandem_coordinator::model::FenceParams;
 use tandem_coordinator::outbox::{Drained, Outbox};
 use tandem_coordinator::store::{Change, MemStore, StateStore};
@@ -155,19 +155,11 @@ impl CoordHost {
                     ));
                 }
             }
-            Packet::Agent(AgentMsg::JobStarted {
-                job_id,
-                fencing_token,
-            }) => {
-                let _ = self.m.job_started(&node, job_id, fencing_token);
-            }
-            Packet::Agent(AgentMsg::JobExited(r)) => {
-                self.m.exits_reported(&node, std::slice::from_ref(&r));
-            }
-            Packet::Agent(AgentMsg::JobsHeld { jobs, exited, .. }) => {
-                self.m.jobs_held(&node, &jobs, &exited);
-            }
-            Packet::Agent(AgentMsg::Pong { nonce }) => self.m.pong(nonce),
+            Packet::Agent(msg) => match self.m.on_agent_msg(&node, session, msg) {
+                // The simulated agents send neither Goodbyes nor renewals.
+                Handled::Done | Handled::Left { .. } | Handled::Renew { .. } => {}
+                Handled::Refused(why) => panic!("a simulated agent sent {why}"),
+            },
             _ => {}
         }
     }
