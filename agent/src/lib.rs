@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - `config`: flags and TOML, checked into a typed `Config`.
-//! - `cli`: the `run` arguments (shared with the coordinator's dev mode).
+//! - `cli`: the `run` arguments (shared with the coordinator's dev mode), and `check`'s.
+//! - `check`: `tandem-agent check`, the six steps of a join tried without joining.
 //! - `exits`: job exits kept on disk until the coordinator acknowledges them.
 //! - `identity`: the node's key, certificate and id on disk.
 //! - `lease`: the lease, a plain struct driven by `now` (the agent's half of the fencing argument).
@@ -16,6 +17,7 @@
 //! - `supervisor`: runs jobs, each under a per-job `shim` process that holds the lease deadline
 //!   and fences the job when it passes, even if the agent crashed or hung.
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod exits;

@@ -84,7 +84,7 @@ pub fn encode_frame<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, CodecE
 }
 
 /// The variant index of `AgentMsg::CheckJoin` on the wire (a test keeps it true).
-const CHECK_JOIN_VARIANT: u32 = 8;
+const CHECK_JOIN_VARIANT: u32 = 9;
 
 /// What a first frame is, read without decoding the rest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -75,15 +75,17 @@ impl Joiner {
                 };
             }
         };
-        drop(failures);
         let now_ms = tandem_common::time::unix_ms();
         if let Err(r) = rec.usable(now_ms) {
+            // A join refuses it as a bad token, which counts as a failure: so does a check.
+            failures.failed(peer.ip(), now);
             return JoinCheck {
                 token: Verdict::Failed(r.into()),
                 cluster: skipped("the token step failed"),
                 admission: skipped("the token step failed"),
             };
         }
+        drop(failures);
         let token = Verdict::Ok(format!(
             "token {}: {} of {} uses left, expires in {} s",
             rec.id,
