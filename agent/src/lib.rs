@@ -10,6 +10,8 @@
 //! - `lease`: the lease, a plain struct driven by `now` (the agent's half of the fencing argument).
 //! - `leftovers`: waiting out job supervisors of a previous agent run before registering.
 //! - `link`: join, register, heartbeat, reconnect.
+//! - `status`: `tandem-agent status`: a snapshot the link publishes, served on a unix socket
+//!   in the state dir (0600), and the client that prints it.
 //! - `renewal`: renewing the node certificate over the live connection, before it runs out.
 //! - `probe`: the hardware report: the host through sysinfo and `/proc`, GPUs through NVML on a
 //!   dedicated thread with a deadline, GPU health events, GPU fixtures.
@@ -28,6 +30,7 @@ pub mod leftovers;
 pub mod link;
 pub mod probe;
 pub mod renewal;
+pub mod status;
 pub mod supervisor;
 
 use std::future::Future;
@@ -47,6 +50,14 @@ pub async fn run(
     });
     let reports = probe::spawn_sampler(prober, cfg.sample_interval).await;
     let link = link::Link::new(cfg.clone(), reports, lease_tx)?;
+    // `tandem-agent status` is a convenience: an agent that cannot serve it still runs.
+    let _status = match status::serve(&cfg.state_dir, link.status()) {
+        Ok(task) => Some(AbortOnDrop(task)),
+        Err(e) => {
+            tracing::warn!(error = %e, "tandem-agent status will not answer");
+            None
+        }
+    };
     // Ready once local state is loaded: boot never waits on the network.
     tandem_common::notify::ready(&format!("starting: connecting to {}", cfg.coordinator));
     // Never register while copies from a previous run may still be alive (see `leftovers`).
@@ -64,6 +75,15 @@ pub async fn run(
     }
     link.keep_leftover_exits();
     link.run(shutdown).await
+}
+
+/// Ends a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

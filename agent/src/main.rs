@@ -35,6 +35,19 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Output,
     },
+    /// How the running agent stands: link, lease, fence, jobs, containment, last errors. Read
+    /// from the agent's socket in its state dir; works while the agent is disconnected.
+    Status {
+        /// The running agent's state dir.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// The agent's config file (for its `state_dir`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Internal: the per-job supervisor process, started by the agent.
     #[command(hide = true)]
     Shim {
@@ -137,6 +150,47 @@ fn check_cmd(args: tandem_agent::cli::CheckArgs, output: Output) -> ExitCode {
     }
 }
 
+fn status_cmd(state_dir: Option<PathBuf>, config: Option<PathBuf>, output: Output) -> ExitCode {
+    let dir = match (state_dir, config) {
+        (Some(d), _) => d,
+        (None, Some(c)) => match tandem_agent::config::RawConfig::load(&c) {
+            Ok(raw) => match raw.state_dir {
+                Some(d) => d,
+                None => {
+                    eprintln!(
+                        "tandem-agent: {} has no state_dir; pass --state-dir",
+                        c.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+            Err(e) => {
+                eprintln!("tandem-agent: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => {
+            eprintln!("tandem-agent: pass --state-dir (or --config) of the running agent");
+            return ExitCode::from(2);
+        }
+    };
+    match tandem_agent::status::ask(&dir) {
+        Ok(doc) => {
+            match output {
+                Output::Table => print!("{}", tandem_agent::status::render_table(&doc)),
+                Output::Json => {
+                    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tandem-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run_cmd(args: RunArgs) -> ExitCode {
     tandem_agent::init_tracing("info");
     let cfg = match args.to_raw().and_then(|raw| raw.validate()) {
@@ -174,6 +228,11 @@ fn main() -> ExitCode {
         Command::Run(args) => run_cmd(args),
         Command::Inventory(args) => inventory_cmd(args),
         Command::Check { args, output } => check_cmd(args, output),
+        Command::Status {
+            state_dir,
+            config,
+            output,
+        } => status_cmd(state_dir, config, output),
         Command::Shim { job_dir } => tandem_agent::supervisor::shim::main(&job_dir),
     }
 }
