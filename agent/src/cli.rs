@@ -1,5 +1,6 @@
-//! Command-line arguments of `tandem-agent run`, shared with the coordinator's dev mode, which
-//! starts agents as child processes of itself when no `tandem-agent` binary sits beside it.
+//! Command-line arguments of `tandem-agent run` (shared with the coordinator's dev mode, which
+//! starts agents as child processes of itself when no `tandem-agent` binary sits beside it),
+//! and of `check` and `status`, which read the same config file.
 
 use crate::config::RawConfig;
 use clap::Args;
@@ -58,6 +59,63 @@ impl RunArgs {
             gpu_fixture: self.gpu_fixture.clone(),
             force_stream_heartbeats: self.force_stream_heartbeats.then_some(true),
             sample_interval_ms: self.sample_interval_ms,
+        }))
+    }
+}
+
+/// `tandem-agent check` arguments. Flags override the `--config` file (the agent's own).
+#[derive(Args, Debug, Clone, Default)]
+pub struct CheckArgs {
+    /// The agent's TOML config file (flags override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The coordinator's QUIC address, HOST:PORT.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// The join token to check.
+    #[arg(long, env = "TANDEM_JOIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the join token to check.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Without a token: the state dir of a node that has joined (its certificate is checked).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// The node name to check (default: the host name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The local IP address to send from.
+    #[arg(long)]
+    pub bind_addr: Option<IpAddr>,
+    /// Testing aid: a JSON list of GPUs that replaces the NVML readings.
+    #[arg(long)]
+    pub gpu_fixture: Option<PathBuf>,
+    /// How long the handshake (and the coordinator's answer) may take, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    pub timeout_ms: u64,
+}
+
+impl CheckArgs {
+    /// The file (if any) overlaid with the flags. A token given by flag replaces both the
+    /// file's `token` and `token_file`.
+    pub fn to_raw(&self) -> Result<RawConfig, crate::config::ConfigError> {
+        let mut base = match &self.config {
+            Some(p) => RawConfig::load(p)?,
+            None => RawConfig::default(),
+        };
+        if self.token.is_some() || self.token_file.is_some() {
+            base.token = None;
+            base.token_file = None;
+        }
+        Ok(base.overlay(RawConfig {
+            state_dir: self.state_dir.clone(),
+            coordinator: self.coordinator.clone(),
+            token: self.token.clone(),
+            token_file: self.token_file.clone(),
+            name: self.name.clone(),
+            bind_addr: self.bind_addr,
+            gpu_fixture: self.gpu_fixture.clone(),
+            ..Default::default()
         }))
     }
 }

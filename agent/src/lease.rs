@@ -27,6 +27,8 @@ pub struct Lease {
     sent: VecDeque<(u64, Instant)>,
     expires_at: Option<Instant>,
     last_rtt: Option<Duration>,
+    /// The beat whose ack set `expires_at` (shown by `tandem-agent status`).
+    granted_by: Option<u64>,
 }
 
 /// What an ack did.
@@ -68,6 +70,7 @@ impl Lease {
             Some(current) if current >= until => AckOutcome::Unchanged,
             _ => {
                 self.expires_at = Some(until);
+                self.granted_by = Some(seq);
                 AckOutcome::Extended(until)
             }
         }
@@ -77,6 +80,7 @@ impl Lease {
     /// Beats sent before this can never extend it again.
     pub fn revoke(&mut self) {
         self.expires_at = None;
+        self.granted_by = None;
         self.sent.clear();
     }
 
@@ -95,6 +99,11 @@ impl Lease {
         self.expires_at
             .map(|t| t.saturating_duration_since(now))
             .unwrap_or_default()
+    }
+
+    /// The beat whose ack gave the current expiry.
+    pub fn granted_by(&self) -> Option<u64> {
+        self.granted_by
     }
 
     /// The round trip of the last acknowledged beat.

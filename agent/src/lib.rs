@@ -3,12 +3,15 @@
 //!
 //! # Layout
 //! - `config`: flags and TOML, checked into a typed `Config`.
-//! - `cli`: the `run` arguments (shared with the coordinator's dev mode).
+//! - `cli`: the `run` arguments (shared with the coordinator's dev mode), and `check`'s.
+//! - `check`: `tandem-agent check`, the six steps of a join tried without joining.
 //! - `exits`: job exits kept on disk until the coordinator acknowledges them.
 //! - `identity`: the node's key, certificate and id on disk.
 //! - `lease`: the lease, a plain struct driven by `now` (the agent's half of the fencing argument).
 //! - `leftovers`: waiting out job supervisors of a previous agent run before registering.
 //! - `link`: join, register, heartbeat, reconnect.
+//! - `status`: `tandem-agent status`: a snapshot the link publishes, served on a unix socket
+//!   in the state dir (0600), and the client that prints it.
 //! - `renewal`: renewing the node certificate over the live connection, before it runs out.
 //! - `probe`: the hardware report: the host through sysinfo and `/proc`, GPUs through NVML on a
 //!   dedicated thread with a deadline, GPU health events, GPU fixtures.
@@ -16,6 +19,7 @@
 //! - `supervisor`: runs jobs, each under a per-job `shim` process that holds the lease deadline
 //!   and fences the job when it passes, even if the agent crashed or hung.
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod exits;
@@ -26,6 +30,7 @@ pub mod leftovers;
 pub mod link;
 pub mod probe;
 pub mod renewal;
+pub mod status;
 pub mod supervisor;
 
 use std::future::Future;
@@ -45,6 +50,14 @@ pub async fn run(
     });
     let reports = probe::spawn_sampler(prober, cfg.sample_interval).await;
     let link = link::Link::new(cfg.clone(), reports, lease_tx)?;
+    // `tandem-agent status` is a convenience: an agent that cannot serve it still runs.
+    let _status = match status::serve(&cfg.state_dir, link.status()) {
+        Ok(task) => Some(AbortOnDrop(task)),
+        Err(e) => {
+            tracing::warn!(error = %e, "tandem-agent status will not answer");
+            None
+        }
+    };
     // Ready once local state is loaded: boot never waits on the network.
     tandem_common::notify::ready(&format!("starting: connecting to {}", cfg.coordinator));
     // Never register while copies from a previous run may still be alive (see `leftovers`).
@@ -62,6 +75,15 @@ pub async fn run(
     }
     link.keep_leftover_exits();
     link.run(shutdown).await
+}
+
+/// Ends a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

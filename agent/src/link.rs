@@ -137,6 +137,8 @@ pub struct Link {
     unkept: Vec<JobExitReport>,
     /// The session whose ack extended the lease last.
     lease_session: Option<u64>,
+    /// What `tandem-agent status` shows, published for its server (`crate::status`).
+    status: watch::Sender<crate::status::Snapshot>,
 }
 
 fn tls_err(e: impl std::fmt::Display) -> AgentError {
@@ -167,10 +169,16 @@ impl Link {
                 "job exits of an earlier run are not acknowledged yet; the next Hello carries them"
             );
         }
+        let status = watch::Sender::new(crate::status::Snapshot {
+            coordinator: cfg.coordinator.clone(),
+            since: Some(Instant::now()),
+            ..Default::default()
+        });
         Ok(Self {
             exits,
             unkept: Vec::new(),
             lease_session: None,
+            status,
             cfg,
             endpoint,
             lease: Lease::new(),
@@ -181,6 +189,15 @@ impl Link {
             jobs: None,
             renewal: crate::renewal::Renewal::new(0.6 + 0.1 * rand::random::<f64>()),
         })
+    }
+
+    /// The snapshots `tandem-agent status` reads.
+    pub fn status(&self) -> watch::Receiver<crate::status::Snapshot> {
+        self.status.subscribe()
+    }
+
+    fn status_error(&self, what: String) {
+        self.status.send_modify(|s| s.error(what));
     }
 
     /// Runs until `shutdown` resolves or a final refusal.
@@ -197,11 +214,15 @@ impl Link {
                 Ok(Retry::Now) => Duration::ZERO,
                 Ok(Retry::Later(reason)) => {
                     tandem_common::notify::status(&format!("reconnecting: {reason}"));
+                    self.status_error(reason.clone());
                     let d = backoff.next();
                     tracing::warn!(coordinator = %self.cfg.coordinator, %reason, retry_in_ms = d.as_millis() as u64, "link down; reconnecting");
                     d
                 }
-                Err(e) => break Err(e),
+                Err(e) => {
+                    self.status_error(e.to_string());
+                    break Err(e);
+                }
             };
             // Wait in short slices so the watchdog keeps being fed while we back off.
             let until = tokio::time::Instant::now() + wait;
@@ -251,6 +272,18 @@ impl Link {
             connected,
             session: self.lease_session,
         };
+        let jobs = self.jobs.as_ref().map(Jobs::held).unwrap_or_default();
+        self.status.send_modify(|s| {
+            if s.connected != connected {
+                s.since = Some(now);
+            }
+            s.connected = connected;
+            s.lease_until = view.held_until;
+            s.lease_beat = self.lease.granted_by();
+            s.lease_session = self.lease_session;
+            s.rtt = self.lease.last_rtt();
+            s.jobs = jobs;
+        });
         self.lease_tx.send_if_modified(|v| {
             let changed = *v != view;
             *v = view;
@@ -313,6 +346,15 @@ impl Link {
             Err(reason) => return Ok(Retry::Later(reason)),
         };
         *backoff = Backoff { attempt: 0 };
+        self.status.send_modify(|s| {
+            s.node = Some((welcome.node_id.to_string(), welcome.name.clone()));
+            s.session = Some(welcome.session);
+            s.fence = Some((
+                welcome.heartbeat_ms,
+                welcome.lease_ms,
+                welcome.fence_kill_timeout_ms,
+            ));
+        });
         tracing::info!(node = %welcome.node_id, name = %welcome.name, session = welcome.session, lease_ms = welcome.lease_ms, heartbeat_ms = welcome.heartbeat_ms, datagrams, "registered with the coordinator");
         tandem_common::notify::status(&format!(
             "connected to {} as {}, lease {:.1} s",

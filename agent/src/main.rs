@@ -25,6 +25,29 @@ enum Command {
     Run(RunArgs),
     /// Print this node's hardware report (no coordinator needed) and exit.
     Inventory(InventoryArgs),
+    /// Check, without joining or spending anything, that this node could join (or reconnect):
+    /// address, UDP, CA pin, token, cluster, admission. Exit 0, 10+step of the first failed
+    /// step (11-16), or 2 for bad input.
+    Check {
+        #[command(flatten)]
+        args: tandem_agent::cli::CheckArgs,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
+    },
+    /// How the running agent stands: link, lease, fence, jobs, containment, last errors. Read
+    /// from the agent's socket in its state dir; works while the agent is disconnected.
+    Status {
+        /// The running agent's state dir.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// The agent's config file (for its `state_dir`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Internal: the per-job supervisor process, started by the agent.
     #[command(hide = true)]
     Shim {
@@ -89,6 +112,85 @@ fn inventory_cmd(args: InventoryArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn check_cmd(args: tandem_agent::cli::CheckArgs, output: Output) -> ExitCode {
+    use tandem_agent::check;
+    tandem_agent::init_tracing("warn");
+    let raw = match args.to_raw() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tandem-agent: {e}");
+            return ExitCode::from(check::EXIT_BAD_INPUT);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tandem-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let deadline = Duration::from_millis(args.timeout_ms.max(1));
+    let result = runtime.block_on(check::run(raw, deadline));
+    runtime.shutdown_background();
+    match result {
+        Ok(report) => {
+            match output {
+                Output::Table => print!("{}", report.render_table()),
+                Output::Json => println!("{}", report.render_json()),
+            }
+            ExitCode::from(report.exit_code())
+        }
+        Err(e) => {
+            eprintln!("tandem-agent: {e}");
+            ExitCode::from(check::EXIT_BAD_INPUT)
+        }
+    }
+}
+
+fn status_cmd(state_dir: Option<PathBuf>, config: Option<PathBuf>, output: Output) -> ExitCode {
+    let dir = match (state_dir, config) {
+        (Some(d), _) => d,
+        (None, Some(c)) => match tandem_agent::config::RawConfig::load(&c) {
+            Ok(raw) => match raw.state_dir {
+                Some(d) => d,
+                None => {
+                    eprintln!(
+                        "tandem-agent: {} has no state_dir; pass --state-dir",
+                        c.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            },
+            Err(e) => {
+                eprintln!("tandem-agent: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => {
+            eprintln!("tandem-agent: pass --state-dir (or --config) of the running agent");
+            return ExitCode::from(2);
+        }
+    };
+    match tandem_agent::status::ask(&dir) {
+        Ok(doc) => {
+            match output {
+                Output::Table => print!("{}", tandem_agent::status::render_table(&doc)),
+                Output::Json => {
+                    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tandem-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run_cmd(args: RunArgs) -> ExitCode {
     tandem_agent::init_tracing("info");
     let cfg = match args.to_raw().and_then(|raw| raw.validate()) {
@@ -125,6 +227,12 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run(args) => run_cmd(args),
         Command::Inventory(args) => inventory_cmd(args),
+        Command::Check { args, output } => check_cmd(args, output),
+        Command::Status {
+            state_dir,
+            config,
+            output,
+        } => status_cmd(state_dir, config, output),
         Command::Shim { job_dir } => tandem_agent::supervisor::shim::main(&job_dir),
     }
 }

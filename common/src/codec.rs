@@ -83,12 +83,38 @@ pub fn encode_frame<T: Serialize>(msg: &T, max: usize) -> Result<Vec<u8>, CodecE
     Ok(out)
 }
 
-/// Reads the version from the body of a first frame without decoding the rest, so that a peer
-/// of another version can be told so (see the version rule in `proto`).
-pub fn peek_protocol_version(body: &[u8]) -> Option<u16> {
-    // The first frame is `AgentMsg::Hello` (variant 0), and `Hello` starts with the version.
+/// The variant index of `AgentMsg::CheckJoin` on the wire (a test keeps it true).
+const CHECK_JOIN_VARIANT: u32 = 9;
+
+/// What a first frame is, read without decoding the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstFrame {
+    /// `AgentMsg::Hello` of this protocol version.
+    Hello(u16),
+    /// `AgentMsg::CheckJoin` of this protocol version.
+    CheckJoin(u16),
+}
+
+/// Reads the kind and version of a first frame without decoding the rest, so that a peer of
+/// another version can be told so (see the version rule in `proto`). `None`: neither a
+/// `Hello` nor a `CheckJoin`.
+pub fn peek_first_frame(body: &[u8]) -> Option<FirstFrame> {
+    // Both start with the version, right after the variant index.
     let (pair, _) = bincode::serde::decode_from_slice::<(u32, u16), _>(body, config()).ok()?;
-    (pair.0 == 0).then_some(pair.1)
+    match pair.0 {
+        0 => Some(FirstFrame::Hello(pair.1)),
+        CHECK_JOIN_VARIANT => Some(FirstFrame::CheckJoin(pair.1)),
+        _ => None,
+    }
+}
+
+/// Reads the version from the body of a first frame that is a `Hello`, without decoding the
+/// rest, so that a peer of another version can be told so (see the version rule in `proto`).
+pub fn peek_protocol_version(body: &[u8]) -> Option<u16> {
+    match peek_first_frame(body)? {
+        FirstFrame::Hello(v) => Some(v),
+        FirstFrame::CheckJoin(_) => None,
+    }
 }
 
 /// How much of a frame body [`read_frame`] reserves before any of it has arrived.
@@ -273,6 +299,23 @@ mod tests {
     }
 
     #[test]
+    fn a_check_join_is_told_from_a_hello_by_its_first_bytes() {
+        let check = AgentMsg::CheckJoin(Box::new(CheckJoin {
+            protocol_version: 5,
+            name: "n".into(),
+            token: None,
+            hardware: HardwareReport::default(),
+        }));
+        let body = encode(&check).unwrap();
+        assert_eq!(peek_first_frame(&body), Some(FirstFrame::CheckJoin(5)));
+        assert_eq!(peek_protocol_version(&body), None);
+        let body = encode(&hello(3)).unwrap();
+        assert_eq!(peek_first_frame(&body), Some(FirstFrame::Hello(3)));
+        let body = encode(&AgentMsg::Pong { nonce: 1 }).unwrap();
+        assert_eq!(peek_first_frame(&body), None);
+    }
+
+    #[test]
     fn oversized_frames_are_refused_before_allocation() {
         let mut wire = Vec::new();
         wire.extend_from_slice(&u32::MAX.to_be_bytes());
@@ -377,7 +420,31 @@ mod tests {
                 }),
             any::<u64>().prop_map(|nonce| AgentMsg::Pong { nonce }),
             ".{0,100}".prop_map(|reason| AgentMsg::Goodbye { reason }),
+            (
+                any::<u16>(),
+                ".{0,40}",
+                proptest::option::of((".{0,20}", ".{0,60}")),
+            )
+                .prop_map(|(v, name, token)| AgentMsg::CheckJoin(Box::new(
+                    CheckJoin {
+                        protocol_version: v,
+                        name,
+                        token: token.map(|(token_id, token_secret)| CheckToken {
+                            token_id,
+                            token_secret,
+                        }),
+                        hardware: HardwareReport::default(),
+                    }
+                ))),
         ]
+    }
+
+    fn arb_verdict() -> impl Strategy<Value = Verdict> {
+        (0u8..3, ".{0,80}").prop_map(|(k, w)| match k {
+            0 => Verdict::Ok(w),
+            1 => Verdict::Failed(w),
+            _ => Verdict::Skipped(w),
+        })
     }
 
     fn arb_coord_msg() -> impl Strategy<Value = CoordMsg> {
@@ -410,6 +477,15 @@ mod tests {
                 }
             }),
             any::<u64>().prop_map(|request| CoordMsg::ReportJobs { request }),
+            (arb_verdict(), arb_verdict(), arb_verdict()).prop_map(
+                |(token, cluster, admission)| {
+                    CoordMsg::JoinCheck(JoinCheck {
+                        token,
+                        cluster,
+                        admission,
+                    })
+                }
+            ),
         ]
     }
 

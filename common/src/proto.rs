@@ -22,7 +22,18 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this build speaks. Version 2: `Hello` lists starts in progress and
 /// exits the coordinator has not acknowledged; exits carry an [`ExitCause`] and are
 /// acknowledged with [`CoordMsg::ExitAck`]; [`CoordMsg::ReportJobs`] asks for what is held.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 3 adds one first frame, [`AgentMsg::CheckJoin`] (answered by
+/// [`CoordMsg::JoinCheck`]), and changes nothing else: a version-3 coordinator still serves
+/// agents of version 2 ([`MIN_PROTOCOL_VERSION`]), so coordinators are upgraded first. A
+/// version-2 coordinator answers a `CheckJoin` with a `Reject` ("the first frame is not a
+/// Hello"), which `tandem-agent check` reports as a coordinator too old to check against.
+pub const PROTOCOL_VERSION: u16 = 3;
+
+/// The oldest agent protocol version a coordinator of this build still serves.
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
+
+/// The first version that knows [`AgentMsg::CheckJoin`].
+pub const CHECK_PROTOCOL_VERSION: u16 = 3;
 
 /// Messages from an agent to the coordinator on the control stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,6 +91,65 @@ pub enum AgentMsg {
         /// Exits not acknowledged yet, oldest first.
         exited: Vec<JobExitReport>,
     },
+    /// A first frame instead of `Hello` (version 3): asks whether a join with this token (or
+    /// this connection's certificate) would be admitted, without joining. Answered with
+    /// [`CoordMsg::JoinCheck`], then the connection closes. The coordinator records nothing:
+    /// no token use, no node. Keep it after every older variant (its index is on the wire), and
+    /// keep `protocol_version` its first field, as `Hello`'s.
+    CheckJoin(Box<CheckJoin>),
+}
+
+/// What `tandem-agent check` asks (see [`AgentMsg::CheckJoin`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckJoin {
+    /// Must stay the first field (see the version rule).
+    pub protocol_version: u16,
+    /// The node name the agent would join with.
+    pub name: String,
+    /// The token to judge. `None`: judge the client certificate this connection presented.
+    pub token: Option<CheckToken>,
+    /// What the machine has, as a join would report it.
+    pub hardware: HardwareReport,
+}
+
+/// A join token's id and secret, as a check carries them. The agent sends them only to a
+/// coordinator whose CA matched the token's pin, as for a join.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckToken {
+    /// The token's public id.
+    pub token_id: String,
+    /// The token's secret.
+    pub token_secret: String,
+}
+
+/// One step's verdict in a [`JoinCheck`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// The step passed; the words say what was found (e.g. the cluster's name).
+    Ok(String),
+    /// The step failed; the reason is the one a real join would give.
+    Failed(String),
+    /// The step was not judged (an earlier one failed, or it does not apply).
+    Skipped(String),
+}
+
+impl Verdict {
+    /// Whether the step passed.
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Verdict::Ok(_))
+    }
+}
+
+/// The coordinator's answer to [`AgentMsg::CheckJoin`]: the steps it judges, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinCheck {
+    /// The token is known, its secret right, not expired, revoked or used up; or, for a
+    /// certificate, that it names a member that was not removed.
+    pub token: Verdict,
+    /// The cluster the token names exists (`Ok` too when it names none).
+    pub cluster: Verdict,
+    /// The node would be admitted: its name, and the cluster's minimums and same-model rule.
+    pub admission: Verdict,
 }
 
 /// The reason an agent gives for a start it refused because it held no lease (in
@@ -280,6 +350,8 @@ pub enum CoordMsg {
         /// Echoed in the answer.
         request: u64,
     },
+    /// The answer to [`AgentMsg::CheckJoin`] (version 3). Keep it after every older variant.
+    JoinCheck(JoinCheck),
 }
 
 /// Why a connection was refused. Stable: agents act on it.

@@ -252,6 +252,14 @@ pub fn peer_cert_serial(conn: &quinn::Connection) -> Option<u64> {
     pki::cert_serial(&peer_certs(conn)?[0]).ok()
 }
 
+/// Whether a connection failed because the coordinator's CA did not match the join token's
+/// pin (our own verifier refused it, see [`join_client_config`]), as opposed to a timeout or
+/// any other failure. `tandem-agent check` tells "wrong coordinator" from "no answer" by it.
+pub fn is_pin_mismatch(e: &quinn::ConnectionError) -> bool {
+    // rustls carries our error inside `CertificateError::Other`; quinn keeps only its text.
+    matches!(e, quinn::ConnectionError::TransportError(t) if format!("{t:?}").contains("PinMismatch"))
+}
+
 /// Why the pinned verifier refused a coordinator.
 #[derive(Debug, thiserror::Error)]
 #[error("the coordinator presented no CA certificate matching the join token's pin")]
@@ -444,6 +452,7 @@ mod tests {
         let (client, server) = connect(&c, join_client_config(other.pin()).unwrap()).await;
         let err = client.expect_err("a coordinator with another CA must be refused");
         assert!(format!("{err:?}").contains("PinMismatch"), "{err:?}");
+        assert!(is_pin_mismatch(&err), "{err:?}");
         assert!(server.is_err());
     }
 

@@ -86,6 +86,7 @@ pub async fn run(
             uses_allowed: opts.agents.max(1),
             uses: 0,
             cluster: None,
+            revoked_ms: None,
         }),
         Change::Event(NewEvent {
             kind: "token_created",

@@ -35,8 +35,10 @@ pub struct Joiner {
     /// The lease told to agents.
     pub lease: Duration,
     /// One join at a time: token use counts and names stay consistent. Also counts failed
-    /// joins per source address.
-    pub lock: Mutex<crate::limits::FailedJoins>,
+    /// joins (and failed checks) per source address. Shared with the admin API, whose token
+    /// revocation takes it too, so a join in flight cannot write back a token it read before
+    /// the revocation.
+    pub lock: Arc<Mutex<crate::limits::FailedJoins>>,
 }
 
 fn refused(code: RejectCode, reason: impl Into<String>) -> MembershipError {
@@ -101,6 +103,35 @@ impl Joiner {
         r
     }
 
+    /// The token record for `id` if `secret` is its secret (compared in constant time with
+    /// the stored hash), and not revoked. The one check of a token's identity, shared by
+    /// joins and by `CheckJoin`.
+    pub(crate) fn verify_token(
+        &self,
+        id: &str,
+        secret: &str,
+    ) -> Result<crate::model::TokenRecord, MembershipError> {
+        let bad = || {
+            refused(
+                RejectCode::BadToken,
+                "the join token is not valid (unknown id or wrong secret)",
+            )
+        };
+        let rec = self.membership.store().token(id)?.ok_or_else(bad)?;
+        let stored = hex::decode(&rec.secret_sha256)
+            .ok()
+            .and_then(|v| <[u8; 32]>::try_from(v).ok());
+        match stored {
+            Some(hash) if token::verify_secret(secret, &hash) => {}
+            _ => return Err(bad()),
+        }
+        // Checked before the retry of a lost answer below: a revoked token admits nobody.
+        if rec.revoked_ms.is_some() {
+            return Err(refused(RejectCode::BadToken, crate::model::TOKEN_REVOKED));
+        }
+        Ok(rec)
+    }
+
     fn join_locked(
         &self,
         hello: &Hello,
@@ -108,20 +139,7 @@ impl Joiner {
         peer: SocketAddr,
     ) -> Result<(Joined, crate::store::Ticket), MembershipError> {
         let store = self.membership.store();
-        let bad = || {
-            refused(
-                RejectCode::BadToken,
-                "the join token is not valid (unknown id or wrong secret)",
-            )
-        };
-        let rec = store.token(&req.token_id)?.ok_or_else(bad)?;
-        let stored = hex::decode(&rec.secret_sha256)
-            .ok()
-            .and_then(|v| <[u8; 32]>::try_from(v).ok());
-        match stored {
-            Some(hash) if token::verify_secret(&req.token_secret, &hash) => {}
-            _ => return Err(bad()),
-        }
+        let rec = self.verify_token(&req.token_id, &req.token_secret)?;
         let now_ms = tandem_common::time::unix_ms();
         if let Some(other) = self.membership.node_named(&hello.name) {
             // The same node asking again because the answer to its first join was lost (a

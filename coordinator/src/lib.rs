@@ -15,6 +15,8 @@
 //! - `limits`: failed-join, refusal-log and per-session message limits against floods.
 //! - `retention`: which finished jobs, spent tokens and finished operations are deleted.
 //! - `join`: join tokens and CSRs traded for node certificates.
+//! - `join_check`: `CheckJoin`, the dry run of a join behind `tandem-agent check` (records
+//!   nothing).
 //! - `outbox`: the queue of commands to one session (bounded, never drops silently).
 //! - `server`: the QUIC endpoint, one task per connection.
 //! - `admin`: the HTTP/JSON admin endpoint and `/metrics`.
@@ -31,6 +33,7 @@ pub mod engine;
 pub mod init;
 pub mod jobs;
 pub mod join;
+pub mod join_check;
 pub mod limits;
 pub mod metrics;
 pub mod model;
@@ -191,6 +194,7 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
             source,
         })?;
 
+    let join_lock: Arc<std::sync::Mutex<limits::FailedJoins>> = Default::default();
     let srv = Arc::new(server::Server {
         membership: membership.clone(),
         joiner: join::Joiner {
@@ -198,7 +202,7 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
             membership: membership.clone(),
             cert_validity: cfg.cert_validity,
             lease: cfg.lease,
-            lock: Default::default(),
+            lock: join_lock.clone(),
         },
         heartbeat: cfg.heartbeat,
         max_frame: cfg.max_frame_bytes,
@@ -262,6 +266,7 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         membership: membership.clone(),
         ca: ca.clone(),
         admin_token: cfg.admin_token.clone(),
+        join_lock,
     }));
     let (admin_stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let stopped = async move {

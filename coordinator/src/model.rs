@@ -124,17 +124,40 @@ pub struct TokenRecord {
     /// The cluster a node joining with it enters.
     #[serde(default)]
     pub cluster: Option<String>,
+    /// When an operator revoked it (Unix ms); a revoked token admits nobody, not even the
+    /// retry of a join whose answer was lost. Absent in records written before revocation
+    /// existed.
+    #[serde(default)]
+    pub revoked_ms: Option<u64>,
 }
+
+/// The reason a revoked token gives.
+pub const TOKEN_REVOKED: &str = "the join token was revoked";
 
 impl TokenRecord {
     /// Whether it may still be used at `now_ms`, and why not.
     pub fn usable(&self, now_ms: u64) -> Result<(), &'static str> {
-        if now_ms >= self.expires_ms {
+        if self.revoked_ms.is_some() {
+            Err(TOKEN_REVOKED)
+        } else if now_ms >= self.expires_ms {
             Err("the join token has expired")
         } else if self.uses >= self.uses_allowed {
             Err("the join token is used up")
         } else {
             Ok(())
+        }
+    }
+
+    /// `active`, `revoked`, `expired` or `used_up` at `now_ms` (the admin API's `state`).
+    pub fn state(&self, now_ms: u64) -> &'static str {
+        if self.revoked_ms.is_some() {
+            "revoked"
+        } else if now_ms >= self.expires_ms {
+            "expired"
+        } else if self.uses >= self.uses_allowed {
+            "used_up"
+        } else {
+            "active"
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Retention: finished records do not pile up for ever.
 //!
-//! Finished jobs, used-up or expired join tokens and finished operations were never deleted:
+//! Finished jobs, used-up, expired or revoked join tokens and finished operations were never deleted:
 //! a long-lived coordinator's store and memory grew with every job it ever ran, and every
 //! planner call copied every job. [`expired`] decides (plain code, `now` passed in) which
 //! records are past their retention; `Engine::sweep` deletes them in one durable batch.
@@ -91,6 +91,7 @@ pub fn expired<'a>(
                 let used_up = t.uses >= t.uses_allowed;
                 (expired && older(t.expires_ms, r.tokens))
                     || (used_up && older(t.created_ms, r.tokens))
+                    || t.revoked_ms.is_some_and(|at| older(at, r.tokens))
             })
             .map(|t| t.id.clone())
             .collect(),
@@ -161,6 +162,7 @@ mod tests {
             uses_allowed: 1,
             uses,
             cluster: None,
+            revoked_ms: None,
         };
         let tokens = [
             t("used", 1, 100 * MIN),

@@ -148,12 +148,13 @@ impl Server {
         }
     }
 
-    /// Reads the first frame, which must be a `Hello` of our protocol version. `Ok(None)`: the
-    /// peer closed the stream without sending anything. `Err`: the refusal to send back.
-    async fn read_hello(
+    /// Reads the first frame, which must be a `Hello` of a protocol version we serve, or a
+    /// `CheckJoin` (version 3 on). `Ok(None)`: the peer closed the stream without sending
+    /// anything. `Err`: the refusal to send back.
+    async fn read_first(
         &self,
         recv: &mut quinn::RecvStream,
-    ) -> Result<Option<Box<Hello>>, (RejectCode, String)> {
+    ) -> Result<Option<AgentMsg>, (RejectCode, String)> {
         let violation = |reason: String| (RejectCode::ProtocolViolation, reason);
         let first = match tokio::time::timeout(
             HELLO_TIMEOUT,
@@ -166,21 +167,44 @@ impl Server {
             Ok(Err(e)) => return Err(violation(format!("bad first frame: {e}"))),
             Err(_) => return Err(violation("no Hello within 5 s".into())),
         };
-        match codec::peek_protocol_version(&first) {
-            Some(PROTOCOL_VERSION) => {}
-            Some(v) => {
-                return Err((
-                    RejectCode::UnsupportedVersion,
-                    format!("protocol version {v} is not supported; this coordinator speaks {PROTOCOL_VERSION}"),
-                ))
+        let unsupported = |v: u16| {
+            (
+                RejectCode::UnsupportedVersion,
+                format!("protocol version {v} is not supported; this coordinator speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"),
+            )
+        };
+        match codec::peek_first_frame(&first) {
+            Some(codec::FirstFrame::Hello(v))
+                if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&v) => {}
+            Some(codec::FirstFrame::CheckJoin(v))
+                if (CHECK_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&v) => {}
+            Some(codec::FirstFrame::Hello(v) | codec::FirstFrame::CheckJoin(v)) => {
+                return Err(unsupported(v))
             }
             None => return Err(violation("the first frame is not a Hello".into())),
         }
         match codec::decode::<AgentMsg>(&first) {
-            Ok(AgentMsg::Hello(h)) => Ok(Some(h)),
+            Ok(m @ (AgentMsg::Hello(_) | AgentMsg::CheckJoin(_))) => Ok(Some(m)),
             Ok(_) => Err(violation("the first frame is not a Hello".into())),
             Err(e) => Err(violation(format!("Hello does not decode: {e}"))),
         }
+    }
+
+    /// Answers a `CheckJoin` and closes: nothing is recorded (see `join_check`).
+    async fn answer_check(
+        &self,
+        conn: &quinn::Connection,
+        send: &mut quinn::SendStream,
+        peer: SocketAddr,
+        check: &CheckJoin,
+    ) {
+        let cert = tandem_common::tls::peer_node_id(conn)
+            .map(|n| (n, tandem_common::tls::peer_cert_serial(conn).unwrap_or(0)));
+        let answer = self.joiner.check(check, cert, peer);
+        tracing::info!(%peer, name = %check.name, token = ?answer.token, cluster = ?answer.cluster, admission = ?answer.admission, "join check answered");
+        let _ = codec::write_msg(send, &CoordMsg::JoinCheck(answer), self.max_frame).await;
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
     }
 
     async fn connection(&self, conn: quinn::Connection, peer: SocketAddr) {
@@ -197,9 +221,12 @@ impl Server {
                 return;
             }
         };
-        let mut hello = match self.read_hello(&mut recv).await {
-            Ok(Some(h)) => h,
-            Ok(None) => return,
+        let mut hello = match self.read_first(&mut recv).await {
+            Ok(Some(AgentMsg::Hello(h))) => h,
+            Ok(Some(AgentMsg::CheckJoin(c))) => {
+                return self.answer_check(&conn, &mut send, peer, &c).await
+            }
+            Ok(_) => return,
             Err((code, reason)) => return self.refuse(&conn, &mut send, peer, code, reason).await,
         };
 

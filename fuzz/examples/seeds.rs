@@ -110,6 +110,15 @@ fn main() {
         AgentMsg::RenewCertificate {
             csr_pem: csr_pem.clone(),
         },
+        AgentMsg::CheckJoin(Box::new(CheckJoin {
+            protocol_version: PROTOCOL_VERSION,
+            name: "edge-1".into(),
+            token: Some(CheckToken {
+                token_id: token.id.clone(),
+                token_secret: token.secret.clone(),
+            }),
+            hardware: report(),
+        })),
     ];
     let coord = [
         CoordMsg::Reject(Reject {
@@ -157,6 +166,11 @@ fn main() {
         CoordMsg::RenewalRefused {
             reason: "not now".into(),
         },
+        CoordMsg::JoinCheck(JoinCheck {
+            token: Verdict::Ok("3 of 5 uses left".into()),
+            cluster: Verdict::Failed("no such cluster".into()),
+            admission: Verdict::Skipped("the cluster step failed".into()),
+        }),
     ];
     let beat = AgentDatagram::Heartbeat(Heartbeat {
         seq: 300,

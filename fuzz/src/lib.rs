@@ -65,6 +65,7 @@ where
 /// One control-stream body, as the coordinator reads it.
 pub fn agent_msg(body: &[u8]) {
     let peeked = codec::peek_protocol_version(body);
+    let first = codec::peek_first_frame(body);
     let Ok(msg) = codec::decode::<AgentMsg>(body) else {
         return;
     };
@@ -88,6 +89,15 @@ pub fn agent_msg(body: &[u8]) {
             assert_eq!(peeked, None, "only a Hello has a version");
             // The coordinator signs a renewal's CSR as it signs a join's.
             sign_csr(&csr_pem);
+        }
+        AgentMsg::CheckJoin(check) => {
+            // A check is told from a Hello by its first bytes, and its version read alike.
+            assert_eq!(peeked, None, "only a Hello has a Hello's version");
+            assert_eq!(
+                first,
+                Some(codec::FirstFrame::CheckJoin(check.protocol_version))
+            );
+            coordinator_keeps(check.hardware);
         }
         _ => assert_eq!(peeked, None, "only a Hello has a version"),
     }

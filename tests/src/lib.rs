@@ -433,3 +433,37 @@ pub fn tandemctl_ok(api: &Api, args: &[&str]) -> Result<String> {
     );
     Ok(o.stdout)
 }
+
+/// What a finished short-lived command left.
+pub struct RunOut {
+    /// Its exit code (`None` if a signal ended it).
+    pub code: Option<i32>,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+/// Runs `tandem-agent args` (a one-shot command such as `check` or `status`), killed after
+/// `limit`; no inherited `TANDEM_*` variables.
+pub fn agent_cmd(args: &[&str], limit: Duration) -> Result<RunOut> {
+    let dir = tempfile::tempdir()?;
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut p = Proc {
+        child: Command::new(bin("tandem-agent"))
+            .args(args)
+            .env_remove("TANDEM_JOIN_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(&err)?)
+            .spawn()?,
+        log: err.clone(),
+    };
+    let status = wait_for(limit, "tandem-agent to finish", || p.exited())
+        .with_context(|| format!("tandem-agent {args:?}"))?;
+    Ok(RunOut {
+        code: status.code(),
+        stdout: std::fs::read_to_string(&out)?,
+        stderr: std::fs::read_to_string(&err)?,
+    })
+}

@@ -482,6 +482,13 @@ pub enum TokensCmd {
         #[arg(long)]
         cluster: Option<String>,
     },
+    /// List the join tokens kept: state (active, expired, used_up, revoked), uses, cluster.
+    List,
+    /// Revoke a join token (its id, the part after `tdm1.`): it admits nobody from now on.
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
 }
 
 /// A failed command, with what the API said.
@@ -601,6 +608,8 @@ pub fn run(cli: Cli) -> Result<(), CtlError> {
             uses,
             cluster,
         }) => nodes::create_token(&c, out, ttl_s, uses, cluster),
+        Cmd::Tokens(TokensCmd::List) => nodes::list_tokens(&c, out),
+        Cmd::Tokens(TokensCmd::Revoke { id }) => nodes::revoke_token(&c, out, &id),
         Cmd::Events { node, limit } => nodes::events(&c, out, node, limit),
     }
 }

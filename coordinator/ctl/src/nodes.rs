@@ -1,4 +1,4 @@
-//! `tandemctl nodes`, `recycle`, `tokens` and `events`.
+//! `tandemctl nodes`, `recycle`, `tokens` (create, list, revoke) and `events`.
 
 use super::client::{enc, Client};
 use super::show::{ago, gib, kv, labels, s, short, table};
@@ -338,6 +338,40 @@ pub fn create_token(
         if let Some(cl) = &cluster {
             println!("cluster:    {cl}");
         }
+    });
+    Ok(())
+}
+
+/// `tokens list`: id, state, uses, cluster, expiry (never a secret).
+pub fn list_tokens(c: &Client, out: Output) -> Result<(), CtlError> {
+    let v = c.get("/v1/join-tokens")?;
+    emit(out, &v, |v| {
+        let mut t = table(&["ID", "STATE", "USES", "CLUSTER", "EXPIRES AT", "REVOKED AT"]);
+        for k in v["tokens"].as_array().into_iter().flatten() {
+            t.add_row(vec![
+                s(&k["id"]),
+                s(&k["state"]),
+                format!("{}/{}", s(&k["uses"]), s(&k["uses_allowed"])),
+                s(&k["cluster"]),
+                s(&k["expires_at"]),
+                s(&k["revoked_at"]),
+            ]);
+        }
+        println!("{t}");
+    });
+    Ok(())
+}
+
+/// `tokens revoke ID`: from now on the token admits nobody.
+pub fn revoke_token(c: &Client, out: Output, id: &str) -> Result<(), CtlError> {
+    let v = c.call("DELETE", &format!("/v1/join-tokens/{}", enc(id)), None)?;
+    emit(out, &v, |v| {
+        println!(
+            "token {} revoked ({} of {} uses spent)",
+            s(&v["id"]),
+            s(&v["uses"]),
+            s(&v["uses_allowed"])
+        );
     });
     Ok(())
 }

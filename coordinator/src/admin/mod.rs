@@ -14,6 +14,7 @@ mod error;
 mod fleet;
 pub mod https;
 mod jobs;
+mod tokens;
 mod views;
 
 pub use error::{ApiError, Code};
@@ -32,7 +33,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use subtle::ConstantTimeEq;
 use tandem_common::pki::CertificateAuthority;
-use tandem_common::token::{self, JoinToken};
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -45,6 +45,9 @@ pub struct AdminState {
     pub ca: Arc<CertificateAuthority>,
     /// The bearer token.
     pub admin_token: String,
+    /// The joins' lock (`Joiner::lock`): a revocation holds it, so no join in flight writes
+    /// back a token it read before.
+    pub join_lock: Arc<std::sync::Mutex<crate::limits::FailedJoins>>,
 }
 
 pub(crate) type Shared = State<Arc<AdminState>>;
@@ -52,7 +55,14 @@ pub(crate) type Shared = State<Arc<AdminState>>;
 /// The router.
 pub fn router(state: Arc<AdminState>) -> Router {
     let v1 = Router::new()
-        .route("/v1/join-tokens", post(create_token))
+        .route(
+            "/v1/join-tokens",
+            post(tokens::create_token).get(tokens::list_tokens),
+        )
+        .route(
+            "/v1/join-tokens/{id}",
+            axum::routing::delete(tokens::revoke_token),
+        )
         .route("/v1/nodes", get(list_nodes))
         .route(
             "/v1/nodes/{id}",
@@ -220,88 +230,6 @@ async fn metrics(State(s): Shared) -> Result<impl IntoResponse, ApiError> {
     .await
     .map_err(|e| ApiError::new(Code::Internal, format!("rendering metrics failed: {e}")))?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenRequest {
-    #[serde(default = "default_ttl")]
-    ttl_s: u64,
-    #[serde(default = "default_uses")]
-    uses: u32,
-    /// The cluster (id or name) joining nodes enter.
-    #[serde(default)]
-    cluster: Option<String>,
-}
-
-fn default_ttl() -> u64 {
-    600
-}
-fn default_uses() -> u32 {
-    1
-}
-
-async fn create_token(
-    State(s): Shared,
-    ApiJson(req): ApiJson<TokenRequest>,
-) -> Result<impl IntoResponse, ApiError> {
-    if !(1..=30 * 86_400).contains(&req.ttl_s) {
-        return Err(ApiError::new(
-            Code::InvalidArgument,
-            "ttl_s must be between 1 and 2592000 (30 days)",
-        ));
-    }
-    if !(1..=100_000).contains(&req.uses) {
-        return Err(ApiError::new(
-            Code::InvalidArgument,
-            "uses must be between 1 and 100000",
-        ));
-    }
-    let cluster = match &req.cluster {
-        Some(c) => Some(
-            s.membership
-                .cluster(c)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        Code::NotFound,
-                        format!("cluster: no cluster with id or name `{c}`"),
-                    )
-                })?
-                .id,
-        ),
-        None => None,
-    };
-    let tok = JoinToken::generate(s.ca.pin());
-    let now = tandem_common::time::unix_ms();
-    let rec = crate::model::TokenRecord {
-        id: tok.id.clone(),
-        secret_sha256: hex::encode(token::hash_secret(&tok.secret)),
-        created_ms: now,
-        expires_ms: now + req.ttl_s * 1000,
-        uses_allowed: req.uses,
-        uses: 0,
-        cluster: cluster.clone(),
-    };
-    s.membership.store().apply(vec![
-        crate::store::Change::PutToken(rec.clone()),
-        crate::store::Change::Event(crate::model::NewEvent {
-            kind: "token_created",
-            node: None,
-            message: format!(
-                "join token {} created: {} uses, expires in {} s",
-                rec.id, rec.uses_allowed, req.ttl_s
-            ),
-        }),
-    ])?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({
-            "token": tok.to_string(),
-            "id": rec.id,
-            "uses": rec.uses_allowed,
-            "expires_at": tandem_common::time::rfc3339(rec.expires_ms),
-        })),
-    ))
 }
 
 #[derive(Deserialize)]

@@ -247,4 +247,20 @@ impl Engine {
     pub fn node_named(&self, name: &str) -> Option<NodeRecord> {
         lock(&self.table).node_named(name).map(|e| e.record.clone())
     }
+
+    /// The name of `node` if a certificate of `serial` is still accepted for it (the rule
+    /// `register` applies: a member whose current or previous serial it is), or why not.
+    pub fn certificate_accepted(&self, node: &NodeId, serial: u64) -> Result<String, String> {
+        let t = lock(&self.table);
+        let Some(e) = t.nodes.get(node) else {
+            return Err(format!("node {node} is not a member (it was removed); delete the agent's state dir and join again with a new token"));
+        };
+        let r = &e.record;
+        if r.cert_serial != serial && r.previous_cert_serial != Some(serial) {
+            return Err(format!(
+                "certificate serial {serial} of node {node} was replaced or revoked"
+            ));
+        }
+        Ok(r.name.clone())
+    }
 }

@@ -76,11 +76,11 @@ impl Engine {
                 Handled::Done
             }
             AgentMsg::RenewCertificate { csr_pem } => Handled::Renew { csr_pem },
-            AgentMsg::Hello(_) => {
+            AgentMsg::Hello(_) | AgentMsg::CheckJoin(_) => {
                 self.metrics
                     .bad_messages
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Handled::Refused("a second Hello on a registered connection")
+                Handled::Refused("a second Hello (or a join check) on a registered connection")
             }
         }
     }
@@ -127,7 +127,10 @@ mod tests {
             exited: Vec::new(),
             hardware: Default::default(),
         }));
-        assert!(matches!(e.on_agent_msg(&node, 1, hello), Handled::Refused(_)));
+        assert!(matches!(
+            e.on_agent_msg(&node, 1, hello),
+            Handled::Refused(_)
+        ));
         assert_eq!(e.metrics.bad_messages.load(Ordering::Relaxed), 1);
     }
 
