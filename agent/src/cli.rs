@@ -1,5 +1,4 @@
-//! Command-line arguments of `tandem-agent run`, shared with the coordinator's dev mode, which
-//! starts agents as child processes of itself when no `tandem-agent` binary sits beside it.
+//! Command-line arguments of `tandem-agent run`.
 
 use crate::config::RawConfig;
 use clap::Args;

@@ -57,7 +57,7 @@ struct InventoryArgs {
 }
 
 fn inventory_cmd(args: InventoryArgs) -> ExitCode {
-    tandem_agent::init_tracing("warn");
+    tandem_common::logging::init_tracing("warn");
     if let Some(path) = &args.gpu_fixture {
         // A broken fixture is a broken test: say so instead of printing no GPUs.
         if let Err(e) = fixture::load(path) {
@@ -90,7 +90,7 @@ fn inventory_cmd(args: InventoryArgs) -> ExitCode {
 }
 
 fn run_cmd(args: RunArgs) -> ExitCode {
-    tandem_agent::init_tracing("info");
+    tandem_common::logging::init_tracing("info");
     let cfg = match args.to_raw().and_then(|raw| raw.validate()) {
         Ok(c) => c,
         Err(e) => {

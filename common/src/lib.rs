@@ -11,10 +11,12 @@
 //! - `transport`: the QUIC transport parameters both ends use.
 //! - `time`: wall-clock helpers for records and events.
 //! - `notify`: systemd readiness, status and watchdog notifications.
+//! - `logging`: the binaries' logging to stderr (`RUST_LOG`, no colours under journald).
 //! - `wire`: constants outside the messages (QUIC close codes, the revocation TLS alert).
 pub mod codec;
 pub mod hardware;
 pub mod ids;
+pub mod logging;
 pub mod notify;
 pub mod pki;
 pub mod proto;
