@@ -57,6 +57,7 @@ impl RunArgs {
             gpu_fixture: self.gpu_fixture.clone(),
             force_stream_heartbeats: self.force_stream_heartbeats.then_some(true),
             sample_interval_ms: self.sample_interval_ms,
+            origin: Default::default(),
         }))
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - `ids`: node ids.
+//! - `config`: what both daemons' configurations share: `ConfigError`, where a value came from,
+//!   reading a TOML file.
 //! - `proto`: the typed messages of the wire protocol, and its version rule.
 //! - `codec`: the only code that turns messages into bytes and back (frames, limits).
 //! - `hardware`: the hardware report an agent sends.
@@ -14,6 +16,7 @@
 //! - `logging`: the binaries' logging to stderr (`RUST_LOG`, no colours under journald).
 //! - `wire`: constants outside the messages (QUIC close codes, the revocation TLS alert).
 pub mod codec;
+pub mod config;
 pub mod hardware;
 pub mod ids;
 pub mod logging;

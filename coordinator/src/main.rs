@@ -112,10 +112,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut raw =
                 RawConfig::load(&config.unwrap_or_else(|| data_dir.join("coordinator.toml")))?;
             if let Some(a) = admin_addr {
-                raw.admin_addr = a;
+                raw.set_admin_addr(a);
             }
             if let Some(q) = quic_addr {
-                raw.quic_addr = q;
+                raw.set_quic_addr(q);
             }
             let cfg = raw.validate(&data_dir)?;
             tandem_coordinator::run(cfg, tandem_coordinator::shutdown_signal()).await?;
