@@ -8,7 +8,8 @@
 //! - `identity`: the node's key, certificate and id on disk.
 //! - `lease`: the lease, a plain struct driven by `now` (the agent's half of the fencing argument).
 //! - `leftovers`: waiting out job supervisors of a previous agent run before registering.
-//! - `link`: join, register, heartbeat, reconnect.
+//! - `link`: join, register, heartbeat, reconnect; its `handshake` steps (connect, the `Hello`s,
+//!   refusals, backoff) are public, and tandem-swarm's simulated agents run them too.
 //! - `renewal`: renewing the node certificate over the live connection, before it runs out.
 //! - `probe`: the hardware report: the host through sysinfo and `/proc`, GPUs through NVML on a
 //!   dedicated thread with a deadline, GPU health events, GPU fixtures.
