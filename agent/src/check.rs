@@ -194,10 +194,10 @@ pub async fn run(raw: RawConfig, deadline: Duration) -> Result<Report, CheckErro
         (None, None) => None,
     };
     let credential = match token_text {
-        Some(t) => Credential::Token(t.parse::<JoinToken>().map_err(|e| ConfigError::Invalid {
-            field: "token",
-            message: e.to_string(),
-        })?),
+        Some(t) => Credential::Token(
+            t.parse::<JoinToken>()
+                .map_err(|e| raw.origin.invalid("token", e.to_string()))?,
+        ),
         None => {
             let dir = raw.state_dir.clone().ok_or(CheckError::NothingToCheck)?;
             match Identity::load(&dir) {
@@ -207,9 +207,9 @@ pub async fn run(raw: RawConfig, deadline: Duration) -> Result<Report, CheckErro
             }
         }
     };
-    let coordinator = raw.coordinator.clone().ok_or(ConfigError::Invalid {
-        field: "coordinator",
-        message: "is required (--coordinator HOST:PORT)".into(),
+    let coordinator = raw.coordinator.clone().ok_or_else(|| {
+        raw.origin
+            .invalid("coordinator", "is required (--coordinator HOST:PORT)")
     })?;
     if let Some(path) = &raw.gpu_fixture {
         crate::probe::fixture::load(path).map_err(|e| CheckError::Fixture(e.to_string()))?;

@@ -1,6 +1,5 @@
-//! Command-line arguments of `tandem-agent run` (shared with the coordinator's dev mode, which
-//! starts agents as child processes of itself when no `tandem-agent` binary sits beside it),
-//! and of `check` and `status`, which read the same config file.
+//! Command-line arguments of `tandem-agent run`, and of `check` and `status`, which read the
+//! same config file.
 
 use crate::config::RawConfig;
 use clap::Args;
@@ -59,6 +58,7 @@ impl RunArgs {
             gpu_fixture: self.gpu_fixture.clone(),
             force_stream_heartbeats: self.force_stream_heartbeats.then_some(true),
             sample_interval_ms: self.sample_interval_ms,
+            origin: Default::default(),
         }))
     }
 }

@@ -2,40 +2,17 @@
 //! override, checked by [`RawConfig::validate`] into a typed [`Config`].
 //!
 //! The join token is a secret: prefer `token_file`; `--token` exists for dev mode and tests.
+//!
+//! Errors are `tandem_common::config::ConfigError` (re-exported here): each names the file, or
+//! the key and where its value came from (the file, a flag, the default).
 
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use tandem_common::token::JoinToken;
 
-/// Config problems, each naming the field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// Which file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The TOML does not parse or has unknown fields.
-    #[error("{path}: {message}")]
-    Parse {
-        /// Which file.
-        path: PathBuf,
-        /// The parser's message.
-        message: String,
-    },
-    /// A field has a value that cannot work.
-    #[error("config field `{field}`: {message}")]
-    Invalid {
-        /// Which field.
-        field: &'static str,
-        /// Why.
-        message: String,
-    },
-}
+pub use tandem_common::config::ConfigError;
+use tandem_common::config::Origin;
 
 /// The file as written; every field optional so flags can fill in.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -59,6 +36,9 @@ pub struct RawConfig {
     pub force_stream_heartbeats: Option<bool>,
     /// How often to sample the hardware, in milliseconds (default 5000).
     pub sample_interval_ms: Option<u64>,
+    /// Where the values came from (the file, flags over it), for errors; not a key.
+    #[serde(skip)]
+    pub origin: Origin,
 }
 
 /// The checked configuration.
@@ -87,30 +67,21 @@ pub struct Config {
     pub shim_program: Option<PathBuf>,
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        message: message.into(),
-    }
-}
-
 impl RawConfig {
     /// Reads a TOML file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })
+        let (raw, origin) = tandem_common::config::load_toml::<RawConfig>(path)?;
+        Ok(RawConfig { origin, ..raw })
     }
 
-    /// Fields set in `over` replace ours.
+    /// Fields set in `over` (the command line's flags) replace ours; errors about them name
+    /// the flag.
     pub fn overlay(mut self, over: RawConfig) -> Self {
         macro_rules! take {
-            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f; } )* };
+            ($($f:ident),*) => { $( if over.$f.is_some() {
+                self.$f = over.$f;
+                self.origin.set_by_flag(stringify!($f));
+            } )* };
         }
         take!(
             state_dir,
@@ -128,19 +99,24 @@ impl RawConfig {
 
     /// Checks every field, reads the token file and resolves the coordinator's address.
     pub fn validate(self) -> Result<Config, ConfigError> {
+        let origin = &self.origin;
+        let invalid = |key: &'static str, message: String| origin.invalid(key, message);
         let sample_interval_ms = self.sample_interval_ms.unwrap_or(5000);
         if !(100..=3_600_000).contains(&sample_interval_ms) {
             return Err(invalid(
                 "sample_interval_ms",
-                "must be between 100 and 3600000",
+                "must be between 100 and 3600000".into(),
             ));
         }
         let state_dir = self
             .state_dir
-            .ok_or_else(|| invalid("state_dir", "is required (--state-dir)"))?;
-        let coordinator = self
-            .coordinator
-            .ok_or_else(|| invalid("coordinator", "is required (--coordinator HOST:PORT)"))?;
+            .ok_or_else(|| invalid("state_dir", "is required (--state-dir)".into()))?;
+        let coordinator = self.coordinator.ok_or_else(|| {
+            invalid(
+                "coordinator",
+                "is required (--coordinator HOST:PORT)".into(),
+            )
+        })?;
         let coordinator_addr = coordinator
             .to_socket_addrs()
             .map_err(|e| {
@@ -156,22 +132,25 @@ impl RawConfig {
                     format!("`{coordinator}` resolves to no address"),
                 )
             })?;
-        let token_text = match (self.token, self.token_file) {
-            (Some(t), _) => Some(t),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|source| ConfigError::Read { path, source })?
-                    .trim()
-                    .to_string(),
+        let token = match (self.token, self.token_file) {
+            (Some(t), _) => Some(
+                t.parse::<JoinToken>()
+                    .map_err(|e| invalid("token", format!("not a join token: {e}")))?,
             ),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some(text.trim().parse::<JoinToken>().map_err(|e| {
+                    invalid(
+                        "token_file",
+                        format!("{} does not hold a join token: {e}", path.display()),
+                    )
+                })?)
+            }
             (None, None) => None,
         };
-        let token = token_text
-            .map(|t| {
-                t.parse::<JoinToken>()
-                    .map_err(|e| invalid("token", format!("not a join token: {e}")))
-            })
-            .transpose()?;
         let name = match self.name {
             Some(n) => n,
             None => sysinfo::System::host_name().unwrap_or_else(|_| "node".into()),
@@ -193,5 +172,91 @@ impl RawConfig {
             sample_interval: std::time::Duration::from_millis(sample_interval_ms),
             shim_program: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::RunArgs;
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("agent.toml");
+        std::fs::write(&p, text).unwrap();
+        (d, p)
+    }
+
+    #[test]
+    fn errors_name_the_file_or_the_flag_the_value_came_from() {
+        let (_d, p) = file(
+            "state_dir = \"/tmp/a\"\ncoordinator = \"127.0.0.1:7443\"\nsample_interval_ms = 5\n",
+        );
+        let args = RunArgs {
+            config: Some(p.clone()),
+            ..Default::default()
+        };
+        let e = args.to_raw().unwrap().validate().unwrap_err();
+        assert_eq!(e.key(), Some("sample_interval_ms"));
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("(from {})", p.display())), "{msg}");
+
+        let args = RunArgs {
+            config: Some(p.clone()),
+            sample_interval_ms: Some(7),
+            ..Default::default()
+        };
+        let msg = args.to_raw().unwrap().validate().unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "config key `sample_interval_ms` (from --sample-interval-ms): must be between 100 and 3600000"
+        );
+
+        let args = RunArgs {
+            coordinator: Some("127.0.0.1:7443".into()),
+            ..Default::default()
+        };
+        let msg = args.to_raw().unwrap().validate().unwrap_err().to_string();
+        assert_eq!(msg, "config key `state_dir`: is required (--state-dir)");
+    }
+
+    #[test]
+    fn a_token_file_without_a_token_is_named() {
+        let (d, _) = file("");
+        let token = d.path().join("join.token");
+        std::fs::write(&token, "not a token\n").unwrap();
+        let raw = RawConfig {
+            state_dir: Some(d.path().into()),
+            coordinator: Some("127.0.0.1:7443".into()),
+            token_file: Some(token.clone()),
+            ..Default::default()
+        };
+        let e = raw.clone().validate().unwrap_err();
+        assert_eq!(e.key(), Some("token_file"));
+        assert!(
+            e.to_string()
+                .contains(&format!("{} does not hold a join token", token.display())),
+            "{e}"
+        );
+        std::fs::remove_file(&token).unwrap();
+        let e = raw.validate().unwrap_err();
+        assert!(
+            matches!(e, ConfigError::Read { ref path, .. } if *path == token),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_and_unreadable_files_name_the_file() {
+        let (_d, p) = file("state_dir = \"/tmp/a\"\nbogus = 1\n");
+        let msg = RawConfig::load(&p).unwrap_err().to_string();
+        assert!(msg.starts_with(&format!("{}: ", p.display())), "{msg}");
+        assert!(msg.contains("bogus"), "{msg}");
+        let missing = p.with_file_name("missing.toml");
+        let msg = RawConfig::load(&missing).unwrap_err().to_string();
+        assert!(
+            msg.starts_with(&format!("cannot read {}", missing.display())),
+            "{msg}"
+        );
     }
 }

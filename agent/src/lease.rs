@@ -110,6 +110,12 @@ impl Lease {
     pub fn last_rtt(&self) -> Option<Duration> {
         self.last_rtt
     }
+
+    /// The same in microseconds as a heartbeat carries it (0: none yet).
+    pub fn last_rtt_us(&self) -> u32 {
+        self.last_rtt
+            .map_or(0, |d| d.as_micros().min(u128::from(u32::MAX)) as u32)
+    }
 }
 
 #[cfg(test)]

@@ -3,13 +3,14 @@
 //!
 //! # Layout
 //! - `config`: flags and TOML, checked into a typed `Config`.
-//! - `cli`: the `run` arguments (shared with the coordinator's dev mode), and `check`'s.
+//! - `cli`: the `run` arguments, and `check`'s.
 //! - `check`: `tandem-agent check`, the six steps of a join tried without joining.
 //! - `exits`: job exits kept on disk until the coordinator acknowledges them.
 //! - `identity`: the node's key, certificate and id on disk.
 //! - `lease`: the lease, a plain struct driven by `now` (the agent's half of the fencing argument).
 //! - `leftovers`: waiting out job supervisors of a previous agent run before registering.
-//! - `link`: join, register, heartbeat, reconnect.
+//! - `link`: join, register, heartbeat, reconnect; its `handshake` steps (connect, the `Hello`s,
+//!   refusals, backoff) are public, and tandem-swarm's simulated agents run them too.
 //! - `status`: `tandem-agent status`: a snapshot the link publishes, served on a unix socket
 //!   in the state dir (0600), and the client that prints it.
 //! - `renewal`: renewing the node certificate over the live connection, before it runs out.
@@ -93,17 +94,4 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
     }
-}
-
-/// Sets up logging to stderr: journald-friendly (no colours unless a terminal), level from
-/// `RUST_LOG` or `default_level`.
-pub fn init_tracing(default_level: &str) {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
 }

@@ -16,12 +16,15 @@
 //! Failures are retried with capped exponential backoff and full jitter, so a fleet that lost
 //! its coordinator does not reconnect in lock-step. Refusals that cannot get better by retrying
 //! (a bad join token, a node that was removed) end the agent with the coordinator's reason.
+//! The steps that need no agent state (connect, the `Hello`s, sorting answers, the backoff)
+//! are in `handshake`, public, so that tandem-swarm's simulated agents run them too.
 
 use crate::config::Config;
 use crate::exits::{split_for_message, ExitOutbox, ExitsError, MESSAGE_BUDGET};
 use crate::identity::Identity;
 use crate::lease::Lease;
 use crate::supervisor::Supervisor;
+use handshake::{Backoff, Failure};
 use jobs::{Ended, Jobs};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -34,6 +37,7 @@ use tandem_common::proto::*;
 use tandem_common::tls;
 use tokio::sync::watch;
 
+pub mod handshake;
 mod jobs;
 mod session;
 
@@ -92,26 +96,6 @@ enum Retry {
 }
 
 const REVOKED: &str = "the coordinator refused this node's certificate as revoked: the node was removed; delete the agent's state dir and join again with a new token";
-
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
-const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Capped exponential backoff with full jitter.
-struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let cap = BACKOFF_BASE
-            .saturating_mul(1 << self.attempt.min(10))
-            .min(BACKOFF_MAX);
-        self.attempt += 1;
-        let ms = cap.as_millis() as u64;
-        Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
-    }
-}
 
 /// The agent's link.
 pub struct Link {
@@ -203,7 +187,7 @@ impl Link {
     /// Runs until `shutdown` resolves or a final refusal.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
-        let mut backoff = Backoff { attempt: 0 };
+        let mut backoff = Backoff::new();
         let result = loop {
             let r = tokio::select! {
                 r = self.connect_once(&mut backoff) => r,
@@ -215,7 +199,7 @@ impl Link {
                 Ok(Retry::Later(reason)) => {
                     tandem_common::notify::status(&format!("reconnecting: {reason}"));
                     self.status_error(reason.clone());
-                    let d = backoff.next();
+                    let d = backoff.next_wait();
                     tracing::warn!(coordinator = %self.cfg.coordinator, %reason, retry_in_ms = d.as_millis() as u64, "link down; reconnecting");
                     d
                 }
@@ -304,48 +288,48 @@ impl Link {
         let client =
             tls::node_client_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem)
                 .map_err(tls_err)?;
-        let conn = match self.connect(client).await {
-            Ok(c) => c,
-            Err(reason) if reason == REVOKED => return self.revoked(),
-            Err(reason) => return Ok(Retry::Later(reason)),
-        };
-        let (mut send, mut recv) = match conn.open_bi().await {
-            Ok(s) => s,
-            Err(_) if was_revoked(&conn) => return self.revoked(),
-            Err(e) => return Ok(Retry::Later(format!("cannot open the control stream: {e}"))),
-        };
-        let datagrams = conn.max_datagram_size().is_some() && !self.cfg.force_stream_heartbeats;
-        // What is held is read before the waiting exits are drained (see `Jobs::held_then_drain`).
-        let (held, drained) = self
-            .jobs
-            .as_mut()
-            .map(Jobs::held_then_drain)
-            .unwrap_or_default();
-        let refused = self.keep_exits(&drained);
-        self.unkept.extend(refused);
-        let (exited, overflow) = split_for_message(self.exits.pending(), MESSAGE_BUDGET);
-        let hello = AgentMsg::Hello(Box::new(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-            name: identity.name.clone(),
-            node_id: Some(identity.node_id.clone()),
-            join: None,
+        // What is held is read before the waiting exits are drained (see `Jobs::held_then_drain`);
+        // the exits that do not fit in the Hello follow it in the session.
+        let mut overflow = Vec::new();
+        let (endpoint, addr, shown) = (
+            self.endpoint.clone(),
+            self.cfg.coordinator_addr,
+            self.cfg.coordinator.clone(),
+        );
+        let force_stream = self.cfg.force_stream_heartbeats;
+        let registered =
+            handshake::register(&endpoint, with_transport(client), addr, &shown, |conn| {
+                let datagrams = conn.max_datagram_size().is_some() && !force_stream;
+                let (held, drained) = self
+                    .jobs
+                    .as_mut()
+                    .map(Jobs::held_then_drain)
+                    .unwrap_or_default();
+                let refused = self.keep_exits(&drained);
+                self.unkept.extend(refused);
+                let (exited, rest) = split_for_message(self.exits.pending(), MESSAGE_BUDGET);
+                overflow = rest;
+                handshake::register_hello(
+                    &identity.name,
+                    &identity.node_id,
+                    datagrams,
+                    held,
+                    exited,
+                    self.reports.borrow().clone(),
+                )
+            })
+            .await;
+        let handshake::Registered {
+            conn,
+            send,
+            recv,
+            welcome,
             datagrams,
-            jobs: held,
-            exited,
-            hardware: self.reports.borrow().clone(),
-        }));
-        let welcome = match self.exchange(&conn, &mut send, &mut recv, &hello).await? {
-            Ok(CoordMsg::Welcome(w)) => w,
-            Err(_) if was_revoked(&conn) => return self.revoked(),
-            Ok(other) => {
-                return Ok(Retry::Later(format!(
-                    "unexpected answer to Hello: {other:?}"
-                )))
-            }
-            Err(reason) => return Ok(Retry::Later(reason)),
+        } = match registered {
+            Ok(r) => r,
+            Err(f) => return self.after(f),
         };
-        *backoff = Backoff { attempt: 0 };
+        backoff.reset();
         self.status.send_modify(|s| {
             s.node = Some((welcome.node_id.to_string(), welcome.name.clone()));
             s.session = Some(welcome.session);
@@ -396,48 +380,12 @@ impl Link {
         Ok(Retry::Later(reason))
     }
 
-    async fn connect(&self, client: quinn::ClientConfig) -> Result<quinn::Connection, String> {
-        let mut client = client;
-        client.transport_config(Arc::new(tandem_common::transport::transport_config()));
-        let connecting = self
-            .endpoint
-            .connect_with(client, self.cfg.coordinator_addr, tls::SERVER_NAME)
-            .map_err(|e| format!("cannot connect to {}: {e}", self.cfg.coordinator))?;
-        match tokio::time::timeout(REPLY_TIMEOUT, connecting).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) if is_revoked(&e) => Err(REVOKED.to_string()),
-            Ok(Err(e)) => Err(format!("connecting to {}: {e}", self.cfg.coordinator)),
-            Err(_) => Err(format!(
-                "connecting to {}: no answer within 5 s",
-                self.cfg.coordinator
-            )),
-        }
-    }
-
-    /// Sends the first frame and reads the answer. A final refusal is an `AgentError`; a
-    /// passing failure is the inner `Err(reason)`.
-    async fn exchange(
-        &self,
-        conn: &quinn::Connection,
-        send: &mut quinn::SendStream,
-        recv: &mut quinn::RecvStream,
-        hello: &AgentMsg,
-    ) -> Result<Result<CoordMsg, String>, AgentError> {
-        match tandem_common::transport::exchange_hello(conn, send, recv, hello).await {
-            Ok(CoordMsg::Reject(r)) => {
-                tracing::error!(code = ?r.code, reason = %r.reason, "the coordinator refused this node");
-                match r.code {
-                    RejectCode::BadToken
-                    | RejectCode::UnknownNode
-                    | RejectCode::NotAdmitted
-                    | RejectCode::UnsupportedVersion => Err(AgentError::Refused {
-                        code: r.code,
-                        reason: r.reason,
-                    }),
-                    _ => Ok(Err(format!("refused ({:?}): {}", r.code, r.reason))),
-                }
-            }
-            other => Ok(other),
+    /// A failed step as the run loop takes it: back off and retry, or stop.
+    fn after(&mut self, f: Failure) -> Result<Retry, AgentError> {
+        match f {
+            Failure::Retry(reason) => Ok(Retry::Later(reason)),
+            Failure::Revoked => self.revoked(),
+            Failure::Refused { code, reason } => Err(AgentError::Refused { code, reason }),
         }
     }
 
@@ -469,47 +417,22 @@ impl Link {
         };
         let csr_pem = key.csr_pem(&self.cfg.name).map_err(tls_err)?;
         let client = tls::join_client_config(token.ca_pin).map_err(tls_err)?;
-        let conn = match self.connect(client).await {
-            Ok(c) => c,
-            Err(reason) => {
-                return Ok(Retry::Later(format!(
-                    "join: {reason} (is the token's CA pin this coordinator's?)"
-                )))
-            }
+        let hardware = self.reports.borrow().clone();
+        let joined = match handshake::join(
+            &self.endpoint,
+            with_transport(client),
+            self.cfg.coordinator_addr,
+            &self.cfg.coordinator,
+            &token,
+            &self.cfg.name,
+            csr_pem,
+            hardware,
+        )
+        .await
+        {
+            Ok(j) => j,
+            Err(f) => return self.after(f),
         };
-        let (mut send, mut recv) = match conn.open_bi().await {
-            Ok(s) => s,
-            Err(e) => {
-                return Ok(Retry::Later(format!(
-                    "join: cannot open the control stream: {e}"
-                )))
-            }
-        };
-        let hello = AgentMsg::Hello(Box::new(Hello {
-            protocol_version: PROTOCOL_VERSION,
-            agent_version: env!("CARGO_PKG_VERSION").into(),
-            name: self.cfg.name.clone(),
-            node_id: None,
-            join: Some(JoinRequest {
-                token_id: token.id.clone(),
-                token_secret: token.secret.clone(),
-                csr_pem,
-            }),
-            datagrams: conn.max_datagram_size().is_some(),
-            jobs: Vec::new(),
-            exited: Vec::new(),
-            hardware: self.reports.borrow().clone(),
-        }));
-        let joined = match self.exchange(&conn, &mut send, &mut recv, &hello).await? {
-            Ok(CoordMsg::Joined(j)) => j,
-            Ok(other) => {
-                return Ok(Retry::Later(format!(
-                    "unexpected answer to a join: {other:?}"
-                )))
-            }
-            Err(reason) => return Ok(Retry::Later(reason)),
-        };
-        conn.close(0u32.into(), b"joined");
         let identity = Identity {
             node_id: joined.node_id.clone(),
             name: joined.name.clone(),
@@ -564,18 +487,8 @@ impl Link {
     }
 }
 
-/// Whether the coordinator closed `conn` because it refused our certificate as revoked.
-fn was_revoked(conn: &quinn::Connection) -> bool {
-    conn.close_reason().is_some_and(|e| is_revoked(&e))
-}
-
-/// Whether a connection error is the TLS alert `certificate_revoked`, sent by the peer or
-/// raised locally.
-fn is_revoked(e: &quinn::ConnectionError) -> bool {
-    let revoked = tandem_common::wire::TlsAlert::CertificateRevoked.transport_code();
-    match e {
-        quinn::ConnectionError::TransportError(t) => t.code == revoked,
-        quinn::ConnectionError::ConnectionClosed(c) => c.error_code == revoked,
-        _ => false,
-    }
+/// `client` with the transport parameters both ends use.
+fn with_transport(mut client: quinn::ClientConfig) -> quinn::ClientConfig {
+    client.transport_config(Arc::new(tandem_common::transport::transport_config()));
+    client
 }

@@ -80,7 +80,7 @@ struct InventoryArgs {
 }
 
 fn inventory_cmd(args: InventoryArgs) -> ExitCode {
-    tandem_agent::init_tracing("warn");
+    tandem_common::logging::init_tracing("warn");
     if let Some(path) = &args.gpu_fixture {
         // A broken fixture is a broken test: say so instead of printing no GPUs.
         if let Err(e) = fixture::load(path) {
@@ -114,7 +114,7 @@ fn inventory_cmd(args: InventoryArgs) -> ExitCode {
 
 fn check_cmd(args: tandem_agent::cli::CheckArgs, output: Output) -> ExitCode {
     use tandem_agent::check;
-    tandem_agent::init_tracing("warn");
+    tandem_common::logging::init_tracing("warn");
     let raw = match args.to_raw() {
         Ok(r) => r,
         Err(e) => {
@@ -192,7 +192,7 @@ fn status_cmd(state_dir: Option<PathBuf>, config: Option<PathBuf>, output: Outpu
 }
 
 fn run_cmd(args: RunArgs) -> ExitCode {
-    tandem_agent::init_tracing("info");
+    tandem_common::logging::init_tracing("info");
     let cfg = match args.to_raw().and_then(|raw| raw.validate()) {
         Ok(c) => c,
         Err(e) => {

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //! - `ids`: node ids.
+//! - `config`: what both daemons' configurations share: `ConfigError`, where a value came from,
+//!   reading a TOML file.
 //! - `proto`: the typed messages of the wire protocol, and its version rule.
 //! - `codec`: the only code that turns messages into bytes and back (frames, limits).
 //! - `hardware`: the hardware report an agent sends.
@@ -11,10 +13,13 @@
 //! - `transport`: the QUIC transport parameters both ends use.
 //! - `time`: wall-clock helpers for records and events.
 //! - `notify`: systemd readiness, status and watchdog notifications.
+//! - `logging`: the binaries' logging to stderr (`RUST_LOG`, no colours under journald).
 //! - `wire`: constants outside the messages (QUIC close codes, the revocation TLS alert).
 pub mod codec;
+pub mod config;
 pub mod hardware;
 pub mod ids;
+pub mod logging;
 pub mod notify;
 pub mod pki;
 pub mod proto;

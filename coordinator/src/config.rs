@@ -2,40 +2,17 @@
 //! by [`RawConfig::validate`] into a typed [`Config`].
 //!
 //! Secrets never sit in the TOML: the admin token is read from `admin_token_file`.
+//!
+//! Errors are `tandem_common::config::ConfigError` (re-exported here): each names the file, or
+//! the key and where its value came from (the file, a flag, the default).
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Config problems, each naming the field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// Which file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The TOML does not parse or has unknown fields.
-    #[error("{path}: {message}")]
-    Parse {
-        /// Which file.
-        path: PathBuf,
-        /// The parser's message.
-        message: String,
-    },
-    /// A field has a value that cannot work.
-    #[error("config field `{field}`: {message}")]
-    Invalid {
-        /// Which field.
-        field: &'static str,
-        /// Why.
-        message: String,
-    },
-}
+pub use tandem_common::config::ConfigError;
+use tandem_common::config::Origin;
 
 /// The file as written.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +59,9 @@ pub struct RawConfig {
     pub token_retention_s: u64,
     /// Finished operations are deleted this long after they finished.
     pub operation_retention_s: u64,
+    /// Where the values came from (the file, flags over it), for errors; not a key.
+    #[serde(skip)]
+    pub origin: Origin,
 }
 
 impl Default for RawConfig {
@@ -106,6 +86,7 @@ impl Default for RawConfig {
             finished_job_retention_s: 7 * 86_400,
             token_retention_s: 7 * 86_400,
             operation_retention_s: 7 * 86_400,
+            origin: Origin::default(),
         }
     }
 }
@@ -162,42 +143,50 @@ fn is_dns_name(name: &str) -> bool {
         })
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        message: message.into(),
-    }
-}
-
-fn addr(field: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse()
-        .map_err(|_| invalid(field, format!("`{s}` is not an IP:port address")))
-}
-
 impl RawConfig {
     /// Reads `DATA_DIR/coordinator.toml`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })
+        let (raw, origin) = tandem_common::config::load_toml::<RawConfig>(path)?;
+        Ok(RawConfig { origin, ..raw })
+    }
+
+    /// Sets `admin_addr` from its flag, over the file.
+    pub fn set_admin_addr(&mut self, addr: String) {
+        self.admin_addr = addr;
+        self.origin.set_by_flag("admin_addr");
+    }
+
+    /// Sets `quic_addr` from its flag, over the file.
+    pub fn set_quic_addr(&mut self, addr: String) {
+        self.quic_addr = addr;
+        self.origin.set_by_flag("quic_addr");
+    }
+
+    /// Checks that `admin_addr` and `quic_addr` are IP:port addresses.
+    pub fn addresses(&self) -> Result<(SocketAddr, SocketAddr), ConfigError> {
+        let addr = |key: &'static str, s: &str| {
+            s.parse().map_err(|_| {
+                self.origin
+                    .invalid(key, format!("`{s}` is not an IP:port address"))
+            })
+        };
+        Ok((
+            addr("admin_addr", &self.admin_addr)?,
+            addr("quic_addr", &self.quic_addr)?,
+        ))
     }
 
     /// Checks every field and reads the token file.
     pub fn validate(self, data_dir: &Path) -> Result<Config, ConfigError> {
-        let admin_addr = addr("admin_addr", &self.admin_addr)?;
-        let quic_addr = addr("quic_addr", &self.quic_addr)?;
+        let (admin_addr, quic_addr) = self.addresses()?;
+        let invalid = |key: &'static str, message: &str| self.origin.invalid(key, message);
         if !(10..=60_000).contains(&self.heartbeat_ms) {
             return Err(invalid("heartbeat_ms", "must be between 10 and 60000"));
         }
         if self.lease_ms < 2 * self.heartbeat_ms || self.lease_ms > 600_000 {
             return Err(invalid(
                 "lease_ms",
-                format!(
+                &format!(
                     "must be at least twice heartbeat_ms ({}) and at most 600000",
                     self.heartbeat_ms
                 ),
@@ -210,7 +199,7 @@ impl RawConfig {
         if self.restart_grace_ms < min_grace || self.restart_grace_ms > 600_000 {
             return Err(invalid(
                 "restart_grace_ms",
-                format!("must be at least lease + fence grace ({min_grace}) and at most 600000"),
+                &format!("must be at least lease + fence grace ({min_grace}) and at most 600000"),
             ));
         }
         if self.suspect_after_missed == 0 {
@@ -229,7 +218,7 @@ impl RawConfig {
             } else {
                 return Err(invalid(
                     "admin_tls_names",
-                    format!("`{name}` is neither an IP address nor a DNS name"),
+                    &format!("`{name}` is neither an IP address nor a DNS name"),
                 ));
             }
         }
@@ -273,7 +262,10 @@ impl RawConfig {
         if admin_token.len() < 16 {
             return Err(invalid(
                 "admin_token_file",
-                "the token must be at least 16 characters",
+                &format!(
+                    "the token in {} must be at least 16 characters",
+                    token_path.display()
+                ),
             ));
         }
         for (field, v) in [
@@ -360,5 +352,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_file_or_the_flag() {
+        let d = dir_with_token();
+        let path = d.path().join("coordinator.toml");
+        std::fs::write(&path, "lease_ms = 300\nbogus = 1\n").unwrap();
+        let e = RawConfig::load(&path).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: ", path.display())), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+        std::fs::write(&path, "lease_ms = 300\n").unwrap();
+        let mut raw = RawConfig::load(&path).unwrap();
+        let e = raw.clone().validate(d.path()).unwrap_err();
+        assert_eq!(e.key(), Some("lease_ms"));
+        assert!(
+            e.to_string().starts_with(&format!(
+                "config key `lease_ms` (from {}): ",
+                path.display()
+            )),
+            "{e}"
+        );
+        raw.lease_ms = 1000;
+        raw.set_quic_addr("nowhere".into());
+        assert_eq!(
+            raw.validate(d.path()).unwrap_err().to_string(),
+            "config key `quic_addr` (from --quic-addr): `nowhere` is not an IP:port address"
+        );
+        std::fs::write(d.path().join("admin.token"), "short\n").unwrap();
+        let e = RawConfig {
+            lease_ms: 1000,
+            ..RawConfig::load(&path).unwrap()
+        }
+        .validate(d.path())
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("admin.token") && e.contains("at least 16"),
+            "{e}"
+        );
     }
 }

@@ -2,15 +2,17 @@
 //!
 //! It initialises a data directory (a temporary one unless `--dir` is given), serves a
 //! coordinator in this process, makes a join token, and starts N agents as real child processes
-//! with their own state dirs — `tandem-agent` from beside this binary when it is there, else this
-//! binary itself in its hidden `agent` mode, which runs the same agent code. Each agent gets its
-//! own loopback address (127.0.0.2, .3, ...) so the node list shows who is who. Ctrl-C stops the
-//! agents, then the coordinator.
+//! with their own state dirs. The agents are the real `tandem-agent` binary (this crate does not
+//! link the agent): the one beside this binary (cargo's target dir, as `cargo build --bins`
+//! leaves them), else the first on `PATH`; with neither, dev mode refuses before it starts
+//! anything and says how to build it. Each agent gets its own loopback address (127.0.0.2, .3,
+//! ...) so the node list shows who is who. Ctrl-C stops the agents, then the coordinator.
 
 use crate::config::RawConfig;
 use crate::model::{NewEvent, TokenRecord};
 use crate::store::Change;
 use crate::CoordinatorError;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -29,15 +31,37 @@ pub struct DevOptions {
     pub gpu_fixture: Option<PathBuf>,
 }
 
-fn agent_command(exe_dir: Option<&Path>) -> (PathBuf, Vec<String>) {
-    if let Some(dir) = exe_dir {
-        let sibling = dir.join("tandem-agent");
-        if sibling.is_file() {
-            return (sibling, vec!["run".into()]);
-        }
-    }
-    let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("tandem-coordinator"));
-    (me, vec!["agent".into()])
+/// The agent binary's file name.
+const AGENT_BIN: &str = "tandem-agent";
+
+/// Whether `p` is a file someone may execute (as a shell's PATH search would take it).
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Where dev mode finds `tandem-agent`: in `exe_dir` (the directory of this binary), else in
+/// the first directory of `path` (a `PATH` value) that holds an executable one.
+pub fn find_agent(
+    exe_dir: Option<&Path>,
+    path: Option<&OsStr>,
+) -> Result<PathBuf, CoordinatorError> {
+    let beside = exe_dir.map(|d| d.join(AGENT_BIN));
+    let on_path = path
+        .into_iter()
+        .flat_map(std::env::split_paths)
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(|d| d.join(AGENT_BIN));
+    beside
+        .clone()
+        .into_iter()
+        .chain(on_path)
+        .find(|p| is_executable(p))
+        .ok_or_else(|| CoordinatorError::AgentBinaryMissing {
+            beside: beside
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(this binary's directory is unknown)".into()),
+        })
 }
 
 /// Runs dev mode until `shutdown` resolves.
@@ -45,6 +69,17 @@ pub async fn run(
     opts: DevOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), CoordinatorError> {
+    // Before anything is made or started: without an agent binary there is no dev fleet.
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf));
+    let program = match opts.agents {
+        0 => None,
+        _ => Some(find_agent(
+            exe_dir.as_deref(),
+            std::env::var_os("PATH").as_deref(),
+        )?),
+    };
     let _tmp;
     let dir = match &opts.dir {
         Some(d) => d.clone(),
@@ -77,7 +112,8 @@ pub async fn run(
 
     let tok = JoinToken::generate(running.ca.pin());
     let now = tandem_common::time::unix_ms();
-    running.membership.store().commit(vec![
+    let store = running.membership.store();
+    let (_, ticket) = store.apply(vec![
         Change::PutToken(TokenRecord {
             id: tok.id.clone(),
             secret_sha256: hex::encode(token::hash_secret(&tok.secret)),
@@ -94,13 +130,12 @@ pub async fn run(
             message: format!("dev mode token {} for {} agents", tok.id, opts.agents),
         }),
     ])?;
+    // On disk before any agent is given it.
+    store.durable(ticket).await;
 
-    let exe_dir = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf));
-    let (program, base_args) = agent_command(exe_dir.as_deref());
     let mut children = Vec::new();
     for i in 1..=opts.agents {
+        let Some(program) = &program else { break };
         let state = dir.join(format!("agents/agent-{i}"));
         std::fs::create_dir_all(&state).map_err(|source| CoordinatorError::Io {
             what: format!("creating {}", state.display()),
@@ -112,8 +147,8 @@ pub async fn run(
                 source,
             }
         })?;
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(&base_args)
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.arg("run")
             .arg("--state-dir")
             .arg(&state)
             .arg("--coordinator")
@@ -148,6 +183,9 @@ pub async fn run(
     println!("  admin token {}", cfg.admin_token);
     println!("  QUIC        {}", running.quic_addr);
     println!("  state       {}", dir.display());
+    if let Some(p) = &program {
+        println!("  agents      {}", p.display());
+    }
     println!();
     println!("Try, in another shell:");
     println!(
@@ -185,4 +223,51 @@ pub async fn run(
         }
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn file(dir: &Path, mode: u32) -> PathBuf {
+        let p = dir.join(AGENT_BIN);
+        std::fs::write(&p, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_agent_beside_this_binary_comes_first_then_path() {
+        let t = tempfile::tempdir().unwrap();
+        let (beside, first, second) =
+            (t.path().join("b"), t.path().join("p1"), t.path().join("p2"));
+        for d in [&beside, &first, &second] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let path = std::env::join_paths([&first, &second]).unwrap();
+        let on_second = file(&second, 0o755);
+        assert_eq!(find_agent(Some(&beside), Some(&path)).unwrap(), on_second);
+        // Not executable: passed over, as a shell would.
+        file(&first, 0o644);
+        assert_eq!(find_agent(Some(&beside), Some(&path)).unwrap(), on_second);
+        let here = file(&beside, 0o755);
+        assert_eq!(find_agent(Some(&beside), Some(&path)).unwrap(), here);
+    }
+
+    #[test]
+    fn no_agent_anywhere_is_refused_with_how_to_build_it() {
+        let t = tempfile::tempdir().unwrap();
+        let e = find_agent(Some(t.path()), Some(OsStr::new(""))).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, CoordinatorError::AgentBinaryMissing { .. }));
+        assert!(
+            msg.contains("tandem-agent") && msg.contains("PATH"),
+            "{msg}"
+        );
+        assert!(msg.contains("cargo build --release --bins"), "{msg}");
+        assert!(msg.contains(&t.path().display().to_string()), "{msg}");
+        assert!(!msg.contains('\n'), "one line: {msg}");
+        assert!(find_agent(None, None).is_err());
+    }
 }

@@ -48,23 +48,12 @@ pub fn init(
         .map_err(|e| io("creating the data dir", e))?;
     let mut raw = RawConfig::default();
     if let Some(a) = admin_addr {
-        raw.admin_addr = a.to_string();
+        raw.set_admin_addr(a.to_string());
     }
     if let Some(q) = quic_addr {
-        raw.quic_addr = q.to_string();
+        raw.set_quic_addr(q.to_string());
     }
-    for (field, value) in [
-        ("admin_addr", &raw.admin_addr),
-        ("quic_addr", &raw.quic_addr),
-    ] {
-        if value.parse::<std::net::SocketAddr>().is_err() {
-            return Err(crate::config::ConfigError::Invalid {
-                field,
-                message: format!("`{value}` is not an IP:port address"),
-            }
-            .into());
-        }
-    }
+    raw.addresses()?;
     let token = hex::encode(rand::random::<[u8; 32]>());
     write_secret(&dir.join(&raw.admin_token_file), token.as_bytes())
         .map_err(|e| io("writing admin.token", e))?;

@@ -73,6 +73,12 @@ pub enum CoordinatorError {
         /// Why it failed.
         source: std::io::Error,
     },
+    /// Dev mode found no `tandem-agent` binary to run its agents with.
+    #[error("dev mode runs its agents with the tandem-agent binary, and there is none beside this one ({beside}) nor on PATH: build both with `cargo build --release --bins`, then run ./target/release/tandem-coordinator dev")]
+    AgentBinaryMissing {
+        /// Where it looked first.
+        beside: String,
+    },
     /// `init` found an existing installation.
     #[error("{0} already holds a coordinator; refusing to overwrite it")]
     AlreadyInitialised(String),

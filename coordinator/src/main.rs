@@ -44,7 +44,8 @@ enum Cmd {
         #[arg(long)]
         quic_addr: Option<String>,
     },
-    /// A coordinator and N agents on loopback, for trying Tandem out.
+    /// A coordinator and N agents on loopback, for trying Tandem out. The agents are
+    /// `tandem-agent` processes: the binary beside this one, else the one on PATH.
     Dev {
         /// How many agents.
         #[arg(long, default_value_t = 3)]
@@ -59,24 +60,10 @@ enum Cmd {
         #[arg(long)]
         gpu_fixture: Option<PathBuf>,
     },
-    /// Runs the agent (used by dev mode when no tandem-agent binary is beside this one).
-    #[command(hide = true)]
-    Agent(tandem_agent::cli::RunArgs),
-    /// The per-job supervisor of an agent started in `agent` mode.
-    #[command(hide = true)]
-    Shim {
-        /// The job's directory.
-        #[arg(long)]
-        job_dir: PathBuf,
-    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // The shim is plain synchronous code: it must not start a runtime of threads.
-    if let Cmd::Shim { job_dir } = &cli.cmd {
-        return tandem_agent::supervisor::shim::main(job_dir);
-    }
     if matches!(cli.cmd, Cmd::Serve { .. } | Cmd::Dev { .. }) {
         tandem_coordinator::limit_malloc_arenas();
     }
@@ -121,14 +108,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             admin_addr,
             quic_addr,
         } => {
-            tandem_agent::init_tracing("info");
+            tandem_common::logging::init_tracing("info");
             let mut raw =
                 RawConfig::load(&config.unwrap_or_else(|| data_dir.join("coordinator.toml")))?;
             if let Some(a) = admin_addr {
-                raw.admin_addr = a;
+                raw.set_admin_addr(a);
             }
             if let Some(q) = quic_addr {
-                raw.quic_addr = q;
+                raw.set_quic_addr(q);
             }
             let cfg = raw.validate(&data_dir)?;
             tandem_coordinator::run(cfg, tandem_coordinator::shutdown_signal()).await?;
@@ -139,7 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             admin_addr,
             gpu_fixture,
         } => {
-            tandem_agent::init_tracing("warn");
+            tandem_common::logging::init_tracing("warn");
             let opts = tandem_coordinator::dev::DevOptions {
                 agents,
                 dir,
@@ -147,12 +134,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 gpu_fixture,
             };
             tandem_coordinator::dev::run(opts, tandem_coordinator::shutdown_signal()).await?;
-        }
-        Cmd::Shim { .. } => unreachable!("handled before the runtime starts"),
-        Cmd::Agent(args) => {
-            tandem_agent::init_tracing("info");
-            let cfg = args.to_raw()?.validate()?;
-            tandem_agent::run(cfg, tandem_agent::shutdown_signal()).await?;
         }
     }
     Ok(())

@@ -225,40 +225,55 @@ fn alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
-#[test]
-fn dev_mode_runs_a_fleet_and_stops_it_on_sigterm() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let dir = tmp.path().join("dev");
-    let out_path = tmp.path().join("dev.out");
+/// A running `tandem-coordinator dev`, in a process group of its own with its agents.
+struct Dev {
+    proc: Proc,
+    group: Group,
+    api: Api,
+    out_path: std::path::PathBuf,
+}
+
+/// Starts `coordinator dev --agents N` with state under `tmp` (and `PATH` set to `path`, if
+/// given), and waits until it serves and its N agents are ready.
+fn start_dev(
+    coordinator: &Path,
+    tmp: &Path,
+    agents: u32,
+    path: Option<&std::ffi::OsStr>,
+) -> Result<Dev> {
     use std::os::unix::process::CommandExt;
-    let child = Command::new(bin("tandem-coordinator"))
-        .args([
-            "dev",
-            "--agents",
-            "2",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--dir",
-        ])
-        .arg(&dir)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path)?)
-        .stderr(std::fs::File::create(tmp.path().join("dev.log"))?)
-        .process_group(0)
-        .spawn()?;
-    let mut dev = Proc {
-        child,
-        log: tmp.path().join("dev.log"),
+    let dir = tmp.join("dev");
+    let out_path = tmp.join("dev.out");
+    let mut cmd = Command::new(coordinator);
+    cmd.args([
+        "dev",
+        "--agents",
+        &agents.to_string(),
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--dir",
+    ])
+    .arg(&dir)
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::null())
+    .stdout(std::fs::File::create(&out_path)?)
+    .stderr(std::fs::File::create(tmp.join("dev.log"))?)
+    .process_group(0);
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    let mut proc = Proc {
+        child: cmd.spawn()?,
+        log: tmp.join("dev.log"),
     };
-    let pid = dev.pid();
-    let mut group = Group {
+    let pid = proc.pid();
+    let group = Group {
         pgid: pid,
         armed: true,
     };
     let coord_dir = dir.join("coordinator");
     let endpoints: Value = wait_for(LONG, "dev mode to serve", || {
-        if dev.exited().is_some() {
+        if proc.exited().is_some() {
             return Some(Value::Null);
         }
         let v: Value =
@@ -267,7 +282,7 @@ fn dev_mode_runs_a_fleet_and_stops_it_on_sigterm() -> Result<()> {
         (v["pid"].as_i64() == Some(pid as i64)).then_some(v)
     })?;
     if endpoints.is_null() {
-        bail!("dev mode exited:\n{}", dev.log_text());
+        bail!("dev mode exited:\n{}", proc.log_text());
     }
     let token = std::fs::read_to_string(coord_dir.join("admin.token"))?
         .trim()
@@ -276,55 +291,167 @@ fn dev_mode_runs_a_fleet_and_stops_it_on_sigterm() -> Result<()> {
         format!("http://{}", endpoints["admin"].as_str().context("admin")?),
         token,
     );
-    wait_for(LONG, "two dev agents ready", || {
+    wait_for(LONG, "the dev agents ready", || {
         let nodes = api.nodes().ok()?;
-        (nodes.len() == 2 && nodes.iter().all(|n| n["state"] == "ready")).then_some(())
+        (nodes.len() == agents as usize && nodes.iter().all(|n| n["state"] == "ready"))
+            .then_some(())
     })
-    .with_context(|| dev.log_text())?;
+    .with_context(|| proc.log_text())?;
+    Ok(Dev {
+        proc,
+        group,
+        api,
+        out_path,
+    })
+}
 
-    let stdout = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    let pids: Vec<i32> = wait_for(Duration::from_secs(10), "the `Agent pids:` line", || {
-        let text = stdout(&out_path);
-        let line = text.lines().find(|l| l.starts_with("Agent pids:"))?;
-        let pids: Vec<i32> = line["Agent pids:".len()..]
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        (pids.len() == 2).then_some(pids)
-    })?;
-    let text = stdout(&out_path);
+impl Dev {
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out_path).unwrap_or_default()
+    }
+
+    /// The pids of the `Agent pids:` line, once it has `n` of them.
+    fn agent_pids(&self, n: usize) -> Result<Vec<i32>> {
+        wait_for(Duration::from_secs(10), "the `Agent pids:` line", || {
+            let text = self.stdout();
+            let line = text.lines().find(|l| l.starts_with("Agent pids:"))?;
+            let pids: Vec<i32> = line["Agent pids:".len()..]
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            (pids.len() == n).then_some(pids)
+        })
+    }
+
+    /// SIGTERM, then waits for a clean exit and for the agents `pids` to be gone.
+    fn stop(mut self, pids: &[i32]) -> Result<()> {
+        self.proc.signal(libc::SIGTERM);
+        let asked = Instant::now();
+        let status = wait_for(
+            Duration::from_secs(15),
+            "dev mode to exit after SIGTERM",
+            || self.proc.exited(),
+        )
+        .with_context(|| self.proc.log_text())?;
+        println!(
+            "dev mode exited {status} {:?} after SIGTERM",
+            asked.elapsed()
+        );
+        ensure!(
+            status.success(),
+            "dev mode exit: {status}\n{}",
+            self.proc.log_text()
+        );
+        wait_for(Duration::from_secs(5), "the dev agents to be gone", || {
+            pids.iter().all(|p| !alive(*p)).then_some(())
+        })?;
+        self.group.armed = false;
+        Ok(())
+    }
+}
+
+/// The executable a running process was started from.
+fn exe_of(pid: i32) -> Result<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).with_context(|| format!("/proc/{pid}/exe"))
+}
+
+/// A copy of the `tandem-coordinator` binary alone in a directory of its own (no
+/// `tandem-agent` beside it): a hard link where the file system allows, else a copy.
+fn lone_coordinator(tmp: &Path) -> Result<std::path::PathBuf> {
+    let dir = tmp.join("alone");
+    std::fs::create_dir_all(&dir)?;
+    let lone = dir.join("tandem-coordinator");
+    let src = bin("tandem-coordinator");
+    if std::fs::hard_link(&src, &lone).is_err() {
+        std::fs::copy(&src, &lone)?;
+    }
+    Ok(lone)
+}
+
+#[test]
+fn dev_mode_runs_a_fleet_of_tandem_agents_and_stops_it_on_sigterm() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dev = start_dev(&bin("tandem-coordinator"), tmp.path(), 2, None)?;
+    let pids = dev.agent_pids(2)?;
+    let text = dev.stdout();
     ensure!(
-        text.contains(api.base.as_str()),
+        text.contains(dev.api.base.as_str()),
         "the admin URL is printed:\n{text}"
     );
     ensure!(
-        text.contains(&api.token),
+        text.contains(&dev.api.token),
         "the admin token is printed:\n{text}"
+    );
+    let agent = std::fs::canonicalize(bin("tandem-agent"))?;
+    ensure!(
+        text.contains(&format!("agents      {}", bin("tandem-agent").display())),
+        "the agent binary is printed:\n{text}"
     );
     for p in &pids {
         ensure!(alive(*p), "agent {p} is not running");
+        // The real agent binary beside the coordinator, not the coordinator itself.
+        ensure!(exe_of(*p)? == agent, "agent {p} runs {:?}", exe_of(*p)?);
     }
+    dev.stop(&pids)
+}
 
-    dev.signal(libc::SIGTERM);
-    let asked = Instant::now();
-    let status = wait_for(
-        Duration::from_secs(15),
-        "dev mode to exit after SIGTERM",
-        || dev.exited(),
-    )
-    .with_context(|| dev.log_text())?;
-    println!(
-        "dev mode exited {status} {:?} after SIGTERM",
-        asked.elapsed()
+#[test]
+fn dev_mode_finds_tandem_agent_on_path() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let lone = lone_coordinator(tmp.path())?;
+    let path = std::env::join_paths([tmp.path().join("empty"), bin_dir()])?;
+    let dev = start_dev(&lone, tmp.path(), 1, Some(&path))?;
+    let pids = dev.agent_pids(1)?;
+    let agent = std::fs::canonicalize(bin("tandem-agent"))?;
+    ensure!(
+        exe_of(pids[0])? == agent,
+        "the agent runs {:?}",
+        exe_of(pids[0])?
+    );
+    dev.stop(&pids)
+}
+
+#[test]
+fn dev_mode_without_a_tandem_agent_refuses_in_one_line() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let lone = lone_coordinator(tmp.path())?;
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty)?;
+    let dir = tmp.path().join("dev");
+    let (out, err) = (tmp.path().join("out"), tmp.path().join("err"));
+    let mut p = Proc {
+        child: Command::new(&lone)
+            .args(["dev", "--admin-addr", "127.0.0.1:0", "--dir"])
+            .arg(&dir)
+            .env("PATH", &empty)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(&err)?)
+            .spawn()?,
+        log: err.clone(),
+    };
+    let status = wait_for(Duration::from_secs(20), "dev mode to refuse", || p.exited())?;
+    let (stdout, stderr) = (
+        std::fs::read_to_string(&out)?,
+        std::fs::read_to_string(&err)?,
     );
     ensure!(
-        status.success(),
-        "dev mode exit: {status}\n{}",
-        dev.log_text()
+        !status.success(),
+        "dev mode without an agent exited {status}"
     );
-    wait_for(Duration::from_secs(5), "the dev agents to be gone", || {
-        pids.iter().all(|p| !alive(*p)).then_some(())
-    })?;
-    group.armed = false;
+    ensure!(
+        status.code() == Some(1),
+        "not a panic or a signal: {status}\n{stderr}"
+    );
+    ensure!(stderr.lines().count() == 1, "one line:\n{stderr}");
+    for part in ["tandem-agent", "PATH", "cargo build --release --bins"] {
+        ensure!(stderr.contains(part), "says {part:?}:\n{stderr}");
+    }
+    ensure!(
+        stderr.contains(&lone.parent().context("dir")?.display().to_string()),
+        "names where it looked:\n{stderr}"
+    );
+    ensure!(stdout.is_empty(), "no banner:\n{stdout}");
+    ensure!(!dir.exists(), "nothing is made before the refusal");
     Ok(())
 }

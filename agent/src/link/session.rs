@@ -70,11 +70,11 @@ impl Link {
         // What the coordinator has: the report sent in Hello, then every delta applied to it.
         let mut sent = self.reports.borrow_and_update().clone();
         let mut last_ack = Instant::now();
-        // Silence this long means the connection is gone (e.g. the coordinator restarted and
-        // forgot it): register again on a new one rather than wait for QUIC's idle timeout.
-        // The lease is unaffected: it still runs out on its own time if no new ack comes.
-        let lease_len = Duration::from_millis(welcome.lease_ms.into());
-        let give_up_after = (3 * heartbeat).max(lease_len / 2);
+        // Silence this long means the connection is gone: register again on a new one.
+        let give_up_after = super::handshake::silence_limit(
+            heartbeat,
+            Duration::from_millis(welcome.lease_ms.into()),
+        );
         loop {
             tokio::select! {
                 _ = iv.tick() => {
@@ -88,7 +88,7 @@ impl Link {
                     let seq = self.seq;
                     let beat = AgentDatagram::Heartbeat(Heartbeat {
                         seq,
-                        last_rtt_us: self.lease.last_rtt().map(|d| d.as_micros().min(u32::MAX as u128) as u32).unwrap_or(0),
+                        last_rtt_us: self.lease.last_rtt_us(),
                         load: load_summary(&self.reports.borrow()),
                     });
                     self.lease.on_beat_sent(seq, now);
@@ -243,11 +243,9 @@ impl Link {
     }
 
     fn closed(&mut self, e: quinn::ConnectionError) -> String {
-        if let quinn::ConnectionError::ApplicationClosed(c) = &e {
-            if c.error_code == 2u32.into() || c.error_code == 6u32.into() {
-                // Declared down, or removed: whatever lease we think we hold is void.
-                self.lease.revoke();
-            }
+        if super::handshake::voids_lease(&e) {
+            // Declared down, or removed: whatever lease we think we hold is void.
+            self.lease.revoke();
         }
         format!("connection closed: {e}")
     }

@@ -39,7 +39,7 @@ pub fn main(job_dir: &Path) -> ExitCode {
     unsafe {
         libc::prctl(libc::PR_SET_NAME, c"tandem-agent".as_ptr());
     }
-    crate::init_tracing("info");
+    tandem_common::logging::init_tracing("info");
     match run(job_dir) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

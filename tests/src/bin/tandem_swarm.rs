@@ -1,14 +1,17 @@
 //! `tandem-swarm`: a load generator that runs many simulated agents from one process over the
 //! real protocol.
 //!
-//! Every simulated agent does what `tandem-agent` does (agent/src/link.rs), with the shared code
-//! of `tandem-common`: it makes its own key and CSR, joins with the token over a connection that
-//! pins the coordinator's CA (`tls::join_client_config`, server name `tls::SERVER_NAME`, ALPN
-//! `tandem/1`), reconnects with the certificate it got (`tls::node_client_config`), says `Hello`
-//! with a hardware report (a GPU fixture plus host facts, with small per-node variations), then
-//! beats on QUIC datagrams and holds its lease as the agent does: each acknowledged beat extends
-//! it to *send time* + `lease_ms`. It answers `Ping`, refuses `StartJob`, re-registers with the
-//! agent's backoff when its connection is lost, and says `Goodbye` at the end.
+//! Every simulated agent runs the agent's own code where the agent's logic is (the
+//! `tandem_agent::link::handshake` steps and `tandem_agent::lease::Lease`): it makes its own key
+//! and CSR, joins with the token over a connection that pins the coordinator's CA
+//! (`handshake::join`), registers with the certificate it got (`handshake::register`, the
+//! agent's `Hello` with a hardware report: a GPU fixture plus host facts, with small per-node
+//! variations), sorts refusals into retry and final as the agent does, then beats on QUIC
+//! datagrams and holds its lease in the agent's `Lease`: each acknowledged beat extends it to
+//! *send time* + `lease_ms`. It answers `Ping`, refuses `StartJob`, re-registers with the
+//! agent's `Backoff` when its connection is lost (or after the agent's silence limit), and says
+//! `Goodbye` at the end. What is its own is the session loop (it runs no jobs), the join key
+//! kept in memory instead of the state dir, and the statistics.
 //!
 //! Light by construction: a few UDP sockets (`--endpoints`, each one quinn endpoint with large
 //! socket buffers) carry every connection; an agent is one task with a few hundred bytes of
@@ -39,6 +42,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tandem_agent::lease::{AckOutcome, Lease};
+use tandem_agent::link::handshake::{self, Backoff, Failure, Registered};
 use tandem_common::codec::{self, CodecError, DEFAULT_MAX_FRAME};
 use tandem_common::hardware::*;
 use tandem_common::ids::NodeId;
@@ -46,15 +51,9 @@ use tandem_common::pki::NodeKey;
 use tandem_common::proto::*;
 use tandem_common::tls;
 use tandem_common::token::JoinToken;
+use tandem_common::wire::CloseCode;
 use tokio::sync::{watch, Semaphore};
 
-/// The agent's reply timeout (link.rs `REPLY_TIMEOUT`): connect, and the answer to `Hello`.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
-/// The agent's backoff (link.rs): capped exponential with full jitter.
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Beats whose send time an agent remembers (the agent keeps 64, see its `lease` module).
-const REMEMBERED_BEATS: usize = 64;
 /// Distinct reasons kept per table in the summary; the rest are counted together.
 const MAX_REASONS: usize = 50;
 /// The GPU fixture used unless `--gpu-fixture` or `--no-gpus` is given.
@@ -550,64 +549,6 @@ struct Ctx {
     welcome_lease_ms: AtomicU64,
 }
 
-/// The agent's side of the lease (agent/src/lease.rs), in a fixed ring: an ack counts only for
-/// a remembered beat newer than the last acknowledged one, and holds the lease until that beat's
-/// send time + lease.
-struct Lease {
-    sent: [(u64, u64); REMEMBERED_BEATS],
-    acked_upto: u64,
-    /// µs since start; 0: not held.
-    expires_us: u64,
-    last_rtt_us: u32,
-}
-
-impl Lease {
-    fn new() -> Lease {
-        Lease {
-            sent: [(0, 0); REMEMBERED_BEATS],
-            acked_upto: 0,
-            expires_us: 0,
-            last_rtt_us: 0,
-        }
-    }
-
-    fn on_sent(&mut self, seq: u64, now: u64) {
-        self.sent[seq as usize % REMEMBERED_BEATS] = (seq, now);
-    }
-
-    /// The round trip of the beat `seq`, if the ack counts.
-    fn on_ack(&mut self, seq: u64, lease_ms: u32, now: u64) -> Option<u64> {
-        let (s, t_send) = self.sent[seq as usize % REMEMBERED_BEATS];
-        if seq <= self.acked_upto || s != seq {
-            return None;
-        }
-        self.acked_upto = seq;
-        let rtt = now.saturating_sub(t_send);
-        self.last_rtt_us = rtt.min(u32::MAX.into()) as u32;
-        let until = t_send + u64::from(lease_ms) * 1000;
-        // A lease already over when its ack comes is not held again by it.
-        if until > now && until > self.expires_us {
-            self.expires_us = until;
-        }
-        Some(rtt)
-    }
-
-    /// Whether a held lease ran out by `now` (then it is no longer held).
-    fn expired(&mut self, now: u64) -> bool {
-        if self.expires_us != 0 && now >= self.expires_us {
-            self.expires_us = 0;
-            return true;
-        }
-        false
-    }
-
-    /// Gives the lease up: acks of beats sent so far never count again.
-    fn revoke(&mut self, last_seq: u64) {
-        self.expires_us = 0;
-        self.acked_upto = last_seq;
-    }
-}
-
 struct Agent {
     i: u32,
     name: String,
@@ -617,7 +558,10 @@ struct Agent {
     client: Option<quinn::ClientConfig>,
     /// Grows across sessions, as in the agent.
     seq: u64,
+    /// The agent's lease.
     lease: Lease,
+    /// Whether the lease was held at the last check (to count each expiry once).
+    lease_held: bool,
     hw_phase: u32,
     /// The key every try of the join asks with, until one is answered (as the agent keeps
     /// `join.key`): a retry after a lost answer gets the same node back.
@@ -625,10 +569,19 @@ struct Agent {
 }
 
 impl Agent {
+    /// Counts a lease that ran out since the last check.
     fn check_lease(&mut self, ctx: &Ctx) {
-        if self.lease.expired(now_us()) {
+        let held = self.lease.is_held(Instant::now());
+        if self.lease_held && !held {
             inc(&ctx.stats.c.lease_expiries);
         }
+        self.lease_held = held;
+    }
+
+    /// Gives the lease up (not an expiry): acks of beats sent so far never count again.
+    fn revoke_lease(&mut self) {
+        self.lease.revoke();
+        self.lease_held = false;
     }
 }
 
@@ -640,14 +593,6 @@ enum Fail {
     Final(String),
 }
 
-/// A registered connection.
-struct Session {
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    welcome: Welcome,
-}
-
 /// How a session ended.
 enum End {
     Stopped,
@@ -655,76 +600,19 @@ enum End {
     Final(String),
 }
 
-struct Backoff(u32);
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let cap = BACKOFF_BASE
-            .saturating_mul(1 << self.0.min(10))
-            .min(BACKOFF_MAX);
-        self.0 += 1;
-        let ms = cap.as_millis() as u64;
-        Duration::from_millis(ms / 2 + rand::random_range(0..=ms / 2))
-    }
-}
-
-fn is_revoked(e: &quinn::ConnectionError) -> bool {
-    let revoked = tandem_common::wire::TlsAlert::CertificateRevoked.transport_code();
-    match e {
-        quinn::ConnectionError::TransportError(t) => t.code == revoked,
-        quinn::ConnectionError::ConnectionClosed(c) => c.error_code == revoked,
-        _ => false,
-    }
-}
-
-async fn connect(
-    ctx: &Ctx,
-    a: &Agent,
-    client: quinn::ClientConfig,
-) -> Result<quinn::Connection, Fail> {
-    let mut client = client;
-    client.transport_config(ctx.transport.clone());
-    let connecting = a
-        .endpoint
-        .connect_with(client, ctx.addr, tls::SERVER_NAME)
-        .map_err(|e| Fail::Retry(format!("cannot connect: {e}")))?;
-    match tokio::time::timeout(REPLY_TIMEOUT, connecting).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) if is_revoked(&e) => Err(Fail::Final(
-            "the coordinator refused this node's certificate as revoked".into(),
-        )),
-        Ok(Err(e)) => Err(Fail::Retry(format!("connecting: {e}"))),
-        Err(_) => Err(Fail::Retry("connecting: no answer within 5 s".into())),
-    }
-}
-
-/// Sends the first frame and reads the answer. Of the refusals, `Unavailable` is retried and
-/// every other code is final (the agent also retries `ProtocolViolation`; here it would mean a
-/// swarm bug, which should show as a failure).
-async fn exchange(
-    conn: &quinn::Connection,
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-    hello: &AgentMsg,
-) -> Result<CoordMsg, Fail> {
-    match tandem_common::transport::exchange_hello(conn, send, recv, hello).await {
-        Ok(CoordMsg::Reject(r)) => {
-            let why = format!("refused ({:?}): {}", r.code, r.reason);
-            Err(match r.code {
-                RejectCode::Unavailable => Fail::Retry(why),
-                _ => Fail::Final(why),
-            })
+/// A failed step of the agent's handshake, as the swarm counts it.
+fn fail(f: Failure) -> Fail {
+    match f {
+        Failure::Retry(why) => Fail::Retry(why),
+        Failure::Revoked => {
+            Fail::Final("the coordinator refused this node's certificate as revoked".into())
         }
-        Ok(m) => Ok(m),
-        Err(why) => Err(Fail::Retry(why)),
+        Failure::Refused { code, reason } => Fail::Final(format!("refused ({code:?}): {reason}")),
     }
 }
 
-fn agent_version() -> String {
-    concat!(env!("CARGO_PKG_VERSION"), "+swarm").to_string()
-}
-
-/// Trades the token and a CSR for a certificate (link.rs `join`).
+/// Trades the token and a CSR for a certificate (the agent's `handshake::join`), with the join
+/// key kept in memory for every retry, as the agent keeps `join.key`.
 async fn join(ctx: &Ctx, a: &mut Agent) -> Result<(), Fail> {
     let key_pem = match a.join_key.take() {
         Some(k) => k,
@@ -737,42 +625,21 @@ async fn join(ctx: &Ctx, a: &mut Agent) -> Result<(), Fail> {
     let csr_pem = key
         .csr_pem(&a.name)
         .map_err(|e| Fail::Final(format!("CSR: {e}")))?;
-    let conn = match connect(ctx, a, ctx.join_client.clone()).await {
-        Ok(c) => c,
-        Err(Fail::Retry(r)) | Err(Fail::Final(r)) => return Err(Fail::Retry(format!("join: {r}"))),
-    };
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| Fail::Retry(format!("join: cannot open the control stream: {e}")))?;
-    let hello = AgentMsg::Hello(Box::new(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_version: agent_version(),
-        name: a.name.clone(),
-        node_id: None,
-        join: Some(JoinRequest {
-            token_id: ctx.token.id.clone(),
-            token_secret: ctx.token.secret.clone(),
-            csr_pem,
-        }),
-        datagrams: conn.max_datagram_size().is_some(),
-        jobs: Vec::new(),
-        exited: Vec::new(),
-        hardware: ctx.hardware.report(a.i, &a.name),
-    }));
-    let joined = match exchange(&conn, &mut send, &mut recv, &hello).await {
-        Ok(CoordMsg::Joined(j)) => j,
-        Ok(other) => {
-            return Err(Fail::Retry(format!(
-                "unexpected answer to a join: {}",
-                msg_kind(&other)
-            )))
-        }
-        Err(f) => return Err(f),
-    };
-    conn.close(0u32.into(), b"joined");
-    let client = tls::node_client_config(&joined.ca_pem, &joined.cert_pem, &key.key_pem())
+    let joined = handshake::join(
+        &a.endpoint,
+        ctx.join_client.clone(),
+        ctx.addr,
+        &ctx.args.coordinator,
+        &ctx.token,
+        &a.name,
+        csr_pem,
+        ctx.hardware.report(a.i, &a.name),
+    )
+    .await
+    .map_err(fail)?;
+    let mut client = tls::node_client_config(&joined.ca_pem, &joined.cert_pem, &key.key_pem())
         .map_err(|e| Fail::Final(format!("node TLS configuration: {e}")))?;
+    client.transport_config(ctx.transport.clone());
     a.node_id = Some(joined.node_id);
     a.name = joined.name;
     a.join_key = None;
@@ -782,68 +649,39 @@ async fn join(ctx: &Ctx, a: &mut Agent) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Connects with the node's certificate and says `Hello` (link.rs `connect_once`).
-async fn register(ctx: &Ctx, a: &Agent) -> Result<Session, Fail> {
-    let client = a
-        .client
-        .clone()
-        .ok_or_else(|| Fail::Final("no certificate".into()))?;
-    let conn = connect(ctx, a, client).await?;
-    let (mut send, mut recv) = match conn.open_bi().await {
-        Ok(s) => s,
-        Err(e) if is_revoked(&e) => {
-            return Err(Fail::Final(
-                "the coordinator refused this node's certificate as revoked".into(),
-            ))
-        }
-        Err(e) => return Err(Fail::Retry(format!("cannot open the control stream: {e}"))),
+/// Connects with the node's certificate and says the agent's `Hello` (`handshake::register`).
+async fn register(ctx: &Ctx, a: &Agent) -> Result<Registered, Fail> {
+    let (Some(client), Some(node_id)) = (a.client.clone(), a.node_id.as_ref()) else {
+        return Err(Fail::Final("no certificate".into()));
     };
-    let datagrams = conn.max_datagram_size().is_some();
-    let hello = AgentMsg::Hello(Box::new(Hello {
-        protocol_version: PROTOCOL_VERSION,
-        agent_version: agent_version(),
-        name: a.name.clone(),
-        node_id: a.node_id.clone(),
-        join: None,
-        datagrams,
-        jobs: Vec::new(),
-        exited: Vec::new(),
-        hardware: ctx.hardware.report(a.i, &a.name),
-    }));
-    match exchange(&conn, &mut send, &mut recv, &hello).await {
-        Ok(CoordMsg::Welcome(welcome)) => {
-            if !datagrams {
-                // The agent would beat on a uni stream; the swarm only simulates datagrams.
-                conn.close(0u32.into(), b"no datagrams");
-                return Err(Fail::Final(
-                    "the path has no QUIC datagram support (tandem-swarm beats on datagrams only)"
-                        .into(),
-                ));
-            }
-            Ok(Session {
-                conn,
-                send,
-                recv,
-                welcome,
-            })
-        }
-        Ok(other) => Err(Fail::Retry(format!(
-            "unexpected answer to Hello: {}",
-            msg_kind(&other)
-        ))),
-        Err(_) if conn.close_reason().is_some_and(|e| is_revoked(&e)) => Err(Fail::Final(
-            "the coordinator refused this node's certificate as revoked".into(),
-        )),
-        Err(f) => Err(f),
+    let r = handshake::register(
+        &a.endpoint,
+        client,
+        ctx.addr,
+        &ctx.args.coordinator,
+        |conn| {
+            let datagrams = conn.max_datagram_size().is_some();
+            let hardware = ctx.hardware.report(a.i, &a.name);
+            handshake::register_hello(
+                &a.name,
+                node_id,
+                datagrams,
+                Vec::new(),
+                Vec::new(),
+                hardware,
+            )
+        },
+    )
+    .await
+    .map_err(fail)?;
+    if !r.datagrams {
+        // The agent would beat on a uni stream; the swarm only simulates datagrams.
+        r.conn.close(0u32.into(), b"no datagrams");
+        return Err(Fail::Final(
+            "the path has no QUIC datagram support (tandem-swarm beats on datagrams only)".into(),
+        ));
     }
-}
-
-fn msg_kind(m: &CoordMsg) -> String {
-    format!("{m:?}")
-        .split(['(', ' ', '{'])
-        .next()
-        .unwrap_or("?")
-        .to_string()
+    Ok(r)
 }
 
 /// Reads one control message, owning the stream so the future can live across `select!` loops
@@ -857,25 +695,26 @@ async fn next_msg(
 
 fn closed(ctx: &Ctx, a: &mut Agent, e: &quinn::ConnectionError) -> String {
     if let quinn::ConnectionError::ApplicationClosed(c) = e {
-        if c.error_code == 2u32.into() {
+        if c.error_code == CloseCode::DeclaredDown.code().into() {
             inc(&ctx.stats.c.declared_down);
         }
-        if c.error_code == 2u32.into() || c.error_code == 6u32.into() {
-            // Declared down, or removed: the lease is void (as in the agent).
-            a.lease.revoke(a.seq);
-            inc(&ctx.stats.c.leases_revoked);
-        }
+    }
+    if handshake::voids_lease(e) {
+        // Declared down, or removed: the lease is void (as in the agent).
+        a.revoke_lease();
+        inc(&ctx.stats.c.leases_revoked);
     }
     format!("connection closed: {e}")
 }
 
 /// Beats, acks, control messages, until the connection is lost or the run stops.
-async fn session(ctx: &Ctx, a: &mut Agent, s: Session, stop: &mut watch::Receiver<bool>) -> End {
-    let Session {
+async fn session(ctx: &Ctx, a: &mut Agent, s: Registered, stop: &mut watch::Receiver<bool>) -> End {
+    let Registered {
         conn,
         mut send,
         recv,
         welcome,
+        ..
     } = s;
     let heartbeat = Duration::from_millis(
         ctx.args
@@ -886,7 +725,7 @@ async fn session(ctx: &Ctx, a: &mut Agent, s: Session, stop: &mut watch::Receive
     );
     let lease_len = Duration::from_millis(welcome.lease_ms.into());
     // As the agent: this much silence means the connection is gone; register again.
-    let give_up_after = (3 * heartbeat).max(lease_len / 2);
+    let give_up_after = handshake::silence_limit(heartbeat, lease_len);
     let mut iv = tokio::time::interval(heartbeat);
     iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let hw_every = Duration::from_secs(ctx.args.hardware_update_s.max(1));
@@ -909,14 +748,14 @@ async fn session(ctx: &Ctx, a: &mut Agent, s: Session, stop: &mut watch::Receive
                 a.seq += 1;
                 let beat = AgentDatagram::Heartbeat(Heartbeat {
                     seq: a.seq,
-                    last_rtt_us: a.lease.last_rtt_us,
+                    last_rtt_us: a.lease.last_rtt_us(),
                     load: Hardware::load_summary(a.i, a.seq),
                 });
                 let body = match codec::encode(&beat) {
                     Ok(b) => b,
                     Err(e) => break End::Final(format!("encoding a heartbeat: {e}")),
                 };
-                a.lease.on_sent(a.seq, now_us());
+                a.lease.on_beat_sent(a.seq, Instant::now());
                 if let Err(e) = conn.send_datagram(body.into()) {
                     break End::Lost(format!("sending a heartbeat: {e}"));
                 }
@@ -926,8 +765,11 @@ async fn session(ctx: &Ctx, a: &mut Agent, s: Session, stop: &mut watch::Receive
                 Ok(body) => match codec::decode_datagram::<CoordDatagram>(&body) {
                     Ok(CoordDatagram::HeartbeatAck { seq, lease_ms }) => {
                         a.check_lease(ctx);
-                        match a.lease.on_ack(seq, lease_ms, now_us()) {
-                            Some(rtt) => {
+                        let out = a.lease.on_ack(seq, Duration::from_millis(lease_ms.into()), Instant::now());
+                        a.check_lease(ctx);
+                        match (out, a.lease.last_rtt()) {
+                            (AckOutcome::Extended(_) | AckOutcome::Unchanged, Some(rtt)) => {
+                                let rtt = rtt.as_micros() as u64;
                                 last_ack = Instant::now();
                                 inc(&ctx.stats.c.acks_received);
                                 ctx.stats.rtt.record(rtt);
@@ -935,7 +777,7 @@ async fn session(ctx: &Ctx, a: &mut Agent, s: Session, stop: &mut watch::Receive
                                     ctx.stats.rtt_steady.record(rtt);
                                 }
                             }
-                            None => inc(&ctx.stats.c.acks_ignored),
+                            _ => inc(&ctx.stats.c.acks_ignored),
                         }
                     }
                     Err(_) => inc(&ctx.stats.c.acks_ignored),
@@ -966,7 +808,7 @@ async fn session(ctx: &Ctx, a: &mut Agent, s: Session, stop: &mut watch::Receive
                         error: Some("swarm agents run no jobs".into()),
                     }),
                     Ok(Some(CoordMsg::Reject(r))) => {
-                        a.lease.revoke(a.seq);
+                        a.revoke_lease();
                         inc(&ctx.stats.c.leases_revoked);
                         break End::Lost(format!("refused ({:?}): {}", r.code, r.reason));
                     }
@@ -999,7 +841,7 @@ async fn session(ctx: &Ctx, a: &mut Agent, s: Session, stop: &mut watch::Receive
             _ = &mut stop_wait => {
                 // Leases that ran out before the end count; nothing after it does.
                 a.check_lease(ctx);
-                a.lease.revoke(a.seq);
+                a.revoke_lease();
                 if !ctx.args.no_goodbye {
                     let bye = AgentMsg::Goodbye { reason: "tandem-swarm run ended".into() };
                     if codec::write_msg(&mut send, &bye, DEFAULT_MAX_FRAME).await.is_ok() {
@@ -1039,11 +881,12 @@ async fn run_agent(ctx: Arc<Ctx>, i: u32) {
         client: None,
         seq: 0,
         lease: Lease::new(),
+        lease_held: false,
         hw_phase: 0,
         join_key: None,
     };
     let stats = &ctx.stats;
-    let mut backoff = Backoff(0);
+    let mut backoff = Backoff::new();
     let mut registered = false;
     let mut last_reason = String::from("none");
     loop {
@@ -1094,7 +937,7 @@ async fn run_agent(ctx: Arc<Ctx>, i: u32) {
                         Relaxed,
                     );
                 }
-                backoff = Backoff(0);
+                backoff.reset();
                 inc(&stats.c.live);
                 let end = session(&ctx, &mut a, s, &mut stop).await;
                 stats.c.live.fetch_sub(1, Relaxed);
@@ -1134,7 +977,7 @@ async fn run_agent(ctx: Arc<Ctx>, i: u32) {
                 return;
             }
         }
-        let wait = backoff.next();
+        let wait = backoff.next_wait();
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stopped(&mut stop) => break,
@@ -1282,14 +1125,6 @@ fn progress(ctx: &Ctx, t0: Instant, n: u32, watch: &mut (Option<ProcSample>, Opt
     *watch = (me, them);
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-    }
-}
-
 /// Waits until `done` holds or `stop` is set, printing progress; returns whether `done` held.
 async fn phase(
     ctx: &Ctx,
@@ -1427,11 +1262,11 @@ async fn main() -> Result<()> {
     {
         let (stop_tx, interrupted) = (stop_tx.clone(), interrupted.clone());
         tokio::spawn(async move {
-            shutdown_signal().await;
+            tandem_agent::shutdown_signal().await;
             eprintln!("tandem-swarm: interrupted; stopping (again to quit at once)");
             interrupted.store(true, Relaxed);
             let _ = stop_tx.send(true);
-            shutdown_signal().await;
+            tandem_agent::shutdown_signal().await;
             std::process::exit(130);
         });
     }
