@@ -88,15 +88,8 @@ fn inventory_cmd(args: InventoryArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tandem-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = small_runtime() else {
+        return ExitCode::FAILURE;
     };
     let options = ProbeOptions {
         gpu_fixture: args.gpu_fixture,
@@ -122,15 +115,8 @@ fn check_cmd(args: tandem_agent::cli::CheckArgs, output: Output) -> ExitCode {
             return ExitCode::from(check::EXIT_BAD_INPUT);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tandem-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = small_runtime() else {
+        return ExitCode::FAILURE;
     };
     let deadline = Duration::from_millis(args.timeout_ms.max(1));
     let result = runtime.block_on(check::run(raw, deadline));
@@ -234,5 +220,20 @@ fn main() -> ExitCode {
             output,
         } => status_cmd(state_dir, config, output),
         Command::Shim { job_dir } => tandem_agent::supervisor::shim::main(&job_dir),
+    }
+}
+
+/// The one-thread runtime of the short commands (`inventory`, `check`); `None`
+/// (said on stderr) if it cannot be built.
+fn small_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("tandem-agent: cannot start the runtime: {e}");
+            None
+        }
     }
 }

@@ -14,6 +14,7 @@
 //! - `time`: wall-clock helpers for records and events.
 //! - `notify`: systemd readiness, status and watchdog notifications.
 //! - `logging`: the binaries' logging to stderr (`RUST_LOG`, no colours under journald).
+//! - `signal`: the shutdown future the daemons are given (SIGINT or SIGTERM).
 //! - `wire`: constants outside the messages (QUIC close codes, the revocation TLS alert).
 pub mod codec;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod logging;
 pub mod notify;
 pub mod pki;
 pub mod proto;
+pub mod signal;
 pub mod time;
 pub mod tls;
 pub mod token;
