@@ -383,3 +383,47 @@ impl FenceParams {
         std::time::Duration::from_millis(self.fence_kill_timeout_ms + self.lease_ms / 20 + 50)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(uses: u32, revoked: bool) -> TokenRecord {
+        TokenRecord {
+            id: "t1".into(),
+            secret_sha256: String::new(),
+            created_ms: 0,
+            expires_ms: 1_000,
+            uses_allowed: 2,
+            uses,
+            cluster: None,
+            revoked_ms: revoked.then_some(10),
+        }
+    }
+
+    #[test]
+    fn a_token_state_and_its_usability_agree_and_revocation_wins() {
+        let cases = [
+            (token(0, false), 999, "active"),
+            (token(1, false), 999, "active"),
+            (token(2, false), 999, "used_up"),
+            (token(0, false), 1_000, "expired"),
+            (token(2, false), 1_000, "expired"),
+            (token(0, true), 0, "revoked"),
+            (token(2, true), 5_000, "revoked"),
+        ];
+        for (t, now, state) in cases {
+            assert_eq!(t.state(now), state, "{t:?} at {now}");
+            assert_eq!(t.usable(now).is_ok(), state == "active", "{t:?} at {now}");
+        }
+        assert_eq!(token(0, true).usable(0), Err(TOKEN_REVOKED));
+    }
+
+    #[test]
+    fn a_token_record_without_revocation_still_loads() {
+        let old = r#"{"id":"t1","secret_sha256":"","created_ms":0,"expires_ms":1000,"uses_allowed":1,"uses":0}"#;
+        let t: TokenRecord = serde_json::from_str(old).unwrap();
+        assert!(t.revoked_ms.is_none() && t.cluster.is_none());
+        assert_eq!(t.state(0), "active");
+    }
+}
