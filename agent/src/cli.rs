@@ -58,6 +58,7 @@ impl RunArgs {
             gpu_fixture: self.gpu_fixture.clone(),
             force_stream_heartbeats: self.force_stream_heartbeats.then_some(true),
             sample_interval_ms: self.sample_interval_ms,
+            shim_program: None,
             origin: Default::default(),
         }))
     }

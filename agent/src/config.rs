@@ -36,6 +36,10 @@ pub struct RawConfig {
     pub force_stream_heartbeats: Option<bool>,
     /// How often to sample the hardware, in milliseconds (default 5000).
     pub sample_interval_ms: Option<u64>,
+    /// The program run as each job's supervisor, as `PROGRAM shim --job-dir DIR` (default:
+    /// the agent's own executable). An absolute path; for a wrapper that execs the agent's
+    /// shim under a scheduling class or a profiler.
+    pub shim_program: Option<PathBuf>,
     /// Where the values came from (the file, flags over it), for errors; not a key.
     #[serde(skip)]
     pub origin: Origin,
@@ -155,6 +159,21 @@ impl RawConfig {
             Some(n) => n,
             None => sysinfo::System::host_name().unwrap_or_else(|_| "node".into()),
         };
+        let shim_program = match self.shim_program {
+            Some(p) if !p.is_absolute() => {
+                return Err(invalid(
+                    "shim_program",
+                    format!("`{}` is not an absolute path", p.display()),
+                ))
+            }
+            Some(p) if !p.is_file() => {
+                return Err(invalid(
+                    "shim_program",
+                    format!("`{}` is not a file", p.display()),
+                ))
+            }
+            other => other,
+        };
         let bind_addr = self.bind_addr.unwrap_or(if coordinator_addr.is_ipv6() {
             IpAddr::from([0u16; 8])
         } else {
@@ -170,7 +189,7 @@ impl RawConfig {
             gpu_fixture: self.gpu_fixture,
             force_stream_heartbeats: self.force_stream_heartbeats.unwrap_or(false),
             sample_interval: std::time::Duration::from_millis(sample_interval_ms),
-            shim_program: None,
+            shim_program,
         })
     }
 }
@@ -244,6 +263,27 @@ mod tests {
             matches!(e, ConfigError::Read { ref path, .. } if *path == token),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_shim_program_must_be_an_absolute_path_to_a_file() {
+        let (d, _) = file("");
+        let raw = |p: &str| RawConfig {
+            state_dir: Some(d.path().into()),
+            coordinator: Some("127.0.0.1:7443".into()),
+            shim_program: Some(p.into()),
+            ..Default::default()
+        };
+        let e = raw("bin/shim").validate().unwrap_err();
+        assert_eq!(e.key(), Some("shim_program"));
+        assert!(e.to_string().contains("not an absolute path"), "{e}");
+        let missing = d.path().join("missing");
+        let e = raw(missing.to_str().unwrap()).validate().unwrap_err();
+        assert!(e.to_string().contains("is not a file"), "{e}");
+        let shim = d.path().join("shim");
+        std::fs::write(&shim, "#!/bin/sh\n").unwrap();
+        let c = raw(shim.to_str().unwrap()).validate().unwrap();
+        assert_eq!(c.shim_program, Some(shim));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - `wait_for`: polls a condition until a deadline; tests never sleep blindly.
 //! - `relay`: a UDP relay between agents and the coordinator that can cut either direction.
 //! - `fleet`: a coordinator, a cluster, agents and "writer" jobs for failover tests.
+//! - `jobs`: small `sh -c` jobs for the promise tests and the stamps they write.
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -18,6 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod fleet;
+pub mod jobs;
 pub mod relay;
 
 /// The directory holding the workspace's built binaries: beside this executable (a bench

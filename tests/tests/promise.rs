@@ -8,33 +8,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tandem_tests::fleet::*;
+use tandem_tests::jobs::*;
 use tandem_tests::{wait_for, Api, Coordinator};
-
-/// Small enough that 24 fit on one node of a two-core test machine.
-fn tiny() -> Value {
-    json!({"cpu_millis": 10, "memory_bytes": 16 << 20, "gpus": 0})
-}
-
-/// Submits a job running `sh -c script`; returns its id.
-fn submit(f: &Fleet, name: &str, script: &str, extra: Value) -> Result<String> {
-    let mut spec = json!({"name": name, "cluster": f.cluster,
-        "command": ["/bin/sh", "-c", script], "resources": tiny(), "restart": "always"});
-    for (k, v) in extra.as_object().into_iter().flatten() {
-        spec[k] = v.clone();
-    }
-    let j = f.api().post("/v1/jobs", &spec)?;
-    Ok(j["job"]["id"].as_str().context("job id")?.to_string())
-}
-
-/// The cluster's jobs.
-fn jobs(f: &Fleet) -> Result<Vec<Value>> {
-    Ok(
-        f.api().get(&format!("/v1/jobs?cluster={}", f.cluster))?["jobs"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default(),
-    )
-}
 
 /// How many of the cluster's jobs are in each state.
 fn by_state(f: &Fleet) -> BTreeMap<String, usize> {
@@ -44,45 +19,6 @@ fn by_state(f: &Fleet) -> BTreeMap<String, usize> {
             .or_insert(0) += 1;
     }
     m
-}
-
-/// The id of node `name`.
-fn node_id(f: &Fleet, name: &str) -> Result<String> {
-    Ok(f.api().node(name).context("node")?["id"]
-        .as_str()
-        .context("id")?
-        .to_string())
-}
-
-/// Waits until the job is in a terminal state; returns it.
-fn wait_terminal(f: &Fleet, id: &str, bound: Duration) -> Result<Value> {
-    wait_for(bound, "the job to end", || {
-        let j = f.job(id).ok()?;
-        ["completed", "failed", "stopped"]
-            .contains(&j["state"].as_str()?)
-            .then_some(j)
-    })
-    .with_context(|| format!("job now: {:?}", f.job(id).ok()))
-}
-
-/// Lines `"<token> <unix ns>"` of a file some job appends to, as (token, ns).
-fn token_lines(path: &Path) -> Vec<(u64, u128)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-        })
-        .collect()
-}
-
-/// `echo "$TANDEM_FENCING_TOKEN <ns>" >> out`.
-fn stamp(out: &Path) -> String {
-    format!(
-        "echo \"$TANDEM_FENCING_TOKEN $(date +%s%N)\" >> {}",
-        out.display()
-    )
 }
 
 /// Defect 1: the coordinator queues commands to a node with `try_send` into a 16-slot

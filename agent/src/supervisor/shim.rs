@@ -93,10 +93,14 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
         reply(&ShimReply::Busy);
         return Ok(());
     }
+    // A start that took longer than the lease it was given never ran the job: its refusal
+    // says so in the words the coordinator reads as "placed again", not as the job's exit
+    // (which failed `restart: never` jobs that had not run).
     if now_ns() >= spec.lease_deadline_ns {
-        reply(&ShimReply::Failed(
-            "the lease ran out before the job started".into(),
-        ));
+        reply(&ShimReply::Failed(format!(
+            "the lease ran out before the job started ({})",
+            tandem_common::proto::REFUSED_NO_LEASE
+        )));
         return Ok(());
     }
     let max = spec.log_max_bytes;
