@@ -239,6 +239,21 @@ impl Api {
             .and_then(|n| n["state"].as_str().map(str::to_string))
     }
 
+    /// Every node, read page by page (`limit` / `page_token`).
+    pub fn all_nodes(&self) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        let mut path = "/v1/nodes?limit=64".to_string();
+        for _ in 0..1000 {
+            let page = self.get(&path)?;
+            out.extend(page["nodes"].as_array().cloned().unwrap_or_default());
+            match page["next_page_token"].as_str() {
+                Some(t) => path = format!("/v1/nodes?limit=64&page_token={t}"),
+                None => return Ok(out),
+            }
+        }
+        bail!("more than 1000 pages of nodes")
+    }
+
     /// Events, oldest first.
     pub fn events(&self) -> Result<Vec<Value>> {
         Ok(self.get("/v1/events?limit=1000")?["events"]

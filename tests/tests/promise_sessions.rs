@@ -230,3 +230,144 @@ fn a_start_that_outlives_its_lease_is_placed_again_not_failed() -> Result<()> {
     );
     Ok(())
 }
+
+/// How many simulated nodes go down in the wave.
+const WAVE: usize = 300;
+
+/// Defect 5: the downs of a wave (a rack losing power) were recorded one by one, each waiting
+/// for its own flush, and a node that registered again meanwhile (a new session) was
+/// overwritten to `down` by the decision the detector had made on its old session: its live
+/// connection closed and its new session's jobs were placed elsewhere. Here 300 simulated
+/// agents (`tandem-swarm`) and one real agent `x` are joined; the coordinator is frozen
+/// (SIGSTOP) for longer than a lease and its grace, the swarm is killed, and `x`'s agent is
+/// killed and started again, so that when the coordinator resumes it decides all 301 downs in
+/// one tick while `x`'s new session's handshake waits in its socket. Checks: once `x` is
+/// ready in its new session it is never recorded `down` after it (a down before it is
+/// right), it ends ready and connected, and every swarm node ends down. The test prints
+/// whether `x`'s registration landed inside the wave (the coordinator logs the down it did
+/// not record); the other order is no failure, only a weaker run.
+///
+/// With the session check in the down's record taken out (the code before the fix), 3 runs
+/// of 3: `x registered again and was then recorded down: ["node wave-x is ready (registered)
+/// ..", "node wave-x is down: no heartbeat for 2229 ms: its lease and fence grace ran out",
+/// "node wave-x is ready (registered again after being declared down) .."]`.
+#[test]
+fn a_node_that_registers_again_during_a_wave_of_downs_stays_up() -> Result<()> {
+    let mut f = Fleet::new("wave", "pool")?;
+    f.start_agents(&["wave-x"], &[])?;
+    let token = f.api().token(WAVE as u32)?;
+    let log = f.tmp.path().join("swarm.log");
+    let mut swarm = tandem_tests::Proc::spawn(
+        &bin("tandem-swarm"),
+        &[
+            "--coordinator",
+            &f.coord.quic,
+            "--token",
+            &token,
+            "--agents",
+            &WAVE.to_string(),
+            "--duration-s",
+            "600",
+            "--ramp-per-s",
+            "300",
+            "--run-id",
+            "wave",
+            "--progress-s",
+            "0",
+            "--bind-addr",
+            "127.0.0.1",
+            "--endpoints",
+            "2",
+            "--no-goodbye",
+            "--no-gpus",
+        ],
+        &log,
+    )?;
+    let swarm_states = |f: &Fleet| -> Option<(usize, usize)> {
+        let nodes = f.api().all_nodes().ok()?;
+        let swarm: Vec<_> = nodes
+            .iter()
+            .filter(|n| {
+                n["name"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("swarm-wave-"))
+            })
+            .collect();
+        let count = |st: &str| swarm.iter().filter(|n| n["state"] == st).count();
+        Some((count("ready"), count("down")))
+    };
+    wait_for(Duration::from_secs(90), "every swarm node ready", || {
+        swarm_states(&f).filter(|(ready, _)| *ready == WAVE)
+    })
+    .with_context(|| swarm.log_text())?;
+    f.coord.wait_restart_grace()?;
+    f.wait_ready("wave-x")?;
+    let seen = f.api().get("/v1/events?node=wave-x&limit=1000")?["events"]
+        .as_array()
+        .map_or(0, |v| v.len());
+
+    // Freeze the coordinator past every lease and grace; meanwhile the rack dies and x's agent
+    // is restarted (its new handshake waits in the coordinator's socket).
+    f.coord.proc.signal(libc::SIGSTOP);
+    let resume = Resume(f.coord.proc.pid());
+    swarm.kill9();
+    f.agent("wave-x")?.kill9();
+    f.start_agent("wave-x", None, &[])?;
+    std::thread::sleep(Duration::from_millis(1000 + 350 + 700));
+    drop(resume);
+
+    wait_for(LONG, "wave-x ready and connected again", || {
+        f.api()
+            .node("wave-x")
+            .filter(|n| n["state"] == "ready" && n["connected"] == true)
+    })
+    .with_context(|| f.agent_log("wave-x"))?;
+    wait_for(LONG, "every swarm node down", || {
+        swarm_states(&f).filter(|(_, down)| *down == WAVE)
+    })?;
+    holds_for(Duration::from_secs(2), || {
+        let n = f.api().node("wave-x").context("wave-x")?;
+        check(n["state"] == "ready", || {
+            format!("wave-x is {}", n["state"])
+        })
+    })?;
+    let after: Vec<String> = f.api().get("/v1/events?node=wave-x&limit=1000")?["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .skip(seen)
+        .filter(|e| e["kind"] == "node_state")
+        .filter_map(|e| e["message"].as_str().map(String::from))
+        .collect();
+    let ready = after.iter().position(|m| m.contains(" is ready"));
+    let down_after_ready = ready.is_some_and(|i| after[i..].iter().any(|m| m.contains(" is down")));
+    ensure!(
+        ready.is_some() && !down_after_ready,
+        "x registered again and was then recorded down: {after:?}"
+    );
+    let x = node_id(&f, "wave-x")?;
+    let inside = f
+        .coord
+        .proc
+        .log_text()
+        .lines()
+        .any(|l| l.contains("state change not recorded") && l.contains(&format!("node={x}")));
+    println!(
+        "x's registration landed {} the wave of {} downs; x's states: {after:?}",
+        if inside { "inside" } else { "outside" },
+        WAVE + 1
+    );
+    Ok(())
+}
+
+/// Sends SIGCONT to the process when dropped (a failing test never leaves the coordinator
+/// stopped).
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with a pid this test started.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}

@@ -4,28 +4,13 @@
 //! agent sees its lease run out, acks come back, and the admin API lists all 200 nodes, ready
 //! while the swarm beats and none of them `down`, then `left` after their `Goodbye`.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tandem_tests::*;
 
 const AGENTS: usize = 200;
-
-/// Every node, read page by page (`limit` / `page_token`).
-fn all_nodes(api: &Api) -> Result<Vec<Value>> {
-    let mut out = Vec::new();
-    let mut path = "/v1/nodes?limit=64".to_string();
-    for _ in 0..1000 {
-        let page = api.get(&path)?;
-        out.extend(page["nodes"].as_array().cloned().unwrap_or_default());
-        match page["next_page_token"].as_str() {
-            Some(t) => path = format!("/v1/nodes?limit=64&page_token={t}"),
-            None => return Ok(out),
-        }
-    }
-    bail!("more than 1000 pages of nodes")
-}
 
 /// How many swarm nodes are in each state.
 fn states(nodes: &[Value], run: &str) -> std::collections::BTreeMap<String, usize> {
@@ -81,7 +66,7 @@ fn a_swarm_of_200_agents_joins_beats_and_leaves() -> Result<()> {
         if swarm.exited().is_some() {
             return Some(());
         }
-        let nodes = all_nodes(&coord.api).ok()?;
+        let nodes = coord.api.all_nodes().ok()?;
         (states(&nodes, run).get("ready") == Some(&AGENTS)).then_some(())
     })?;
     ensure!(
@@ -129,7 +114,7 @@ fn a_swarm_of_200_agents_joins_beats_and_leaves() -> Result<()> {
     ensure!(summary["ack_rtt_ms"]["p50"].is_number(), "{summary:#}");
 
     // Afterwards: all 200 nodes are there and none is down; each said goodbye, so each left.
-    let nodes = all_nodes(&coord.api)?;
+    let nodes = coord.api.all_nodes()?;
     let by_state = states(&nodes, run);
     ensure!(
         by_state.values().sum::<usize>() == AGENTS,
