@@ -20,6 +20,24 @@ pub trait Clock: Send + Sync + 'static {
     fn unix_ms(&self) -> u64;
     /// A random number, for ids and request numbers.
     fn random_u64(&self) -> u64;
+    /// The boot clock, which no clock step moves and which a restarted coordinator on the
+    /// same boot reads on from where it was (a planned restart's hold is kept in it). By
+    /// default: no boot known, so the wall clock stands in.
+    fn boot_time(&self) -> BootTime {
+        BootTime {
+            boot_id: String::new(),
+            ms: self.unix_ms(),
+        }
+    }
+}
+
+/// A reading of the boot clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootTime {
+    /// The kernel's id of this boot (`/proc/sys/kernel/random/boot_id`), empty if unknown.
+    pub boot_id: String,
+    /// `CLOCK_BOOTTIME` in ms (the wall clock when the boot is unknown).
+    pub ms: u64,
 }
 
 /// The real clocks and the thread's random generator.
@@ -35,6 +53,30 @@ impl Clock for SystemClock {
     }
     fn random_u64(&self) -> u64 {
         rand::random()
+    }
+    fn boot_time(&self) -> BootTime {
+        static BOOT_ID: OnceLock<String> = OnceLock::new();
+        let boot_id = BOOT_ID.get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        });
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec we own.
+        if boot_id.is_empty() || unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0
+        {
+            return BootTime {
+                boot_id: String::new(),
+                ms: self.unix_ms(),
+            };
+        }
+        BootTime {
+            boot_id: boot_id.clone(),
+            ms: ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000,
+        }
     }
 }
 

@@ -34,6 +34,10 @@ pub struct RawConfig {
     pub suspect_after_missed: u32,
     /// After a restart, nobody is declared down before this (at least lease + fence grace).
     pub restart_grace_ms: u64,
+    /// A planned restart (SIGTERM) first holds every down for this long and gives every node a
+    /// lease that ends before it, so that jobs ride through the restart; 0: no hold (jobs are
+    /// fenced after one lease). Absent: sized from the fleet ([`default_restart_hold`]).
+    pub restart_hold_ms: Option<u64>,
     /// Lifetime of node certificates.
     pub cert_validity_days: u32,
     /// Lifetime of node certificates in seconds, overriding `cert_validity_days` (for tests
@@ -75,6 +79,7 @@ impl Default for RawConfig {
             fence_kill_timeout_ms: 250,
             suspect_after_missed: 3,
             restart_grace_ms: 5000,
+            restart_hold_ms: None,
             cert_validity_days: 30,
             cert_validity_s: None,
             admin_tls: false,
@@ -89,6 +94,35 @@ impl Default for RawConfig {
             origin: Origin::default(),
         }
     }
+}
+
+/// How long a planned restart holds downs (see the detector's "hold").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartHold {
+    /// No hold: a stop is a plain stop, and agents fence after their lease.
+    Off,
+    /// This long.
+    Fixed(Duration),
+    /// [`default_restart_hold`] for the fleet at the time of the stop.
+    SizedFromFleet,
+}
+
+impl RestartHold {
+    /// The hold for a fleet of `nodes`, if any.
+    pub fn for_fleet(self, nodes: usize) -> Option<Duration> {
+        match self {
+            RestartHold::Off => None,
+            RestartHold::Fixed(d) => Some(d),
+            RestartHold::SizedFromFleet => Some(default_restart_hold(nodes)),
+        }
+    }
+}
+
+/// The default hold of a planned restart for a fleet of `nodes`: at least 15 s, and long enough
+/// for every node to reconnect at 250 nodes a second, a margin under the rate BENCHMARKS.md
+/// measured (25,000 nodes reconnected in 59.8 s after a restart, about 420 a second), plus 5 s.
+pub fn default_restart_hold(nodes: usize) -> Duration {
+    Duration::from_secs(15).max(Duration::from_secs(5) + Duration::from_millis(4) * nodes as u32)
 }
 
 /// The checked configuration.
@@ -114,6 +148,8 @@ pub struct Config {
     pub suspect_after_missed: u32,
     /// Restart grace.
     pub restart_grace: Duration,
+    /// How long a planned restart holds downs.
+    pub restart_hold: RestartHold,
     /// Node certificate lifetime.
     pub cert_validity: Duration,
     /// HTTPS for the admin endpoint.
@@ -202,6 +238,20 @@ impl RawConfig {
                 &format!("must be at least lease + fence grace ({min_grace}) and at most 600000"),
             ));
         }
+        let restart_hold = match self.restart_hold_ms {
+            None => RestartHold::SizedFromFleet,
+            Some(0) => RestartHold::Off,
+            Some(ms) if ms < min_grace + 1000 || ms > 3_600_000 => {
+                return Err(invalid(
+                    "restart_hold_ms",
+                    &format!(
+                        "must be 0 (no hold), or at least lease + fence grace + 1 s ({}) and at most 3600000",
+                        min_grace + 1000
+                    ),
+                ))
+            }
+            Some(ms) => RestartHold::Fixed(Duration::from_millis(ms)),
+        };
         if self.suspect_after_missed == 0 {
             return Err(invalid("suspect_after_missed", "must be at least 1"));
         }
@@ -290,6 +340,7 @@ impl RawConfig {
             fence_grace: fence_kill_timeout + lease / 20 + Duration::from_millis(50),
             suspect_after_missed: self.suspect_after_missed,
             restart_grace: Duration::from_millis(self.restart_grace_ms),
+            restart_hold,
             cert_validity: Duration::from_secs(
                 self.cert_validity_s
                     .unwrap_or(u64::from(self.cert_validity_days) * 86_400),

@@ -107,7 +107,10 @@ pub async fn run(
         };
         crate::init::init(&coord_dir, Some(&admin), Some("127.0.0.1:0"))?;
     }
-    let cfg = RawConfig::load(&coord_dir.join("coordinator.toml"))?.validate(&coord_dir)?;
+    let mut cfg = RawConfig::load(&coord_dir.join("coordinator.toml"))?.validate(&coord_dir)?;
+    // Dev mode stops its agents with itself: a restart hold would only leave their jobs
+    // running for its length after Ctrl-C.
+    cfg.restart_hold = crate::config::RestartHold::Off;
     let running = crate::start(cfg.clone()).await?;
 
     let tok = JoinToken::generate(running.ca.pin());

@@ -105,6 +105,8 @@ pub struct Running {
     admin_stop: tokio::sync::oneshot::Sender<()>,
     admin_task: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    restart_hold: config::RestartHold,
+    heartbeat: Duration,
 }
 
 /// Starts serving: opens the store, loads the CA, binds both endpoints.
@@ -158,6 +160,8 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     // Finish what a previous run decided but may not have carried out (e.g. a failover cut
     // short by a crash): the records are durable, the planner re-derives the commands.
     membership.reconcile_jobs()?;
+    // A planned restart's hold from the run before: nobody is declared down before it ends.
+    membership.honour_restart_hold(now)?;
 
     // A fresh server certificate at every start; agents trust the CA, not this certificate.
     let (serial, ticket) = store.reserve_serial()?;
@@ -329,6 +333,8 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         admin_stop,
         admin_task,
         tasks,
+        restart_hold: cfg.restart_hold,
+        heartbeat: cfg.heartbeat,
     })
 }
 
@@ -358,6 +364,7 @@ impl Running {
         shutdown.await;
         tracing::info!("coordinator shutting down");
         tandem_common::notify::stopping();
+        self.hold_for_the_restart().await;
         self.endpoint
             .close(CloseCode::Shutdown.into(), b"coordinator shutting down");
         let _ = self.admin_stop.send(());
@@ -367,6 +374,41 @@ impl Running {
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         Ok(())
+    }
+}
+
+impl Running {
+    /// A planned stop: records the restart hold (nobody is declared down before it ends) and,
+    /// once that is durable, acks every beat with a lease that ends before it, until every
+    /// live node has had one (or three beats have passed). The nodes' jobs then ride through
+    /// until the next run honours the hold (see the detector's "hold").
+    async fn hold_for_the_restart(&self) {
+        let Some(hold) = self.restart_hold.for_fleet(self.membership.node_count()) else {
+            return;
+        };
+        let ticket = match self.membership.begin_restart_hold(hold, Instant::now()) {
+            Ok(t) => t,
+            Err(err) => {
+                tracing::error!(%err, "could not record the restart hold; stopping without it: jobs are fenced after their lease");
+                return;
+            }
+        };
+        self.membership.store().durable(ticket).await;
+        self.membership.grant_hold_leases();
+        let until = Instant::now() + self.heartbeat * 3 + Duration::from_millis(500);
+        let (granted, alive) = loop {
+            let (granted, alive) = self.membership.hold_leases_granted();
+            if granted >= alive || Instant::now() >= until {
+                break (granted, alive);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        tracing::info!(
+            granted,
+            alive,
+            hold_ms = hold.as_millis() as u64,
+            "leases until the end of the restart hold granted"
+        );
     }
 }
 

@@ -384,6 +384,46 @@ impl FenceParams {
     }
 }
 
+/// A planned restart's hold: no node is declared down before it ends, so that every node may
+/// be given a lease that runs until just before it, and the jobs ride through the restart.
+/// Stored before any such lease is granted; the restarted coordinator honours it.
+///
+/// The end is kept twice: as wall-clock time, and as `CLOCK_BOOTTIME` with the kernel's boot
+/// id. A coordinator restarted on the same boot reads the boot clock, which no clock step can
+/// move; after a reboot (or on another machine) only the wall clock is left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartHold {
+    /// When the hold ends, Unix ms.
+    pub until_unix_ms: u64,
+    /// The boot the next field belongs to (`/proc/sys/kernel/random/boot_id`; empty if unknown).
+    pub boot_id: String,
+    /// When the hold ends on that boot's `CLOCK_BOOTTIME`, ms.
+    pub until_boottime_ms: u64,
+}
+
+impl RestartHold {
+    /// A hold of `hold` from now (`unix_ms` on the wall clock, `boot` on the boot clock).
+    pub fn new(hold: std::time::Duration, unix_ms: u64, boot: &crate::clock::BootTime) -> Self {
+        let ms = hold.as_millis() as u64;
+        RestartHold {
+            until_unix_ms: unix_ms + ms,
+            boot_id: boot.boot_id.clone(),
+            until_boottime_ms: boot.ms + ms,
+        }
+    }
+
+    /// How much of the hold is left now: by the boot clock on the same boot, else by the
+    /// wall clock.
+    pub fn left(&self, unix_ms: u64, boot: &crate::clock::BootTime) -> std::time::Duration {
+        let ms = if !self.boot_id.is_empty() && self.boot_id == boot.boot_id {
+            self.until_boottime_ms.saturating_sub(boot.ms)
+        } else {
+            self.until_unix_ms.saturating_sub(unix_ms)
+        };
+        std::time::Duration::from_millis(ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

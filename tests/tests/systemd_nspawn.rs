@@ -6,7 +6,9 @@
 //! 1. both units are `active` once `systemctl enable --now` returns (Type=notify: after READY=1),
 //!    with the daemons' STATUS= lines;
 //! 2. the agent joins the coordinator (the node is `ready` in the admin API);
-//! 3. `systemctl restart tandem-agent` with a job running: KillMode=process leaves the job and
+//! 3. `systemctl restart tandem-coordinator` with a job running: the copy rides through the
+//!    planned restart with its pid and token, and the node is never declared down; then
+//!    `systemctl restart tandem-agent` with a job running: KillMode=process leaves the job and
 //!    its shim running (systemd says so in the journal, and the job writes after the agent has
 //!    exited); the shim fences it when the old agent's lease runs out, the new agent registers
 //!    only then, and the coordinator starts a new copy, never two at once;
@@ -35,6 +37,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tandem_tests::*;
 
+/// The coordinator's restart hold in the machine (short: the steps after it need ordinary
+/// leases).
+const RESTART_HOLD: Duration = Duration::from_millis(3000);
 /// The Debian release in the machine.
 const SUITE: &str = "bookworm";
 /// Packages added to minbase.
@@ -784,6 +789,12 @@ fn scenario(m: &Machine, t0: Instant) -> Result<()> {
     let lease = Duration::from_millis(toml_u64(&coord_toml, "lease_ms")?);
     let kill = Duration::from_millis(toml_u64(&coord_toml, "fence_kill_timeout_ms")?);
     let fence_bound = lease + kill + SLACK;
+    // A short hold, so that the steps after the coordinator's restart run on ordinary leases.
+    let coord_toml = replace(
+        &coord_toml,
+        "# restart_hold_ms = 15000",
+        &format!("restart_hold_ms = {}", RESTART_HOLD.as_millis()),
+    )?;
     let coord_toml = replace(
         &coord_toml,
         "admin_addr = \"127.0.0.1:7070\"",
@@ -907,6 +918,57 @@ fn scenario(m: &Machine, t0: Instant) -> Result<()> {
     step(
         t0,
         &format!("job {job} copy {t1} running: pid {p1} under shim {shim1}"),
+    );
+
+    // --- 3a. `systemctl restart tandem-coordinator` with the job running: the copy rides
+    // through the planned restart (its hold) with its pid and token; the node is never down.
+    let before = lines(m).len();
+    m.sh("systemctl restart tandem-coordinator")?;
+    wait_for(LONG, "the node connected to the new coordinator", || {
+        api.node(&node).filter(|n| n["connected"] == true)
+    })?;
+    poll(
+        LONG,
+        Duration::from_millis(100),
+        "the writer going on",
+        || (lines(m).len() > before + 10).then_some(()),
+    )?;
+    let all = lines(m);
+    ensure!(
+        all.iter().all(|l| l.token == t1 && l.pid == p1),
+        "the job restarted with the coordinator: {:?}",
+        all.iter()
+            .map(|l| (l.token, l.pid))
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+    let gap = all
+        .windows(2)
+        .map(|w| w[1].ns.saturating_sub(w[0].ns))
+        .max()
+        .unwrap_or_default();
+    let downs: Vec<Value> = api
+        .events()?
+        .into_iter()
+        .filter(|e| {
+            e["kind"] == "node_state"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(" is down"))
+        })
+        .collect();
+    ensure!(downs.is_empty(), "declared down: {downs:?}");
+    // The steps below kill the agent: on ordinary leases again, after the hold.
+    wait_for(LONG, "the restart hold to end", || {
+        let h = api.get("/healthz").ok()?;
+        (h["restart_hold_remaining_ms"] == 0).then_some(())
+    })?;
+    step(
+        t0,
+        &format!(
+            "systemctl restart tandem-coordinator: copy {t1} (pid {p1}) rode through, longest \
+             gap {} ms, nobody down",
+            gap / 1_000_000
+        ),
     );
 
     let main_before = m.prop("tandem-agent", "MainPID")?;

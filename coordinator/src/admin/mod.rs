@@ -201,10 +201,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// Liveness, and how long the restart grace still holds failover back.
+/// Liveness, and how long the restart grace (a planned restart's hold included) still holds
+/// failover back.
 async fn healthz(State(s): Shared) -> Json<serde_json::Value> {
-    let left = s.membership.restart_grace_left(Instant::now());
-    Json(serde_json::json!({"status": "ok", "restart_grace_remaining_ms": left.as_millis() as u64}))
+    let now = Instant::now();
+    let left = s.membership.restart_grace_left(now);
+    let hold = s.membership.restart_hold_left(now).unwrap_or_default();
+    Json(serde_json::json!({
+        "status": "ok",
+        "restart_grace_remaining_ms": left.as_millis() as u64,
+        "restart_hold_remaining_ms": hold.as_millis() as u64,
+    }))
 }
 
 /// Fleets with more GPUs than this get no per-GPU series from the coordinator: a scrape would
@@ -225,6 +232,11 @@ async fn metrics(State(s): Shared) -> Result<impl IntoResponse, ApiError> {
                 "# per-GPU series left out: the fleet has more than {MAX_GPU_SERIES} GPUs\n"
             ));
         }
+        let hold = s.membership.restart_hold_left(Instant::now());
+        text.push_str(&format!(
+            "# HELP tandem_restart_hold_remaining_seconds Time left of a planned restart's hold: nobody is declared down before it ends.\n# TYPE tandem_restart_hold_remaining_seconds gauge\ntandem_restart_hold_remaining_seconds {:.3}\n",
+            hold.unwrap_or_default().as_secs_f64()
+        ));
         text
     })
     .await

@@ -52,6 +52,7 @@ impl Engine {
     ) -> Result<Self, StoreError> {
         let mut detector = detector;
         let mut table = Fleet::default();
+        let mut restored = 0usize;
         for c in store.clusters()? {
             table.clusters.insert(c.id.clone(), c);
         }
@@ -66,6 +67,7 @@ impl Engine {
                 // A removal that waited for the node's lease when we stopped: the lease it may
                 // hold ends within the restart grace, after which the detector finishes it.
                 detector.handle_restored(rec.id.clone(), now);
+                restored += 1;
                 table.removing.insert(rec.id.clone(), rec);
                 continue;
             }
@@ -74,11 +76,17 @@ impl Engine {
                 NodeState::Ready | NodeState::Suspect | NodeState::Joining
             ) {
                 detector.handle_restored(rec.id.clone(), now);
+                restored += 1;
             }
             table.insert_node(NodeEntry {
                 record: rec,
                 live: None,
             });
+        }
+        if restored == 0 {
+            // Nobody that may still be running was remembered (a new store, or every node
+            // down or gone): there is nobody to wait for.
+            detector.end_restart_grace(now);
         }
         // fence_grace = fence kill timeout + 5% of the lease + 50 ms (see the config).
         let serials = table

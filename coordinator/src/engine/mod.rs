@@ -45,6 +45,8 @@
 //! - `core`: the [`Engine`] struct, loading it from the store, reads.
 //! - `fleet`: the tables ([`Fleet`], [`NodeEntry`], [`Live`]).
 //! - `nodes`: joins, registrations, heartbeats, leaving, renewals, revocation, checks.
+//! - `hold`: a planned restart's hold, recorded before any lease relies on it, honoured
+//!   after.
 //! - `transitions`: the detector's tick carried out (suspect, down, recovered, a removal's
 //!   end), fence parameters in force, retention.
 //! - `pairs`: pair decisions turned into records, inside the batch that caused them.
@@ -58,6 +60,7 @@
 mod clusters;
 mod core;
 mod fleet;
+mod hold;
 mod job_reports;
 mod job_state;
 mod jobs;

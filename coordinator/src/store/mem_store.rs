@@ -29,6 +29,7 @@ struct Tables {
     jobs: BTreeMap<String, JobRecord>,
     events: BTreeMap<u64, Event>,
     fence: Option<FenceParams>,
+    restart_hold: Option<crate::model::RestartHold>,
     serial: u64,
     event_seq: u64,
 }
@@ -75,6 +76,7 @@ impl Tables {
                     self.jobs.remove(id);
                 }
                 Change::PutFenceParams(f) => self.fence = Some(*f),
+                Change::PutRestartHold(h) => self.restart_hold = h.clone(),
                 Change::Event(e) => {
                     self.event_seq += 1;
                     let ev = Event {
@@ -275,6 +277,10 @@ impl StateStore for MemStore {
 
     fn fence_params(&self) -> Result<Option<FenceParams>, StoreError> {
         Ok(self.state().working.fence)
+    }
+
+    fn restart_hold(&self) -> Result<Option<crate::model::RestartHold>, StoreError> {
+        Ok(self.state().working.restart_hold.clone())
     }
 }
 

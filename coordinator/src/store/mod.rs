@@ -81,6 +81,9 @@ pub enum Change {
     PutJob(Box<crate::jobs::model::JobRecord>),
     /// Record the fence parameters agents may hold.
     PutFenceParams(crate::model::FenceParams),
+    /// Record (or, with `None`, clear) a planned restart's hold: nobody is declared down
+    /// before it ends.
+    PutRestartHold(Option<crate::model::RestartHold>),
     /// Remove a job (retention of finished jobs).
     DeleteJob(String),
     /// Remove a join token (retention of used-up or expired tokens).
@@ -146,4 +149,6 @@ pub trait StateStore: Send + Sync + 'static {
     fn operations(&self) -> Result<Vec<OperationRecord>, StoreError>;
     /// The fence parameters recorded last (`None` in a store that never had any).
     fn fence_params(&self) -> Result<Option<crate::model::FenceParams>, StoreError>;
+    /// The hold a planned restart recorded last (`None`: none, or cleared).
+    fn restart_hold(&self) -> Result<Option<crate::model::RestartHold>, StoreError>;
 }

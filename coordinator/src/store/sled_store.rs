@@ -205,6 +205,13 @@ impl StateStore for SledStore {
                     b"fence_params".to_vec(),
                     Some(serde_json::to_vec(&f).map_err(engine)?),
                 )),
+                Change::PutRestartHold(h) => writes.push((
+                    7,
+                    b"restart_hold".to_vec(),
+                    h.map(|h| serde_json::to_vec(&h))
+                        .transpose()
+                        .map_err(engine)?,
+                )),
                 Change::Event(e) => {
                     next += 1;
                     let ev = Event {
@@ -364,6 +371,14 @@ impl StateStore for SledStore {
             .get("fence_params")
             .map_err(engine)?
             .map(|v| decode(b"fence_params", &v))
+            .transpose()
+    }
+
+    fn restart_hold(&self) -> Result<Option<crate::model::RestartHold>, StoreError> {
+        self.meta
+            .get("restart_hold")
+            .map_err(engine)?
+            .map(|v| decode(b"restart_hold", &v))
             .transpose()
     }
 

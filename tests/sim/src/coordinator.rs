@@ -65,7 +65,13 @@ pub struct CoordHost {
 
 impl CoordHost {
     /// Starts a coordinator on `store`, as `tandem_coordinator::run` does.
-    pub fn start(store: Arc<MemStore>, clock: Arc<SimClock>, params: Params) -> Self {
+    /// With `honour_hold` false (a deliberate bug), a planned restart's hold is ignored.
+    pub fn start(
+        store: Arc<MemStore>,
+        clock: Arc<SimClock>,
+        params: Params,
+        honour_hold: bool,
+    ) -> Self {
         let now = tandem_coordinator::clock::Clock::now(&*clock);
         let configured = FenceParams {
             lease_ms: params.lease.as_millis() as u64,
@@ -95,6 +101,9 @@ impl CoordHost {
             .with_clock(clock);
         let m = Arc::new(m);
         m.reconcile_jobs().expect("mem store");
+        if honour_hold {
+            m.honour_restart_hold(now).expect("mem store");
+        }
         Self {
             m,
             store,

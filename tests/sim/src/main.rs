@@ -29,6 +29,9 @@ struct Args {
     /// Deliberate bug: commands and answers leave before their batches are durable.
     #[arg(long)]
     send_before_durable: bool,
+    /// Deliberate bug: a restarted coordinator ignores its planned stop's hold.
+    #[arg(long)]
+    forget_restart_hold: bool,
     /// How far host clocks may drift, in millionths (default 20000: 2%).
     #[arg(long)]
     max_drift_ppm: Option<i64>,
@@ -48,6 +51,7 @@ fn main() {
         no_fence_grace: a.no_fence_grace,
         lying_flush: a.lying_flush,
         send_before_durable: a.send_before_durable,
+        forget_restart_hold: a.forget_restart_hold,
         max_drift_ppm: a.max_drift_ppm,
     };
     if let Some(seed) = a.seed {

@@ -30,6 +30,9 @@ pub struct Knobs {
     /// Commands and answers leave without waiting for their batches to be durable (acting
     /// before a persist has finished).
     pub send_before_durable: bool,
+    /// A restarted coordinator ignores the hold its planned stop recorded (declares nodes
+    /// down while the hold leases it granted still run).
+    pub forget_restart_hold: bool,
     /// How far the hosts' clocks may run fast or slow, in millionths (default 2%; the fence
     /// grace allows 5% of the lease). A larger drift than the design allows must be caught.
     pub max_drift_ppm: Option<i64>,
@@ -55,6 +58,8 @@ pub struct Report {
     pub faults: u64,
     /// Coordinator crashes.
     pub coordinator_crashes: u64,
+    /// Planned coordinator restarts (a hold, then an exit).
+    pub planned_restarts: u64,
     /// Simulated milliseconds.
     pub sim_ms: u64,
     /// The steps, when traced.
@@ -66,6 +71,8 @@ enum Ev {
     CoordTick(u64),
     CoordDrain(u64),
     CoordStart,
+    /// A planned stop's end: the process exits (run).
+    CoordStop(u64),
     Deliver(InFlight),
     Connect(usize, u64),
     Beat(usize, u64),
@@ -319,14 +326,26 @@ impl World {
                 if self.coord.is_none() {
                     self.coord_run += 1;
                     self.note(|| "coordinator starts".into());
-                    let mut host =
-                        CoordHost::start(self.store.clone(), self.clock.clone(), self.params);
+                    let mut host = CoordHost::start(
+                        self.store.clone(),
+                        self.clock.clone(),
+                        self.params,
+                        !self.knobs.forget_restart_hold,
+                    );
                     host.send_before_durable = self.knobs.send_before_durable;
                     self.coord = Some(host);
                     self.drain_due = false;
                     let run = self.coord_run;
                     self.at(now + ms(20), Ev::CoordTick(run));
                     self.coord_io(|_, _| {})?;
+                }
+            }
+            Ev::CoordStop(run) => {
+                if run == self.coord_run && self.coord.is_some() {
+                    self.note(|| "the coordinator exits (planned)".into());
+                    // Exiting loses what was not flushed, as a crash does.
+                    self.crash_coordinator();
+                    self.report.coordinator_crashes -= 1;
                 }
             }
             Ev::CoordDrain(run) => {
@@ -817,7 +836,36 @@ impl World {
                     self.at(now + len, Ev::Heal(i, *d));
                 }
             }
-            81..=90 => {
+            86..=90 => {
+                if self.coord.is_some() {
+                    // A planned restart (SIGTERM): the hold is recorded, made durable, then
+                    // hold leases are granted for three beats and the process exits.
+                    let hold = self.rng.random_range(ms(3_000)..=ms(20_000));
+                    self.note(|| {
+                        format!(
+                            "FAULT the coordinator restarts (planned, hold {} ms)",
+                            hold / 1_000_000
+                        )
+                    });
+                    self.report.planned_restarts += 1;
+                    let at = tandem_coordinator::clock::Clock::now(&*self.clock);
+                    let h = self.coord.as_ref().expect("checked");
+                    match h.m.begin_restart_hold(Duration::from_nanos(hold), at) {
+                        Ok(ticket) => {
+                            h.store.wait_durable(ticket);
+                            h.m.grant_hold_leases();
+                        }
+                        Err(e) => return Err(format!("recording the hold: {e}")),
+                    }
+                    let run = self.coord_run;
+                    let stop = now + 3 * self.params.heartbeat.as_nanos() as u64 + ms(500);
+                    self.at(stop, Ev::CoordStop(run));
+                    // Back within the hold, mostly; sometimes only after it.
+                    let back = stop + self.rng.random_range(ms(50)..=hold + ms(5_000));
+                    self.at(back, Ev::CoordStart);
+                }
+            }
+            81..=85 => {
                 if self.coord.is_some() {
                     self.note(|| "FAULT the coordinator is killed".into());
                     self.crash_coordinator();

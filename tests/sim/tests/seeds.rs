@@ -134,6 +134,21 @@ fn acting_before_a_persist_is_durable_loses_acknowledged_jobs() {
 }
 
 #[test]
+fn a_coordinator_that_forgets_its_restart_hold_declares_nodes_down_while_their_copies_run() {
+    // A planned stop grants leases up to its hold's end; a restarted coordinator that does not
+    // honour the hold declares such a node down after one ordinary lease.
+    let knobs = Knobs {
+        forget_restart_hold: true,
+        ..Default::default()
+    };
+    caught(
+        knobs,
+        &["was declared down while copy"],
+        "a restarted coordinator that forgets the hold",
+    );
+}
+
+#[test]
 fn clocks_drifting_past_the_fence_grace_let_a_node_be_declared_down_while_its_copies_run() {
     // The fence grace allows 5% of the lease for clock drift; ±30% is far past it.
     let knobs = Knobs {

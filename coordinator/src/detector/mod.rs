@@ -13,6 +13,8 @@
 //! - Once `Down`, a node's beats are never acked again (`handle_heartbeat` returns `None`), even
 //!   a late beat that was sent before it was cut off; the node must register anew, which starts
 //!   a new session. Beats of an older session are ignored the same way.
+//! - A planned restart's hold (`hold`): nobody is declared down before it ends, and leases
+//!   granted while it is taken end before it, by the rule of the fence grace.
 //! - After the coordinator (re)starts, nobody is declared down before `restart_grace` has passed
 //!   (at least one `lease + fence_grace`, by default a few seconds so that agents in reconnect
 //!   backoff come back first): a coordinator restart never causes a mass failover. A large
@@ -39,6 +41,9 @@
 use crate::clock::Map as HashMap;
 use std::time::{Duration, Instant};
 use tandem_common::ids::NodeId;
+
+mod hold;
+pub use hold::hold_lease;
 
 /// The detector's timings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +138,8 @@ pub struct FailureDetector {
     /// `lease + fence_grace` of the largest parameters agents may still hold, when they are
     /// larger than the configured ones.
     legacy_total: Option<Duration>,
+    /// A planned restart's hold (see `hold`).
+    hold: Option<hold::Hold>,
 }
 
 /// How far a reconnect storm may push the restart grace beyond its configured length.
@@ -148,6 +155,7 @@ impl FailureDetector {
             nodes: HashMap::default(),
             next_due: now,
             legacy_total: None,
+            hold: None,
         }
     }
 
@@ -275,7 +283,7 @@ impl FailureDetector {
             // scan counted on for it.
             self.next_due = self.next_due.min(now + self.cfg.suspect_after());
         }
-        Some((self.cfg.lease, recovered))
+        Some((self.lease_for(node, now), recovered))
     }
 
     /// Stops tracking a node (it left, or was removed).
@@ -295,14 +303,22 @@ impl FailureDetector {
             .map(|t| now.saturating_duration_since(t.last_beat))
     }
 
+    /// Ends the restart grace at `now`: nobody was remembered, so nobody is to wait for (a
+    /// hold is kept).
+    pub fn end_restart_grace(&mut self, now: Instant) {
+        self.grace_until = self.grace_until.min(now);
+    }
+
     /// How much of the restart grace is left at `now`.
     pub fn restart_grace_left(&self, now: Instant) -> Duration {
-        self.grace_until.saturating_duration_since(now)
+        self.grace_until
+            .max(self.hold_until().unwrap_or(now))
+            .saturating_duration_since(now)
     }
 
     /// Whether the restart grace is still running at `now`.
     pub fn in_restart_grace(&self, now: Instant) -> bool {
-        now < self.grace_until
+        now < self.grace_until || self.hold_until().is_some_and(|h| now < h)
     }
 
     /// Advances time: returns the suspicions and downs due at `now`.
