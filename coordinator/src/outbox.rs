@@ -167,6 +167,19 @@ impl Outbox {
         }
     }
 
+    /// Takes back a start of `job_id` with `token` that is still queued (not yet taken by the
+    /// session task): a stop decided now must not be preceded on the wire by the start it
+    /// stops, or the copy would begin after the user was told the job is stopped. Returns
+    /// whether one was taken back.
+    pub fn retract_start(&self, job_id: &str, token: u64) -> bool {
+        let mut s = self.state();
+        let before = s.queue.len();
+        s.queue.retain(|(_, m)| {
+            !matches!(m, CoordMsg::StartJob(c) if c.job_id == job_id && c.fencing_token == token)
+        });
+        s.queue.len() != before
+    }
+
     /// Closes the outbox: later pushes are refused, the session task sees [`Drained::Closed`]
     /// once the queue is empty.
     pub fn close(&self) {
@@ -221,6 +234,35 @@ mod tests {
         };
         assert_eq!(b, (0..1000).map(ping).collect::<Vec<_>>());
         assert!(o.is_empty());
+    }
+
+    fn start(job: &str, token: u64) -> CoordMsg {
+        CoordMsg::StartJob(Box::new(tandem_common::proto::StartJob {
+            job_id: job.into(),
+            job_name: job.into(),
+            fencing_token: token,
+            command: vec!["/bin/true".into()],
+            env: Default::default(),
+            workdir: None,
+            gpus: Vec::new(),
+        }))
+    }
+
+    #[test]
+    fn only_a_queued_start_of_that_copy_is_taken_back() {
+        let o = Outbox::default();
+        o.push(start("a", 1)).unwrap();
+        o.push(start("a", 2)).unwrap();
+        o.push(start("b", 1)).unwrap();
+        o.push(ping(1)).unwrap();
+        assert!(o.retract_start("a", 2));
+        assert!(!o.retract_start("a", 2));
+        let Some((Drained::Batch(b), _)) = o.try_next() else {
+            panic!("expected a batch")
+        };
+        assert_eq!(b, vec![start("a", 1), start("b", 1), ping(1)]);
+        // Once taken by the session task, nothing is left to take back.
+        assert!(!o.retract_start("a", 1));
     }
 
     #[tokio::test]

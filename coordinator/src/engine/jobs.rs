@@ -361,7 +361,17 @@ impl Engine {
                     job,
                     token,
                     kill_timeout_ms,
-                } => send_in(
+                } => {
+                    // A start of that copy still queued is taken back: it must not begin
+                    // after the stop (the simulation found a copy beginning just after the
+                    // user was told the job was stopped). The stop still goes: the node
+                    // answers that it holds no such copy, and the placement ends.
+                    if let Some(live) = t.nodes.get(&node).and_then(|e| e.live.as_ref()) {
+                        if live.control.retract_start(&job, token) {
+                            tracing::info!(%job, token, %node, "took back a start not yet sent: the job was stopped");
+                        }
+                    }
+                    send_in(
                     t,
                     &node,
                     CoordMsg::StopJob {
@@ -369,7 +379,8 @@ impl Engine {
                         fencing_token: token,
                         kill_timeout_ms,
                     },
-                ),
+                    )
+                }
             }
         }
     }
