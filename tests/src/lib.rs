@@ -9,6 +9,7 @@
 //! - `Api`: a small client of the admin API.
 //! - `wait_for`: polls a condition until a deadline; tests never sleep blindly.
 //! - `relay`: a UDP relay between agents and the coordinator that can cut either direction.
+//! - `dev`: `tandem-coordinator dev` and its agents, killed together on drop.
 //! - `fleet`: a coordinator, a cluster, agents and "writer" jobs for failover tests.
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod dev;
 pub mod fleet;
 pub mod relay;
 

@@ -329,6 +329,12 @@ pub enum JobsCmd {
         /// Job id or name.
         job: String,
     },
+    /// Print the name of the node the job is placed on now (exits 1 when it is on none), for
+    /// scripts: `kill -9 $(cat $TANDEM_DEV/agents/$(tandemctl jobs node demo)/agent.pid)`.
+    Node {
+        /// Job id or name.
+        job: String,
+    },
     /// The tail of a job's stdout (to stdout) and stderr (to stderr).
     Logs {
         /// Job id or name.
