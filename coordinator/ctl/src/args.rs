@@ -245,6 +245,15 @@ pub enum NodesCmd {
         /// Node id or name.
         node: String,
     },
+    /// Move a node to another cluster (the rules of a join there apply); its pair is
+    /// dissolved and its jobs move away, each old copy stopped first.
+    Move {
+        /// Node id or name.
+        node: String,
+        /// The cluster to move it to (id, short id or name).
+        #[arg(long)]
+        cluster: String,
+    },
     /// Remove a node: its certificate is revoked and its pair dissolved.
     Remove {
         /// Node id or name.

@@ -73,6 +73,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/nodes/{id}/check", post(fleet::check_node))
         .route("/v1/nodes/{id}/drain", post(fleet::drain))
         .route("/v1/nodes/{id}/undrain", post(fleet::undrain))
+        .route("/v1/nodes/{id}/move", post(fleet::move_node))
         .route("/v1/recycle", post(fleet::recycle))
         .route(
             "/v1/clusters",

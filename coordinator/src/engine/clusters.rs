@@ -440,51 +440,89 @@ impl Engine {
             reason,
         };
         let t = self.lock();
-        let Some(c) = t.clusters.get(cid).cloned() else {
+        let Some(c) = t.clusters.get(cid) else {
             return Err(refused(format!(
                 "the join token names cluster {cid}, which no longer exists"
             )));
         };
-        let members = t
-            .nodes
-            .values()
-            .filter(|e| e.record.cluster.as_deref() == Some(cid))
-            .count();
-        if members >= self.quotas.max_nodes_per_cluster {
-            return Err(refused(format!(
-                "cluster {} is full: {members} nodes, its quota (max_nodes_per_cluster = {})",
-                c.name, self.quotas.max_nodes_per_cluster
+        admission(&t, self.quotas, c, name, hw).map_err(|r| refused(r.to_string()))
+    }
+}
+
+/// Which of a cluster's rules for its members a node fails: the same at a join and at a move.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Inadmissible {
+    /// The cluster holds `max_nodes_per_cluster` nodes already (`quota_exceeded`).
+    #[error("{0}")]
+    Full(String),
+    /// The node has fewer cores or less memory than the cluster's minimums.
+    #[error("{0}")]
+    BelowMinimums(String),
+    /// An `ha_pairs` cluster holds nodes of another hardware model.
+    #[error("{0}")]
+    OtherModel(String),
+}
+
+impl From<Inadmissible> for OpError {
+    fn from(e: Inadmissible) -> Self {
+        match e {
+            Inadmissible::Full(m) => OpError::Quota(m),
+            Inadmissible::BelowMinimums(m) | Inadmissible::OtherModel(m) => {
+                OpError::FailedPrecondition(m)
+            }
+        }
+    }
+}
+
+/// Whether node `name` with `hw` may become a member of cluster `c` (it is not one now): its
+/// quota, minimums and, for `ha_pairs`, the same-model rule. Returns the cluster, with its
+/// hardware model fixed by this node when it is the first of an `ha_pairs` cluster.
+pub(super) fn admission(
+    t: &Fleet,
+    quotas: Quotas,
+    c: &ClusterRecord,
+    name: &str,
+    hw: &HardwareReport,
+) -> Result<ClusterRecord, Inadmissible> {
+    let members = t
+        .nodes
+        .values()
+        .filter(|e| e.record.cluster.as_deref() == Some(c.id.as_str()))
+        .count();
+    if members >= quotas.max_nodes_per_cluster {
+        return Err(Inadmissible::Full(format!(
+            "cluster {} is full: {members} nodes, its quota (max_nodes_per_cluster = {})",
+            c.name, quotas.max_nodes_per_cluster
+        )));
+    }
+    if let Some(min) = c.min_node {
+        let cores = hw.cpu.logical_cores;
+        let mem = hw.memory.total_bytes;
+        if cores < min.cores || mem < min.memory_bytes {
+            return Err(Inadmissible::BelowMinimums(format!(
+                "node {name} has {cores} cores and {} MiB of memory; cluster {} needs at least {} cores and {} MiB",
+                mem >> 20,
+                c.name,
+                min.cores,
+                min.memory_bytes >> 20
             )));
         }
-        if let Some(min) = c.min_node {
-            let cores = hw.cpu.logical_cores;
-            let mem = hw.memory.total_bytes;
-            if cores < min.cores || mem < min.memory_bytes {
-                return Err(refused(format!(
-                    "node {name} has {cores} cores and {} MiB of memory; cluster {} needs at least {} cores and {} MiB",
-                    mem >> 20,
-                    c.name,
-                    min.cores,
-                    min.memory_bytes >> 20
-                )));
-            }
-        }
-        let mut c = c;
-        if c.mode == ClusterMode::HaPairs {
-            let model = hw.model();
-            match &c.model {
-                Some(m) if *m != model => {
-                    return Err(refused(format!(
-                        "cluster {} is ha_pairs and holds nodes of model `{m}`; node {name} is model `{model}`",
-                        c.name
-                    )))
-                }
-                Some(_) => {}
-                None => c.model = Some(model),
-            }
-        }
-        Ok(c)
     }
+    let mut c = c.clone();
+    if c.mode == ClusterMode::HaPairs {
+        let model = hw.model();
+        match &c.model {
+            Some(m) if *m != model => {
+                return Err(Inadmissible::OtherModel(format!(
+                    "cluster {} is ha_pairs and holds nodes of model `{m}`; node {name} is model `{model}`",
+                    c.name
+                )))
+            }
+            Some(_) => {}
+            None => c.model = Some(model),
+        }
+    }
+    Ok(c)
 }
 
 pub(super) fn find_cluster_id(

@@ -1,7 +1,9 @@
-//! Node administration: edit, drain, remove (waiting out the node's lease, exactly as a down
-//! does), recycle.
+//! Node administration: edit, drain, move to another cluster and remove (both waiting out the
+//! node's lease or its copies' confirmed end, exactly as a drain or a down does), recycle.
 
-use super::clusters::{event, find_node_id, NodePatch, OpError, Recycled};
+use super::clusters::{
+    admission, event, find_cluster_id, find_node_id, NodePatch, OpError, Recycled,
+};
 use super::core::Engine;
 use crate::cluster::validate::{self};
 use crate::model::*;
@@ -174,6 +176,93 @@ impl Engine {
             // cluster) must not wait for it to return.
             self.job_event(crate::jobs::planner::Event::NodeRemoved { node: id.clone() })?;
         }
+        Ok(rec)
+    }
+
+    /// Moves a node to cluster `to` (id or name), under the rules a join meets there (its
+    /// quota, its minimums, the same model in `ha_pairs`). Its pair in its old cluster is
+    /// dissolved (the partner is paired again automatically where it can be), and in an
+    /// `ha_pairs` cluster it is paired automatically like a node that joined.
+    ///
+    /// # Its jobs move under the lease rule
+    /// The node's jobs belong to its old cluster. They move exactly as a drain moves them
+    /// (`Event::Drain` for this one pass of the planner, the record itself is not marked
+    /// draining): the old copy is stopped first and the new one starts only once its end is
+    /// reported or the node is declared down, never while the node may still run it. A job
+    /// that fits nowhere else in its cluster keeps running where it is (and says so in an
+    /// event), as with a drain. The node's record, the cluster's model and the pair changes
+    /// are one batch, applied before anything is acted on; the answer waits for it to be
+    /// durable (`admin::durable_replies`), every command for the node for its ticket.
+    ///
+    /// Moving a node to the cluster it is in changes nothing (a retried request).
+    pub fn move_node(&self, id_or_name: &str, to: &str) -> Result<NodeRecord, OpError> {
+        use crate::cluster::pairing::{self, PairNode};
+        let mut t = self.lock();
+        let id = find_node_id(&t, id_or_name)?;
+        let cid = find_cluster_id(&t.clusters, to)?;
+        let mut rec = t.nodes[&id].record.clone();
+        if rec.cluster.as_deref() == Some(cid.as_str()) {
+            return Ok(rec);
+        }
+        let target = admission(&t, self.quotas, &t.clusters[&cid], &rec.name, &rec.hardware)?;
+        let now = self.clock().unix_ms();
+        let from = rec.cluster.clone();
+        let from_name = from.as_ref().and_then(|c| t.clusters.get(c)).map_or_else(
+            || "no cluster".to_string(),
+            |c| format!("cluster {}", c.name),
+        );
+        rec.cluster = Some(cid.clone());
+        let mut changes = vec![
+            Change::PutNode(Box::new(rec.clone())),
+            event(
+                "node_moved",
+                Some(id.clone()),
+                format!(
+                    "node {} moved from {from_name} to cluster {}; its jobs move away, each old copy stopped first",
+                    rec.name, target.name
+                ),
+            ),
+        ];
+        if target.model != t.clusters[&cid].model {
+            changes.push(Change::PutCluster(Box::new(target.clone())));
+        }
+        // The old cluster: its pair dissolved, the rest paired again where they can be.
+        let old_plan = from.as_ref().and_then(|old| {
+            let c = t.clusters.get(old)?;
+            let nodes: Vec<PairNode> = super::pairs::pair_nodes(&t, old, None)
+                .into_iter()
+                .filter(|n| n.id != id)
+                .collect();
+            let current = super::pairs::cluster_pairs(&t, old);
+            let d = pairing::on_node_removed(&current, &id);
+            let plan = super::pairs::plan(&t, c, &nodes, d, now, true, self.clock());
+            Some((old.clone(), plan))
+        });
+        // The new cluster: paired as a node that joined it.
+        let mut nodes = super::pairs::pair_nodes(&t, &cid, None);
+        nodes.push(PairNode {
+            id: id.clone(),
+            model: rec.hardware.model(),
+            live: crate::cluster::is_live(rec.state),
+            created_ms: rec.created_ms,
+        });
+        let new_plan = super::pairs::plan(&t, &target, &nodes, Vec::new(), now, true, self.clock());
+        if let Some((_, p)) = &old_plan {
+            changes.extend(p.changes.iter().cloned());
+        }
+        changes.extend(new_plan.changes.iter().cloned());
+        self.store().apply(changes)?;
+        if let Some((old, p)) = old_plan {
+            super::pairs::install(&mut t, &old, p);
+        }
+        super::pairs::install(&mut t, &cid, new_plan);
+        t.clusters.insert(cid, target);
+        if let Some(e) = t.nodes.get_mut(&id) {
+            e.record = rec.clone();
+        }
+        drop(t);
+        // Its jobs start moving now, as a drain moves them (old copy stopped first).
+        self.job_event(crate::jobs::planner::Event::Drain { node: id })?;
         Ok(rec)
     }
 
