@@ -309,6 +309,11 @@ fn banner(b: &Banner) -> String {
         b.agents
     );
     let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "  console     {}/ui (log in with the admin token)",
+        b.endpoint
+    );
     let _ = writeln!(o, "  admin API   {}", b.endpoint);
     let _ = writeln!(o, "  admin token {}", b.token);
     let _ = writeln!(o, "  QUIC        {}", b.quic);

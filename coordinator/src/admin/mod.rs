@@ -1,7 +1,8 @@
 //! The admin endpoint: HTTP/JSON over axum, bearer-token auth, one error envelope.
 //!
-//! Every route but `/healthz` and `/metrics` needs `Authorization: Bearer <token>`, compared in
-//! constant time. Bodies are capped, JSON that does not parse or has unknown fields is refused
+//! Every route but `/healthz`, `/metrics` and the console's files under `/ui` (which hold no
+//! data: the console reads everything through `/v1` with the token) needs
+//! `Authorization: Bearer <token>`, compared in constant time. Bodies are capped, JSON that does not parse or has unknown fields is refused
 //! with `invalid_argument` and the parser's reason, and unknown routes answer `not_found` in the
 //! same envelope.
 //!
@@ -14,7 +15,9 @@ mod error;
 mod fleet;
 pub mod https;
 mod jobs;
+mod stream;
 mod tokens;
+mod ui;
 mod views;
 
 pub use error::{ApiError, Code};
@@ -99,6 +102,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
             axum::routing::delete(fleet::delete_pair),
         )
         .route("/v1/events", get(list_events))
+        .route("/v1/events/stream", get(stream::stream_events))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             durable_replies,
@@ -107,6 +111,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        // The console's files: no data in them, so no token (see `ui`).
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{*path}", get(ui::asset))
         .merge(v1)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {
