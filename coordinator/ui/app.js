@@ -151,26 +151,6 @@ function counts(id, m, order) {
     h('div', {}, h('span', { class: 'count', id: `${id}-${k}` }, m[k] || 0), state(k))));
 }
 
-// Failovers from the jobs' placements: a placement that ended `node down`, the next one, and
-// how long from the old node being declared down to the new copy running.
-function failovers(jobs, names) {
-  const out = [];
-  for (const j of jobs) {
-    const ps = [...(j.history || []), ...(j.current ? [j.current] : [])];
-    ps.forEach((p, i) => {
-      if (p.end_reason !== 'node down' || !ps[i + 1]) return;
-      const next = ps[i + 1];
-      out.push({ job: j, from: p, to: next, ms: next.started_ms && p.ended_ms ? next.started_ms - p.ended_ms : null });
-    });
-  }
-  out.sort((a, b) => (b.from.ended_ms || 0) - (a.from.ended_ms || 0));
-  return out.slice(0, 10).map((f) => [
-    link('#/job/' + enc(f.job.id), f.job.spec.name), names[f.from.node] || f.from.node,
-    names[f.to.node] || f.to.node, time(f.from.ended_ms),
-    f.ms === null ? 'starting' : `${f.ms} ms`,
-  ]);
-}
-
 async function overview() {
   page('Overview',
     h('section', {}, h('h2', {}, 'Clusters'), h('div', { id: 'clusters' }), createCluster()),
@@ -178,22 +158,24 @@ async function overview() {
     h('section', {}, h('h2', {}, 'Jobs by state'), h('div', { id: 'job-states' })),
     h('section', {}, h('h2', {}, 'Latest failovers'), h('div', { id: 'failovers' })));
   every(2000, async () => {
-    const [c, n, j] = await Promise.all([get('/v1/clusters'), get('/v1/nodes'), get('/v1/jobs')]);
-    const names = Object.fromEntries(n.nodes.map((x) => [x.id, x.name]));
+    // Counted by the coordinator (GET /v1/overview), and one page of nodes: small at any size.
+    const [c, o, n] = await Promise.all([get('/v1/clusters'), get('/v1/overview'), get('/v1/nodes?limit=100')]);
+    const cname = Object.fromEntries(c.clusters.map((x) => [x.id, x.name]));
     fill('clusters', table('cluster-table', ['cluster', 'mode', 'status', 'nodes', 'cores', 'memory', 'GPUs', 'CU'],
       c.clusters.map((x) => [link('#/cluster/' + enc(x.id), x.name), x.mode, state(x.status), x.nodes.length,
         `${x.capacity.cores_free} / ${x.capacity.cores_total}`,
         `${gib(x.capacity.memory_free_bytes)} / ${gib(x.capacity.memory_total_bytes)}`,
         `${x.capacity.gpus_free} / ${x.capacity.gpus_total}`, `${x.capacity.cu_free} / ${x.capacity.cu_total}`])));
-    fill('node-states', counts('nodes', count(n.nodes, (x) => x.state), ['ready', 'suspect', 'down', 'draining']),
-      table('node-table', ['node', 'state', 'cluster', 'last beat'], n.nodes.slice(0, 200).map((x) => [
-        link('#/node/' + enc(x.id), x.name), state(x.state),
-        (c.clusters.find((k) => k.id === x.cluster) || {}).name || '-',
+    fill('node-states', counts('nodes', o.nodes_by_state, ['ready', 'suspect', 'down', 'draining']),
+      table('node-table', ['node', 'state', 'cluster', 'last beat'], n.nodes.map((x) => [
+        link('#/node/' + enc(x.id), x.name), state(x.state), cname[x.cluster] || '-',
         x.last_heartbeat_age_ms === null ? '-' : `${x.last_heartbeat_age_ms} ms ago`])),
-      n.nodes.length > 200 ? h('p', { class: 'muted' }, `the first 200 of ${n.nodes.length} nodes`) : null);
-    fill('job-states', counts('jobs', count(j.jobs, (x) => x.state), ['running', 'pending', 'completed', 'failed', 'stopped']));
-    const f = failovers(j.jobs, names);
-    fill('failovers', f.length ? table('failover-table', ['job', 'from', 'to', 'declared down', 'back in'], f)
+      o.nodes_total > n.nodes.length ? h('p', { class: 'muted', id: 'node-total' },
+        `the first ${n.nodes.length} of ${o.nodes_total} nodes, by name`) : null);
+    fill('job-states', counts('jobs', o.jobs_by_state, ['running', 'pending', 'completed', 'failed', 'stopped']));
+    fill('failovers', o.failovers.length ? table('failover-table', ['job', 'from', 'to', 'declared down', 'running again after'],
+      o.failovers.map((f) => [link('#/job/' + enc(f.job), f.job_name), f.from_name, f.to_name, time(f.declared_down_ms),
+        f.took_ms === null ? 'starting' : `${f.took_ms} ms`]))
       : h('p', { class: 'muted' }, 'none yet'));
   });
 }

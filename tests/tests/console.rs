@@ -207,6 +207,15 @@ async fn console_runs_a_job_and_shows_its_failover_on_the_job_page_and_live_in_e
         "filtered: {filtered}"
     );
     e.screenshot("events-filtered-by-kind").await?;
+    // The overview lists the failover with how long it took.
+    b.click("nav a[href='#/']").await?;
+    let f = b
+        .wait_text("#failover-table", LONG, |t| {
+            t.contains("web") && t.contains(" ms")
+        })
+        .await?;
+    ensure!(f.contains(&node) && f.contains(&now_on), "failovers: {f}");
+    b.screenshot("overview-failover").await?;
     e.close().await?;
     b.close().await?;
     Ok(())
@@ -242,6 +251,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/clusters/dev/pairs"),
     ("DELETE", "/v1/clusters/dev/pairs/x"),
     ("GET", "/v1/events"),
+    ("GET", "/v1/overview"),
     ("GET", "/v1/events/stream"),
 ];
 

@@ -15,6 +15,7 @@ mod error;
 mod fleet;
 pub mod https;
 mod jobs;
+mod overview;
 mod stream;
 mod tokens;
 mod ui;
@@ -101,6 +102,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/v1/clusters/{id}/pairs/{pair}",
             axum::routing::delete(fleet::delete_pair),
         )
+        .route("/v1/overview", get(overview::overview))
         .route("/v1/events", get(list_events))
         .route("/v1/events/stream", get(stream::stream_events))
         .route_layer(middleware::from_fn_with_state(
