@@ -94,6 +94,50 @@ async fn console_login_three_ready_nodes_a_wrong_token_and_a_refused_delete() ->
     b.screenshot("cluster-delete-refused").await?;
     let api = dev.api.clone();
     blocking(move || api.get("/v1/clusters/guarded")).await?;
+
+    // A node's page: hardware, a heartbeat check with its round trip, and a move refused by
+    // the target cluster's minimums, shown beside the button.
+    let api = dev.api.clone();
+    blocking(move || {
+        api.post(
+            "/v1/clusters",
+            &json!({"name": "huge", "mode": "pool",
+                    "min_node": {"cores": 1_000_000, "memory_bytes": 0}}),
+        )
+    })
+    .await?;
+    b.client
+        .goto(&format!("{}/ui#/cluster/dev", dev.api.base))
+        .await?;
+    b.wait_text("#cluster-node-table", LONG, |t| {
+        t.matches("ready").count() == 3
+    })
+    .await?;
+    b.screenshot("cluster-dev").await?;
+    b.click("#cluster-node-table a").await?;
+    b.wait_text("#node-info", LONG, |t| t.contains("logical cores"))
+        .await?;
+    b.click("#check-node").await?;
+    let rtt = b
+        .wait_text("#check-node-result", LONG, |t| !t.is_empty())
+        .await?;
+    ensure!(rtt.starts_with("alive, round trip"), "the check: {rtt}");
+    b.client
+        .find(fantoccini::Locator::Css(
+            "#move-cluster option:nth-child(3)",
+        ))
+        .await?
+        .click()
+        .await?;
+    b.click("#move-node").await?;
+    let refused = b
+        .wait_text("#move-node-result", LONG, |t| !t.is_empty())
+        .await?;
+    ensure!(
+        refused.starts_with("failed_precondition:") && refused.contains("needs at least"),
+        "the move's refusal: {refused}"
+    );
+    b.screenshot("node-check-and-refused-move").await?;
     b.close().await?;
     Ok(())
 }
