@@ -381,6 +381,35 @@ async function jobPage(id) {
   });
 }
 
+async function tokensPage() {
+  const cluster = h('select', { id: 'token-cluster' }, h('option', { value: '' }, '(no cluster)'));
+  const uses = h('input', { id: 'token-uses', type: 'number', value: 1, min: 1 });
+  const ttl = h('input', { id: 'token-ttl', type: 'number', value: 3600, min: 1 });
+  const made = h('pre', { id: 'token-made', class: 'log', hidden: true });
+  get('/v1/clusters').then((c) => cluster.append(...c.clusters.map((x) => h('option', { value: x.name }, x.name))), showError);
+  page('Join tokens',
+    h('section', {}, h('h2', {}, 'Create'), h('div', { class: 'actions' }, action('create-token', 'Create token', async () => {
+      const body = { uses: Number(uses.value), ttl_s: Number(ttl.value) };
+      if (cluster.value) body.cluster = cluster.value;
+      const r = await api('POST', '/v1/join-tokens', body);
+      made.hidden = false;
+      made.textContent = r.token;
+      return `token ${r.id}: give it to the agents (tandem-agent run --token ...); it is shown only now`;
+    }, [h('label', {}, 'cluster ', cluster), h('label', {}, 'uses ', uses), h('label', {}, 'TTL (s) ', ttl)])), made),
+    h('section', {}, h('h2', {}, 'Tokens'), h('div', { id: 'tokens' })));
+  every(2000, async () => {
+    const [t, c] = await Promise.all([get('/v1/join-tokens'), get('/v1/clusters')]);
+    const cname = Object.fromEntries(c.clusters.map((x) => [x.id, x.name]));
+    fill('tokens', table('token-table', ['id', 'state', 'uses', 'cluster', 'created', 'expires', ''],
+      t.tokens.map((x) => [x.id, state(x.state), `${x.uses} / ${x.uses_allowed}`, cname[x.cluster] || x.cluster || '-',
+        x.created_at, x.expires_at,
+        x.state === 'revoked' ? x.revoked_at : action('revoke-' + x.id, 'Revoke', async () => {
+          await api('DELETE', '/v1/join-tokens/' + enc(x.id));
+          return 'revoked';
+        })])));
+  });
+}
+
 // Server-sent events over fetch (EventSource cannot send the Authorization header).
 async function streamEvents(after, onEvents, signal) {
   const r = await fetch('/v1/events/stream?after=' + after, {
@@ -459,6 +488,7 @@ async function route() {
       case 'job': return await jobPage(parts[1]);
       case 'jobs': return await jobsPage();
       case 'events': return await eventsPage();
+      case 'tokens': return await tokensPage();
       default: return await overview();
     }
   } catch (e) { showError(e); }

@@ -33,7 +33,7 @@ async fn log_in(b: &Browser, dev: &Dev) -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn console_login_three_ready_nodes_a_wrong_token_and_a_refused_delete() -> Result<()> {
+async fn console_login_overview_cluster_node_and_tokens_pages_and_refusals() -> Result<()> {
     let Some(b) = Browser::start().await? else {
         return Ok(());
     };
@@ -138,6 +138,37 @@ async fn console_login_three_ready_nodes_a_wrong_token_and_a_refused_delete() ->
         "the move's refusal: {refused}"
     );
     b.screenshot("node-check-and-refused-move").await?;
+
+    // Join tokens: one made here is listed active (the secret shown once), then revoked.
+    b.click("nav a[href='#/tokens']").await?;
+    b.wait_text("#token-cluster", LONG, |t| t.contains("dev"))
+        .await?;
+    b.click("#create-token").await?;
+    let made = b
+        .wait_text("#token-made", LONG, |t| t.starts_with("tdm1."))
+        .await?;
+    let id = made.split('.').nth(1).context("token id")?.to_string();
+    b.wait_text("#token-table", LONG, |t| t.contains(&id))
+        .await?;
+    b.click(&format!("#revoke-{id}")).await?;
+    let api = dev.api.clone();
+    let revoked = id.clone();
+    blocking(move || {
+        wait_for(LONG, "the token revoked", || {
+            let v = api.get("/v1/join-tokens").ok()?;
+            v["tokens"]
+                .as_array()?
+                .iter()
+                .any(|t| t["id"] == revoked.as_str() && t["state"] == "revoked")
+                .then_some(())
+        })
+    })
+    .await?;
+    b.wait_text("#token-table", LONG, |t| {
+        t.lines().any(|l| l.contains(&id) && l.contains("revoked"))
+    })
+    .await?;
+    b.screenshot("tokens-revoked").await?;
     b.close().await?;
     Ok(())
 }
