@@ -54,6 +54,17 @@ pub fn start_dev(
     agents: u32,
     path: Option<&std::ffi::OsStr>,
 ) -> Result<Dev> {
+    start_dev_with(coordinator, tmp, agents, path, &[])
+}
+
+/// [`start_dev`] with more arguments for `dev` (e.g. `--gpu-fixture F`).
+pub fn start_dev_with(
+    coordinator: &Path,
+    tmp: &Path,
+    agents: u32,
+    path: Option<&std::ffi::OsStr>,
+    extra: &[&str],
+) -> Result<Dev> {
     use std::os::unix::process::CommandExt;
     let dir = tmp.join("dev");
     let out_path = tmp.join("dev.out");
@@ -67,6 +78,7 @@ pub fn start_dev(
         "--dir",
     ])
     .arg(&dir)
+    .args(extra)
     .env("RUST_LOG", "info")
     .stdin(Stdio::null())
     .stdout(std::fs::File::create(&out_path)?)

@@ -7,16 +7,26 @@ use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tandem_tests::browser::Browser;
-use tandem_tests::dev::{start_dev, Dev};
+use tandem_tests::dev::{start_dev_with, Dev};
 use tandem_tests::*;
 
 const LONG: Duration = Duration::from_secs(30);
 
-/// Dev mode with 3 agents, off the async workers.
+/// Dev mode with 3 agents (each reporting the two-GPU fixture), off the async workers.
 async fn dev(tmp: &std::path::Path) -> Result<Dev> {
     let tmp = tmp.to_path_buf();
-    tokio::task::spawn_blocking(move || start_dev(&bin("tandem-coordinator"), &tmp, 3, None))
-        .await?
+    tokio::task::spawn_blocking(move || {
+        let fixture = tandem_tests::fleet::l4_fixture();
+        let fixture = fixture.to_str().context("utf-8 path")?;
+        start_dev_with(
+            &bin("tandem-coordinator"),
+            &tmp,
+            3,
+            None,
+            &["--gpu-fixture", fixture],
+        )
+    })
+    .await?
 }
 
 /// Runs blocking API calls off the async workers.
@@ -122,6 +132,13 @@ async fn console_login_overview_cluster_node_and_tokens_pages_and_refusals() -> 
         .wait_text("#check-node-result", LONG, |t| !t.is_empty())
         .await?;
     ensure!(rtt.starts_with("alive, round trip"), "the check: {rtt}");
+    let gpus = b
+        .wait_text("#gpu-table", LONG, |t| t.contains("GPU-"))
+        .await?;
+    ensure!(
+        gpus.contains("L4") && gpus.contains("healthy"),
+        "the GPU table: {gpus}"
+    );
     b.client
         .find(fantoccini::Locator::Css(
             "#move-cluster option:nth-child(3)",
