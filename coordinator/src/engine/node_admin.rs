@@ -292,3 +292,202 @@ impl Engine {
         Ok((removed, skipped))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detector::{DetectorConfig, FailureDetector};
+    use crate::engine::{NewCluster, Quotas};
+    use crate::store::{MemStore, StateStore};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tandem_common::hardware::HardwareReport;
+    use tandem_common::ids::NodeId;
+
+    fn engine(max_nodes_per_cluster: usize) -> (Engine, Arc<MemStore>) {
+        let store = Arc::new(MemStore::new());
+        let now = Instant::now();
+        let detector = FailureDetector::new(
+            DetectorConfig {
+                heartbeat: Duration::from_millis(200),
+                lease: Duration::from_secs(1),
+                fence_grace: Duration::from_millis(300),
+                suspect_after_missed: 3,
+                restart_grace: Duration::from_secs(2),
+            },
+            now,
+        );
+        let e = Engine::load(store.clone(), detector, Default::default(), now)
+            .unwrap()
+            .with_quotas(Quotas {
+                max_clusters: 50,
+                max_nodes_per_cluster,
+            });
+        (e, store)
+    }
+
+    fn cluster(e: &Engine, name: &str, mode: ClusterMode, min: Option<MinNode>) -> ClusterRecord {
+        e.create_cluster(
+            NewCluster {
+                name: name.into(),
+                alias: String::new(),
+                description: String::new(),
+                mode,
+                labels: Default::default(),
+                deletion_protection: false,
+                min_node: min,
+                failback: false,
+            },
+            e.quotas,
+        )
+        .unwrap()
+        .0
+    }
+
+    /// A node of CPU `brand` joined to `c` the way a join records it.
+    fn join(e: &Engine, name: &str, brand: &str, c: &ClusterRecord) -> NodeId {
+        let mut hw = HardwareReport::default();
+        hw.cpu.brand = brand.into();
+        hw.cpu.logical_cores = 4;
+        hw.memory.total_bytes = 8 << 30;
+        let admitted = e.admit_to_cluster(&c.id, name, &hw).unwrap();
+        let id = NodeId::random();
+        let rec = NodeRecord {
+            id: id.clone(),
+            name: name.into(),
+            state: NodeState::Joining,
+            state_reason: "joined".into(),
+            state_since_ms: 0,
+            address: "127.0.0.1:1".into(),
+            agent_version: "test".into(),
+            cert_serial: 1,
+            cert_not_after_unix: 0,
+            previous_cert_serial: None,
+            previous_cert_not_after_unix: 0,
+            key_sha256: String::new(),
+            created_ms: 0,
+            joined_with_token: "t".into(),
+            hardware: hw,
+            cluster: Some(c.id.clone()),
+            labels: Default::default(),
+            taints: Vec::new(),
+            protected: false,
+            draining: false,
+            removed_ms: None,
+        };
+        let token = TokenRecord {
+            id: "t".into(),
+            secret_sha256: String::new(),
+            created_ms: 0,
+            expires_ms: u64::MAX,
+            uses_allowed: 100,
+            uses: 0,
+            cluster: Some(c.id.clone()),
+            revoked_ms: None,
+        };
+        e.record_join(rec, token, Some(admitted)).unwrap();
+        id
+    }
+
+    fn stored_cluster(store: &MemStore, id: &NodeId) -> Option<String> {
+        store.node(id).unwrap().unwrap().cluster
+    }
+
+    #[test]
+    fn a_move_meets_the_join_rules_of_its_target_and_a_refusal_changes_nothing() {
+        let (e, store) = engine(2);
+        let pool = cluster(&e, "p", ClusterMode::Pool, None);
+        let ha = cluster(&e, "ha", ClusterMode::HaPairs, None);
+        let big = cluster(
+            &e,
+            "big",
+            ClusterMode::Pool,
+            Some(MinNode {
+                cores: 64,
+                memory_bytes: 0,
+            }),
+        );
+        let full = cluster(&e, "full", ClusterMode::Pool, None);
+        join(&e, "x", "Brand X", &ha);
+        join(&e, "f1", "Brand X", &full);
+        join(&e, "f2", "Brand X", &full);
+        let y = join(&e, "y", "Brand Y", &pool);
+
+        let model = e.move_node("y", "ha").unwrap_err();
+        assert!(
+            matches!(&model, OpError::FailedPrecondition(m) if m.contains("model")),
+            "{model}"
+        );
+        let min = e.move_node("y", &big.name).unwrap_err();
+        assert!(
+            matches!(&min, OpError::FailedPrecondition(m) if m.contains("needs at least")),
+            "{min}"
+        );
+        let quota = e.move_node("y", "full").unwrap_err();
+        assert!(
+            matches!(&quota, OpError::Quota(m) if m.contains("max_nodes_per_cluster")),
+            "{quota}"
+        );
+        assert!(matches!(
+            e.move_node("y", "nope"),
+            Err(OpError::NotFound(_))
+        ));
+        assert!(matches!(
+            e.move_node("nobody", "p"),
+            Err(OpError::NotFound(_))
+        ));
+        assert_eq!(stored_cluster(&store, &y), Some(pool.id.clone()));
+        assert_eq!(e.find("y").unwrap().record.cluster, Some(pool.id.clone()));
+        // The first node of an empty ha_pairs cluster fixes its model, durably.
+        let ha2 = cluster(&e, "ha2", ClusterMode::HaPairs, None);
+        let moved = e.move_node("y", "ha2").unwrap();
+        assert_eq!(moved.cluster, Some(ha2.id.clone()));
+        assert_eq!(stored_cluster(&store, &y), Some(ha2.id.clone()));
+        let c = store
+            .clusters()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.id == ha2.id)
+            .unwrap();
+        assert_eq!(c.model.as_deref(), Some(moved.hardware.model().as_str()));
+        // Again to where it is: nothing changes.
+        let before = store.last_ticket();
+        e.move_node("y", "ha2").unwrap();
+        assert_eq!(store.last_ticket(), before);
+    }
+
+    #[test]
+    fn a_moved_node_leaves_its_pair_in_the_same_batch_as_its_new_cluster() {
+        let (e, store) = engine(100);
+        let ha = cluster(&e, "ha", ClusterMode::HaPairs, None);
+        let pool = cluster(&e, "p", ClusterMode::Pool, None);
+        let a = join(&e, "a", "Brand X", &ha);
+        let b = join(&e, "b", "Brand X", &ha);
+        let pair = PairRecord {
+            id: "p-1".into(),
+            cluster: ha.id.clone(),
+            primary: a.clone(),
+            standby: b.clone(),
+            state: PairState::Healthy,
+            reason: "test".into(),
+            created_ms: 0,
+            since_ms: 0,
+        };
+        store.apply(vec![Change::PutPair(pair.clone())]).unwrap();
+        e.lock().pairs.insert(pair.id.clone(), pair);
+        let before = store.last_ticket();
+        e.move_node("a", "p").unwrap();
+        assert_eq!(store.last_ticket(), before + 1, "one batch");
+        assert_eq!(stored_cluster(&store, &a), Some(pool.id.clone()));
+        assert!(
+            store.pairs().unwrap().is_empty(),
+            "the pair is dissolved durably"
+        );
+        assert!(e.lock().pairs.is_empty());
+        let events = store.recent_events(10).unwrap();
+        assert!(events.iter().any(|ev| ev.kind == "node_moved"));
+        assert!(events
+            .iter()
+            .any(|ev| ev.kind == "pair" && ev.message.contains("dissolved")));
+    }
+}
