@@ -190,7 +190,9 @@ impl Engine {
     /// draining): the old copy is stopped first and the new one starts only once its end is
     /// reported or the node is declared down, never while the node may still run it. A job
     /// that fits nowhere else in its cluster keeps running where it is (and says so in an
-    /// event), as with a drain. The node's record, the cluster's model and the pair changes
+    /// event), as with a drain; the planner moves it from a node outside its cluster at any
+    /// later reconciliation of its cluster, so such a job, or a move whose coordinator was
+    /// killed before the jobs' batch, still leaves once it can. The node's record, the cluster's model and the pair changes
     /// are one batch, applied before anything is acted on; the answer waits for it to be
     /// durable (`admin::durable_replies`), every command for the node for its ticket.
     ///
