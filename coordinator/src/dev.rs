@@ -1,15 +1,26 @@
 //! `tandem-coordinator dev`: a whole system on loopback in one command.
 //!
 //! It initialises a data directory (a temporary one unless `--dir` is given), serves a
-//! coordinator in this process, makes a join token, and starts N agents as real child processes
-//! with their own state dirs. The agents are the real `tandem-agent` binary (this crate does not
+//! coordinator in this process, makes a `pool` cluster named `dev` and a join token for it, and
+//! starts N agents as real child processes with their own state dirs, so a job submitted with
+//! `--cluster dev` runs at once and moves when its node is killed (the banner prints that demo). The agents are the real `tandem-agent` binary (this crate does not
 //! link the agent): the one beside this binary (cargo's target dir, as `cargo build --bins`
 //! leaves them), else the first on `PATH`; with neither, dev mode refuses before it starts
 //! anything and says how to build it. Each agent gets its own loopback address (127.0.0.2, .3,
 //! ...) so the node list shows who is who. Ctrl-C stops the agents, then the coordinator.
+//!
+//! # The agents never outlive dev mode
+//! Each agent is started with `PR_SET_PDEATHSIG = SIGKILL` (set between fork and exec), so
+//! the kernel kills it when dev mode dies, even by `kill -9`, which runs no code of ours. The
+//! signal follows the *thread* that forked: agents are spawned from the task `run` drives,
+//! which `main` runs under `block_on` on the main thread, whose end is the process's end. A
+//! dev mode killed between the fork and the `prctl` is caught by comparing the parent's pid.
+//! The agents' jobs are fenced by their shims when the dead agents' lease runs out, as after
+//! any agent crash. Each agent's pid is in `STATE/agents/NAME/agent.pid`.
 
 use crate::config::RawConfig;
-use crate::model::{NewEvent, TokenRecord};
+use crate::engine::{NewCluster, OpError};
+use crate::model::{ClusterMode, NewEvent, TokenRecord};
 use crate::store::Change;
 use crate::CoordinatorError;
 use std::ffi::OsStr;
@@ -113,6 +124,32 @@ pub async fn run(
     cfg.restart_hold = crate::config::RestartHold::Off;
     let running = crate::start(cfg.clone()).await?;
 
+    // The `dev` pool cluster the agents join (kept from an earlier run of the same `--dir`).
+    let engine = &running.membership;
+    let cluster = match engine.create_cluster(
+        NewCluster {
+            name: DEV_CLUSTER.into(),
+            alias: String::new(),
+            description: "made by tandem-coordinator dev".into(),
+            mode: ClusterMode::Pool,
+            labels: Default::default(),
+            deletion_protection: false,
+            min_node: None,
+            failback: false,
+        },
+        engine.quotas,
+    ) {
+        Ok((c, _)) => c,
+        Err(OpError::AlreadyExists(_)) => engine.cluster(DEV_CLUSTER).ok_or_else(|| {
+            CoordinatorError::Dev(format!("cluster {DEV_CLUSTER} vanished meanwhile"))
+        })?,
+        Err(e) => {
+            return Err(CoordinatorError::Dev(format!(
+                "creating the {DEV_CLUSTER} cluster: {e}"
+            )))
+        }
+    };
+
     let tok = JoinToken::generate(running.ca.pin());
     let now = tandem_common::time::unix_ms();
     let store = running.membership.store();
@@ -124,13 +161,16 @@ pub async fn run(
             expires_ms: now + 3_600_000,
             uses_allowed: opts.agents.max(1),
             uses: 0,
-            cluster: None,
+            cluster: Some(cluster.id.clone()),
             revoked_ms: None,
         }),
         Change::Event(NewEvent {
             kind: "token_created",
             node: None,
-            message: format!("dev mode token {} for {} agents", tok.id, opts.agents),
+            message: format!(
+                "dev mode token {} for {} agents of cluster {DEV_CLUSTER}",
+                tok.id, opts.agents
+            ),
         }),
     ])?;
     // On disk before any agent is given it.
@@ -139,7 +179,8 @@ pub async fn run(
     let mut children = Vec::new();
     for i in 1..=opts.agents {
         let Some(program) = &program else { break };
-        let state = dir.join(format!("agents/agent-{i}"));
+        let name = format!("dev-agent-{i}");
+        let state = dir.join("agents").join(&name);
         std::fs::create_dir_all(&state).map_err(|source| CoordinatorError::Io {
             what: format!("creating {}", state.display()),
             source,
@@ -159,7 +200,7 @@ pub async fn run(
             .arg("--token")
             .arg(tok.to_string())
             .arg("--name")
-            .arg(format!("dev-agent-{i}"))
+            .arg(&name)
             .arg("--bind-addr")
             .arg(format!("127.0.0.{}", 1 + i.min(250)))
             .stdin(Stdio::null())
@@ -169,44 +210,41 @@ pub async fn run(
         if let Some(f) = &opts.gpu_fixture {
             cmd.arg("--gpu-fixture").arg(f);
         }
+        die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(|source| CoordinatorError::Io {
             what: format!("starting {}", program.display()),
             source,
         })?;
+        if let Some(pid) = child.id() {
+            let pid_file = state.join("agent.pid");
+            std::fs::write(&pid_file, format!("{pid}\n")).map_err(|source| {
+                CoordinatorError::Io {
+                    what: format!("writing {}", pid_file.display()),
+                    source,
+                }
+            })?;
+        }
         children.push(child);
     }
 
     let endpoint = format!("http://{}", running.admin_addr);
-    println!(
-        "Tandem dev mode is running: a coordinator and {} agents on loopback.",
-        opts.agents
-    );
-    println!();
-    println!("  admin API   {endpoint}");
-    println!("  admin token {}", cfg.admin_token);
-    println!("  QUIC        {}", running.quic_addr);
-    println!("  state       {}", dir.display());
-    if let Some(p) = &program {
-        println!("  agents      {}", p.display());
-    }
-    println!();
-    println!("Try, in another shell:");
-    println!(
-        "  export TANDEM_ENDPOINT={endpoint} TANDEM_TOKEN={}",
-        cfg.admin_token
-    );
-    println!("  tandemctl nodes list        # or: curl -H \"Authorization: Bearer $TANDEM_TOKEN\" $TANDEM_ENDPOINT/v1/nodes");
-    println!("  tandemctl events");
-    println!("  kill -9 <an agent's pid>    # and watch it go suspect, then down");
-    println!();
-    println!(
-        "Agent pids: {}",
-        children
-            .iter()
-            .filter_map(|c| c.id())
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
+    let pids: Vec<String> = children
+        .iter()
+        .filter_map(|c| c.id())
+        .map(|p| p.to_string())
+        .collect();
+    print!(
+        "{}",
+        banner(&Banner {
+            agents: opts.agents,
+            endpoint: &endpoint,
+            token: &cfg.admin_token,
+            quic: &running.quic_addr.to_string(),
+            dir: &dir,
+            agent: program.as_deref(),
+            bin_dir: exe_dir.as_deref(),
+            pids: &pids,
+        })
     );
     println!("Press Ctrl-C to stop.");
 
@@ -227,6 +265,97 @@ pub async fn run(
     }
     r
 }
+
+/// The cluster dev mode makes and its agents join.
+pub const DEV_CLUSTER: &str = "dev";
+
+/// Makes `cmd`'s child die (SIGKILL) when the thread that spawns it, and so dev mode, dies.
+fn die_with_parent(cmd: &mut tokio::process::Command) {
+    let parent = std::process::id();
+    // SAFETY: between fork and exec only async-signal-safe calls are made (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Dev mode died before the prctl: nobody would kill this agent.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other(
+                    "dev mode exited while starting agents",
+                ));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// What the banner shows.
+struct Banner<'a> {
+    agents: u32,
+    endpoint: &'a str,
+    token: &'a str,
+    quic: &'a str,
+    dir: &'a Path,
+    agent: Option<&'a Path>,
+    bin_dir: Option<&'a Path>,
+    pids: &'a [String],
+}
+
+/// The banner: where everything is, the `export` line for another shell, and the failover
+/// demo (the same lines as the README's first section, which an end-to-end test runs).
+fn banner(b: &Banner) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "Tandem dev mode is running: a coordinator and {} agents on loopback, in pool cluster `{DEV_CLUSTER}`.",
+        b.agents
+    );
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "  console     {}/ui (log in with the admin token)",
+        b.endpoint
+    );
+    let _ = writeln!(o, "  admin API   {}", b.endpoint);
+    let _ = writeln!(o, "  admin token {}", b.token);
+    let _ = writeln!(o, "  QUIC        {}", b.quic);
+    let _ = writeln!(o, "  state       {}", b.dir.display());
+    if let Some(p) = b.agent {
+        let _ = writeln!(o, "  agents      {}", p.display());
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "In another shell:");
+    let path = b
+        .bin_dir
+        .map(|d| format!("PATH={}:$PATH ", d.display()))
+        .unwrap_or_default();
+    let _ = writeln!(
+        o,
+        "  export {path}TANDEM_ENDPOINT={} TANDEM_TOKEN={} TANDEM_DEV={}",
+        b.endpoint,
+        b.token,
+        b.dir.display()
+    );
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "Failover demo: run a job, kill -9 the agent running it, watch it move:"
+    );
+    for l in DEMO {
+        let _ = writeln!(o, "  {l}");
+    }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "Agent pids: {}", b.pids.join(" "));
+    o
+}
+
+/// The failover demo, as printed and as in the README.
+pub const DEMO: [&str; 3] = [
+    "tandemctl jobs run --name demo --cluster dev -- /bin/sh -c 'while sleep 1; do date; done'",
+    "kill -9 $(cat $TANDEM_DEV/agents/$(tandemctl jobs node demo)/agent.pid)",
+    "sleep 5; tandemctl jobs show demo   # placements: node down on one agent, running on another",
+];
 
 #[cfg(test)]
 mod tests {
@@ -256,6 +385,28 @@ mod tests {
         assert_eq!(find_agent(Some(&beside), Some(&path)).unwrap(), on_second);
         let here = file(&beside, 0o755);
         assert_eq!(find_agent(Some(&beside), Some(&path)).unwrap(), here);
+    }
+
+    #[test]
+    fn the_banner_prints_the_export_line_and_the_demo() {
+        let pids = vec!["11".to_string(), "12".to_string()];
+        let text = banner(&Banner {
+            agents: 2,
+            endpoint: "http://127.0.0.1:7070",
+            token: "tok",
+            quic: "127.0.0.1:7443",
+            dir: Path::new("/tmp/d"),
+            agent: None,
+            bin_dir: Some(Path::new("/opt/t")),
+            pids: &pids,
+        });
+        assert!(text.contains(
+            "export PATH=/opt/t:$PATH TANDEM_ENDPOINT=http://127.0.0.1:7070 TANDEM_TOKEN=tok TANDEM_DEV=/tmp/d"
+        ));
+        for l in DEMO {
+            assert!(text.contains(&format!("  {l}\n")), "{text}");
+        }
+        assert!(text.contains("Agent pids: 11 12\n"));
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub enum CoordinatorError {
         /// Where it looked first.
         beside: String,
     },
+    /// Dev mode could not set up its fleet (its `dev` cluster).
+    #[error("dev mode: {0}")]
+    Dev(String),
     /// `init` found an existing installation.
     #[error("{0} already holds a coordinator; refusing to overwrite it")]
     AlreadyInitialised(String),

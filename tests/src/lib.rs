@@ -9,6 +9,8 @@
 //! - `Api`: a small client of the admin API.
 //! - `wait_for`: polls a condition until a deadline; tests never sleep blindly.
 //! - `relay`: a UDP relay between agents and the coordinator that can cut either direction.
+//! - `browser`: a real headless Chromium over WebDriver (installed when root, else skipped).
+//! - `dev`: `tandem-coordinator dev` and its agents, killed together on drop.
 //! - `fleet`: a coordinator, a cluster, agents and "writer" jobs for failover tests.
 //! - `jobs`: small `sh -c` jobs for the promise tests and the stamps they write.
 
@@ -18,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod browser;
+pub mod dev;
 pub mod fleet;
 pub mod jobs;
 pub mod relay;

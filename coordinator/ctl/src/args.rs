@@ -245,6 +245,15 @@ pub enum NodesCmd {
         /// Node id or name.
         node: String,
     },
+    /// Move a node to another cluster (the rules of a join there apply); its pair is
+    /// dissolved and its jobs move away, each old copy stopped first.
+    Move {
+        /// Node id or name.
+        node: String,
+        /// The cluster to move it to (id, short id or name).
+        #[arg(long)]
+        cluster: String,
+    },
     /// Remove a node: its certificate is revoked and its pair dissolved.
     Remove {
         /// Node id or name.
@@ -326,6 +335,12 @@ pub enum JobsCmd {
     },
     /// Stop a job (SIGTERM to its process group, SIGKILL after the kill timeout).
     Stop {
+        /// Job id or name.
+        job: String,
+    },
+    /// Print the name of the node the job is placed on now (exits 1 when it is on none), for
+    /// scripts: `kill -9 $(cat $TANDEM_DEV/agents/$(tandemctl jobs node demo)/agent.pid)`.
+    Node {
         /// Job id or name.
         job: String,
     },

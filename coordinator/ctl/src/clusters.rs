@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// How long `clusters create` waits for its operation.
 const OPERATION_WAIT: Duration = Duration::from_secs(30);
 
-fn cluster_id(c: &Client, given: &str) -> Result<String, CtlError> {
+pub(crate) fn cluster_id(c: &Client, given: &str) -> Result<String, CtlError> {
     c.resolve("/v1/clusters", "clusters", given)
 }
 

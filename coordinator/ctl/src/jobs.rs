@@ -223,6 +223,21 @@ pub fn jobs(c: &Client, out: Output, cmd: JobsCmd) -> Result<(), CtlError> {
                 )
             });
         }
+        JobsCmd::Node { job } => {
+            let id = job_id(c, &job)?;
+            let v = c.get(&format!("/v1/jobs/{}", enc(&id)))?;
+            if v["node"].is_null() {
+                return Err(CtlError::NotPlaced {
+                    job,
+                    state: format!("{} ({})", s(&v["state"]), s(&v["state_reason"])),
+                });
+            }
+            emit(
+                out,
+                &json!({"node": v["node"], "name": Names::load(c, true, false).of(&v["node"])}),
+                |n| println!("{}", s(&n["name"])),
+            );
+        }
         JobsCmd::Logs { job, tail } => {
             let id = job_id(c, &job)?;
             let v = c.get(&format!("/v1/jobs/{}/logs?tail={tail}", enc(&id)))?;

@@ -75,6 +75,14 @@ pub enum CtlError {
         /// What went wrong.
         error: String,
     },
+    /// The job is placed on no node (`jobs node`).
+    #[error("not_placed: job {job} is on no node: {state}")]
+    NotPlaced {
+        /// The job.
+        job: String,
+        /// Its state and the reason.
+        state: String,
+    },
     /// The heartbeat check found the node not alive.
     #[error("not_alive: node {node}: {reason}")]
     NotAlive {

@@ -126,6 +126,20 @@ pub fn nodes(c: &Client, out: Output, cmd: NodesCmd) -> Result<(), CtlError> {
                 )
             });
         }
+        NodesCmd::Move { node, cluster } => {
+            let to = super::clusters::cluster_id(c, &cluster)?;
+            let v = c.call(
+                "POST",
+                &format!("{}/move", node_path(&node)?),
+                Some(json!({ "cluster": to })),
+            )?;
+            emit(out, &v, |v| {
+                println!(
+                    "Node {} is now in cluster {cluster}; its jobs move away, each old copy stopped first",
+                    s(&v["name"]),
+                )
+            });
+        }
         NodesCmd::Remove { node } => {
             let v = c.call("DELETE", &node_path(&node)?, None)?;
             emit(out, &v, |v| {

@@ -1,4 +1,5 @@
-//! Admin routes for clusters, pairs and node administration (check, drain, remove, recycle).
+//! Admin routes for clusters, pairs and node administration (check, drain, move, remove,
+//! recycle).
 
 use super::{views, ApiError, ApiJson, ApiQuery, Code, Shared};
 use crate::engine::{ClusterPatch, NewCluster, NodePatch, OpError};
@@ -174,6 +175,24 @@ pub(super) async fn undrain(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let rec = s.membership.set_draining(&id, false)?;
+    node_json(&s, &rec.id)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MoveRequest {
+    /// The cluster to move to (id or name).
+    cluster: String,
+}
+
+/// Moves a node to another cluster under the rules of a join there; its jobs move away as a
+/// drain moves them (`Engine::move_node`).
+pub(super) async fn move_node(
+    State(s): Shared,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<MoveRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let rec = s.membership.move_node(&id, &r.cluster)?;
     node_json(&s, &rec.id)
 }
 

@@ -1,7 +1,8 @@
 //! The admin endpoint: HTTP/JSON over axum, bearer-token auth, one error envelope.
 //!
-//! Every route but `/healthz` and `/metrics` needs `Authorization: Bearer <token>`, compared in
-//! constant time. Bodies are capped, JSON that does not parse or has unknown fields is refused
+//! Every route but `/healthz`, `/metrics` and the console's files under `/ui` (which hold no
+//! data: the console reads everything through `/v1` with the token) needs
+//! `Authorization: Bearer <token>`, compared in constant time. Bodies are capped, JSON that does not parse or has unknown fields is refused
 //! with `invalid_argument` and the parser's reason, and unknown routes answer `not_found` in the
 //! same envelope.
 //!
@@ -14,7 +15,10 @@ mod error;
 mod fleet;
 pub mod https;
 mod jobs;
+mod overview;
+mod stream;
 mod tokens;
+mod ui;
 mod views;
 
 pub use error::{ApiError, Code};
@@ -73,6 +77,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/v1/nodes/{id}/check", post(fleet::check_node))
         .route("/v1/nodes/{id}/drain", post(fleet::drain))
         .route("/v1/nodes/{id}/undrain", post(fleet::undrain))
+        .route("/v1/nodes/{id}/move", post(fleet::move_node))
         .route("/v1/recycle", post(fleet::recycle))
         .route(
             "/v1/clusters",
@@ -97,7 +102,9 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/v1/clusters/{id}/pairs/{pair}",
             axum::routing::delete(fleet::delete_pair),
         )
+        .route("/v1/overview", get(overview::overview))
         .route("/v1/events", get(list_events))
+        .route("/v1/events/stream", get(stream::stream_events))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             durable_replies,
@@ -106,6 +113,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        // The console's files: no data in them, so no token (see `ui`).
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{*path}", get(ui::asset))
         .merge(v1)
         .fallback(|| async { ApiError::new(Code::NotFound, "no such route") })
         .method_not_allowed_fallback(|| async {

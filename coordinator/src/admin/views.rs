@@ -71,7 +71,7 @@ pub fn cluster(m: &Engine, c: &ClusterRecord) -> Value {
             "id": n.id,
             "name": n.name,
             "state": if n.draining && n.state == NodeState::Ready { "draining" } else { n.state.as_str() },
-            "model": n.hardware.model(),
+            "model": n.model,
         })).collect::<Vec<_>>(),
         "pairs": pairs.iter().map(|p| pair(p, name_of(&p.primary), name_of(&p.standby))).collect::<Vec<_>>(),
         "jobs": m.jobs_of(&c.id).iter().map(|j| json!({

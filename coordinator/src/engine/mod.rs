@@ -72,7 +72,7 @@ mod session;
 mod transitions;
 
 pub use self::core::Engine;
-pub use clusters::{ClusterPatch, NewCluster, NodePatch, OpError, Recycled};
+pub use clusters::{ClusterPatch, Member, NewCluster, NodePatch, OpError, Recycled};
 pub use fleet::{Fleet, Live, NodeEntry};
 pub use job_state::{Outgoing, SubmitError, START_DEADLINE, USER_KILL_TIMEOUT_MS};
 pub use nodes::{gpu_health_events, MembershipError, Registered};

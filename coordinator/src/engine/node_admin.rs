@@ -1,7 +1,9 @@
-//! Node administration: edit, drain, remove (waiting out the node's lease, exactly as a down
-//! does), recycle.
+//! Node administration: edit, drain, move to another cluster and remove (both waiting out the
+//! node's lease or its copies' confirmed end, exactly as a drain or a down does), recycle.
 
-use super::clusters::{event, find_node_id, NodePatch, OpError, Recycled};
+use super::clusters::{
+    admission, event, find_cluster_id, find_node_id, NodePatch, OpError, Recycled,
+};
 use super::core::Engine;
 use crate::cluster::validate::{self};
 use crate::model::*;
@@ -177,6 +179,95 @@ impl Engine {
         Ok(rec)
     }
 
+    /// Moves a node to cluster `to` (id or name), under the rules a join meets there (its
+    /// quota, its minimums, the same model in `ha_pairs`). Its pair in its old cluster is
+    /// dissolved (the partner is paired again automatically where it can be), and in an
+    /// `ha_pairs` cluster it is paired automatically like a node that joined.
+    ///
+    /// # Its jobs move under the lease rule
+    /// The node's jobs belong to its old cluster. They move exactly as a drain moves them
+    /// (`Event::Drain` for this one pass of the planner, the record itself is not marked
+    /// draining): the old copy is stopped first and the new one starts only once its end is
+    /// reported or the node is declared down, never while the node may still run it. A job
+    /// that fits nowhere else in its cluster keeps running where it is (and says so in an
+    /// event), as with a drain; the planner moves it from a node outside its cluster at any
+    /// later reconciliation of its cluster, so such a job, or a move whose coordinator was
+    /// killed before the jobs' batch, still leaves once it can. The node's record, the cluster's model and the pair changes
+    /// are one batch, applied before anything is acted on; the answer waits for it to be
+    /// durable (`admin::durable_replies`), every command for the node for its ticket.
+    ///
+    /// Moving a node to the cluster it is in changes nothing (a retried request).
+    pub fn move_node(&self, id_or_name: &str, to: &str) -> Result<NodeRecord, OpError> {
+        use crate::cluster::pairing::{self, PairNode};
+        let mut t = self.lock();
+        let id = find_node_id(&t, id_or_name)?;
+        let cid = find_cluster_id(&t.clusters, to)?;
+        let mut rec = t.nodes[&id].record.clone();
+        if rec.cluster.as_deref() == Some(cid.as_str()) {
+            return Ok(rec);
+        }
+        let target = admission(&t, self.quotas, &t.clusters[&cid], &rec.name, &rec.hardware)?;
+        let now = self.clock().unix_ms();
+        let from = rec.cluster.clone();
+        let from_name = from.as_ref().and_then(|c| t.clusters.get(c)).map_or_else(
+            || "no cluster".to_string(),
+            |c| format!("cluster {}", c.name),
+        );
+        rec.cluster = Some(cid.clone());
+        let mut changes = vec![
+            Change::PutNode(Box::new(rec.clone())),
+            event(
+                "node_moved",
+                Some(id.clone()),
+                format!(
+                    "node {} moved from {from_name} to cluster {}; its jobs move away, each old copy stopped first",
+                    rec.name, target.name
+                ),
+            ),
+        ];
+        if target.model != t.clusters[&cid].model {
+            changes.push(Change::PutCluster(Box::new(target.clone())));
+        }
+        // The old cluster: its pair dissolved, the rest paired again where they can be.
+        let old_plan = from.as_ref().and_then(|old| {
+            let c = t.clusters.get(old)?;
+            let nodes: Vec<PairNode> = super::pairs::pair_nodes(&t, old, None)
+                .into_iter()
+                .filter(|n| n.id != id)
+                .collect();
+            let current = super::pairs::cluster_pairs(&t, old);
+            let d = pairing::on_node_removed(&current, &id);
+            let plan = super::pairs::plan(&t, c, &nodes, d, now, true, self.clock());
+            Some((old.clone(), plan))
+        });
+        // The new cluster: paired as a node that joined it.
+        let mut nodes = super::pairs::pair_nodes(&t, &cid, None);
+        nodes.push(PairNode {
+            id: id.clone(),
+            model: rec.hardware.model(),
+            live: crate::cluster::is_live(rec.state),
+            created_ms: rec.created_ms,
+        });
+        let new_plan = super::pairs::plan(&t, &target, &nodes, Vec::new(), now, true, self.clock());
+        if let Some((_, p)) = &old_plan {
+            changes.extend(p.changes.iter().cloned());
+        }
+        changes.extend(new_plan.changes.iter().cloned());
+        self.store().apply(changes)?;
+        if let Some((old, p)) = old_plan {
+            super::pairs::install(&mut t, &old, p);
+        }
+        super::pairs::install(&mut t, &cid, new_plan);
+        t.clusters.insert(cid, target);
+        if let Some(e) = t.nodes.get_mut(&id) {
+            e.record = rec.clone();
+        }
+        drop(t);
+        // Its jobs start moving now, as a drain moves them (old copy stopped first).
+        self.job_event(crate::jobs::planner::Event::Drain { node: id })?;
+        Ok(rec)
+    }
+
     /// Removes every unprotected node that has been down longer than `down_for_ms`.
     pub fn recycle(&self, down_for_ms: u64) -> Result<Recycled, OpError> {
         let now = self.clock().unix_ms();
@@ -201,5 +292,204 @@ impl Engine {
             }
         }
         Ok((removed, skipped))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detector::{DetectorConfig, FailureDetector};
+    use crate::engine::{NewCluster, Quotas};
+    use crate::store::{MemStore, StateStore};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tandem_common::hardware::HardwareReport;
+    use tandem_common::ids::NodeId;
+
+    fn engine(max_nodes_per_cluster: usize) -> (Engine, Arc<MemStore>) {
+        let store = Arc::new(MemStore::new());
+        let now = Instant::now();
+        let detector = FailureDetector::new(
+            DetectorConfig {
+                heartbeat: Duration::from_millis(200),
+                lease: Duration::from_secs(1),
+                fence_grace: Duration::from_millis(300),
+                suspect_after_missed: 3,
+                restart_grace: Duration::from_secs(2),
+            },
+            now,
+        );
+        let e = Engine::load(store.clone(), detector, Default::default(), now)
+            .unwrap()
+            .with_quotas(Quotas {
+                max_clusters: 50,
+                max_nodes_per_cluster,
+            });
+        (e, store)
+    }
+
+    fn cluster(e: &Engine, name: &str, mode: ClusterMode, min: Option<MinNode>) -> ClusterRecord {
+        e.create_cluster(
+            NewCluster {
+                name: name.into(),
+                alias: String::new(),
+                description: String::new(),
+                mode,
+                labels: Default::default(),
+                deletion_protection: false,
+                min_node: min,
+                failback: false,
+            },
+            e.quotas,
+        )
+        .unwrap()
+        .0
+    }
+
+    /// A node of CPU `brand` joined to `c` the way a join records it.
+    fn join(e: &Engine, name: &str, brand: &str, c: &ClusterRecord) -> NodeId {
+        let mut hw = HardwareReport::default();
+        hw.cpu.brand = brand.into();
+        hw.cpu.logical_cores = 4;
+        hw.memory.total_bytes = 8 << 30;
+        let admitted = e.admit_to_cluster(&c.id, name, &hw).unwrap();
+        let id = NodeId::random();
+        let rec = NodeRecord {
+            id: id.clone(),
+            name: name.into(),
+            state: NodeState::Joining,
+            state_reason: "joined".into(),
+            state_since_ms: 0,
+            address: "127.0.0.1:1".into(),
+            agent_version: "test".into(),
+            cert_serial: 1,
+            cert_not_after_unix: 0,
+            previous_cert_serial: None,
+            previous_cert_not_after_unix: 0,
+            key_sha256: String::new(),
+            created_ms: 0,
+            joined_with_token: "t".into(),
+            hardware: hw,
+            cluster: Some(c.id.clone()),
+            labels: Default::default(),
+            taints: Vec::new(),
+            protected: false,
+            draining: false,
+            removed_ms: None,
+        };
+        let token = TokenRecord {
+            id: "t".into(),
+            secret_sha256: String::new(),
+            created_ms: 0,
+            expires_ms: u64::MAX,
+            uses_allowed: 100,
+            uses: 0,
+            cluster: Some(c.id.clone()),
+            revoked_ms: None,
+        };
+        e.record_join(rec, token, Some(admitted)).unwrap();
+        id
+    }
+
+    fn stored_cluster(store: &MemStore, id: &NodeId) -> Option<String> {
+        store.node(id).unwrap().unwrap().cluster
+    }
+
+    #[test]
+    fn a_move_meets_the_join_rules_of_its_target_and_a_refusal_changes_nothing() {
+        let (e, store) = engine(2);
+        let pool = cluster(&e, "p", ClusterMode::Pool, None);
+        let ha = cluster(&e, "ha", ClusterMode::HaPairs, None);
+        let big = cluster(
+            &e,
+            "big",
+            ClusterMode::Pool,
+            Some(MinNode {
+                cores: 64,
+                memory_bytes: 0,
+            }),
+        );
+        let full = cluster(&e, "full", ClusterMode::Pool, None);
+        join(&e, "x", "Brand X", &ha);
+        join(&e, "f1", "Brand X", &full);
+        join(&e, "f2", "Brand X", &full);
+        let y = join(&e, "y", "Brand Y", &pool);
+
+        let model = e.move_node("y", "ha").unwrap_err();
+        assert!(
+            matches!(&model, OpError::FailedPrecondition(m) if m.contains("model")),
+            "{model}"
+        );
+        let min = e.move_node("y", &big.name).unwrap_err();
+        assert!(
+            matches!(&min, OpError::FailedPrecondition(m) if m.contains("needs at least")),
+            "{min}"
+        );
+        let quota = e.move_node("y", "full").unwrap_err();
+        assert!(
+            matches!(&quota, OpError::Quota(m) if m.contains("max_nodes_per_cluster")),
+            "{quota}"
+        );
+        assert!(matches!(
+            e.move_node("y", "nope"),
+            Err(OpError::NotFound(_))
+        ));
+        assert!(matches!(
+            e.move_node("nobody", "p"),
+            Err(OpError::NotFound(_))
+        ));
+        assert_eq!(stored_cluster(&store, &y), Some(pool.id.clone()));
+        assert_eq!(e.find("y").unwrap().record.cluster, Some(pool.id.clone()));
+        // The first node of an empty ha_pairs cluster fixes its model, durably.
+        let ha2 = cluster(&e, "ha2", ClusterMode::HaPairs, None);
+        let moved = e.move_node("y", "ha2").unwrap();
+        assert_eq!(moved.cluster, Some(ha2.id.clone()));
+        assert_eq!(stored_cluster(&store, &y), Some(ha2.id.clone()));
+        let c = store
+            .clusters()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.id == ha2.id)
+            .unwrap();
+        assert_eq!(c.model.as_deref(), Some(moved.hardware.model().as_str()));
+        // Again to where it is: nothing changes.
+        let before = store.last_ticket();
+        e.move_node("y", "ha2").unwrap();
+        assert_eq!(store.last_ticket(), before);
+    }
+
+    #[test]
+    fn a_moved_node_leaves_its_pair_in_the_same_batch_as_its_new_cluster() {
+        let (e, store) = engine(100);
+        let ha = cluster(&e, "ha", ClusterMode::HaPairs, None);
+        let pool = cluster(&e, "p", ClusterMode::Pool, None);
+        let a = join(&e, "a", "Brand X", &ha);
+        let b = join(&e, "b", "Brand X", &ha);
+        let pair = PairRecord {
+            id: "p-1".into(),
+            cluster: ha.id.clone(),
+            primary: a.clone(),
+            standby: b.clone(),
+            state: PairState::Healthy,
+            reason: "test".into(),
+            created_ms: 0,
+            since_ms: 0,
+        };
+        store.apply(vec![Change::PutPair(pair.clone())]).unwrap();
+        e.lock().pairs.insert(pair.id.clone(), pair);
+        let before = store.last_ticket();
+        e.move_node("a", "p").unwrap();
+        assert_eq!(store.last_ticket(), before + 1, "one batch");
+        assert_eq!(stored_cluster(&store, &a), Some(pool.id.clone()));
+        assert!(
+            store.pairs().unwrap().is_empty(),
+            "the pair is dissolved durably"
+        );
+        assert!(e.lock().pairs.is_empty());
+        let events = store.recent_events(10).unwrap();
+        assert!(events.iter().any(|ev| ev.kind == "node_moved"));
+        assert!(events
+            .iter()
+            .any(|ev| ev.kind == "pair" && ev.message.contains("dissolved")));
     }
 }

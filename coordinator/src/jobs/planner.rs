@@ -5,7 +5,7 @@
 //! # Level-triggered
 //! After the event's own decisions (killing stale copies, a restart after an exit), the planner
 //! reconciles the event's cluster: every job whose node is down is placed again, every job on a
-//! draining node is moved, every pending job that fits now is started. The same pass is
+//! draining node (or on a node moved to another cluster) is moved, every pending job that fits now is started. The same pass is
 //! [`Planner::reconcile`], which the caller runs after a restart of the coordinator (it finishes
 //! whatever failover the records show half done) and may run periodically. Decisions within one
 //! call are applied to a working copy of the records as they are made, so two jobs from a dead
@@ -606,6 +606,19 @@ impl Planner {
             }
             let (end_reason, why) = if n.draining {
                 ("drained", format!("{} is draining", n.name))
+            } else if n.cluster.as_deref() != Some(cluster) {
+                // An operator moved the node to another cluster (`nodes move`): its jobs of
+                // this one leave it as from a draining node, the old copy stopped first. Found
+                // on every reconciliation, so a move survives a coordinator restart and a job
+                // that fit nowhere at first moves once it does.
+                (
+                    "node moved to another cluster",
+                    format!(
+                        "{} is no longer in cluster {}",
+                        n.name,
+                        w.cluster_name(cluster)
+                    ),
+                )
             } else if let Some(pair) = w.pairs.iter().find(|x| {
                 x.standby == n.id && w.node(&x.primary).is_some_and(|pr| pr.live && !pr.draining)
             }) {

@@ -249,6 +249,36 @@ fn drain_moves_jobs_stopping_the_old_copy_first_or_keeps_them() {
     assert!(matches!(&out[..], [Decision::Ignore { .. }]), "{out:?}");
 }
 
+#[test]
+fn a_node_moved_to_another_cluster_loses_its_jobs_old_copy_stopped_first_also_after_a_restart() {
+    let mut fx = pool(2, 0);
+    fx.jobs = vec![running(1, spec(1000, GIB, 0), 1, 2, &[])];
+    fx.clusters.push(cluster("c-other", ClusterMode::Pool));
+    fx.node(&id(1)).cluster = Some("c-other".into());
+    // Not draining: found by the reconciliation alone (as after a coordinator restart).
+    let mut p = Planner::new(LEASE);
+    let out = p.reconcile(&fx.view(), 0);
+    assert!(
+        matches!(
+            &out[..],
+            [Decision::Move { job, from, old_token: 2, fencing_token: 3, stop_old_first: true, end_reason, to, reason }]
+                if *job == jid(1) && *from == id(1) && to.node == id(2)
+                    && end_reason == "node moved to another cluster"
+                    && reason.contains("no longer in cluster")
+        ),
+        "{out:?}"
+    );
+    for d in &out {
+        d.apply(&mut fx.jobs, 0);
+    }
+    // Moved once: the next reconciliation leaves it where it goes.
+    let again = p.reconcile(&fx.view(), 1);
+    assert!(
+        !again.iter().any(|d| matches!(d, Decision::Move { .. })),
+        "{again:?}"
+    );
+}
+
 /// A move's new placement waits (durably) for the old copy; the new node registering without
 /// the job is no loss (it was never sent the start), so nothing is placed again while the old
 /// copy may still run. If the new node goes down, the replacement keeps waiting for it too.
