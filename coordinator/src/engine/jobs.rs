@@ -372,13 +372,13 @@ impl Engine {
                         }
                     }
                     send_in(
-                    t,
-                    &node,
-                    CoordMsg::StopJob {
-                        job_id: job,
-                        fencing_token: token,
-                        kill_timeout_ms,
-                    },
+                        t,
+                        &node,
+                        CoordMsg::StopJob {
+                            job_id: job,
+                            fencing_token: token,
+                            kill_timeout_ms,
+                        },
                     )
                 }
             }
