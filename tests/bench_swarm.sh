@@ -7,8 +7,11 @@
 # N agents join with one token and beat every HEARTBEAT_MS (default 1000; the lease is 5 beats)
 # for STEADY_S seconds once all have registered (default 60). While they beat, the admin
 # endpoint's `GET /v1/nodes?limit=100` is timed 10 times. With RESTART=restart the coordinator
-# is killed with SIGKILL 20 s into the steady phase and started again on the same data dir and
-# port; the time until /metrics shows all N connected again is measured, and so are downs.
+# is stopped as planned (SIGTERM: it records its restart hold and grants leases until it) 20 s
+# into the steady phase and started again on the same data dir and port; with RESTART=crash it
+# is killed with SIGKILL instead. The time until /metrics shows all N connected again is
+# measured, and so are downs (counted once the hold, or the restart grace, is over) and the
+# agents' lease expiries (the swarm's summary).
 # Prints one JSON object (the swarm's summary plus these figures) on stdout; everything is kept
 # under $OUT (default /tmp/tandem-bench/N-HEARTBEAT[-restart]).
 set -euo pipefail
@@ -18,7 +21,7 @@ STEADY=${3:-60}
 RESTART=${4:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release}
-OUT=${OUT:-/tmp/tandem-bench/$N-$HB${RESTART:+-restart}}
+OUT=${OUT:-/tmp/tandem-bench/$N-$HB${RESTART:+-$RESTART}}
 rm -rf "$OUT"; mkdir -p "$OUT"; cd "$OUT"
 
 "$BIN/tandem-coordinator" init --data-dir coord --admin-addr 127.0.0.1:0 --quic-addr 127.0.0.1:0 >/dev/null
@@ -72,8 +75,8 @@ RESTART_MS=null
 if [ -n "$RESTART" ]; then
   sleep 10
   DOWNS_BEFORE=$(downs)
-  kill -9 "$CPID"
   t0=$(date +%s%N)
+  if [ "$RESTART" = crash ]; then kill -9 "$CPID"; else kill -TERM "$CPID"; fi
   # The store's lock is released when the old process is gone, not when the signal is sent.
   wait "$CPID" 2>/dev/null || true
   start_coordinator
@@ -84,9 +87,13 @@ if [ -n "$RESTART" ]; then
   done
   RESTART_MS=$(( ($(date +%s%N) - t0) / 1000000 ))
   echo "restart_to_all_ready_ms $RESTART_MS" > restart.txt
-  # Past the restart grace, which the reconnect storm extends by one lease plus fence grace
-  # past its last registration: anyone still missing would be declared down by now.
-  sleep $(( GRACE / 1000 + 5 * HB / 1000 + 5 ))
+  # Past the restart hold (a planned stop's) and the restart grace, which the reconnect storm
+  # extends by one lease plus fence grace past its last registration: anyone still missing
+  # would be declared down by now.
+  until [ "$(curl -s "http://$ADMIN/healthz" | python3 -c 'import json,sys;print(json.load(sys.stdin)["restart_grace_remaining_ms"])')" = 0 ]; do
+    sleep 1
+  done
+  sleep $(( 5 * HB / 1000 + 5 ))
 fi
 DOWNS=$(( ${DOWNS_BEFORE:-0} + $(downs) ))
 [ -n "$RESTART" ] && kill -TERM $SWARM 2>/dev/null

@@ -119,10 +119,13 @@ impl RestartHold {
 }
 
 /// The default hold of a planned restart for a fleet of `nodes`: at least 15 s, and long enough
-/// for every node to reconnect at 250 nodes a second, a margin under the rate BENCHMARKS.md
-/// measured (25,000 nodes reconnected in 59.8 s after a restart, about 420 a second), plus 5 s.
+/// for every node to reconnect at 125 nodes a second, plus 5 s. BENCHMARKS.md measured 25,000
+/// nodes reconnecting in 59.8 s after a crash on a quiet machine (about 420 a second) and in
+/// 126 s on a loaded one (about 200 a second, when a hold sized for 250 a second let 1,685 of
+/// their leases run out): the hold is the one chance the jobs of a node that reconnects late
+/// have, so it errs long.
 pub fn default_restart_hold(nodes: usize) -> Duration {
-    Duration::from_secs(15).max(Duration::from_secs(5) + Duration::from_millis(4) * nodes as u32)
+    Duration::from_secs(15).max(Duration::from_secs(5) + Duration::from_millis(8) * nodes as u32)
 }
 
 /// The checked configuration.
