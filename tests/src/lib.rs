@@ -488,3 +488,21 @@ pub fn agent_cmd(args: &[&str], limit: Duration) -> Result<RunOut> {
         stderr: std::fs::read_to_string(&err)?,
     })
 }
+
+/// `tandem-agent status --state-dir DIR -o json` of a running agent, parsed.
+pub fn agent_status(dir: &Path) -> Result<Value> {
+    let o = agent_cmd(
+        &[
+            "status",
+            "--state-dir",
+            dir.to_str().context("utf-8 dir")?,
+            "-o",
+            "json",
+        ],
+        Duration::from_secs(30),
+    )?;
+    if o.code != Some(0) {
+        bail!("tandem-agent status failed: {}", o.stderr);
+    }
+    serde_json::from_str(&o.stdout).with_context(|| o.stdout.clone())
+}

@@ -3,29 +3,12 @@
 //! coordinator was killed and started again. Also: the socket is the agent user's alone.
 
 use anyhow::{ensure, Context, Result};
-use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::time::Duration;
 use tandem_tests::relay::Relay;
 use tandem_tests::*;
 
 const LONG: Duration = Duration::from_secs(30);
-
-fn status(dir: &Path) -> Result<Value> {
-    let o = agent_cmd(
-        &[
-            "status",
-            "--state-dir",
-            dir.to_str().context("utf-8")?,
-            "-o",
-            "json",
-        ],
-        LONG,
-    )?;
-    ensure!(o.code == Some(0), "status failed: {}", o.stderr);
-    serde_json::from_str(&o.stdout).with_context(|| o.stdout.clone())
-}
 
 #[test]
 fn status_answers_connected_cut_off_and_after_a_coordinator_restart() -> Result<()> {
@@ -42,7 +25,7 @@ fn status_answers_connected_cut_off_and_after_a_coordinator_restart() -> Result<
 
     // Connected: link, round trip, lease from a beat, fence, containment.
     let v = wait_for(LONG, "status to show a held lease", || {
-        status(&dir)
+        agent_status(&dir)
             .ok()
             .filter(|v| v["link"]["state"] == "connected" && v["lease"]["held"] == true)
     })?;
@@ -85,7 +68,7 @@ fn status_answers_connected_cut_off_and_after_a_coordinator_restart() -> Result<
     relay.cut(true);
     let mut last: Option<(u64, u64)> = None;
     wait_for(LONG, "the lease to be seen counting down", || {
-        let v = status(&dir).ok()?;
+        let v = agent_status(&dir).ok()?;
         if v["lease"]["held"] != true {
             last = None;
             return None;
@@ -97,7 +80,7 @@ fn status_answers_connected_cut_off_and_after_a_coordinator_restart() -> Result<
         down.then_some(())
     })?;
     let v = wait_for(LONG, "status to show the link down and no lease", || {
-        status(&dir).ok().filter(|v| {
+        agent_status(&dir).ok().filter(|v| {
             v["link"]["state"] == "disconnected"
                 && v["lease"]["held"] == false
                 && v["last_errors"].as_array().is_some_and(|e| !e.is_empty())
@@ -106,7 +89,7 @@ fn status_answers_connected_cut_off_and_after_a_coordinator_restart() -> Result<
     ensure!(v["lease"]["remaining_ms"] == 0, "{v:#}");
     relay.cut(false);
     wait_for(LONG, "the link back", || {
-        status(&dir)
+        agent_status(&dir)
             .ok()
             .filter(|v| v["link"]["state"] == "connected" && v["lease"]["held"] == true)
     })?;
@@ -114,14 +97,14 @@ fn status_answers_connected_cut_off_and_after_a_coordinator_restart() -> Result<
     // The coordinator is killed: status still answers; after its restart, a new session.
     let quic = coord.quic.clone();
     coord.proc.kill9();
-    let v = status(&dir)?;
+    let v = agent_status(&dir)?;
     ensure!(
         v["node_name"] == "a1",
         "status answers with the coordinator gone: {v:#}"
     );
     coord = Coordinator::start(&cdir, Some(&quic))?;
     let v = wait_for(LONG, "a new session after the restart", || {
-        status(&dir).ok().filter(|v| {
+        agent_status(&dir).ok().filter(|v| {
             v["link"]["state"] == "connected"
                 && v["lease"]["held"] == true
                 && v["link"]["session"]

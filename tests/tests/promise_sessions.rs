@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tandem_tests::fleet::*;
 use tandem_tests::jobs::*;
-use tandem_tests::{agent_cmd, bin, wait_for, Coordinator};
+use tandem_tests::{agent_status, bin, wait_for, Coordinator};
 
 /// How long the slow shim holds every start.
 const START_HOLD_S: f64 = 8.0;
@@ -51,20 +51,10 @@ fn slow_shim_config(dir: &Path, hold_s: f64) -> Result<PathBuf> {
 
 /// Agent `node`'s own view of its job copies (`tandem-agent status -o json`).
 fn held_by(f: &Fleet, node: &str) -> Result<Vec<Value>> {
-    let dir = f.state_dir(node);
-    let out = agent_cmd(
-        &[
-            "status",
-            "--state-dir",
-            dir.to_str().context("dir")?,
-            "-o",
-            "json",
-        ],
-        Duration::from_secs(10),
-    )?;
-    let v: Value = serde_json::from_str(&out.stdout)
-        .with_context(|| format!("status of {node}: {} {}", out.stdout, out.stderr))?;
-    Ok(v["jobs"].as_array().cloned().unwrap_or_default())
+    Ok(agent_status(&f.state_dir(node))?["jobs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
 }
 
 /// Waits until agent `node` holds a start of job `id` still in progress; returns its token.

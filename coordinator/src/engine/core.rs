@@ -272,3 +272,26 @@ impl Engine {
         Ok(r.name.clone())
     }
 }
+
+#[cfg(test)]
+impl Engine {
+    /// An engine over an empty in-memory store (200 ms beats, 1 s lease, 300 ms fence grace,
+    /// 2 s restart grace), for unit tests.
+    pub(crate) fn for_tests() -> (Engine, Arc<crate::store::MemStore>) {
+        let store = Arc::new(crate::store::MemStore::new());
+        let now = Instant::now();
+        let detector = FailureDetector::new(
+            crate::detector::DetectorConfig {
+                heartbeat: std::time::Duration::from_millis(200),
+                lease: std::time::Duration::from_secs(1),
+                fence_grace: std::time::Duration::from_millis(300),
+                suspect_after_missed: 3,
+                restart_grace: std::time::Duration::from_secs(2),
+            },
+            now,
+        );
+        let e = Engine::load(store.clone(), detector, Default::default(), now)
+            .expect("an empty store loads");
+        (e, store)
+    }
+}

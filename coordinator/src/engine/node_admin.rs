@@ -298,33 +298,18 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detector::{DetectorConfig, FailureDetector};
     use crate::engine::{NewCluster, Quotas};
     use crate::store::{MemStore, StateStore};
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
     use tandem_common::hardware::HardwareReport;
     use tandem_common::ids::NodeId;
 
     fn engine(max_nodes_per_cluster: usize) -> (Engine, Arc<MemStore>) {
-        let store = Arc::new(MemStore::new());
-        let now = Instant::now();
-        let detector = FailureDetector::new(
-            DetectorConfig {
-                heartbeat: Duration::from_millis(200),
-                lease: Duration::from_secs(1),
-                fence_grace: Duration::from_millis(300),
-                suspect_after_missed: 3,
-                restart_grace: Duration::from_secs(2),
-            },
-            now,
-        );
-        let e = Engine::load(store.clone(), detector, Default::default(), now)
-            .unwrap()
-            .with_quotas(Quotas {
-                max_clusters: 50,
-                max_nodes_per_cluster,
-            });
+        let (e, store) = Engine::for_tests();
+        let e = e.with_quotas(Quotas {
+            max_clusters: 50,
+            max_nodes_per_cluster,
+        });
         (e, store)
     }
 

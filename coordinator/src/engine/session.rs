@@ -89,27 +89,12 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detector::{DetectorConfig, FailureDetector};
     use crate::store::{MemStore, StateStore};
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
 
     fn engine() -> (Engine, Arc<MemStore>) {
-        let store = Arc::new(MemStore::new());
-        let now = Instant::now();
-        let detector = FailureDetector::new(
-            DetectorConfig {
-                heartbeat: Duration::from_millis(200),
-                lease: Duration::from_secs(1),
-                fence_grace: Duration::from_millis(300),
-                suspect_after_missed: 3,
-                restart_grace: Duration::from_secs(2),
-            },
-            now,
-        );
-        let e = Engine::load(store.clone(), detector, Default::default(), now).unwrap();
-        (e, store)
+        Engine::for_tests()
     }
 
     #[test]
