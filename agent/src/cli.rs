@@ -39,6 +39,9 @@ pub struct RunArgs {
     /// How often to sample the hardware, in milliseconds (default 5000).
     #[arg(long)]
     pub sample_interval_ms: Option<u64>,
+    /// How to contain jobs: `auto` (a cgroup each where the host allows) or `process-group`.
+    #[arg(long)]
+    pub containment: Option<String>,
 }
 
 impl RunArgs {
@@ -58,6 +61,7 @@ impl RunArgs {
             gpu_fixture: self.gpu_fixture.clone(),
             force_stream_heartbeats: self.force_stream_heartbeats.then_some(true),
             sample_interval_ms: self.sample_interval_ms,
+            containment: self.containment.clone(),
             origin: Default::default(),
         }))
     }

@@ -36,6 +36,9 @@ pub struct RawConfig {
     pub force_stream_heartbeats: Option<bool>,
     /// How often to sample the hardware, in milliseconds (default 5000).
     pub sample_interval_ms: Option<u64>,
+    /// How to contain jobs: `auto` (a cgroup each where the host allows; the default) or
+    /// `process-group` (never cgroups).
+    pub containment: Option<String>,
     /// Where the values came from (the file, flags over it), for errors; not a key.
     #[serde(skip)]
     pub origin: Origin,
@@ -65,6 +68,8 @@ pub struct Config {
     /// The program run as the per-job supervisor (`<it> shim --job-dir DIR`); default: the
     /// agent's own executable.
     pub shim_program: Option<PathBuf>,
+    /// How to contain jobs.
+    pub containment: crate::containment::Choice,
 }
 
 impl RawConfig {
@@ -92,7 +97,8 @@ impl RawConfig {
             bind_addr,
             gpu_fixture,
             force_stream_heartbeats,
-            sample_interval_ms
+            sample_interval_ms,
+            containment
         );
         self
     }
@@ -108,6 +114,10 @@ impl RawConfig {
                 "must be between 100 and 3600000".into(),
             ));
         }
+        let containment = match &self.containment {
+            None => crate::containment::Choice::Auto,
+            Some(c) => c.parse().map_err(|e| invalid("containment", e))?,
+        };
         let state_dir = self
             .state_dir
             .ok_or_else(|| invalid("state_dir", "is required (--state-dir)".into()))?;
@@ -171,6 +181,7 @@ impl RawConfig {
             force_stream_heartbeats: self.force_stream_heartbeats.unwrap_or(false),
             sample_interval: std::time::Duration::from_millis(sample_interval_ms),
             shim_program: None,
+            containment,
         })
     }
 }

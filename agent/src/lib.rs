@@ -5,6 +5,8 @@
 //! - `config`: flags and TOML, checked into a typed `Config`.
 //! - `cli`: the `run` arguments, and `check`'s.
 //! - `check`: `tandem-agent check`, the six steps of a join tried without joining.
+//! - `containment`: a cgroup per job (cgroup v2, or a hybrid host's unified hierarchy) or,
+//!   where none can be used, the job's process group; the mode is decided once at start.
 //! - `exits`: job exits kept on disk until the coordinator acknowledges them.
 //! - `identity`: the node's key, certificate and id on disk.
 //! - `lease`: the lease, a plain struct driven by `now` (the agent's half of the fencing argument).
@@ -23,6 +25,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod containment;
 pub mod exits;
 pub mod identity;
 pub mod inventory;
@@ -50,7 +53,21 @@ pub async fn run(
         ..Default::default()
     });
     let reports = probe::spawn_sampler(prober, cfg.sample_interval).await;
-    let link = link::Link::new(cfg.clone(), reports, lease_tx)?;
+    let mut link = link::Link::new(cfg.clone(), reports, lease_tx)?;
+    let contained = std::sync::Arc::new(containment::Containment::detect(
+        &cfg.state_dir,
+        cfg.containment,
+    ));
+    match contained.mode() {
+        containment::Mode::ProcessGroup => tracing::warn!(
+            containment = contained.mode().name(),
+            why = contained.note(),
+            "jobs are contained by their process group only: a job that leaves it (setsid, \
+             set -m, a daemon) escapes the fence"
+        ),
+        m => tracing::info!(containment = m.name(), "{}", contained.note()),
+    }
+    link.set_containment(std::sync::Arc::clone(&contained));
     // `tandem-agent status` is a convenience: an agent that cannot serve it still runs.
     let _status = match status::serve(&cfg.state_dir, link.status()) {
         Ok(task) => Some(AbortOnDrop(task)),
@@ -67,7 +84,7 @@ pub async fn run(
     let mut link = link;
     tokio::pin!(shutdown);
     tokio::select! {
-        r = leftovers::wait_until_fenced(&cfg.state_dir, leftovers::MAX_WAIT) => {
+        r = leftovers::wait_until_fenced(&cfg.state_dir, &contained, leftovers::MAX_WAIT) => {
             if let Err(still) = r {
                 tracing::error!(jobs = ?still, "job copies of a previous run outlived the longest lease; registering anyway");
             }

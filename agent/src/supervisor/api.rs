@@ -8,6 +8,7 @@
 use super::held::{Claimed, HeldTable, StartedJob};
 use super::protocol::*;
 use super::{logs, SupervisorError};
+use crate::containment::{cgroup, Containment, ContainmentError, JobCgroup};
 use crate::link::LeaseView;
 use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
@@ -108,6 +109,8 @@ pub struct Supervisor {
     /// The session whose ack gave the lease in `deadline` (0: none). Set before `deadline`.
     lease_session: Arc<watch::Sender<u64>>,
     exits_rx: Mutex<Option<mpsc::Receiver<JobExit>>>,
+    /// How jobs are contained (a cgroup each, or their process group).
+    containment: Arc<Containment>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -156,7 +159,16 @@ impl Supervisor {
             deadline: Arc::new(watch::channel(None).0),
             lease_session: Arc::new(watch::channel(0).0),
             exits_rx: Mutex::new(Some(exits_rx)),
+            containment: Arc::new(Containment::process_group("not configured")),
         })
+    }
+
+    /// Contains jobs as `containment` says (the default is their process group only). Empty
+    /// job cgroups left by an earlier run are removed.
+    pub fn with_containment(mut self, containment: Arc<Containment>) -> Self {
+        containment.sweep();
+        self.containment = containment;
+        self
     }
 
     /// Uses `program` (a `tandem-agent` binary) as the shim instead of this executable.
@@ -317,6 +329,12 @@ impl Supervisor {
             });
         }
         write_token(&job_dir, job.fencing_token)?;
+        // The job's cgroup is the truth about an earlier copy: while anything of it lives
+        // (its shim, or any process it started, in whatever group or session), no new copy.
+        let cg = self.containment.prepare(&id).map_err(|e| match e {
+            ContainmentError::Alive { .. } => SupervisorError::Busy { job_id: id.clone() },
+            ContainmentError::Io { what, source } => SupervisorError::Io { what, source },
+        })?;
         let spec = JobSpec {
             job_id: id.clone(),
             fencing_token: job.fencing_token,
@@ -326,6 +344,7 @@ impl Supervisor {
             lease_deadline_ns: deadline,
             fence_kill_timeout_ms,
             log_max_bytes: self.log_max_bytes,
+            cgroup: cg.as_ref().map(|c| c.job.clone()),
         };
         let spec_path = job_dir.join(SPEC_FILE);
         let bytes = serde_json::to_vec_pretty(&spec).map_err(|e| SupervisorError::Io {
@@ -339,7 +358,7 @@ impl Supervisor {
             stdin,
             pid,
             shim_pid,
-        } = self.spawn_shim(&id, &job_dir).await?;
+        } = self.spawn_shim(&id, &job_dir, cg.as_ref()).await?;
         let started = StartedJob {
             pid,
             shim_pid,
@@ -350,6 +369,7 @@ impl Supervisor {
         tokio::spawn(control(stdin, deadline_rx, fence_kill_rx, ctl_rx));
         tokio::spawn(monitor(
             child,
+            Arc::clone(&self.containment),
             Arc::clone(&self.held),
             self.exits_tx.clone(),
             job_dir,
@@ -361,7 +381,12 @@ impl Supervisor {
     }
 
     /// Starts the shim for the spec in `job_dir` and waits for its answer.
-    async fn spawn_shim(&self, id: &str, job_dir: &Path) -> Result<Shim, SupervisorError> {
+    async fn spawn_shim(
+        &self,
+        id: &str,
+        job_dir: &Path,
+        cg: Option<&JobCgroup>,
+    ) -> Result<Shim, SupervisorError> {
         let shim_log = job_dir.join(SHIM_LOG);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -382,12 +407,25 @@ impl Supervisor {
         if let Ok(level) = std::env::var("RUST_LOG") {
             cmd.env("RUST_LOG", level);
         }
-        // SAFETY: setsid is async-signal-safe. The shim gets its own session, so it outlives a
-        // signal to the agent's process group.
+        // The shim goes into its job's cgroup (the `shim` leaf) before it runs: from then on
+        // the job's cgroup is populated until the shim and the whole job are gone.
+        let procs = match cg {
+            Some(c) => Some(
+                cgroup::open_procs(&c.shim)
+                    .map_err(io_err(format!("opening cgroup {}", c.shim.display())))?,
+            ),
+            None => None,
+        };
+        let procs_fd = procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        // SAFETY: setsid and write are async-signal-safe. The shim gets its own session, so it
+        // outlives a signal to the agent's process group.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::setsid() == -1 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = procs_fd {
+                    cgroup::join_in_child(fd)?;
                 }
                 Ok(())
             });
@@ -399,6 +437,7 @@ impl Supervisor {
         let mut child = cmd
             .spawn()
             .map_err(|e| shim_err(format!("cannot run {}: {e}", self.shim_program.display())))?;
+        drop(procs);
         let shim_pid = child.id().unwrap_or(0);
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.start_kill();
@@ -560,8 +599,10 @@ async fn control(
 }
 
 /// Waits for a shim to exit and reports its job's end.
+#[allow(clippy::too_many_arguments)]
 async fn monitor(
     mut child: tokio::process::Child,
+    containment: Arc<Containment>,
     held: Arc<HeldTable>,
     exits_tx: mpsc::Sender<JobExit>,
     job_dir: PathBuf,
@@ -584,6 +625,15 @@ async fn monitor(
             // unsupervised. The group id is the job's pid.
             tracing::error!(job = %job_id, pid, "shim died without recording an end; killing the job's group");
             signal_group(pid as i32, libc::SIGKILL);
+            let left = Arc::clone(&containment);
+            let id = job_id.clone();
+            let gone =
+                tokio::task::spawn_blocking(move || left.kill_job(&id, Duration::from_secs(5)))
+                    .await
+                    .unwrap_or(false);
+            if !gone {
+                tracing::error!(job = %job_id, "processes of the job survived SIGKILL in its cgroup");
+            }
             JobExit {
                 job_id: job_id.clone(),
                 fencing_token: token,
@@ -593,6 +643,9 @@ async fn monitor(
             }
         }
     };
+    // The shim has exited and emptied the job's cgroup: remove it (a cgroup with processes
+    // left in it stays, and keeps a new copy out).
+    containment.release(&job_id);
     // The exit is handed on before the copy stops being held: whoever lists what is held and
     // then drains the exits sees the copy in one or the other, never in neither.
     let _ = exits_tx.send(exit).await;

@@ -35,8 +35,15 @@
 //! Reading the clock first means the pair's error can only move a deadline earlier, never later.
 //! The shim then only compares that number with `clock_gettime` again.
 //!
-//! What this does not cover, said plainly: a job that calls `setsid` itself leaves its process
-//! group and escapes the fence (cgroups would close that); and like every lease on
+//! Where the host allows (see [`crate::containment`]), the job also runs in a cgroup of its
+//! own, and the shim's SIGTERM goes to every process in it and its SIGKILL to the whole cgroup
+//! (`cgroup.kill`): a job that calls `setsid`, or runs a child in its own group, is fenced
+//! too, and the shim records the end only once the cgroup is empty. The shim itself sits in a
+//! sibling leaf of the job's cgroup, so "the job's cgroup is populated" means "something of
+//! this copy is alive" to a restarted agent.
+//!
+//! What this does not cover, said plainly: in `process-group` mode (no usable cgroups) a job
+//! that calls `setsid` itself leaves its process group and escapes the fence; and like every lease on
 //! CLOCK_MONOTONIC, a host that is *suspended* stops the clock, so the agent's lease must be
 //! revoked on resume by the coordinator's refusal. Jobs that write shared state should check
 //! `TANDEM_FENCING_TOKEN` at the storage.

@@ -266,6 +266,10 @@ pub struct JobSpec {
     pub fence_kill_timeout_ms: u64,
     /// Cap of each log file before it is rotated, in bytes.
     pub log_max_bytes: u64,
+    /// The cgroup the job runs in (its `job` leaf), or `None` for its process group only
+    /// (see [`crate::containment`]). Absent in specs written before cgroups.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Whether the job runs.
@@ -331,6 +335,9 @@ pub struct JobStatus {
     pub signal: Option<i32>,
     /// Why it ended.
     pub reason: Option<ExitReason>,
+    /// How the job was contained: `cgroup-v2`, `cgroup-hybrid` or `process-group`.
+    #[serde(default)]
+    pub containment: String,
 }
 
 /// Writes `data` to `path` atomically and durably: a temporary file in the same directory,

@@ -13,6 +13,7 @@ use super::guard::{Action, Guard};
 use super::logs::RotatingLog;
 use super::protocol::*;
 use super::SupervisorError;
+use crate::containment::cgroup;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -22,6 +23,12 @@ use std::process::{ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 use tandem_common::time::unix_ms;
+
+/// How long the shim keeps killing a job's cgroup until it is empty. A SIGKILLed process
+/// exits in microseconds unless it is in uninterruptible sleep (D state: stuck I/O); the end
+/// is recorded after this even then, and the cgroup stays populated, so the job is held as
+/// alive by the agent until it is really gone.
+const CGROUP_EMPTY_LIMIT: Duration = Duration::from_secs(5);
 
 enum Event {
     Command(ShimCommand),
@@ -109,6 +116,24 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
         reply(&ShimReply::Failed("empty command".into()));
         return Ok(());
     };
+    // The job's cgroup, opened before the fork: the child writes `0` to it before exec, so
+    // the job is in its cgroup before it runs a single instruction of its own.
+    let cgroup = spec.cgroup.clone();
+    let procs = match &cgroup {
+        Some(dir) => match cgroup::open_procs(dir) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                reply(&ShimReply::Failed(format!(
+                    "cannot open the job's cgroup {}: {e}",
+                    dir.display()
+                )));
+                return Ok(());
+            }
+        },
+        None => None,
+    };
+    let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
+    let containment = crate::containment::Mode::of_cgroup(cgroup.as_deref());
     let shim_pid = std::process::id();
     let mut cmd = std::process::Command::new(program);
     cmd.args(args)
@@ -135,6 +160,9 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
                 if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                     libc::signal(sig, libc::SIG_DFL);
                 }
+            }
+            if let Some(fd) = procs_fd {
+                cgroup::join_in_child(fd)?;
             }
             // If the shim dies without fencing (SIGKILL, OOM), the kernel kills the job leader.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -167,6 +195,7 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
         code: None,
         signal: None,
         reason: None,
+        containment: containment.name().to_string(),
     };
     write_status(job_dir, &status);
     let _ = write_atomic(&job_dir.join(PID_FILE), format!("{pid}\n").as_bytes());
@@ -199,13 +228,20 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
             let reason = guard.reason();
             match a {
                 Action::Term => {
-                    tracing::info!(?reason, "SIGTERM to the job's process group");
+                    tracing::info!(?reason, "SIGTERM to the job's process group and cgroup");
                     signal_group(pgid, libc::SIGTERM);
                     signal_group(pgid, libc::SIGCONT);
+                    if let Some(cg) = &cgroup {
+                        cgroup::signal_all(cg, libc::SIGTERM);
+                        cgroup::signal_all(cg, libc::SIGCONT);
+                    }
                 }
                 Action::Kill => {
-                    tracing::info!(?reason, "SIGKILL to the job's process group");
+                    tracing::info!(?reason, "SIGKILL to the job's process group and cgroup");
                     signal_group(pgid, libc::SIGKILL);
+                    if let Some(cg) = &cgroup {
+                        cgroup::kill_all(cg);
+                    }
                 }
             }
         }
@@ -242,7 +278,32 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
     // The leader is a zombie, so its pid (the group id) cannot be reused: kill what is left of
     // the group, then reap.
     signal_group(pgid, libc::SIGKILL);
+    if let Some(cg) = &cgroup {
+        cgroup::kill_all(cg);
+    }
     let (code, signal) = reap(pgid);
+    // Everything the job started, whatever its group or session, is gone before the end is
+    // recorded (and before this shim leaves the job's cgroup, which keeps it populated).
+    if let Some(cg) = &cgroup {
+        if !cgroup::kill_until_empty(cg, CGROUP_EMPTY_LIMIT) {
+            tracing::error!(
+                left = ?cgroup::procs_recursive(cg),
+                "processes of the job survived SIGKILL in {}",
+                cg.display()
+            );
+        }
+    }
+    drop(procs);
+    // For the record (and the figures): how long after the lease deadline the last process of
+    // a fenced job was gone.
+    if guard.reason() == Some(ExitReason::Fenced) {
+        let after_us = now_ns().saturating_sub(guard.deadline_ns()) / 1_000;
+        tracing::info!(
+            after_deadline_us = after_us,
+            containment = containment.name(),
+            "fenced: the job's last process is gone"
+        );
+    }
     // Give the pipes a moment to drain; a process that left the group may hold them open.
     let until = std::time::Instant::now() + Duration::from_secs(1);
     while done_rx

@@ -1,0 +1,277 @@
+//! End to end, with the real binaries, as root: a job is contained. Whatever the job starts —
+//! a background child in its own process group (`set -m`), a `setsid` double fork, a job that
+//! deletes the files in its working dir — nothing of the old copy outlives the fence when its
+//! agent is `kill -9`ed, and no two fencing tokens ever write at overlapping times.
+//!
+//! The old copy's processes are found by their environment (`TANDEM_JOB_ID` and
+//! `TANDEM_FENCING_TOKEN` in `/proc/PID/environ`), not by anything the agent records, so the
+//! check does not trust the code it checks. A [`Reaper`] kills whatever is left of a job when
+//! the test ends, pass or fail.
+//!
+//! These need root and a cgroup file system; without them each test prints why and passes
+//! without checking (CI runs as root on a hybrid cgroup host, so there they run).
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tandem_tests::fleet::*;
+use tandem_tests::wait_for;
+
+/// The coordinator's default lease and fence kill timeout (tests/src/lib.rs starts it with
+/// its defaults).
+const LEASE: Duration = Duration::from_millis(1000);
+const FENCE_KILL: Duration = Duration::from_millis(250);
+/// Scheduling slack on a loaded two-core machine, on top of lease + fence kill timeout.
+const SLACK: Duration = Duration::from_millis(1000);
+
+/// Why these tests cannot run here, if they cannot.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root: job cgroups need root".into());
+    }
+    if !Path::new("/sys/fs/cgroup").is_dir()
+        || std::fs::read_dir("/sys/fs/cgroup").map_or(true, |mut d| d.next().is_none())
+    {
+        return Some("no cgroup file system at /sys/fs/cgroup".into());
+    }
+    None
+}
+
+/// Live (not zombie) processes whose environment holds `TANDEM_JOB_ID=job` and, if given,
+/// `TANDEM_FENCING_TOKEN=token`.
+pub fn copy_pids(job: &str, token: Option<u64>) -> Vec<i32> {
+    let id = format!("TANDEM_JOB_ID={job}");
+    let tok = token.map(|t| format!("TANDEM_FENCING_TOKEN={t}"));
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        let has = |s: &str| vars.contains(&s.as_bytes());
+        if has(&id) && tok.as_deref().is_none_or(has) && alive(pid) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// Kills every process of a job (any token) when dropped: a failing test leaves none behind.
+pub struct Reaper(pub String);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for _ in 0..3 {
+            for pid in copy_pids(&self.0, None) {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// One line in the fleet's writer format, appended to `out`.
+fn line(out: &Path) -> String {
+    format!(
+        "echo \"$TANDEM_NODE_NAME $TANDEM_FENCING_TOKEN $(date +%s%N) -\" >> {}",
+        out.display()
+    )
+}
+
+/// A plain writer loop (no TERM trap: an escapee need not be slow to die, only hidden).
+fn looped(out: &Path) -> String {
+    format!("while true; do {}; sleep 0.01; done", line(out))
+}
+
+/// Runs `script` (bash) as a job, waits until it writes and has at least `min_procs`
+/// processes, `kill -9`s its agent (and with `restart`, starts it again at once; otherwise
+/// the job moves to the second node), and checks: every process of the old copy is gone
+/// within lease + fence kill timeout (+ slack) of the kill, a new copy runs, and no two
+/// tokens wrote at overlapping times. Prints how long the old copy's processes lived after
+/// the kill.
+fn escape_is_fenced(
+    name: &str,
+    script: impl Fn(&Path) -> String,
+    min_procs: usize,
+    restart: bool,
+    process_group: bool,
+) -> Result<()> {
+    if let Some(why) = skip_reason() {
+        println!("{name}: skipped: {why}");
+        return Ok(());
+    }
+    let mut f = Fleet::new(name, "pool")?;
+    let nodes = if restart {
+        vec![format!("{name}-a")]
+    } else {
+        vec![format!("{name}-a"), format!("{name}-b")]
+    };
+    let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let extra: &[&str] = if process_group {
+        &["--containment", "process-group"]
+    } else {
+        &[]
+    };
+    f.start_agents(&names, extra)?;
+    let out = f.tmp.path().join(format!("{name}.out"));
+    let j = f.api().post(
+        "/v1/jobs",
+        &json!({"name": name, "cluster": f.cluster,
+                "command": ["/bin/bash", "-c", script(&out)],
+                "resources": {"cpu_millis": 100, "memory_bytes": 67108864, "gpus": 0},
+                "restart": "always"}),
+    )?;
+    let w = Writer {
+        id: j["job"]["id"].as_str().context("job id")?.to_string(),
+        out,
+    };
+    let _reaper = Reaper(w.id.clone());
+    let job = f.wait_running(&w)?;
+    let (node, token) = f.placement(&job)?;
+    let pids = wait_for(LONG, "the job's processes", || {
+        let p = copy_pids(&w.id, Some(token));
+        (p.len() >= min_procs).then_some(p)
+    })?;
+    println!("{name}: copy {token} on {node} runs as {pids:?}");
+    // (A job that deletes its working dir may have deleted `status.json` too.)
+    if let Some(status) = f.job_status(&node, &w.id) {
+        check(
+            (status["containment"] == "process-group") == process_group,
+            || format!("the job's containment is not as configured: {status}"),
+        )?;
+    }
+    f.coord.wait_restart_grace()?;
+
+    let t0 = Instant::now();
+    f.agent(&node)?.kill9();
+    if restart {
+        f.start_agent(&node, None, extra)?;
+    }
+    let bound = LEASE + FENCE_KILL + SLACK;
+    let gone = wait_for(LONG, "every process of the old copy gone", || {
+        copy_pids(&w.id, Some(token))
+            .is_empty()
+            .then(|| t0.elapsed())
+    })
+    .with_context(|| {
+        format!(
+            "still alive: {:?} ({})",
+            copy_pids(&w.id, Some(token)),
+            f.agent_log(&node)
+        )
+    })?;
+    println!(
+        "{name}: the old copy's last process was gone {} ms after kill -9 of its agent \
+         (lease {} ms + fence kill {} ms)",
+        gone.as_millis(),
+        LEASE.as_millis(),
+        FENCE_KILL.as_millis()
+    );
+    // The shim's own measure: from the lease deadline to the job's last process gone.
+    let shim_log = f.state_dir(&node).join("jobs").join(&w.id).join("shim.log");
+    let after = wait_for(Duration::from_secs(5), "the shim's fence record", || {
+        let text = std::fs::read_to_string(&shim_log).ok()?;
+        let tail = text.rsplit("after_deadline_us=").next()?;
+        (text.contains("after_deadline_us="))
+            .then(|| tail.split_whitespace().next().unwrap_or("?").to_string())
+    });
+    match after {
+        Ok(ms) => println!("{name}: lease deadline -> last process gone: {ms} µs (shim.log)"),
+        Err(_) => println!("{name}: the shim left no fence record (its log was deleted)"),
+    }
+    check(gone <= bound, || {
+        format!(
+            "the old copy lived {} ms after the kill, past lease + fence kill + slack ({} ms)",
+            gone.as_millis(),
+            bound.as_millis()
+        )
+    })?;
+    let (moved, _) = f
+        .wait_new_copy(&w, token, LONG)
+        .with_context(|| f.agent_log(&node))?;
+    let new = moved["fencing_token"].as_u64().context("token")?;
+    println!(
+        "{name}: new copy {new} writing {} ms after the kill",
+        t0.elapsed().as_millis()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    handover(&w.out, token, new, name)?;
+    copies(&w.out)?;
+    Ok(())
+}
+
+/// A background child in its own process group (`set -m`), writing on; the leader waits.
+///
+/// On the code before the fix (the fence signals the job's process group only):
+/// `timed out after 30s waiting for every process of the old copy gone`, `still alive:
+/// [17418, 25344]`: the subshell, in its own group, went on writing beside the new copy.
+#[test]
+fn a_background_child_in_its_own_process_group_is_fenced() -> Result<()> {
+    escape_is_fenced(
+        "escape-setm",
+        |out| format!("set -m; ({}) & wait", looped(out)),
+        2,
+        false,
+        false,
+    )
+}
+
+/// A `setsid` double fork: the writer runs in a session of its own, its parent has exited,
+/// and the job's leader only sleeps.
+///
+/// On the code before the fix: `timed out after 30s waiting for every process of the old
+/// copy gone`, `still alive: [20280, 28383]`: the daemon, in its own session.
+#[test]
+fn a_setsid_double_fork_is_fenced() -> Result<()> {
+    escape_is_fenced(
+        "escape-setsid",
+        |out| {
+            format!(
+                "setsid -f bash -c '({}) & exit 0' </dev/null >/dev/null 2>&1; exec sleep 100000",
+                looped(out).replace('\'', "'\\''")
+            )
+        },
+        2,
+        false,
+        false,
+    )
+}
+
+/// A job that deletes every file in its working dir (`rm -f ./*`: the shim's `lock` too, when
+/// the working dir was the job dir) and then writes on; its agent is `kill -9`ed and started
+/// again at once on the same state dir, so the new copy is placed on the same node.
+///
+/// On the code before the fix: `two copies ran at once: token 1 on ["escape-rm-a"] wrote
+/// until 1796276550783329280, token 2 on ["escape-rm-a"] from 1796276550202413001 (580 ms of
+/// overlap)`: the restarted agent took the deleted lock for a fenced copy, registered at
+/// once, and the new shim took a fresh `lock` while the old copy still ran.
+#[test]
+fn a_job_that_deletes_its_working_dir_runs_once_across_an_agent_restart() -> Result<()> {
+    escape_is_fenced(
+        "escape-rm",
+        |out| format!("rm -f ./* ./.[!.]*; {}", looped(out)),
+        1,
+        true,
+        false,
+    )
+}
+
+/// For comparison, not a fix: a plain writer (it stays in its process group) on agents told
+/// `--containment process-group`, fenced by its group as before cgroups. Prints the same
+/// figures as the tests above.
+#[test]
+fn without_cgroups_a_job_that_stays_in_its_group_is_fenced() -> Result<()> {
+    escape_is_fenced("plain-pgroup", looped, 1, false, true)
+}
+
+/// The same plain writer in its cgroup, for the figures beside the one above.
+#[test]
+fn with_cgroups_a_job_that_stays_in_its_group_is_fenced() -> Result<()> {
+    escape_is_fenced("plain-cgroup", looped, 1, false, false)
+}
