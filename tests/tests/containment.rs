@@ -275,3 +275,60 @@ fn without_cgroups_a_job_that_stays_in_its_group_is_fenced() -> Result<()> {
 fn with_cgroups_a_job_that_stays_in_its_group_is_fenced() -> Result<()> {
     escape_is_fenced("plain-cgroup", looped, 1, false, false)
 }
+
+/// A job runs in a working dir of its own (`STATE_DIR/work/<id>`), apart from the
+/// supervisor's files: a job that deletes everything in its working dir and in `..` of it
+/// leaves `spec.json`, `fencing_token`, `lock` and `status.json` in place. Runs without root.
+///
+/// On the code before the fix: `the job ran in .../jobs/<id>`: its working dir was the job
+/// dir, and `rm -rf ./*` deleted the supervisor's lock and token.
+#[test]
+fn a_job_works_apart_from_the_supervisors_files() -> Result<()> {
+    let mut f = Fleet::new("workdir", "pool")?;
+    f.start_agents(&["workdir-a"], &[])?;
+    let pwd = f.tmp.path().join("workdir.pwd");
+    let script = format!(
+        "pwd > {}.tmp && mv {0}.tmp {0}; rm -rf ./* ../*; exec sleep 600",
+        pwd.display()
+    );
+    let j = f.api().post(
+        "/v1/jobs",
+        &json!({"name": "workdir", "cluster": f.cluster,
+                "command": ["/bin/sh", "-c", script],
+                "resources": {"cpu_millis": 10, "memory_bytes": 16 << 20, "gpus": 0},
+                "restart": "never"}),
+    )?;
+    let id = j["job"]["id"].as_str().context("job id")?.to_string();
+    let _reaper = Reaper(id.clone());
+    let ran_in = wait_for(LONG, "the job's pwd", || {
+        std::fs::read_to_string(&pwd).ok().filter(|s| !s.is_empty())
+    })?;
+    let state = std::fs::canonicalize(f.state_dir("workdir-a"))?;
+    let job_dir = state.join("jobs").join(&id);
+    check(
+        Path::new(ran_in.trim()) == state.join("work").join(&id),
+        || format!("the job ran in {}", ran_in.trim()),
+    )?;
+    // Give the rm a moment to finish, then the supervisor's files must all be there.
+    wait_for(LONG, "the job to be past its rm", || {
+        (!copy_pids(&id, None).is_empty()
+            && std::fs::read_dir(state.join("work")).is_ok_and(|mut d| d.next().is_none()))
+        .then_some(())
+    })?;
+    // (`status.json` is written just after the job started, and may come after its rm.)
+    let names = ["spec.json", "fencing_token", "lock", "status.json"];
+    wait_for(Duration::from_secs(5), "the supervisor's files", || {
+        names
+            .iter()
+            .all(|n| job_dir.join(n).is_file())
+            .then_some(())
+    })
+    .with_context(|| {
+        let missing: Vec<_> = names
+            .iter()
+            .filter(|n| !job_dir.join(n).is_file())
+            .collect();
+        format!("{missing:?} gone from {}", job_dir.display())
+    })?;
+    Ok(())
+}

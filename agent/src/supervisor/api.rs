@@ -45,7 +45,8 @@ pub struct JobStart {
     pub command: Vec<String>,
     /// The job's own environment variables.
     pub env: BTreeMap<String, String>,
-    /// Working directory (default: the job dir).
+    /// Working directory (default: `STATE_DIR/work/<job id>`, made for it; never the job dir,
+    /// which holds the supervisor's files).
     pub workdir: Option<PathBuf>,
     /// Assigned GPU UUIDs, for `CUDA_VISIBLE_DEVICES`.
     pub gpus: Vec<String>,
@@ -93,6 +94,8 @@ struct Shim {
 /// like to the shims: their stdin closes, and each job lives until its last deadline.
 pub struct Supervisor {
     jobs_dir: PathBuf,
+    /// `STATE_DIR/work`: the jobs' default working dirs, apart from the supervisor's files.
+    work_dir: PathBuf,
     node_id: NodeId,
     node_name: String,
     /// The fence kill timeout in milliseconds: read by each start for its spec, and followed
@@ -146,8 +149,15 @@ impl Supervisor {
             std::env::current_exe().map_err(io_err("finding the agent's executable".into()))?
         };
         let (exits_tx, exits_rx) = mpsc::channel(1024);
+        let work_dir = state_dir.join("work");
+        std::fs::DirBuilder::new()
+            .mode(0o711)
+            .recursive(true)
+            .create(&work_dir)
+            .map_err(io_err(format!("creating {}", work_dir.display())))?;
         Ok(Self {
             jobs_dir,
+            work_dir,
             node_id,
             node_name: node_name.into(),
             fence_kill_ms: watch::channel(millis(fence_kill_timeout)).0,
@@ -329,6 +339,20 @@ impl Supervisor {
             });
         }
         write_token(&job_dir, job.fencing_token)?;
+        // The job's own dir, apart from the supervisor's (`lock`, `fencing_token`, `spec.json`,
+        // `status.json`): a job that tidies its working dir, or `..` of it, cannot reach them.
+        let workdir = match job.workdir {
+            Some(w) => w,
+            None => {
+                let w = self.work_dir.join(&id);
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .recursive(true)
+                    .create(&w)
+                    .map_err(io_err(format!("creating {}", w.display())))?;
+                w
+            }
+        };
         // The job's cgroup is the truth about an earlier copy: while anything of it lives
         // (its shim, or any process it started, in whatever group or session), no new copy.
         let cg = self.containment.prepare(&id).map_err(|e| match e {
@@ -340,7 +364,7 @@ impl Supervisor {
             fencing_token: job.fencing_token,
             command: job.command,
             env,
-            workdir: job.workdir.unwrap_or_else(|| job_dir.clone()),
+            workdir,
             lease_deadline_ns: deadline,
             fence_kill_timeout_ms,
             log_max_bytes: self.log_max_bytes,

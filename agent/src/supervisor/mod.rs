@@ -68,6 +68,12 @@
 //! SIGINT or SIGHUP (e.g. `systemctl stop` with `control-group`) stops its job first, with the
 //! fence kill timeout, then exits.
 //!
+//! # The job's working dir (`STATE_DIR/work/<job id>/`)
+//! A job runs in a dir of its own unless its spec names one, never in its job dir: a job that
+//! tidies its working dir (`rm -f ./*`, or `..` of it) then reaches no file of the supervisor.
+//! It is not a security boundary while jobs run as root (an absolute path still reaches the job
+//! dir); the job's cgroup is what says whether a copy lives.
+//!
 //! # Files in a job dir (`STATE_DIR/jobs/<job id>/`)
 //! `spec.json` (what to run, mode 0600: it holds the environment), `fencing_token`, `lock`,
 //! `status.json` (running or exited with code or signal, token, pid, times; written atomically),
