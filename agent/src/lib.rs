@@ -13,6 +13,7 @@
 //! - `leftovers`: waiting out job supervisors of a previous agent run before registering.
 //! - `link`: join, register, heartbeat, reconnect; its `handshake` steps (connect, the `Hello`s,
 //!   refusals, backoff) are public, and tandem-swarm's simulated agents run them too.
+//! - `statelock`: one agent per state dir (a `flock` on `agent.lock`).
 //! - `status`: `tandem-agent status`: a snapshot the link publishes, served on a unix socket
 //!   in the state dir (0600), and the client that prints it.
 //! - `renewal`: renewing the node certificate over the live connection, before it runs out.
@@ -34,6 +35,7 @@ pub mod leftovers;
 pub mod link;
 pub mod probe;
 pub mod renewal;
+pub mod statelock;
 pub mod status;
 pub mod supervisor;
 
@@ -47,6 +49,8 @@ pub async fn run(
     cfg: config::Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    // Before anything in the state dir is touched: a second agent on it is refused.
+    let _state_lock = statelock::lock(&cfg.state_dir)?;
     let (lease_tx, _lease_rx) = watch::channel(LeaseView::default());
     let prober = probe::Prober::new(probe::ProbeOptions {
         gpu_fixture: cfg.gpu_fixture.clone(),

@@ -72,6 +72,9 @@ pub enum AgentError {
     /// The unacknowledged job exits cannot be kept (the exits dir).
     #[error("job exits: {0}")]
     Exits(#[from] ExitsError),
+    /// Another agent runs with this state dir, or it cannot be locked.
+    #[error(transparent)]
+    StateDir(#[from] crate::statelock::StateLockError),
 }
 
 /// The lease as the rest of the agent sees it.
