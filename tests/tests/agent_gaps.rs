@@ -43,3 +43,75 @@ fn a_second_agent_on_the_same_state_dir_is_refused() -> Result<()> {
     check(cs.len() == 1, || format!("{cs:?}"))?;
     Ok(())
 }
+
+/// A job prints one 5 MB line (over the link's 4 MiB frame limit). Its log tail still comes
+/// back, cut to its newest bytes with a first line that says so, and the link is untouched:
+/// the node registered once, stays ready, and a second tail answers too.
+///
+/// On the code before the fix: `tail 0: 409 {"error":{"code":"failed_precondition",
+/// "message":"logs of job bigline: the node did not answer within 3 s"}}`: the reply was over
+/// the frame limit and never arrived.
+#[test]
+fn a_5_mb_log_line_never_breaks_the_link() -> Result<()> {
+    let mut f = Fleet::new("bigline", "pool")?;
+    f.start_agents(&["bigline-a"], &[])?;
+    let j = f.api().post(
+        "/v1/jobs",
+        &json!({"name": "bigline", "cluster": f.cluster,
+                "command": ["/bin/sh", "-c",
+                    "echo before; head -c 5000000 /dev/zero | tr '\\0' x; echo; echo after; exec sleep 600"],
+                "resources": {"cpu_millis": 10, "memory_bytes": 16 << 20, "gpus": 0},
+                "restart": "never"}),
+    )?;
+    let id = j["job"]["id"].as_str().context("job id")?.to_string();
+    let log = f
+        .state_dir("bigline-a")
+        .join("jobs")
+        .join(&id)
+        .join("stdout.log");
+    wait_for(LONG, "the job's 5 MB line in its log", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|t| t.ends_with("after\n"))
+    })?;
+    for round in 0..2 {
+        let (code, v) = f
+            .api()
+            .send("GET", &format!("/v1/jobs/{id}/logs?tail=10"), None)?;
+        check(code == 200, || format!("tail {round}: {code} {v}"))?;
+        let out: Vec<&str> = v["stdout"]
+            .as_array()
+            .context("stdout")?
+            .iter()
+            .filter_map(|l| l.as_str())
+            .collect();
+        let sizes: Vec<usize> = out.iter().map(|l| l.len()).collect();
+        println!("tail {round}: {} lines of {sizes:?} bytes", out.len());
+        check(out.first().is_some_and(|l| l.contains("cut")), || {
+            format!("no cut marker: {:?}", out.first())
+        })?;
+        check(out.last() == Some(&"after"), || format!("{:?}", out.last()))?;
+        // The last bytes that fit: the end of the long line, most of the budget.
+        check(
+            out.len() == 3 && out[1].len() > 100_000 && out[1].bytes().all(|b| b == b'x'),
+            || format!("{sizes:?}"),
+        )?;
+        check(sizes.iter().sum::<usize>() < 4 << 20, || {
+            format!("{sizes:?}")
+        })?;
+    }
+    let text = f
+        .agents
+        .get("bigline-a")
+        .map(|p| p.log_text())
+        .unwrap_or_default();
+    let registrations = text.matches("registered with the coordinator").count();
+    check(registrations == 1, || {
+        format!("the agent registered {registrations} times:\n{text}")
+    })?;
+    check(
+        f.api().state("bigline-a").as_deref() == Some("ready"),
+        || "the node is not ready".into(),
+    )?;
+    Ok(())
+}

@@ -28,6 +28,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a start waits for a lease that is about to arrive.
 const LEASE_WAIT: Duration = Duration::from_secs(2);
+/// The most bytes of log lines one log reply carries: a quarter of the link's frame limit,
+/// so the reply with its framing always fits (a reply over the limit would break the link).
+pub const LOG_REPLY_BUDGET: usize = tandem_common::codec::DEFAULT_MAX_FRAME / 4;
 /// The default cap of each log file.
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 8 * 1024 * 1024;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -554,7 +557,8 @@ impl Supervisor {
             })
     }
 
-    /// The last `n_lines` lines of a job's stdout and stderr (running or not).
+    /// The last `n_lines` lines of a job's stdout and stderr (running or not), each stream cut
+    /// to its newest [`LOG_REPLY_BUDGET`]` / 2` bytes, with a first line saying so when cut.
     pub async fn tail_logs(
         &self,
         job_id: &str,
@@ -571,9 +575,10 @@ impl Supervisor {
                 let p = job_dir.join(name);
                 logs::tail(&p, n_lines).map_err(io_err(format!("reading {}", p.display())))
             };
+            // Each stream gets half of the reply's budget (see `logs::cap`).
             Ok(LogTail {
-                stdout: one(STDOUT_LOG)?,
-                stderr: one(STDERR_LOG)?,
+                stdout: logs::cap(one(STDOUT_LOG)?, LOG_REPLY_BUDGET / 2),
+                stderr: logs::cap(one(STDERR_LOG)?, LOG_REPLY_BUDGET / 2),
             })
         };
         tokio::task::spawn_blocking(read)
