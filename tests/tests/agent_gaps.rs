@@ -1,10 +1,11 @@
 //! End to end, with the real binaries: the smaller gaps of issue 13 — a second agent on the
-//! same state dir, and log replies past the frame limit.
+//! same state dir, log replies past the frame limit, and a shim that stopped answering.
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tandem_tests::fleet::*;
+use tandem_tests::relay::Relay;
 use tandem_tests::{start_agent, wait_for};
 
 /// A second agent started on the state dir of a running one is refused at once, with an
@@ -114,4 +115,69 @@ fn a_5_mb_log_line_never_breaks_the_link() -> Result<()> {
         || "the node is not ready".into(),
     )?;
     Ok(())
+}
+
+/// The agent is the second line of defence: a job whose shim is SIGSTOPped (so it cannot
+/// fence) on a node cut off from the coordinator is killed by the agent itself once the lease
+/// and the fence kill timeout are over; the job moves to the other node with no overlap.
+///
+/// On the code before the fix: `timed out after 30s waiting for every process of the old copy
+/// gone`: with its shim stopped, the job ran on beside the new copy.
+#[test]
+fn a_stopped_shim_is_fenced_by_the_agent() -> Result<()> {
+    let mut f = Fleet::new("stopshim", "pool")?;
+    let relay = Relay::start(&f.coord.quic)?;
+    f.start_agent("stopshim-a", Some(&relay.addr()), &[])?;
+    f.wait_ready("stopshim-a")?;
+    let w = f.submit_writer("stopshim-writer", 0, json!({}))?;
+    let _reaper = Reaper(w.id.clone());
+    let j = f.wait_running(&w)?;
+    let (node, token) = f.placement(&j)?;
+    check(node == "stopshim-a", || format!("placed on {node}"))?;
+    f.start_agents(&["stopshim-b"], &[])?;
+    f.coord.wait_restart_grace()?;
+    let shim = f
+        .job_status(&node, &w.id)
+        .and_then(|s| s["shim_pid"].as_i64())
+        .context("the shim's pid")? as i32;
+    let _shim = KillOnDrop(shim);
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(shim, libc::SIGSTOP) };
+    relay.cut(true);
+    let t0 = Instant::now();
+    let gone = wait_for(LONG, "every process of the old copy gone", || {
+        copy_pids(&w.id, Some(token))
+            .is_empty()
+            .then(|| t0.elapsed())
+    })
+    .with_context(|| f.agent_log(&node))?;
+    println!(
+        "stopped shim: the old copy's last process was gone {} ms after the cut",
+        gone.as_millis()
+    );
+    check(gone <= Duration::from_millis(2250), || {
+        format!("the old copy lived {} ms after the cut", gone.as_millis())
+    })?;
+    let (moved, _) = f.wait_new_copy(&w, token, LONG)?;
+    let new = moved["fencing_token"].as_u64().context("token")?;
+    std::thread::sleep(Duration::from_millis(300));
+    handover(&w.out, token, new, "stopped shim")?;
+    let reason = f.wait_copy_ended(&node, &w.id, token)?;
+    println!("stopped shim: the old copy is recorded as {reason}");
+    check(
+        f.agent_log(&node)
+            .contains("the agent kills the job itself"),
+        || f.agent_log(&node),
+    )?;
+    Ok(())
+}
+
+/// SIGKILLs a pid when dropped (a stopped shim must not outlive a failed test).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
 }

@@ -5,6 +5,8 @@
 //! by [`super::admit`]), not from when its shim answers: the link reports what is held in every
 //! `Hello`, and a copy that is about to run must never be missing from it.
 
+use super::backstop::Backstop;
+use super::follow::{control, monitor, Target};
 use super::held::{Claimed, HeldTable, StartedJob};
 use super::protocol::*;
 use super::{logs, SupervisorError};
@@ -18,14 +20,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tandem_common::ids::NodeId;
 use tandem_common::proto::HeldJob;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 /// How long a shim may take to answer `started`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one line to a shim may take to write (a pipe holds 64 KiB; this is never reached
-/// unless the shim is frozen, and then its deadline ends it anyway).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a start waits for a lease that is about to arrive.
 const LEASE_WAIT: Duration = Duration::from_secs(2);
 /// The most bytes of log lines one log reply carries: a quarter of the link's frame limit,
@@ -393,7 +392,21 @@ impl Supervisor {
         };
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
         claim.promote(ctl_tx, started.clone());
-        tokio::spawn(control(stdin, deadline_rx, fence_kill_rx, ctl_rx));
+        let backstop = Backstop::new(deadline, Duration::from_millis(fence_kill_timeout_ms));
+        let target = Target {
+            job_id: id.clone(),
+            pid,
+            shim_pid,
+            containment: Arc::clone(&self.containment),
+        };
+        tokio::spawn(control(
+            stdin,
+            deadline_rx,
+            fence_kill_rx,
+            ctl_rx,
+            backstop,
+            target,
+        ));
         tokio::spawn(monitor(
             child,
             Arc::clone(&self.containment),
@@ -588,95 +601,4 @@ impl Supervisor {
                 source: std::io::Error::other(e),
             })?
     }
-}
-
-/// Writes lease changes and commands to one shim's stdin, until the shim is gone or the
-/// supervisor is dropped (which closes the pipe: the shim keeps its last deadline).
-async fn control(
-    mut stdin: tokio::process::ChildStdin,
-    mut deadline: watch::Receiver<Option<u64>>,
-    mut fence_kill_ms: watch::Receiver<u64>,
-    mut ctl: mpsc::Receiver<ShimCommand>,
-) {
-    loop {
-        let cmd = tokio::select! {
-            r = deadline.changed() => match r {
-                Ok(()) => match *deadline.borrow_and_update() {
-                    Some(ns) => ShimCommand::Lease(ns),
-                    None => ShimCommand::Fence,
-                },
-                Err(_) => return,
-            },
-            r = fence_kill_ms.changed() => match r {
-                Ok(()) => ShimCommand::FenceKill {
-                    timeout_ms: *fence_kill_ms.borrow_and_update(),
-                },
-                Err(_) => return,
-            },
-            c = ctl.recv() => match c {
-                Some(c) => c,
-                None => return,
-            },
-        };
-        let line = cmd.to_line();
-        match tokio::time::timeout(WRITE_TIMEOUT, stdin.write_all(line.as_bytes())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => tracing::warn!("a shim did not take {:?} in time", line.trim()),
-        }
-    }
-}
-
-/// Waits for a shim to exit and reports its job's end.
-#[allow(clippy::too_many_arguments)]
-async fn monitor(
-    mut child: tokio::process::Child,
-    containment: Arc<Containment>,
-    held: Arc<HeldTable>,
-    exits_tx: mpsc::Sender<JobExit>,
-    job_dir: PathBuf,
-    job_id: String,
-    token: u64,
-    pid: u32,
-) {
-    let _ = child.wait().await;
-    let status = read_status(&job_dir).filter(|s| s.state == JobState::Exited && s.pid == pid);
-    let exit = match status {
-        Some(s) => JobExit {
-            job_id: job_id.clone(),
-            fencing_token: token,
-            code: s.code,
-            signal: s.signal,
-            reason: s.reason.unwrap_or(ExitReason::Exited),
-        },
-        None => {
-            // The shim died without recording an end: whatever is left of the job must not run
-            // unsupervised. The group id is the job's pid.
-            tracing::error!(job = %job_id, pid, "shim died without recording an end; killing the job's group");
-            signal_group(pid as i32, libc::SIGKILL);
-            let left = Arc::clone(&containment);
-            let id = job_id.clone();
-            let gone =
-                tokio::task::spawn_blocking(move || left.kill_job(&id, Duration::from_secs(5)))
-                    .await
-                    .unwrap_or(false);
-            if !gone {
-                tracing::error!(job = %job_id, "processes of the job survived SIGKILL in its cgroup");
-            }
-            JobExit {
-                job_id: job_id.clone(),
-                fencing_token: token,
-                code: None,
-                signal: None,
-                reason: ExitReason::Lost,
-            }
-        }
-    };
-    // The shim has exited and emptied the job's cgroup: remove it (a cgroup with processes
-    // left in it stays, and keeps a new copy out).
-    containment.release(&job_id);
-    // The exit is handed on before the copy stops being held: whoever lists what is held and
-    // then drains the exits sees the copy in one or the other, never in neither.
-    let _ = exits_tx.send(exit).await;
-    held.release(&job_id, token);
 }

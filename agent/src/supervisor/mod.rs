@@ -23,7 +23,11 @@
 //!   been reused): leftover children of a finished job would be a second copy after a restart.
 //! - Defence in depth: the job leader has `PR_SET_PDEATHSIG = SIGKILL`, so if the shim itself is
 //!   killed outright (OOM) the leader dies with it; and when the agent sees a shim die without a
-//!   recorded end, it kills the job's group itself ([`ExitReason::Lost`]).
+//!   recorded end, it kills the job's group itself ([`ExitReason::Lost`]). And if a shim has
+//!   not ended its job by the agent's own lease end plus the fence kill timeout (the shim is
+//!   SIGSTOPped, wedged or starved), the agent kills the job's cgroup and group itself
+//!   ([`backstop`]), then wakes the shim to record the end (and SIGKILLs it a second later if
+//!   it still does not).
 //!
 //! Why not the alternatives from the issue: a parent-death signal on the job alone covers a
 //! crash but not a hang, and kills at once rather than at the deadline; systemd's watchdog covers
@@ -87,6 +91,8 @@
 //! from `status.json` once the shim has exited.
 
 pub mod admit;
+pub mod backstop;
+mod follow;
 pub mod guard;
 mod held;
 pub mod logs;
