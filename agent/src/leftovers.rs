@@ -50,7 +50,7 @@ pub fn ended(state_dir: &Path) -> Vec<tandem_common::proto::JobExitReport> {
                 code: s.code,
                 signal: s.signal,
                 cause: reason.cause(),
-                reason: format!("{reason:?} while no agent ran").to_lowercase(),
+                reason: format!("{} while no agent ran", reason.name()),
             }
         })
         .collect()

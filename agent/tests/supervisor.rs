@@ -88,6 +88,7 @@ impl Env {
             env,
             workdir: None,
             gpus: Vec::new(),
+            limits: Default::default(),
             session: None,
         }
     }

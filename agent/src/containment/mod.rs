@@ -34,6 +34,10 @@
 //! old tree; it still has the shims' locks.
 
 pub mod cgroup;
+pub mod limits;
+
+pub use limits::Limits;
+use limits::V1;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -111,7 +115,7 @@ pub enum ContainmentError {
     },
 }
 
-/// The two leaves of a job's cgroup.
+/// The two leaves of a job's cgroup, and on a hybrid host its v1 cgroups.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobCgroup {
     /// `jobs/<id>`: populated while the shim or any process of the job lives.
@@ -120,6 +124,11 @@ pub struct JobCgroup {
     pub shim: PathBuf,
     /// `jobs/<id>/job`: the job and everything it starts.
     pub job: PathBuf,
+    /// The job's cgroups in the v1 hierarchies that carry its limits (hybrid hosts): the job
+    /// joins these too.
+    pub v1: Vec<PathBuf>,
+    /// Where the kernel counts the job's OOM kills, when it has a memory limit.
+    pub oom_file: Option<PathBuf>,
 }
 
 /// The agent's containment, decided once at start.
@@ -130,6 +139,11 @@ pub struct Containment {
     root: Option<PathBuf>,
     /// Why cgroups are not used, or where the tree is.
     note: String,
+    /// Hybrid hosts: the agent's subtree in each v1 hierarchy used for limits.
+    v1: Vec<(V1, PathBuf)>,
+    /// Pure v2: whether the memory, cpu and pids controllers reach the job leaves (else why
+    /// not: limits are then refused).
+    v2_limits: Result<(), String>,
 }
 
 const V2_MOUNT: &str = "/sys/fs/cgroup";
@@ -176,6 +190,8 @@ impl Containment {
             mode: Mode::ProcessGroup,
             root: None,
             note: why.into(),
+            v1: Vec::new(),
+            v2_limits: Err("no cgroups".into()),
         }
     }
 
@@ -234,7 +250,7 @@ impl Containment {
         while base
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| matches!(n, "shim" | "job"))
+            .is_some_and(|n| matches!(n, "shim" | "job" | "agent"))
         {
             base.pop();
         }
@@ -250,10 +266,31 @@ impl Containment {
         } else {
             "freeze and kill"
         };
+        let name = root.file_name().map(PathBuf::from).unwrap_or_default();
+        let (v1, v2_limits) = match mode {
+            Mode::CgroupV2 => (Vec::new(), enable_v2_controllers(&base, &root)),
+            _ => (
+                v1_trees(&name),
+                Err("a hybrid host: limits are on v1".into()),
+            ),
+        };
+        let limits = match (&v2_limits, v1.is_empty()) {
+            (Ok(()), _) => "limits on cgroup v2".to_string(),
+            (Err(_), false) => format!(
+                "limits on v1 {}",
+                v1.iter()
+                    .map(|(c, _)| c.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (Err(e), true) => format!("no limits: {e}"),
+        };
         Self {
             mode,
-            note: format!("job cgroups under {} ({kill})", root.display()),
+            note: format!("job cgroups under {} ({kill}; {limits})", root.display()),
             root: Some(root),
+            v1,
+            v2_limits,
         }
     }
 
@@ -267,32 +304,100 @@ impl Containment {
         &self.note
     }
 
-    /// The cgroup of `job_id` (whether or not it exists), in cgroup modes.
-    pub fn job(&self, job_id: &str) -> Option<JobCgroup> {
+    /// The cgroup of `job_id` (whether or not it exists), in cgroup modes, with the v1
+    /// cgroups for the controllers `limits` needs.
+    fn job_with(&self, job_id: &str, limits: Option<&Limits>) -> Option<JobCgroup> {
         let dir = self.root.as_ref()?.join("jobs").join(job_id);
+        let job = dir.join("job");
+        let v1: Vec<(V1, PathBuf)> = self
+            .v1
+            .iter()
+            .filter(|(c, _)| limits.is_none_or(|l| c.wanted(l)))
+            .map(|(c, root)| (*c, root.join("jobs").join(job_id)))
+            .collect();
+        let memory = limits.is_some_and(|l| l.memory_bytes.is_some());
+        let oom_file = if !memory {
+            None
+        } else if self.v2_limits.is_ok() {
+            Some(job.join("memory.events"))
+        } else {
+            v1.iter()
+                .find(|(c, _)| *c == V1::Memory)
+                .map(|(_, d)| d.join("memory.oom_control"))
+        };
         Some(JobCgroup {
             shim: dir.join("shim"),
-            job: dir.join("job"),
+            job,
             dir,
+            v1: v1.into_iter().map(|(_, d)| d).collect(),
+            oom_file,
         })
     }
 
-    /// Makes the cgroup for a new copy of `job_id`; refuses while an earlier copy (or its
-    /// shim) is alive in it. `None` in process-group mode.
-    pub fn prepare(&self, job_id: &str) -> Result<Option<JobCgroup>, ContainmentError> {
-        let Some(cg) = self.job(job_id) else {
+    /// The cgroup of `job_id` (whether or not it exists), in cgroup modes.
+    pub fn job(&self, job_id: &str) -> Option<JobCgroup> {
+        self.job_with(job_id, None)
+    }
+
+    /// Makes the cgroup for a new copy of `job_id` with `limits` written into it; refuses
+    /// while an earlier copy (or its shim) is alive in it, and refuses limits this host cannot
+    /// enforce. `None` in process-group mode (where no limit is enforced).
+    pub fn prepare(
+        &self,
+        job_id: &str,
+        limits: &Limits,
+    ) -> Result<Option<JobCgroup>, ContainmentError> {
+        let Some(cg) = self.job_with(job_id, Some(limits)) else {
             return Ok(None);
         };
         if cgroup::populated(&cg.dir) {
             return Err(ContainmentError::Alive { path: cg.dir });
         }
+        let io = |what: String| move |source| ContainmentError::Io { what, source };
         for d in [&cg.shim, &cg.job] {
-            std::fs::create_dir_all(d).map_err(|source| ContainmentError::Io {
-                what: format!("making cgroup {}", d.display()),
-                source,
-            })?;
+            std::fs::create_dir_all(d).map_err(io(format!("making cgroup {}", d.display())))?;
+        }
+        match &self.v2_limits {
+            Ok(()) => {
+                // The job's parent hands the controllers down to its two leaves.
+                let _ = std::fs::write(cg.dir.join("cgroup.subtree_control"), V2_CONTROLLERS_ON);
+                limits::apply_v2(&cg.job, limits)
+                    .map_err(io(format!("limiting {}", cg.job.display())))?;
+            }
+            Err(why) => {
+                let missing: Vec<&str> = V1::ALL
+                    .iter()
+                    .filter(|c| c.wanted(limits) && !self.v1.iter().any(|(h, _)| h == *c))
+                    .map(|c| c.name())
+                    .collect();
+                // The pids default is best effort; a memory or CPU limit asked for is not.
+                if missing.iter().any(|m| *m != "pids") {
+                    return Err(ContainmentError::Io {
+                        what: format!("limiting job {job_id}"),
+                        source: std::io::Error::other(format!(
+                            "no {} controller to enforce it with ({why})",
+                            missing.join(", ")
+                        )),
+                    });
+                }
+                for (ctl, _) in self.v1.iter().filter(|(c, _)| c.wanted(limits)) {
+                    let d = self.v1_dir(*ctl, job_id);
+                    std::fs::create_dir_all(&d)
+                        .map_err(io(format!("making cgroup {}", d.display())))?;
+                    limits::apply_v1(*ctl, &d, limits)
+                        .map_err(io(format!("limiting {}", d.display())))?;
+                }
+            }
         }
         Ok(Some(cg))
+    }
+
+    fn v1_dir(&self, ctl: V1, job_id: &str) -> PathBuf {
+        self.v1
+            .iter()
+            .find(|(c, _)| *c == ctl)
+            .map(|(_, r)| r.join("jobs").join(job_id))
+            .unwrap_or_default()
     }
 
     /// Whether anything of `job_id` (its shim, or any process of the job) is alive.
@@ -324,16 +429,20 @@ impl Containment {
             .is_none_or(|cg| cgroup::kill_until_empty(&cg.job, limit))
     }
 
-    /// Removes `job_id`'s cgroup if nothing lives in it.
+    /// Removes `job_id`'s cgroups if nothing lives in them.
     pub fn release(&self, job_id: &str) {
         if let Some(cg) = self.job(job_id) {
             cgroup::remove_tree(&cg.dir);
+            for d in cg.v1 {
+                cgroup::remove_tree(&d);
+            }
         }
     }
 
     /// Removes every empty job cgroup (at start, before any job is started).
     pub fn sweep(&self) {
-        if let Some(root) = &self.root {
+        let roots = self.root.iter().chain(self.v1.iter().map(|(_, r)| r));
+        for root in roots {
             for e in std::fs::read_dir(root.join("jobs"))
                 .into_iter()
                 .flatten()
@@ -343,6 +452,60 @@ impl Containment {
             }
         }
     }
+}
+
+/// What `cgroup.subtree_control` is asked for on pure v2.
+const V2_CONTROLLERS_ON: &str = "+memory +cpu +pids";
+
+/// Pure v2: hands the memory, cpu and pids controllers down from the agent's cgroup `base` to
+/// `root/jobs`. A cgroup with processes in it cannot hand controllers down (except the root),
+/// so the agent first moves itself into a leaf of its own, `base/agent` (under systemd with
+/// `Delegate=yes`, `base` is its unit's cgroup, which it owns).
+fn enable_v2_controllers(base: &Path, root: &Path) -> Result<(), String> {
+    let has = |dir: &Path| {
+        std::fs::read_to_string(dir.join("cgroup.subtree_control")).is_ok_and(|s| {
+            ["memory", "cpu", "pids"]
+                .iter()
+                .all(|c| s.split_whitespace().any(|w| w == *c))
+        })
+    };
+    if !has(base) {
+        let is_root = !base.join("cgroup.events").exists();
+        if !is_root {
+            let leaf = base.join("agent");
+            std::fs::create_dir_all(&leaf)
+                .and_then(|()| std::fs::write(leaf.join("cgroup.procs"), "0"))
+                .map_err(|e| format!("cannot move the agent into {}: {e}", leaf.display()))?;
+        }
+        std::fs::write(base.join("cgroup.subtree_control"), V2_CONTROLLERS_ON).map_err(|e| {
+            format!(
+                "cannot enable memory, cpu and pids in {}: {e}",
+                base.display()
+            )
+        })?;
+    }
+    for dir in [root.to_path_buf(), root.join("jobs")] {
+        std::fs::write(dir.join("cgroup.subtree_control"), V2_CONTROLLERS_ON).map_err(|e| {
+            format!(
+                "cannot enable memory, cpu and pids in {}: {e}",
+                dir.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Hybrid hosts: the agent's subtree `<own v1 cgroup>/<name>/jobs` in each v1 hierarchy it can
+/// write (those it cannot are left out, and the limits they would carry refused).
+fn v1_trees(name: &Path) -> Vec<(V1, PathBuf)> {
+    V1::ALL
+        .iter()
+        .filter_map(|c| {
+            let root = limits::v1_own(*c)?.join(name);
+            std::fs::create_dir_all(root.join("jobs")).ok()?;
+            Some((*c, root))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -358,7 +521,7 @@ mod tests {
         let pg = Containment::process_group("test");
         assert_eq!(pg.mode(), Mode::ProcessGroup);
         assert!(pg.job("a").is_none());
-        assert!(matches!(pg.prepare("a"), Ok(None)));
+        assert!(matches!(pg.prepare("a", &Limits::default()), Ok(None)));
         assert!(!pg.alive("a") && pg.alive_jobs().is_empty());
     }
 

@@ -52,6 +52,9 @@ pub struct JobStart {
     pub workdir: Option<PathBuf>,
     /// Assigned GPU UUIDs, for `CUDA_VISIBLE_DEVICES`.
     pub gpus: Vec<String>,
+    /// What the job may use (memory, CPU, pids), enforced through its cgroups. The link
+    /// leaves the default (a pids limit only): `StartJob` carries no resources yet.
+    pub limits: crate::containment::Limits,
     /// The session the start came on. A start that arrives without a lease and waits for one
     /// takes only a lease that an ack *of this session* gave: once the session is gone (the
     /// node may have been declared down, and the job placed elsewhere), a lease from the next
@@ -357,10 +360,13 @@ impl Supervisor {
         };
         // The job's cgroup is the truth about an earlier copy: while anything of it lives
         // (its shim, or any process it started, in whatever group or session), no new copy.
-        let cg = self.containment.prepare(&id).map_err(|e| match e {
-            ContainmentError::Alive { .. } => SupervisorError::Busy { job_id: id.clone() },
-            ContainmentError::Io { what, source } => SupervisorError::Io { what, source },
-        })?;
+        let cg = self
+            .containment
+            .prepare(&id, &job.limits)
+            .map_err(|e| match e {
+                ContainmentError::Alive { .. } => SupervisorError::Busy { job_id: id.clone() },
+                ContainmentError::Io { what, source } => SupervisorError::Io { what, source },
+            })?;
         let spec = JobSpec {
             job_id: id.clone(),
             fencing_token: job.fencing_token,
@@ -371,6 +377,8 @@ impl Supervisor {
             fence_kill_timeout_ms,
             log_max_bytes: self.log_max_bytes,
             cgroup: cg.as_ref().map(|c| c.job.clone()),
+            cgroup_v1: cg.as_ref().map(|c| c.v1.clone()).unwrap_or_default(),
+            oom_file: cg.as_ref().and_then(|c| c.oom_file.clone()),
         };
         let spec_path = job_dir.join(SPEC_FILE);
         let bytes = serde_json::to_vec_pretty(&spec).map_err(|e| SupervisorError::Io {

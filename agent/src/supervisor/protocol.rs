@@ -270,6 +270,12 @@ pub struct JobSpec {
     /// (see [`crate::containment`]). Absent in specs written before cgroups.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// The job's v1 cgroups that carry its limits on a hybrid host; it joins them too.
+    #[serde(default)]
+    pub cgroup_v1: Vec<PathBuf>,
+    /// Where the kernel counts the job's OOM kills (when it has a memory limit).
+    #[serde(default)]
+    pub oom_file: Option<PathBuf>,
 }
 
 /// Whether the job runs.
@@ -296,6 +302,10 @@ pub enum ExitReason {
     ShimSignalled,
     /// The shim died without recording an end; the agent killed the job's group.
     Lost,
+    /// The kernel killed the job (or part of it) for going over its memory limit, and the job
+    /// ended. Reported to the coordinator as the job's own exit (`ExitCause::Exited`, its
+    /// restart policy decides), with the reason `oom_killed`: the wire has no cause for it.
+    OomKilled,
 }
 
 impl ExitReason {
@@ -308,6 +318,16 @@ impl ExitReason {
             ExitReason::Fenced => ExitCause::Fenced,
             ExitReason::ShimSignalled => ExitCause::ShimSignalled,
             ExitReason::Lost => ExitCause::Lost,
+            ExitReason::OomKilled => ExitCause::Exited,
+        }
+    }
+
+    /// The reason's name in reports: `exited`, `stopped`, `fenced`, `shimsignalled`, `lost`,
+    /// `oom_killed` (the older names as they always were).
+    pub fn name(self) -> String {
+        match self {
+            ExitReason::OomKilled => "oom_killed".into(),
+            r => format!("{r:?}").to_lowercase(),
         }
     }
 }

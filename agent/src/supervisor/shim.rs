@@ -133,6 +133,21 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
         None => None,
     };
     let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
+    // And the v1 cgroups that carry its limits on a hybrid host.
+    let mut v1_procs = Vec::new();
+    for dir in &spec.cgroup_v1 {
+        match cgroup::open_procs(dir) {
+            Ok(f) => v1_procs.push(f),
+            Err(e) => {
+                reply(&ShimReply::Failed(format!(
+                    "cannot open the job's cgroup {}: {e}",
+                    dir.display()
+                )));
+                return Ok(());
+            }
+        }
+    }
+    let v1_fds: Vec<i32> = v1_procs.iter().map(|f| f.as_raw_fd()).collect();
     let containment = crate::containment::Mode::of_cgroup(cgroup.as_deref());
     let shim_pid = std::process::id();
     let mut cmd = std::process::Command::new(program);
@@ -163,6 +178,9 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
             }
             if let Some(fd) = procs_fd {
                 cgroup::join_in_child(fd)?;
+            }
+            for fd in &v1_fds {
+                cgroup::join_in_child(*fd)?;
             }
             // If the shim dies without fencing (SIGKILL, OOM), the kernel kills the job leader.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -294,6 +312,23 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
         }
     }
     drop(procs);
+    drop(v1_procs);
+    // A job that ended by itself after the kernel OOM-killed (part of) it ended of that.
+    let oom = spec
+        .oom_file
+        .as_deref()
+        .map_or(0, crate::containment::limits::oom_kills);
+    if oom > 0 && guard.reason().is_none() {
+        tracing::warn!(oom_kills = oom, "the job went over its memory limit");
+    }
+    // What this shim can tidy itself (it sits in the `shim` leaf, so the agent removes the
+    // rest): the empty job leaf and v1 cgroups, so a killed agent leaves less behind.
+    if let Some(cg) = &cgroup {
+        let _ = fs::remove_dir(cg);
+    }
+    for d in &spec.cgroup_v1 {
+        let _ = fs::remove_dir(d);
+    }
     // For the record (and the figures): how long after the lease deadline the last process of
     // a fenced job was gone.
     if guard.reason() == Some(ExitReason::Fenced) {
@@ -314,7 +349,11 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
     status.ended_unix_ms = Some(unix_ms());
     status.code = code;
     status.signal = signal;
-    status.reason = Some(guard.reason().unwrap_or(ExitReason::Exited));
+    status.reason = Some(guard.reason().unwrap_or(if oom > 0 {
+        ExitReason::OomKilled
+    } else {
+        ExitReason::Exited
+    }));
     write_status(job_dir, &status);
     tracing::info!(?code, ?signal, reason = ?status.reason, "job ended");
     drop(lock);
