@@ -191,3 +191,54 @@ async fn a_cpu_bound_job_is_held_to_its_quota() {
         .await
         .unwrap();
 }
+
+/// The fence's way on kernels without `cgroup.kill`: freeze, SIGKILL every member, thaw,
+/// until the cgroup is empty. A family that forks as fast as it can (a fork loop, a `setsid`
+/// child) is gone after it, as with `cgroup.kill`.
+#[test]
+fn freeze_and_kill_empties_a_cgroup_of_a_forking_family() {
+    use tandem_agent::containment::cgroup;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return println!("skipped: not root");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let c = Containment::detect(dir.path(), Choice::Auto);
+    if c.mode() == Mode::ProcessGroup {
+        return println!("skipped: {}", c.note());
+    }
+    let cg = c.prepare("forker", &Limits::default()).unwrap().unwrap();
+    let procs = cgroup::open_procs(&cg.job).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.args([
+        "-c",
+        "setsid sh -c 'while :; do sleep 10 & done' & while :; do (sleep 10 &); done",
+    ]);
+    // SAFETY: join_in_child only calls write(2).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || cgroup::join_in_child(fd));
+    }
+    let mut child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cgroup::procs_recursive(&cg.job).len();
+    assert!(before > 2, "the family did not grow: {before}");
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_secs(10);
+    while !cgroup::procs_recursive(&cg.job).is_empty() {
+        assert!(
+            Instant::now() < until,
+            "still {:?}",
+            cgroup::procs_recursive(&cg.job)
+        );
+        cgroup::freeze_and_kill(&cg.job);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    println!(
+        "freeze and kill: {before} processes gone in {} µs",
+        t0.elapsed().as_micros()
+    );
+    let _ = child.wait();
+    c.release("forker");
+    assert!(!cg.dir.exists(), "the empty cgroup was removed");
+}

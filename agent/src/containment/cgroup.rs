@@ -66,6 +66,13 @@ pub fn kill_all(dir: &Path) {
     if kill.exists() && write(&kill, "1").is_ok() {
         return;
     }
+    freeze_and_kill(dir);
+}
+
+/// The way of kernels before `cgroup.kill` (5.14): freeze `dir` (5.2+; nothing forks while
+/// frozen), SIGKILL every member, thaw. Public so that it is tested on kernels that have
+/// `cgroup.kill` too.
+pub fn freeze_and_kill(dir: &Path) {
     let freeze = dir.join("cgroup.freeze");
     let frozen = freeze.exists() && write(&freeze, "1").is_ok();
     signal_all(dir, libc::SIGKILL);
