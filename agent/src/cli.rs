@@ -42,6 +42,9 @@ pub struct RunArgs {
     /// How to contain jobs: `auto` (a cgroup each where the host allows) or `process-group`.
     #[arg(long)]
     pub containment: Option<String>,
+    /// The user jobs run as (default: the agent's own).
+    #[arg(long)]
+    pub job_user: Option<String>,
 }
 
 impl RunArgs {
@@ -62,6 +65,7 @@ impl RunArgs {
             force_stream_heartbeats: self.force_stream_heartbeats.then_some(true),
             sample_interval_ms: self.sample_interval_ms,
             containment: self.containment.clone(),
+            job_user: self.job_user.clone(),
             origin: Default::default(),
         }))
     }

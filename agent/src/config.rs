@@ -39,6 +39,8 @@ pub struct RawConfig {
     /// How to contain jobs: `auto` (a cgroup each where the host allows; the default) or
     /// `process-group` (never cgroups).
     pub containment: Option<String>,
+    /// The user jobs run as (default: the agent's own, root).
+    pub job_user: Option<String>,
     /// Where the values came from (the file, flags over it), for errors; not a key.
     #[serde(skip)]
     pub origin: Origin,
@@ -70,6 +72,8 @@ pub struct Config {
     pub shim_program: Option<PathBuf>,
     /// How to contain jobs.
     pub containment: crate::containment::Choice,
+    /// The user jobs run as; `None`: the agent's own.
+    pub job_user: Option<crate::containment::user::JobUser>,
 }
 
 impl RawConfig {
@@ -98,7 +102,8 @@ impl RawConfig {
             gpu_fixture,
             force_stream_heartbeats,
             sample_interval_ms,
-            containment
+            containment,
+            job_user
         );
         self
     }
@@ -117,6 +122,12 @@ impl RawConfig {
         let containment = match &self.containment {
             None => crate::containment::Choice::Auto,
             Some(c) => c.parse().map_err(|e| invalid("containment", e))?,
+        };
+        let job_user = match &self.job_user {
+            None => None,
+            Some(u) => Some(
+                crate::containment::user::JobUser::lookup(u).map_err(|e| invalid("job_user", e))?,
+            ),
         };
         let state_dir = self
             .state_dir
@@ -182,6 +193,7 @@ impl RawConfig {
             sample_interval: std::time::Duration::from_millis(sample_interval_ms),
             shim_program: None,
             containment,
+            job_user,
         })
     }
 }

@@ -72,6 +72,15 @@ pub async fn run(
         m => tracing::info!(containment = m.name(), "{}", contained.note()),
     }
     link.set_containment(std::sync::Arc::clone(&contained));
+    match &cfg.job_user {
+        Some(u) => {
+            tracing::info!(user = %u.name, uid = u.uid, gid = u.gid, "jobs run as this user")
+        }
+        None => tracing::warn!(
+            "jobs run as the agent's own user (no job_user in the config): they can read the \
+             node's key and every job's spec"
+        ),
+    }
     // `tandem-agent status` is a convenience: an agent that cannot serve it still runs.
     let _status = match status::serve(&cfg.state_dir, link.status()) {
         Ok(task) => Some(AbortOnDrop(task)),

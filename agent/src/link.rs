@@ -478,7 +478,8 @@ impl Link {
             Some(p) => supervisor.with_shim_program(p),
             None => supervisor,
         }
-        .with_containment(Arc::clone(&self.containment));
+        .with_containment(Arc::clone(&self.containment))
+        .with_job_user(self.cfg.job_user.clone())?;
         Jobs::new(supervisor, self.lease_tx.subscribe())
     }
 

@@ -295,3 +295,95 @@ fn a_job_works_apart_from_the_supervisors_files() -> Result<()> {
     })?;
     Ok(())
 }
+
+/// With `job_user` set (here `nobody`), a job runs as that user: it cannot read the node's key
+/// nor another job's spec (which holds that job's environment), nor list the agent's state dir;
+/// its own working dir is its own. The test's own dirs are opened up (`0711`) so that only the
+/// agent's modes stand in the way.
+///
+/// On the code before the fix (jobs ran as the agent's user): `uid 0`: the job read the key.
+#[test]
+fn a_job_as_the_configured_user_cannot_read_the_node_key_or_another_jobs_spec() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(why) = skip_reason() {
+        println!("skipped: {why}");
+        return Ok(());
+    }
+    let Ok(nobody) = tandem_agent::containment::user::JobUser::lookup("nobody") else {
+        println!("skipped: no user nobody here");
+        return Ok(());
+    };
+    let mut f = Fleet::new("asuser", "pool")?;
+    std::fs::set_permissions(f.tmp.path(), std::fs::Permissions::from_mode(0o711))?;
+    let r = f.tmp.path().join("results");
+    std::fs::create_dir(&r)?;
+    std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o777))?;
+    f.start_agents(&["asuser-a"], &["--job-user", "nobody"])?;
+    let state = f.state_dir("asuser-a");
+    let submit = |name: &str, script: String| -> Result<String> {
+        let j = f.api().post(
+            "/v1/jobs",
+            &json!({"name": name, "cluster": f.cluster,
+                    "command": ["/bin/sh", "-c", script],
+                    "env": {"SECRET": "s3cr3t"},
+                    "resources": {"cpu_millis": 10, "memory_bytes": 16 << 20, "gpus": 0},
+                    "restart": "never"}),
+        )?;
+        Ok(j["job"]["id"].as_str().context("job id")?.to_string())
+    };
+    let other = submit("asuser-other", "exec sleep 600".into())?;
+    let _r1 = Reaper(other.clone());
+    wait_for(LONG, "the other job running", || {
+        f.job_status("asuser-a", &other)
+            .filter(|s| s["state"] == "running")
+    })?;
+    let key = state.join("identity").join("node.key");
+    let spec = state.join("jobs").join(&other).join("spec.json");
+    check(key.is_file() && spec.is_file(), || {
+        "no key or spec to read".into()
+    })?;
+    let rd = r.display();
+    let script = format!(
+        "id -u > {rd}/uid; touch ./mine && echo ok > {rd}/own; \
+         cat {} > {rd}/key 2>&1; echo $? > {rd}/key.rc; \
+         cat {} > {rd}/spec 2>&1; echo $? > {rd}/spec.rc; \
+         ls {} > {rd}/ls 2>&1; echo $? > {rd}/ls.rc; echo done > {rd}/done; exec sleep 600",
+        key.display(),
+        spec.display(),
+        state.display()
+    );
+    let prober = submit("asuser-prober", script)?;
+    let _r2 = Reaper(prober.clone());
+    wait_for(LONG, "the prober's results", || {
+        std::fs::read_to_string(r.join("done")).ok()
+    })
+    .with_context(|| f.agent_log("asuser-a"))?;
+    let read = |n: &str| std::fs::read_to_string(r.join(n)).unwrap_or_default();
+    println!(
+        "as nobody: uid {}, key: rc {} {:?}, spec: rc {} {:?}, ls: rc {}",
+        read("uid").trim(),
+        read("key.rc").trim(),
+        read("key").trim(),
+        read("spec.rc").trim(),
+        read("spec").trim(),
+        read("ls.rc").trim()
+    );
+    check(read("uid").trim() == nobody.uid.to_string(), || {
+        format!("uid {}", read("uid").trim())
+    })?;
+    check(read("own").trim() == "ok", || {
+        "cannot write its own dir".into()
+    })?;
+    check(
+        read("key.rc").trim() != "0" && !read("key").contains("PRIVATE KEY"),
+        || format!("the job read the key: {}", read("key")),
+    )?;
+    check(
+        read("spec.rc").trim() != "0" && !read("spec").contains("s3cr3t"),
+        || format!("the job read another job's spec: {}", read("spec")),
+    )?;
+    check(read("ls.rc").trim() != "0", || {
+        format!("the job listed the state dir: {}", read("ls"))
+    })?;
+    Ok(())
+}

@@ -35,6 +35,7 @@
 
 pub mod cgroup;
 pub mod limits;
+pub mod user;
 
 pub use limits::Limits;
 use limits::V1;

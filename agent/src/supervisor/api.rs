@@ -119,6 +119,8 @@ pub struct Supervisor {
     exits_rx: Mutex<Option<mpsc::Receiver<JobExit>>>,
     /// How jobs are contained (a cgroup each, or their process group).
     containment: Arc<Containment>,
+    /// The user jobs run as; `None`: the agent's own.
+    job_user: Option<crate::containment::user::JobUser>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -175,7 +177,35 @@ impl Supervisor {
             lease_session: Arc::new(watch::channel(0).0),
             exits_rx: Mutex::new(Some(exits_rx)),
             containment: Arc::new(Containment::process_group("not configured")),
+            job_user: None,
         })
+    }
+
+    /// Runs jobs as `user` (`None`: as the agent's own user). With a user, the state dir
+    /// becomes `0711` and `jobs/` `0700`: the job can enter its own working dir, and read
+    /// nothing else of the agent's (its key, other jobs' specs and environments).
+    pub fn with_job_user(
+        mut self,
+        user: Option<crate::containment::user::JobUser>,
+    ) -> Result<Self, SupervisorError> {
+        use std::os::unix::fs::PermissionsExt;
+        if user.is_some() {
+            let state = self
+                .jobs_dir
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .to_path_buf();
+            for (dir, mode) in [
+                (&state, 0o711),
+                (&self.jobs_dir, 0o700),
+                (&self.work_dir, 0o711),
+            ] {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                    .map_err(io_err(format!("making {} {mode:o}", dir.display())))?;
+            }
+        }
+        self.job_user = user;
+        Ok(self)
     }
 
     /// Contains jobs as `containment` says (the default is their process group only). Empty
@@ -355,6 +385,10 @@ impl Supervisor {
                     .recursive(true)
                     .create(&w)
                     .map_err(io_err(format!("creating {}", w.display())))?;
+                if let Some(u) = &self.job_user {
+                    std::os::unix::fs::chown(&w, Some(u.uid), Some(u.gid))
+                        .map_err(io_err(format!("giving {} to {}", w.display(), u.name)))?;
+                }
                 w
             }
         };
@@ -379,6 +413,7 @@ impl Supervisor {
             cgroup: cg.as_ref().map(|c| c.job.clone()),
             cgroup_v1: cg.as_ref().map(|c| c.v1.clone()).unwrap_or_default(),
             oom_file: cg.as_ref().and_then(|c| c.oom_file.clone()),
+            user: self.job_user.clone(),
         };
         let spec_path = job_dir.join(SPEC_FILE);
         let bytes = serde_json::to_vec_pretty(&spec).map_err(|e| SupervisorError::Io {

@@ -276,6 +276,9 @@ pub struct JobSpec {
     /// Where the kernel counts the job's OOM kills (when it has a memory limit).
     #[serde(default)]
     pub oom_file: Option<PathBuf>,
+    /// The user the job runs as; `None`: the shim's own (root).
+    #[serde(default)]
+    pub user: Option<crate::containment::user::JobUser>,
 }
 
 /// Whether the job runs.

@@ -149,6 +149,7 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
     }
     let v1_fds: Vec<i32> = v1_procs.iter().map(|f| f.as_raw_fd()).collect();
     let containment = crate::containment::Mode::of_cgroup(cgroup.as_deref());
+    let user = spec.user.clone();
     let shim_pid = std::process::id();
     let mut cmd = std::process::Command::new(program);
     cmd.args(args)
@@ -181,6 +182,11 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
             }
             for fd in &v1_fds {
                 cgroup::join_in_child(*fd)?;
+            }
+            // The job's user, once it is in its cgroups (joining needs root), and before the
+            // parent-death signal (a change of credentials clears it).
+            if let Some(u) = &user {
+                u.become_in_child()?;
             }
             // If the shim dies without fencing (SIGKILL, OOM), the kernel kills the job leader.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
