@@ -436,29 +436,29 @@ impl Supervisor {
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
         claim.promote(ctl_tx, started.clone());
         let backstop = Backstop::new(deadline, Duration::from_millis(fence_kill_timeout_ms));
-        let target = Target {
-            job_id: id.clone(),
-            pid,
-            shim_pid,
-            containment: Arc::clone(&self.containment),
-        };
+        let (steps_tx, steps_rx) = mpsc::channel(2);
         tokio::spawn(control(
             stdin,
             deadline_rx,
             fence_kill_rx,
             ctl_rx,
             backstop,
-            target,
+            steps_tx,
         ));
+        let target = Target {
+            job_id: id.clone(),
+            pid,
+            shim_pid,
+            containment: Arc::clone(&self.containment),
+        };
         tokio::spawn(monitor(
             child,
-            Arc::clone(&self.containment),
+            target,
+            steps_rx,
             Arc::clone(&self.held),
             self.exits_tx.clone(),
             job_dir,
-            id,
             spec.fencing_token,
-            pid,
         ));
         Ok(started)
     }

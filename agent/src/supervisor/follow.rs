@@ -26,33 +26,21 @@ pub(super) struct Target {
 }
 
 impl Target {
-    /// The shim has not ended its job in time: kill the job, then wake the shim to record it.
+    /// Kills every process of the job: its cgroup where it has one (a cgroup cannot be
+    /// reused by another job), else its process group (the job's pid; the shim may have
+    /// reaped the leader already, so the id could be another's by now: the old way's risk).
     async fn kill_job(&self) {
-        tracing::error!(
-            job = %self.job_id,
-            shim = self.shim_pid,
-            "the shim did not end its job by the lease deadline and fence kill timeout \
-             (stopped or wedged): the agent kills the job itself"
-        );
-        signal_group(self.pid as i32, libc::SIGKILL);
         let (c, id) = (Arc::clone(&self.containment), self.job_id.clone());
+        if c.job(&id).is_none() {
+            signal_group(self.pid as i32, libc::SIGKILL);
+            return;
+        }
         let gone = tokio::task::spawn_blocking(move || c.kill_job(&id, Duration::from_secs(5)))
             .await
             .unwrap_or(false);
         if !gone {
             tracing::error!(job = %self.job_id, "processes of the job survived SIGKILL in its cgroup");
         }
-        // SAFETY: kill has no memory-safety preconditions; the shim is our child (not reaped
-        // while this task runs: its monitor reaps it, and then this task ends).
-        unsafe { libc::kill(self.shim_pid as i32, libc::SIGCONT) };
-    }
-
-    /// The shim is still there a second after its job was killed: end it (its monitor then
-    /// reports the job lost, and kills the job's cgroup once more).
-    fn kill_shim(&self) {
-        tracing::error!(job = %self.job_id, shim = self.shim_pid, "the shim still does not answer: SIGKILL");
-        // SAFETY: as above.
-        unsafe { libc::kill(self.shim_pid as i32, libc::SIGKILL) };
     }
 }
 
@@ -66,7 +54,7 @@ pub(super) async fn control(
     mut fence_kill_ms: watch::Receiver<u64>,
     mut ctl: mpsc::Receiver<ShimCommand>,
     mut backstop: Backstop,
-    target: Target,
+    steps: mpsc::Sender<Step>,
 ) {
     loop {
         // The backstop's timer is recomputed on every turn from its state (a token, in
@@ -100,10 +88,10 @@ pub(super) async fn control(
                 None => return,
             },
             _ = sleep_until_opt(due) => {
-                match backstop.poll(monotonic_ns().unwrap_or(u64::MAX)) {
-                    Some(Step::KillJob) => target.kill_job().await,
-                    Some(Step::KillShim) => target.kill_shim(),
-                    None => {}
+                // The monitor owns the shim's process (it alone may signal it: once reaped, its
+                // pid could be another's), so the steps go there.
+                if let Some(step) = backstop.poll(monotonic_ns().unwrap_or(u64::MAX)) {
+                    let _ = steps.send(step).await;
                 }
                 continue;
             }
@@ -126,18 +114,47 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
 }
 
 /// Waits for a shim to exit and reports its job's end.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn monitor(
     mut child: tokio::process::Child,
-    containment: Arc<Containment>,
+    target: Target,
+    mut steps: mpsc::Receiver<Step>,
     held: Arc<HeldTable>,
     exits_tx: mpsc::Sender<JobExit>,
     job_dir: PathBuf,
-    job_id: String,
     token: u64,
-    pid: u32,
 ) {
-    let _ = child.wait().await;
+    let (job_id, pid) = (target.job_id.clone(), target.pid);
+    let containment = Arc::clone(&target.containment);
+    loop {
+        tokio::select! {
+            // Cancel-safe: a step in between does not lose the exit.
+            _ = child.wait() => break,
+            step = steps.recv() => match step {
+                Some(Step::KillJob) => {
+                    tracing::error!(
+                        job = %job_id,
+                        shim = target.shim_pid,
+                        "the shim did not end its job by the lease deadline and fence kill \
+                         timeout (stopped or wedged): the agent kills the job itself"
+                    );
+                    target.kill_job().await;
+                    // Wake the shim, so it records the end. `id()` is `None` once reaped.
+                    if let Some(shim) = child.id() {
+                        // SAFETY: kill has no memory-safety preconditions; an unreaped child.
+                        unsafe { libc::kill(shim as i32, libc::SIGCONT) };
+                    }
+                }
+                Some(Step::KillShim) => {
+                    tracing::error!(job = %job_id, shim = target.shim_pid, "the shim still does not answer: SIGKILL");
+                    let _ = child.start_kill();
+                }
+                None => {
+                    let _ = child.wait().await;
+                    break;
+                }
+            },
+        }
+    }
     let status = read_status(&job_dir).filter(|s| s.state == JobState::Exited && s.pid == pid);
     let exit = match status {
         Some(s) => JobExit {
@@ -149,18 +166,9 @@ pub(super) async fn monitor(
         },
         None => {
             // The shim died without recording an end: whatever is left of the job must not run
-            // unsupervised. The group id is the job's pid.
-            tracing::error!(job = %job_id, pid, "shim died without recording an end; killing the job's group");
-            signal_group(pid as i32, libc::SIGKILL);
-            let left = Arc::clone(&containment);
-            let id = job_id.clone();
-            let gone =
-                tokio::task::spawn_blocking(move || left.kill_job(&id, Duration::from_secs(5)))
-                    .await
-                    .unwrap_or(false);
-            if !gone {
-                tracing::error!(job = %job_id, "processes of the job survived SIGKILL in its cgroup");
-            }
+            // unsupervised.
+            tracing::error!(job = %job_id, pid, "shim died without recording an end; killing the job");
+            target.kill_job().await;
             JobExit {
                 job_id: job_id.clone(),
                 fencing_token: token,
