@@ -387,3 +387,31 @@ fn a_job_as_the_configured_user_cannot_read_the_node_key_or_another_jobs_spec() 
     })?;
     Ok(())
 }
+
+/// `tandem-agent inventory` says how this host would contain jobs (nothing is made): a cgroup
+/// mode where root has a cgroup2 hierarchy, else `process-group` with the reason. Runs
+/// without root.
+#[test]
+fn inventory_says_how_jobs_would_be_contained() -> Result<()> {
+    let o = tandem_tests::agent_cmd(&["inventory", "-o", "json"], LONG)?;
+    check(o.code == Some(0), || o.stderr.clone())?;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).context("inventory json")?;
+    let mode = v["containment"]["mode"].as_str().unwrap_or("?").to_string();
+    println!(
+        "inventory: containment {mode} ({})",
+        v["containment"]["note"]
+    );
+    check(
+        ["cgroup-v2", "cgroup-hybrid", "process-group"].contains(&mode.as_str()),
+        || format!("{v}"),
+    )?;
+    if skip_reason().is_none() && Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        check(mode == "cgroup-hybrid", || format!("{v}"))?;
+    }
+    let table = tandem_tests::agent_cmd(&["inventory"], LONG)?;
+    check(
+        table.stdout.contains(&format!("containment: {mode}")),
+        || table.stdout.clone(),
+    )?;
+    Ok(())
+}
