@@ -32,6 +32,13 @@
 //! while it is. Empty job cgroups are removed when their shim has ended and at agent start.
 //! A restarted agent that runs in a different cgroup than its predecessor does not see the
 //! old tree; it still has the shims' locks.
+//!
+//! # Limits ([`limits`])
+//! On a hybrid host the v1 memory, cpu and pids hierarchies carry them, in a tree of the same
+//! name under the agent's v1 cgroups. On pure v2 the controllers must be handed down from the
+//! agent's cgroup, which then may hold no process: that needs the agent started in a subgroup
+//! (`DelegateSubgroup=agent`, systemd 254+) or at the root; otherwise memory and CPU limits are
+//! refused with the reason, and jobs are still held and killed in their cgroups.
 
 pub mod cgroup;
 pub mod limits;
@@ -247,6 +254,7 @@ impl Containment {
         };
         let abs = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
         let mut base = mount.join(own.trim_start_matches('/'));
+        let in_subgroup = base.file_name().is_some_and(|n| n == "agent");
         // An agent run from a shell inside an old tree must not nest a new tree in it.
         while base
             .file_name()
@@ -269,7 +277,7 @@ impl Containment {
         };
         let name = root.file_name().map(PathBuf::from).unwrap_or_default();
         let (v1, v2_limits) = match mode {
-            Mode::CgroupV2 => (Vec::new(), enable_v2_controllers(&base, &root)),
+            Mode::CgroupV2 => (Vec::new(), enable_v2_controllers(&base, &root, in_subgroup)),
             _ => (
                 v1_trees(&name),
                 Err("a hybrid host: limits are on v1".into()),
@@ -458,11 +466,16 @@ impl Containment {
 /// What `cgroup.subtree_control` is asked for on pure v2.
 const V2_CONTROLLERS_ON: &str = "+memory +cpu +pids";
 
-/// Pure v2: hands the memory, cpu and pids controllers down from the agent's cgroup `base` to
-/// `root/jobs`. A cgroup with processes in it cannot hand controllers down (except the root),
-/// so the agent first moves itself into a leaf of its own, `base/agent` (under systemd with
-/// `Delegate=yes`, `base` is its unit's cgroup, which it owns).
-fn enable_v2_controllers(base: &Path, root: &Path) -> Result<(), String> {
+/// Pure v2: hands the memory, cpu and pids controllers down from `base` to `root/jobs`.
+///
+/// A cgroup that hands controllers down may hold no process (the root excepted), so `base`
+/// must be empty of processes: under systemd that is `DelegateSubgroup=agent` (systemd 254+),
+/// which starts the agent in `base/agent`. The agent never moves itself out of `base` to make
+/// room: systemd starts every later `ExecStart=` of the unit in `base`, and would then fail
+/// (`EBUSY`) once controllers are on there. Where `base` is not so arranged, limits are
+/// refused with the reason (holding and killing jobs needs no controller).
+fn enable_v2_controllers(base: &Path, root: &Path, in_subgroup: bool) -> Result<(), String> {
+    let is_root = !base.join("cgroup.events").exists();
     let has = |dir: &Path| {
         std::fs::read_to_string(dir.join("cgroup.subtree_control")).is_ok_and(|s| {
             ["memory", "cpu", "pids"]
@@ -471,12 +484,12 @@ fn enable_v2_controllers(base: &Path, root: &Path) -> Result<(), String> {
         })
     };
     if !has(base) {
-        let is_root = !base.join("cgroup.events").exists();
-        if !is_root {
-            let leaf = base.join("agent");
-            std::fs::create_dir_all(&leaf)
-                .and_then(|()| std::fs::write(leaf.join("cgroup.procs"), "0"))
-                .map_err(|e| format!("cannot move the agent into {}: {e}", leaf.display()))?;
+        if !in_subgroup && !is_root {
+            return Err(format!(
+                "the agent runs in {} itself, which then cannot hand controllers down; run it \
+                 in a subgroup (systemd: DelegateSubgroup=agent)",
+                base.display()
+            ));
         }
         std::fs::write(base.join("cgroup.subtree_control"), V2_CONTROLLERS_ON).map_err(|e| {
             format!(
