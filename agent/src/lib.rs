@@ -105,7 +105,10 @@ pub async fn run(
         _ = &mut shutdown => return Ok(()),
     }
     link.keep_leftover_exits();
-    link.run(shutdown).await
+    let result = link.run(shutdown).await;
+    // The link (and its supervisor) is gone: leave no empty cgroups behind.
+    contained.remove_empty_tree();
+    result
 }
 
 /// Ends a task when dropped.

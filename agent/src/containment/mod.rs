@@ -448,6 +448,15 @@ impl Containment {
         }
     }
 
+    /// Removes the agent's whole tree where nothing lives in it any more (at a clean exit;
+    /// the cgroups of shims still running stay, with their parents).
+    pub fn remove_empty_tree(&self) {
+        let roots = self.root.iter().chain(self.v1.iter().map(|(_, r)| r));
+        for root in roots {
+            cgroup::remove_tree(root);
+        }
+    }
+
     /// Removes every empty job cgroup (at start, before any job is started).
     pub fn sweep(&self) {
         let roots = self.root.iter().chain(self.v1.iter().map(|(_, r)| r));
