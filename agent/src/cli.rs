@@ -39,6 +39,12 @@ pub struct RunArgs {
     /// How often to sample the hardware, in milliseconds (default 5000).
     #[arg(long)]
     pub sample_interval_ms: Option<u64>,
+    /// How to contain jobs: `auto` (a cgroup each where the host allows) or `process-group`.
+    #[arg(long)]
+    pub containment: Option<String>,
+    /// The user jobs run as (default: the agent's own).
+    #[arg(long)]
+    pub job_user: Option<String>,
 }
 
 impl RunArgs {
@@ -59,6 +65,8 @@ impl RunArgs {
             force_stream_heartbeats: self.force_stream_heartbeats.then_some(true),
             sample_interval_ms: self.sample_interval_ms,
             shim_program: None,
+            containment: self.containment.clone(),
+            job_user: self.job_user.clone(),
             origin: Default::default(),
         }))
     }

@@ -40,6 +40,11 @@ pub struct RawConfig {
     /// the agent's own executable). An absolute path; for a wrapper that execs the agent's
     /// shim under a scheduling class or a profiler.
     pub shim_program: Option<PathBuf>,
+    /// How to contain jobs: `auto` (a cgroup each where the host allows; the default) or
+    /// `process-group` (never cgroups).
+    pub containment: Option<String>,
+    /// The user jobs run as (default: the agent's own, root).
+    pub job_user: Option<String>,
     /// Where the values came from (the file, flags over it), for errors; not a key.
     #[serde(skip)]
     pub origin: Origin,
@@ -69,6 +74,10 @@ pub struct Config {
     /// The program run as the per-job supervisor (`<it> shim --job-dir DIR`); default: the
     /// agent's own executable.
     pub shim_program: Option<PathBuf>,
+    /// How to contain jobs.
+    pub containment: crate::containment::Choice,
+    /// The user jobs run as; `None`: the agent's own.
+    pub job_user: Option<crate::containment::user::JobUser>,
 }
 
 impl RawConfig {
@@ -96,7 +105,9 @@ impl RawConfig {
             bind_addr,
             gpu_fixture,
             force_stream_heartbeats,
-            sample_interval_ms
+            sample_interval_ms,
+            containment,
+            job_user
         );
         self
     }
@@ -112,6 +123,16 @@ impl RawConfig {
                 "must be between 100 and 3600000".into(),
             ));
         }
+        let containment = match &self.containment {
+            None => crate::containment::Choice::Auto,
+            Some(c) => c.parse().map_err(|e| invalid("containment", e))?,
+        };
+        let job_user = match &self.job_user {
+            None => None,
+            Some(u) => Some(
+                crate::containment::user::JobUser::lookup(u).map_err(|e| invalid("job_user", e))?,
+            ),
+        };
         let state_dir = self
             .state_dir
             .ok_or_else(|| invalid("state_dir", "is required (--state-dir)".into()))?;
@@ -190,6 +211,8 @@ impl RawConfig {
             force_stream_heartbeats: self.force_stream_heartbeats.unwrap_or(false),
             sample_interval: std::time::Duration::from_millis(sample_interval_ms),
             shim_program,
+            containment,
+            job_user,
         })
     }
 }

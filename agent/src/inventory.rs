@@ -186,6 +186,21 @@ pub fn render_json(r: &HardwareReport) -> String {
     serde_json::to_string_pretty(r).expect("a hardware report serialises to JSON")
 }
 
+/// The report's JSON with a `containment` object (`mode`, `note`) added: how this host would
+/// contain jobs. Not part of the report the coordinator gets.
+pub fn with_containment(json: &str, mode: &str, note: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(mut o)) => {
+            o.insert(
+                "containment".into(),
+                serde_json::json!({"mode": mode, "note": note}),
+            );
+            serde_json::to_string_pretty(&o).unwrap_or_else(|_| json.to_string())
+        }
+        _ => json.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

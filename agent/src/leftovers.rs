@@ -7,8 +7,12 @@
 //! possibly on another node — while the old copies still ran. So before its first registration
 //! the agent waits until every old supervisor has fenced its job and exited: each holds a
 //! `flock` on its job dir for its whole life, so a lock we can take means that copy is gone.
+//! Where jobs have cgroups, the job's cgroup says it instead, and better: it stays populated
+//! while the shim or any process the job started lives, and a job cannot delete it (it can
+//! delete the lock file in its job dir, and a deleted lock file reads as "gone").
 //! The wait is bounded by the longest lease plus the kill timeout; the default is about 1.3 s.
 
+use crate::containment::Containment;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -46,14 +50,27 @@ pub fn ended(state_dir: &Path) -> Vec<tandem_common::proto::JobExitReport> {
                 code: s.code,
                 signal: s.signal,
                 cause: reason.cause(),
-                reason: format!("{reason:?} while no agent ran").to_lowercase(),
+                reason: format!("{} while no agent ran", reason.name()),
             }
         })
         .collect()
 }
 
+/// Jobs with a copy of a previous run still alive: a populated cgroup, or a job dir whose
+/// supervisor still holds the lock.
+pub fn held(state_dir: &Path, containment: &Containment) -> Vec<String> {
+    let mut v = containment.alive_jobs();
+    for j in locked(state_dir) {
+        if !v.contains(&j) {
+            v.push(j);
+        }
+    }
+    v.sort();
+    v
+}
+
 /// Job dirs under `state_dir/jobs` whose supervisor still holds the lock.
-pub fn held(state_dir: &Path) -> Vec<String> {
+fn locked(state_dir: &Path) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir(state_dir.join("jobs")) else {
         return Vec::new();
     };
@@ -69,13 +86,17 @@ pub fn held(state_dir: &Path) -> Vec<String> {
 }
 
 /// Waits (polling every 50 ms) until no old supervisor holds a job, or `max` passed.
-pub async fn wait_until_fenced(state_dir: &Path, max: Duration) -> Result<(), Vec<String>> {
+pub async fn wait_until_fenced(
+    state_dir: &Path,
+    containment: &Containment,
+    max: Duration,
+) -> Result<(), Vec<String>> {
     let deadline = Instant::now() + max;
     let mut logged = false;
     let mut watchdog = tandem_common::notify::Watchdog::from_env();
     loop {
         watchdog.ping_if_due(Instant::now());
-        let still = held(state_dir);
+        let still = held(state_dir, containment);
         if still.is_empty() {
             return Ok(());
         }

@@ -5,12 +5,15 @@
 //! - `config`: flags and TOML, checked into a typed `Config`.
 //! - `cli`: the `run` arguments, and `check`'s.
 //! - `check`: `tandem-agent check`, the six steps of a join tried without joining.
+//! - `containment`: a cgroup per job (cgroup v2, or a hybrid host's unified hierarchy) or,
+//!   where none can be used, the job's process group; the mode is decided once at start.
 //! - `exits`: job exits kept on disk until the coordinator acknowledges them.
 //! - `identity`: the node's key, certificate and id on disk.
 //! - `lease`: the lease, a plain struct driven by `now` (the agent's half of the fencing argument).
 //! - `leftovers`: waiting out job supervisors of a previous agent run before registering.
 //! - `link`: join, register, heartbeat, reconnect; its `handshake` steps (connect, the `Hello`s,
 //!   refusals, backoff) are public, and tandem-swarm's simulated agents run them too.
+//! - `statelock`: one agent per state dir (a `flock` on `agent.lock`).
 //! - `status`: `tandem-agent status`: a snapshot the link publishes, served on a unix socket
 //!   in the state dir (0600), and the client that prints it.
 //! - `renewal`: renewing the node certificate over the live connection, before it runs out.
@@ -23,6 +26,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod containment;
 pub mod exits;
 pub mod identity;
 pub mod inventory;
@@ -31,6 +35,7 @@ pub mod leftovers;
 pub mod link;
 pub mod probe;
 pub mod renewal;
+pub mod statelock;
 pub mod status;
 pub mod supervisor;
 
@@ -44,13 +49,38 @@ pub async fn run(
     cfg: config::Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    // Before anything in the state dir is touched: a second agent on it is refused.
+    let _state_lock = statelock::lock(&cfg.state_dir)?;
     let (lease_tx, _lease_rx) = watch::channel(LeaseView::default());
     let prober = probe::Prober::new(probe::ProbeOptions {
         gpu_fixture: cfg.gpu_fixture.clone(),
         ..Default::default()
     });
     let reports = probe::spawn_sampler(prober, cfg.sample_interval).await;
-    let link = link::Link::new(cfg.clone(), reports, lease_tx)?;
+    let mut link = link::Link::new(cfg.clone(), reports, lease_tx)?;
+    let contained = std::sync::Arc::new(containment::Containment::detect(
+        &cfg.state_dir,
+        cfg.containment,
+    ));
+    match contained.mode() {
+        containment::Mode::ProcessGroup => tracing::warn!(
+            containment = contained.mode().name(),
+            why = contained.note(),
+            "jobs are contained by their process group only: a job that leaves it (setsid, \
+             set -m, a daemon) escapes the fence"
+        ),
+        m => tracing::info!(containment = m.name(), "{}", contained.note()),
+    }
+    link.set_containment(std::sync::Arc::clone(&contained));
+    match &cfg.job_user {
+        Some(u) => {
+            tracing::info!(user = %u.name, uid = u.uid, gid = u.gid, "jobs run as this user")
+        }
+        None => tracing::warn!(
+            "jobs run as the agent's own user (no job_user in the config): they can read the \
+             node's key and every job's spec"
+        ),
+    }
     // `tandem-agent status` is a convenience: an agent that cannot serve it still runs.
     let _status = match status::serve(&cfg.state_dir, link.status()) {
         Ok(task) => Some(AbortOnDrop(task)),
@@ -67,7 +97,7 @@ pub async fn run(
     let mut link = link;
     tokio::pin!(shutdown);
     tokio::select! {
-        r = leftovers::wait_until_fenced(&cfg.state_dir, leftovers::MAX_WAIT) => {
+        r = leftovers::wait_until_fenced(&cfg.state_dir, &contained, leftovers::MAX_WAIT) => {
             if let Err(still) = r {
                 tracing::error!(jobs = ?still, "job copies of a previous run outlived the longest lease; registering anyway");
             }
@@ -75,7 +105,10 @@ pub async fn run(
         _ = &mut shutdown => return Ok(()),
     }
     link.keep_leftover_exits();
-    link.run(shutdown).await
+    let result = link.run(shutdown).await;
+    // The link (and its supervisor) is gone: leave no empty cgroups behind.
+    contained.remove_empty_tree();
+    result
 }
 
 /// Ends a task when dropped.

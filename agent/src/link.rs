@@ -72,6 +72,9 @@ pub enum AgentError {
     /// The unacknowledged job exits cannot be kept (the exits dir).
     #[error("job exits: {0}")]
     Exits(#[from] ExitsError),
+    /// Another agent runs with this state dir, or it cannot be locked.
+    #[error(transparent)]
+    StateDir(#[from] crate::statelock::StateLockError),
 }
 
 /// The lease as the rest of the agent sees it.
@@ -111,6 +114,8 @@ pub struct Link {
     watchdog: tandem_common::notify::Watchdog,
     /// Runs jobs; made once the node knows its id and the fencing kill timeout.
     jobs: Option<Jobs>,
+    /// How the supervisor contains jobs (decided once at start).
+    containment: Arc<crate::containment::Containment>,
     /// When to renew the certificate over the live connection.
     renewal: crate::renewal::Renewal,
     /// Job exits not acknowledged yet, on disk: each is kept before it is sent, and every
@@ -171,6 +176,9 @@ impl Link {
             seq: 0,
             watchdog: tandem_common::notify::Watchdog::from_env(),
             jobs: None,
+            containment: Arc::new(crate::containment::Containment::process_group(
+                "not detected",
+            )),
             renewal: crate::renewal::Renewal::new(0.6 + 0.1 * rand::random::<f64>()),
         })
     }
@@ -234,6 +242,11 @@ impl Link {
         self.endpoint.close(0u32.into(), b"agent stopping");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         result
+    }
+
+    /// Contains jobs as `containment` says (before [`Link::run`]).
+    pub fn set_containment(&mut self, containment: Arc<crate::containment::Containment>) {
+        self.containment = containment;
     }
 
     /// Keeps the recorded ends of the last copy of every job (`leftovers::ended`) as exits to
@@ -464,7 +477,9 @@ impl Link {
         let supervisor = match &self.cfg.shim_program {
             Some(p) => supervisor.with_shim_program(p),
             None => supervisor,
-        };
+        }
+        .with_containment(Arc::clone(&self.containment))
+        .with_job_user(self.cfg.job_user.clone())?;
         Jobs::new(supervisor, self.lease_tx.subscribe())
     }
 

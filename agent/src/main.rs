@@ -96,9 +96,17 @@ fn inventory_cmd(args: InventoryArgs) -> ExitCode {
         nvml_timeout: Duration::from_millis(args.nvml_timeout_ms),
     };
     let report = runtime.block_on(async move { Prober::new(options).report().await });
+    // How jobs would be contained here (nothing is made: the agent decides at its start).
+    let (mode, note) = tandem_agent::containment::Containment::probe();
     match args.output {
-        Output::Table => print!("{}", inventory::render_table(&report)),
-        Output::Json => println!("{}", inventory::render_json(&report)),
+        Output::Table => {
+            print!("{}", inventory::render_table(&report));
+            println!("containment: {} ({note})", mode.name());
+        }
+        Output::Json => println!(
+            "{}",
+            inventory::with_containment(&inventory::render_json(&report), mode.name(), &note)
+        ),
     }
     // A hung NVML thread must not keep the process alive: exit without waiting for it.
     runtime.shutdown_background();

@@ -23,9 +23,6 @@ pub const SOCKET: &str = "agent.sock";
 /// How many recent errors the snapshot keeps.
 pub const LAST_ERRORS: usize = 10;
 
-/// How jobs are contained today: each job's process group, signalled by its shim.
-pub const CONTAINMENT: &str = "process-group";
-
 /// Why `status` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -230,7 +227,7 @@ pub fn document(snap: &Snapshot, now: Instant) -> StatusDoc {
                 .into(),
             })
             .collect(),
-        containment: CONTAINMENT.into(),
+        containment: crate::containment::running_mode().name().into(),
         last_errors: snap
             .errors
             .iter()

@@ -88,8 +88,14 @@ impl Env {
             env,
             workdir: None,
             gpus: Vec::new(),
+            limits: Default::default(),
             session: None,
         }
+    }
+
+    /// The job's working dir (where its relative paths go), apart from its job dir.
+    fn work_dir(&self, id: &str) -> PathBuf {
+        self.state().join("work").join(id)
     }
 
     fn job_dir(&self, id: &str) -> PathBuf {
@@ -302,8 +308,8 @@ async fn the_deadline_kills_the_whole_group_not_before_and_soon_after() {
     let mut exits = sup.exits().unwrap();
     sup.refresh(far());
     let started = sup.start(t.job("fam", 1, FAMILY)).await.unwrap();
-    let leader = wait_for_pid_file(&t.job_dir("fam").join("leader.pid")).await;
-    let gc = wait_for_pid_file(&t.job_dir("fam").join("gc.pid")).await;
+    let leader = wait_for_pid_file(&t.work_dir("fam").join("leader.pid")).await;
+    let gc = wait_for_pid_file(&t.work_dir("fam").join("gc.pid")).await;
     assert_eq!(leader as u32, started.pid);
     assert_eq!(sup.held(), [held("fam", 1, HeldState::Running)]);
     // The job leads its own group; the shim has its own session, apart from ours.
@@ -338,8 +344,8 @@ async fn refreshing_keeps_the_job_and_stopping_refreshes_fences_it() {
     let lease = Duration::from_millis(500);
     sup.refresh(Some(Instant::now() + Duration::from_secs(10)));
     sup.start(t.job("beat", 2, FAMILY)).await.unwrap();
-    let leader = wait_for_pid_file(&t.job_dir("beat").join("leader.pid")).await;
-    let gc = wait_for_pid_file(&t.job_dir("beat").join("gc.pid")).await;
+    let leader = wait_for_pid_file(&t.work_dir("beat").join("leader.pid")).await;
+    let gc = wait_for_pid_file(&t.work_dir("beat").join("gc.pid")).await;
     // Heartbeats: each refresh grants another 500 ms; three leases' worth go by.
     let mut deadline = Instant::now();
     let until = Instant::now() + 3 * lease;
@@ -372,8 +378,8 @@ async fn a_dead_agent_leaves_the_job_until_its_deadline() {
     let mut exits = sup.exits().unwrap();
     sup.refresh(far());
     let started = sup.start(t.job("orphan", 4, FAMILY)).await.unwrap();
-    let leader = wait_for_pid_file(&t.job_dir("orphan").join("leader.pid")).await;
-    let gc = wait_for_pid_file(&t.job_dir("orphan").join("gc.pid")).await;
+    let leader = wait_for_pid_file(&t.work_dir("orphan").join("leader.pid")).await;
+    let gc = wait_for_pid_file(&t.work_dir("orphan").join("gc.pid")).await;
     // Long enough that a loaded machine still gets to the second start well before it (this
     // test failed under load with a margin of 100 ms of a 1.2 s deadline, and once with 1 s of
     // 3 s while the disk was full and a build ran beside it).
@@ -434,7 +440,7 @@ async fn sigterm_ignored_means_sigkill_after_the_kill_timeout() {
 
     // A user stop with a 400 ms kill timeout.
     sup.start(t.job("stub", 1, STUBBORN)).await.unwrap();
-    let leader = wait_for_pid_file(&t.job_dir("stub").join("leader.pid")).await;
+    let leader = wait_for_pid_file(&t.work_dir("stub").join("leader.pid")).await;
     let t0 = Instant::now();
     sup.stop("stub", 1, Duration::from_millis(400))
         .await
@@ -451,7 +457,7 @@ async fn sigterm_ignored_means_sigkill_after_the_kill_timeout() {
 
     // Fencing uses the fence kill timeout (250 ms).
     sup.start(t.job("stub2", 1, STUBBORN)).await.unwrap();
-    let leader = wait_for_pid_file(&t.job_dir("stub2").join("leader.pid")).await;
+    let leader = wait_for_pid_file(&t.work_dir("stub2").join("leader.pid")).await;
     let deadline = Instant::now() + Duration::from_millis(300);
     sup.refresh(Some(deadline));
     let dead_at = wait_dead(&[leader], Duration::from_secs(5)).await;
@@ -475,7 +481,7 @@ async fn fencing_tokens_and_user_stop() {
     let polite = "trap 'echo got-term; exit 3' TERM; echo $$ > leader.pid; \
                   while :; do sleep 0.05; done";
     sup.start(t.job("tok", 5, polite)).await.unwrap();
-    wait_for_pid_file(&t.job_dir("tok").join("leader.pid")).await;
+    wait_for_pid_file(&t.work_dir("tok").join("leader.pid")).await;
     let err = sup.start(t.job("tok", 6, "true")).await.unwrap_err();
     assert!(
         matches!(err, SupervisorError::AlreadyRunning { token: 5, .. }),
@@ -568,8 +574,8 @@ async fn a_killed_shim_or_a_revoked_lease_leaves_nothing_running() {
     // The shim is SIGKILLed (OOM killer): the kernel kills the leader (parent-death signal) and
     // the agent kills the rest of its group.
     let started = sup.start(t.job("lost", 1, FAMILY)).await.unwrap();
-    let leader = wait_for_pid_file(&t.job_dir("lost").join("leader.pid")).await;
-    let gc = wait_for_pid_file(&t.job_dir("lost").join("gc.pid")).await;
+    let leader = wait_for_pid_file(&t.work_dir("lost").join("leader.pid")).await;
+    let gc = wait_for_pid_file(&t.work_dir("lost").join("gc.pid")).await;
     unsafe { libc::kill(started.shim_pid as i32, libc::SIGKILL) };
     let e = next_exit(&mut exits, Duration::from_secs(5)).await;
     assert_eq!((e.job_id.as_str(), e.reason), ("lost", ExitReason::Lost));
@@ -577,8 +583,8 @@ async fn a_killed_shim_or_a_revoked_lease_leaves_nothing_running() {
 
     // The link loses the lease (revoked, or declared down): every job is fenced at once.
     sup.start(t.job("rev", 1, FAMILY)).await.unwrap();
-    let leader = wait_for_pid_file(&t.job_dir("rev").join("leader.pid")).await;
-    let gc = wait_for_pid_file(&t.job_dir("rev").join("gc.pid")).await;
+    let leader = wait_for_pid_file(&t.work_dir("rev").join("leader.pid")).await;
+    let gc = wait_for_pid_file(&t.work_dir("rev").join("gc.pid")).await;
     let t0 = Instant::now();
     lease_tx.send_modify(|v| v.held_until = None);
     let dead_at = wait_dead(&[leader, gc], KILL_BOUND).await;
@@ -692,7 +698,7 @@ async fn a_new_fence_kill_timeout_reaches_running_shims_and_new_starts() {
     let mut exits = sup.exits().unwrap();
     sup.refresh(far());
     sup.start(t.job("slow", 1, STUBBORN)).await.unwrap();
-    let leader = wait_for_pid_file(&t.job_dir("slow").join("leader.pid")).await;
+    let leader = wait_for_pid_file(&t.work_dir("slow").join("leader.pid")).await;
     let longer = Duration::from_millis(1500);
     assert_eq!(sup.set_fence_kill_timeout(longer), FENCE_KILL);
     assert_eq!(sup.set_fence_kill_timeout(longer), longer);

@@ -381,6 +381,43 @@ impl Fleet {
     }
 }
 
+/// Live (not zombie) processes whose environment holds `TANDEM_JOB_ID=job` and, if given,
+/// `TANDEM_FENCING_TOKEN=token`.
+pub fn copy_pids(job: &str, token: Option<u64>) -> Vec<i32> {
+    let id = format!("TANDEM_JOB_ID={job}");
+    let tok = token.map(|t| format!("TANDEM_FENCING_TOKEN={t}"));
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        let has = |s: &str| vars.contains(&s.as_bytes());
+        if has(&id) && tok.as_deref().is_none_or(has) && alive(pid) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// Kills every process of a job (any token) when dropped: a failing test leaves none behind.
+pub struct Reaper(pub String);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for _ in 0..3 {
+            for pid in copy_pids(&self.0, None) {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// Whether `pid` is a live (not zombie) process.
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

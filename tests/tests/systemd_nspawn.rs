@@ -10,7 +10,9 @@
 //!    planned restart with its pid and token, and the node is never declared down; then
 //!    `systemctl restart tandem-agent` with a job running: KillMode=process leaves the job and
 //!    its shim running (systemd says so in the journal, and the job writes after the agent has
-//!    exited); the shim fences it when the old agent's lease runs out, the new agent registers
+//!    exited), the job runs in a cgroup of its own under the agent's unit (`Delegate=yes`: the
+//!    subtree is the agent's), its shim in the sibling leaf; the shim fences it when the old
+//!    agent's lease runs out, the new agent registers
 //!    only then, and the coordinator starts a new copy, never two at once;
 //! 4. `kill -STOP` of the agent's main process: the shim fences the job at the lease, long
 //!    before systemd's watchdog kills the frozen agent and restarts it; the node comes back and
@@ -918,6 +920,30 @@ fn scenario(m: &Machine, t0: Instant) -> Result<()> {
     step(
         t0,
         &format!("job {job} copy {t1} running: pid {p1} under shim {shim1}"),
+    );
+    // The job is in a cgroup of its own, in the subtree systemd delegated to the agent's unit
+    // (Delegate=yes), and the shim in its sibling leaf.
+    let mode = st["containment"].as_str().unwrap_or("?").to_string();
+    let job_cg = m.sh(&format!("cat /proc/{p1}/cgroup"))?;
+    let shim_cg = m.sh(&format!("cat /proc/{shim1}/cgroup"))?;
+    let unified = |t: &str| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let (job_cg, shim_cg) = (unified(&job_cg), unified(&shim_cg));
+    step(
+        t0,
+        &format!("containment {mode}: job in {job_cg}, shim in {shim_cg}"),
+    );
+    ensure!(
+        mode != "process-group"
+            && job_cg.starts_with("/system.slice/tandem-agent.service/")
+            && job_cg.ends_with(&format!("/jobs/{job}/job"))
+            && shim_cg.ends_with(&format!("/jobs/{job}/shim")),
+        "the job is not in its cgroup under the agent's unit: {mode}, {job_cg}, {shim_cg}"
     );
 
     // --- 3a. `systemctl restart tandem-coordinator` with the job running: the copy rides

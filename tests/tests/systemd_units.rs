@@ -41,7 +41,8 @@ fn units_verify_without_warnings_and_stay_hardened() {
     let tmp = tempfile::tempdir().unwrap();
     for (name, max_exposure) in [
         ("tandem-coordinator.service", 2.0),
-        ("tandem-agent.service", 5.0),
+        // 4.0 before job cgroups; Delegate=yes must not make it worse (issue 13).
+        ("tandem-agent.service", 4.0),
     ] {
         let unit = unit_copy(tmp.path(), name);
         let out = Command::new("systemd-analyze")

@@ -71,7 +71,7 @@ pub(super) fn exit_report(exit: &JobExit) -> JobExitReport {
         code: exit.code,
         signal: exit.signal,
         cause: exit.reason.cause(),
-        reason: format!("{:?}", exit.reason).to_lowercase(),
+        reason: exit.reason.name(),
     }
 }
 
@@ -185,6 +185,8 @@ impl Jobs {
                 env: cmd.env,
                 workdir: cmd.workdir.map(Into::into),
                 gpus: cmd.gpus,
+                // `StartJob` carries no resources (yet): the pids limit only.
+                limits: Default::default(),
                 session: Some(session),
             };
             match sup.start(start).await {

@@ -5,9 +5,12 @@
 //! by [`super::admit`]), not from when its shim answers: the link reports what is held in every
 //! `Hello`, and a copy that is about to run must never be missing from it.
 
+use super::backstop::Backstop;
+use super::follow::{control, monitor, Target};
 use super::held::{Claimed, HeldTable, StartedJob};
 use super::protocol::*;
 use super::{logs, SupervisorError};
+use crate::containment::{cgroup, Containment, ContainmentError, JobCgroup};
 use crate::link::LeaseView;
 use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
@@ -17,16 +20,16 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tandem_common::ids::NodeId;
 use tandem_common::proto::HeldJob;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 /// How long a shim may take to answer `started`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one line to a shim may take to write (a pipe holds 64 KiB; this is never reached
-/// unless the shim is frozen, and then its deadline ends it anyway).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a start waits for a lease that is about to arrive.
 const LEASE_WAIT: Duration = Duration::from_secs(2);
+/// The most bytes of log lines one log reply carries: a quarter of the link's frame limit,
+/// so the reply with its framing always fits (a reply over the limit would break the link).
+pub const LOG_REPLY_BUDGET: usize = tandem_common::codec::DEFAULT_MAX_FRAME / 4;
 /// The default cap of each log file.
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 8 * 1024 * 1024;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -44,10 +47,14 @@ pub struct JobStart {
     pub command: Vec<String>,
     /// The job's own environment variables.
     pub env: BTreeMap<String, String>,
-    /// Working directory (default: the job dir).
+    /// Working directory (default: `STATE_DIR/work/<job id>`, made for it; never the job dir,
+    /// which holds the supervisor's files).
     pub workdir: Option<PathBuf>,
     /// Assigned GPU UUIDs, for `CUDA_VISIBLE_DEVICES`.
     pub gpus: Vec<String>,
+    /// What the job may use (memory, CPU, pids), enforced through its cgroups. The link
+    /// leaves the default (a pids limit only): `StartJob` carries no resources yet.
+    pub limits: crate::containment::Limits,
     /// The session the start came on. A start that arrives without a lease and waits for one
     /// takes only a lease that an ack *of this session* gave: once the session is gone (the
     /// node may have been declared down, and the job placed elsewhere), a lease from the next
@@ -92,6 +99,8 @@ struct Shim {
 /// like to the shims: their stdin closes, and each job lives until its last deadline.
 pub struct Supervisor {
     jobs_dir: PathBuf,
+    /// `STATE_DIR/work`: the jobs' default working dirs, apart from the supervisor's files.
+    work_dir: PathBuf,
     node_id: NodeId,
     node_name: String,
     /// The fence kill timeout in milliseconds: read by each start for its spec, and followed
@@ -108,6 +117,10 @@ pub struct Supervisor {
     /// The session whose ack gave the lease in `deadline` (0: none). Set before `deadline`.
     lease_session: Arc<watch::Sender<u64>>,
     exits_rx: Mutex<Option<mpsc::Receiver<JobExit>>>,
+    /// How jobs are contained (a cgroup each, or their process group).
+    containment: Arc<Containment>,
+    /// The user jobs run as; `None`: the agent's own.
+    job_user: Option<crate::containment::user::JobUser>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -143,8 +156,15 @@ impl Supervisor {
             std::env::current_exe().map_err(io_err("finding the agent's executable".into()))?
         };
         let (exits_tx, exits_rx) = mpsc::channel(1024);
+        let work_dir = state_dir.join("work");
+        std::fs::DirBuilder::new()
+            .mode(0o711)
+            .recursive(true)
+            .create(&work_dir)
+            .map_err(io_err(format!("creating {}", work_dir.display())))?;
         Ok(Self {
             jobs_dir,
+            work_dir,
             node_id,
             node_name: node_name.into(),
             fence_kill_ms: watch::channel(millis(fence_kill_timeout)).0,
@@ -156,7 +176,44 @@ impl Supervisor {
             deadline: Arc::new(watch::channel(None).0),
             lease_session: Arc::new(watch::channel(0).0),
             exits_rx: Mutex::new(Some(exits_rx)),
+            containment: Arc::new(Containment::process_group("not configured")),
+            job_user: None,
         })
+    }
+
+    /// Runs jobs as `user` (`None`: as the agent's own user). With a user, the state dir
+    /// becomes `0711` and `jobs/` `0700`: the job can enter its own working dir, and read
+    /// nothing else of the agent's (its key, other jobs' specs and environments).
+    pub fn with_job_user(
+        mut self,
+        user: Option<crate::containment::user::JobUser>,
+    ) -> Result<Self, SupervisorError> {
+        use std::os::unix::fs::PermissionsExt;
+        if user.is_some() {
+            let state = self
+                .jobs_dir
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .to_path_buf();
+            for (dir, mode) in [
+                (&state, 0o711),
+                (&self.jobs_dir, 0o700),
+                (&self.work_dir, 0o711),
+            ] {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                    .map_err(io_err(format!("making {} {mode:o}", dir.display())))?;
+            }
+        }
+        self.job_user = user;
+        Ok(self)
+    }
+
+    /// Contains jobs as `containment` says (the default is their process group only). Empty
+    /// job cgroups left by an earlier run are removed.
+    pub fn with_containment(mut self, containment: Arc<Containment>) -> Self {
+        containment.sweep();
+        self.containment = containment;
+        self
     }
 
     /// Uses `program` (a `tandem-agent` binary) as the shim instead of this executable.
@@ -317,15 +374,46 @@ impl Supervisor {
             });
         }
         write_token(&job_dir, job.fencing_token)?;
+        // The job's own dir, apart from the supervisor's (`lock`, `fencing_token`, `spec.json`,
+        // `status.json`): a job that tidies its working dir, or `..` of it, cannot reach them.
+        let workdir = match job.workdir {
+            Some(w) => w,
+            None => {
+                let w = self.work_dir.join(&id);
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .recursive(true)
+                    .create(&w)
+                    .map_err(io_err(format!("creating {}", w.display())))?;
+                if let Some(u) = &self.job_user {
+                    std::os::unix::fs::chown(&w, Some(u.uid), Some(u.gid))
+                        .map_err(io_err(format!("giving {} to {}", w.display(), u.name)))?;
+                }
+                w
+            }
+        };
+        // The job's cgroup is the truth about an earlier copy: while anything of it lives
+        // (its shim, or any process it started, in whatever group or session), no new copy.
+        let cg = self
+            .containment
+            .prepare(&id, &job.limits)
+            .map_err(|e| match e {
+                ContainmentError::Alive { .. } => SupervisorError::Busy { job_id: id.clone() },
+                ContainmentError::Io { what, source } => SupervisorError::Io { what, source },
+            })?;
         let spec = JobSpec {
             job_id: id.clone(),
             fencing_token: job.fencing_token,
             command: job.command,
             env,
-            workdir: job.workdir.unwrap_or_else(|| job_dir.clone()),
+            workdir,
             lease_deadline_ns: deadline,
             fence_kill_timeout_ms,
             log_max_bytes: self.log_max_bytes,
+            cgroup: cg.as_ref().map(|c| c.job.clone()),
+            cgroup_v1: cg.as_ref().map(|c| c.v1.clone()).unwrap_or_default(),
+            oom_file: cg.as_ref().and_then(|c| c.oom_file.clone()),
+            user: self.job_user.clone(),
         };
         let spec_path = job_dir.join(SPEC_FILE);
         let bytes = serde_json::to_vec_pretty(&spec).map_err(|e| SupervisorError::Io {
@@ -339,7 +427,7 @@ impl Supervisor {
             stdin,
             pid,
             shim_pid,
-        } = self.spawn_shim(&id, &job_dir).await?;
+        } = self.spawn_shim(&id, &job_dir, cg.as_ref()).await?;
         let started = StartedJob {
             pid,
             shim_pid,
@@ -347,21 +435,41 @@ impl Supervisor {
         };
         let (ctl_tx, ctl_rx) = mpsc::channel(16);
         claim.promote(ctl_tx, started.clone());
-        tokio::spawn(control(stdin, deadline_rx, fence_kill_rx, ctl_rx));
+        let backstop = Backstop::new(deadline, Duration::from_millis(fence_kill_timeout_ms));
+        let (steps_tx, steps_rx) = mpsc::channel(2);
+        tokio::spawn(control(
+            stdin,
+            deadline_rx,
+            fence_kill_rx,
+            ctl_rx,
+            backstop,
+            steps_tx,
+        ));
+        let target = Target {
+            job_id: id.clone(),
+            pid,
+            shim_pid,
+            containment: Arc::clone(&self.containment),
+        };
         tokio::spawn(monitor(
             child,
+            target,
+            steps_rx,
             Arc::clone(&self.held),
             self.exits_tx.clone(),
             job_dir,
-            id,
             spec.fencing_token,
-            pid,
         ));
         Ok(started)
     }
 
     /// Starts the shim for the spec in `job_dir` and waits for its answer.
-    async fn spawn_shim(&self, id: &str, job_dir: &Path) -> Result<Shim, SupervisorError> {
+    async fn spawn_shim(
+        &self,
+        id: &str,
+        job_dir: &Path,
+        cg: Option<&JobCgroup>,
+    ) -> Result<Shim, SupervisorError> {
         let shim_log = job_dir.join(SHIM_LOG);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -382,12 +490,25 @@ impl Supervisor {
         if let Ok(level) = std::env::var("RUST_LOG") {
             cmd.env("RUST_LOG", level);
         }
-        // SAFETY: setsid is async-signal-safe. The shim gets its own session, so it outlives a
-        // signal to the agent's process group.
+        // The shim goes into its job's cgroup (the `shim` leaf) before it runs: from then on
+        // the job's cgroup is populated until the shim and the whole job are gone.
+        let procs = match cg {
+            Some(c) => Some(
+                cgroup::open_procs(&c.shim)
+                    .map_err(io_err(format!("opening cgroup {}", c.shim.display())))?,
+            ),
+            None => None,
+        };
+        let procs_fd = procs.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+        // SAFETY: setsid and write are async-signal-safe. The shim gets its own session, so it
+        // outlives a signal to the agent's process group.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::setsid() == -1 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = procs_fd {
+                    cgroup::join_in_child(fd)?;
                 }
                 Ok(())
             });
@@ -399,6 +520,7 @@ impl Supervisor {
         let mut child = cmd
             .spawn()
             .map_err(|e| shim_err(format!("cannot run {}: {e}", self.shim_program.display())))?;
+        drop(procs);
         let shim_pid = child.id().unwrap_or(0);
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.start_kill();
@@ -491,7 +613,8 @@ impl Supervisor {
             })
     }
 
-    /// The last `n_lines` lines of a job's stdout and stderr (running or not).
+    /// The last `n_lines` lines of a job's stdout and stderr (running or not), each stream cut
+    /// to its newest [`LOG_REPLY_BUDGET`]` / 2` bytes, with a first line saying so when cut.
     pub async fn tail_logs(
         &self,
         job_id: &str,
@@ -508,9 +631,10 @@ impl Supervisor {
                 let p = job_dir.join(name);
                 logs::tail(&p, n_lines).map_err(io_err(format!("reading {}", p.display())))
             };
+            // Each stream gets half of the reply's budget (see `logs::cap`).
             Ok(LogTail {
-                stdout: one(STDOUT_LOG)?,
-                stderr: one(STDERR_LOG)?,
+                stdout: logs::cap(one(STDOUT_LOG)?, LOG_REPLY_BUDGET / 2),
+                stderr: logs::cap(one(STDERR_LOG)?, LOG_REPLY_BUDGET / 2),
             })
         };
         tokio::task::spawn_blocking(read)
@@ -520,81 +644,4 @@ impl Supervisor {
                 source: std::io::Error::other(e),
             })?
     }
-}
-
-/// Writes lease changes and commands to one shim's stdin, until the shim is gone or the
-/// supervisor is dropped (which closes the pipe: the shim keeps its last deadline).
-async fn control(
-    mut stdin: tokio::process::ChildStdin,
-    mut deadline: watch::Receiver<Option<u64>>,
-    mut fence_kill_ms: watch::Receiver<u64>,
-    mut ctl: mpsc::Receiver<ShimCommand>,
-) {
-    loop {
-        let cmd = tokio::select! {
-            r = deadline.changed() => match r {
-                Ok(()) => match *deadline.borrow_and_update() {
-                    Some(ns) => ShimCommand::Lease(ns),
-                    None => ShimCommand::Fence,
-                },
-                Err(_) => return,
-            },
-            r = fence_kill_ms.changed() => match r {
-                Ok(()) => ShimCommand::FenceKill {
-                    timeout_ms: *fence_kill_ms.borrow_and_update(),
-                },
-                Err(_) => return,
-            },
-            c = ctl.recv() => match c {
-                Some(c) => c,
-                None => return,
-            },
-        };
-        let line = cmd.to_line();
-        match tokio::time::timeout(WRITE_TIMEOUT, stdin.write_all(line.as_bytes())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => tracing::warn!("a shim did not take {:?} in time", line.trim()),
-        }
-    }
-}
-
-/// Waits for a shim to exit and reports its job's end.
-async fn monitor(
-    mut child: tokio::process::Child,
-    held: Arc<HeldTable>,
-    exits_tx: mpsc::Sender<JobExit>,
-    job_dir: PathBuf,
-    job_id: String,
-    token: u64,
-    pid: u32,
-) {
-    let _ = child.wait().await;
-    let status = read_status(&job_dir).filter(|s| s.state == JobState::Exited && s.pid == pid);
-    let exit = match status {
-        Some(s) => JobExit {
-            job_id: job_id.clone(),
-            fencing_token: token,
-            code: s.code,
-            signal: s.signal,
-            reason: s.reason.unwrap_or(ExitReason::Exited),
-        },
-        None => {
-            // The shim died without recording an end: whatever is left of the job must not run
-            // unsupervised. The group id is the job's pid.
-            tracing::error!(job = %job_id, pid, "shim died without recording an end; killing the job's group");
-            signal_group(pid as i32, libc::SIGKILL);
-            JobExit {
-                job_id: job_id.clone(),
-                fencing_token: token,
-                code: None,
-                signal: None,
-                reason: ExitReason::Lost,
-            }
-        }
-    };
-    // The exit is handed on before the copy stops being held: whoever lists what is held and
-    // then drains the exits sees the copy in one or the other, never in neither.
-    let _ = exits_tx.send(exit).await;
-    held.release(&job_id, token);
 }

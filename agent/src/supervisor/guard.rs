@@ -40,6 +40,11 @@ impl Guard {
         self.fence_kill_ns = u64::try_from(fence_kill.as_nanos()).unwrap_or(u64::MAX);
     }
 
+    /// The lease deadline in force (CLOCK_MONOTONIC ns).
+    pub fn deadline_ns(&self) -> u64 {
+        self.deadline_ns
+    }
+
     /// The fence kill timeout in force.
     pub fn fence_kill(&self) -> Duration {
         Duration::from_nanos(self.fence_kill_ns)

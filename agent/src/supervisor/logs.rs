@@ -114,9 +114,89 @@ fn last_lines(path: &Path, n: usize) -> io::Result<Vec<String>> {
     Ok(lines[start..].iter().map(|s| s.to_string()).collect())
 }
 
+/// What each line costs in a reply beyond its bytes (bincode's length prefix, at most 9).
+const LINE_OVERHEAD: usize = 10;
+
+/// The first line of a tail that was cut to fit in a reply (see [`cap`]).
+pub fn cut_marker(kept: usize) -> String {
+    format!("[tandem: log tail cut to its last {kept} bytes to fit in one reply]")
+}
+
+/// Keeps the newest bytes of `lines` that fit in `budget` bytes (each line counted with its
+/// length prefix): whole lines, newest first, then the last bytes of the line that did not fit
+/// (cut on a char boundary). A cut tail starts with [`cut_marker`], so whoever reads it knows. The budget
+/// keeps every log reply below the link's frame limit: a reply over it would be refused by the
+/// codec and tear the connection down (issue 13: one 5 MB line did).
+pub fn cap(lines: Vec<String>, budget: usize) -> Vec<String> {
+    let cost = |l: &String| l.len() + LINE_OVERHEAD;
+    if lines.iter().map(cost).sum::<usize>() <= budget {
+        return lines;
+    }
+    // Room for the marker itself first.
+    let budget = budget.saturating_sub(cut_marker(usize::MAX).len() + LINE_OVERHEAD);
+    let mut kept: Vec<String> = Vec::new();
+    let mut used = 0usize;
+    for line in lines.into_iter().rev() {
+        if used + cost(&line) <= budget {
+            used += cost(&line);
+            kept.push(line);
+            continue;
+        }
+        // The rest of the room goes to the newest bytes of the line that does not fit.
+        let room = budget.saturating_sub(used + LINE_OVERHEAD);
+        if room > 0 {
+            let mut start = line.len().saturating_sub(room);
+            while !line.is_char_boundary(start) {
+                start += 1;
+            }
+            used += line.len() - start + LINE_OVERHEAD;
+            kept.push(line[start..].to_string());
+        }
+        break;
+    }
+    kept.push(cut_marker(used));
+    kept.reverse();
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tail_over_the_budget_keeps_its_newest_lines_and_says_so() {
+        let lines: Vec<String> = (0..100).map(|i| format!("line {i:03}")).collect();
+        assert_eq!(cap(lines.clone(), 10_000), lines);
+        let cut = cap(lines, 400);
+        assert!(cut[0].starts_with("[tandem: log tail cut"), "{cut:?}");
+        assert_eq!(cut.last().unwrap(), "line 099");
+        assert!(cut[1].len() < "line 000".len() || cut[1].starts_with("line"));
+        let size: usize = cut.iter().map(|l| l.len() + LINE_OVERHEAD).sum();
+        assert!(size <= 400, "{size}");
+        // One line longer than the budget: its last bytes, on a char boundary.
+        let huge = format!("{}é-end", "x".repeat(5_000_000));
+        let cut = cap(vec!["old".into(), huge.clone()], 1000);
+        assert_eq!(cut.len(), 2);
+        assert!(
+            cut[1].ends_with("é-end") && cut[1].len() < 1000,
+            "{}",
+            cut[1].len()
+        );
+        // A newer short line is kept whole, and the room left goes to the long one's end.
+        let cut = cap(vec![huge, "after".into()], 1000);
+        assert_eq!(cut.len(), 3);
+        assert_eq!(cut[2], "after");
+        assert!(
+            cut[1].ends_with("é-end") && cut[1].len() > 800,
+            "{}",
+            cut[1].len()
+        );
+        let cut = cap(vec!["ééééé".repeat(100)], 200);
+        assert!(
+            cut[1].len() <= 200 && cut[1].chars().all(|c| c == 'é'),
+            "{cut:?}"
+        );
+    }
 
     #[test]
     fn rotates_at_the_cap_and_keeps_the_newest_output() {

@@ -23,7 +23,11 @@
 //!   been reused): leftover children of a finished job would be a second copy after a restart.
 //! - Defence in depth: the job leader has `PR_SET_PDEATHSIG = SIGKILL`, so if the shim itself is
 //!   killed outright (OOM) the leader dies with it; and when the agent sees a shim die without a
-//!   recorded end, it kills the job's group itself ([`ExitReason::Lost`]).
+//!   recorded end, it kills the job's group itself ([`ExitReason::Lost`]). And if a shim has
+//!   not ended its job by the agent's own lease end plus the fence kill timeout (the shim is
+//!   SIGSTOPped, wedged or starved), the agent kills the job's cgroup and group itself
+//!   ([`backstop`]), then wakes the shim to record the end (and SIGKILLs it a second later if
+//!   it still does not).
 //!
 //! Why not the alternatives from the issue: a parent-death signal on the job alone covers a
 //! crash but not a hang, and kills at once rather than at the deadline; systemd's watchdog covers
@@ -35,8 +39,15 @@
 //! Reading the clock first means the pair's error can only move a deadline earlier, never later.
 //! The shim then only compares that number with `clock_gettime` again.
 //!
-//! What this does not cover, said plainly: a job that calls `setsid` itself leaves its process
-//! group and escapes the fence (cgroups would close that); and like every lease on
+//! Where the host allows (see [`crate::containment`]), the job also runs in a cgroup of its
+//! own, and the shim's SIGTERM goes to every process in it and its SIGKILL to the whole cgroup
+//! (`cgroup.kill`): a job that calls `setsid`, or runs a child in its own group, is fenced
+//! too, and the shim records the end only once the cgroup is empty. The shim itself sits in a
+//! sibling leaf of the job's cgroup, so "the job's cgroup is populated" means "something of
+//! this copy is alive" to a restarted agent.
+//!
+//! What this does not cover, said plainly: in `process-group` mode (no usable cgroups) a job
+//! that calls `setsid` itself leaves its process group and escapes the fence; and like every lease on
 //! CLOCK_MONOTONIC, a host that is *suspended* stops the clock, so the agent's lease must be
 //! revoked on resume by the coordinator's refusal. Jobs that write shared state should check
 //! `TANDEM_FENCING_TOKEN` at the storage.
@@ -61,6 +72,12 @@
 //! SIGINT or SIGHUP (e.g. `systemctl stop` with `control-group`) stops its job first, with the
 //! fence kill timeout, then exits.
 //!
+//! # The job's working dir (`STATE_DIR/work/<job id>/`)
+//! A job runs in a dir of its own unless its spec names one, never in its job dir: a job that
+//! tidies its working dir (`rm -f ./*`, or `..` of it) then reaches no file of the supervisor.
+//! It is not a security boundary while jobs run as root (an absolute path still reaches the job
+//! dir); the job's cgroup is what says whether a copy lives.
+//!
 //! # Files in a job dir (`STATE_DIR/jobs/<job id>/`)
 //! `spec.json` (what to run, mode 0600: it holds the environment), `fencing_token`, `lock`,
 //! `status.json` (running or exited with code or signal, token, pid, times; written atomically),
@@ -74,6 +91,8 @@
 //! from `status.json` once the shim has exited.
 
 pub mod admit;
+pub mod backstop;
+mod follow;
 pub mod guard;
 mod held;
 pub mod logs;

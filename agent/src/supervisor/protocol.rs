@@ -266,6 +266,19 @@ pub struct JobSpec {
     pub fence_kill_timeout_ms: u64,
     /// Cap of each log file before it is rotated, in bytes.
     pub log_max_bytes: u64,
+    /// The cgroup the job runs in (its `job` leaf), or `None` for its process group only
+    /// (see [`crate::containment`]). Absent in specs written before cgroups.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+    /// The job's v1 cgroups that carry its limits on a hybrid host; it joins them too.
+    #[serde(default)]
+    pub cgroup_v1: Vec<PathBuf>,
+    /// Where the kernel counts the job's OOM kills (when it has a memory limit).
+    #[serde(default)]
+    pub oom_file: Option<PathBuf>,
+    /// The user the job runs as; `None`: the shim's own (root).
+    #[serde(default)]
+    pub user: Option<crate::containment::user::JobUser>,
 }
 
 /// Whether the job runs.
@@ -292,6 +305,10 @@ pub enum ExitReason {
     ShimSignalled,
     /// The shim died without recording an end; the agent killed the job's group.
     Lost,
+    /// The kernel killed the job (or part of it) for going over its memory limit, and the job
+    /// ended. Reported to the coordinator as the job's own exit (`ExitCause::Exited`, its
+    /// restart policy decides), with the reason `oom_killed`: the wire has no cause for it.
+    OomKilled,
 }
 
 impl ExitReason {
@@ -304,6 +321,16 @@ impl ExitReason {
             ExitReason::Fenced => ExitCause::Fenced,
             ExitReason::ShimSignalled => ExitCause::ShimSignalled,
             ExitReason::Lost => ExitCause::Lost,
+            ExitReason::OomKilled => ExitCause::Exited,
+        }
+    }
+
+    /// The reason's name in reports: `exited`, `stopped`, `fenced`, `shimsignalled`, `lost`,
+    /// `oom_killed` (the older names as they always were).
+    pub fn name(self) -> String {
+        match self {
+            ExitReason::OomKilled => "oom_killed".into(),
+            r => format!("{r:?}").to_lowercase(),
         }
     }
 }
@@ -331,6 +358,9 @@ pub struct JobStatus {
     pub signal: Option<i32>,
     /// Why it ended.
     pub reason: Option<ExitReason>,
+    /// How the job was contained: `cgroup-v2`, `cgroup-hybrid` or `process-group`.
+    #[serde(default)]
+    pub containment: String,
 }
 
 /// Writes `data` to `path` atomically and durably: a temporary file in the same directory,

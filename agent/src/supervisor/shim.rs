@@ -13,6 +13,7 @@ use super::guard::{Action, Guard};
 use super::logs::RotatingLog;
 use super::protocol::*;
 use super::SupervisorError;
+use crate::containment::cgroup;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
@@ -22,6 +23,12 @@ use std::process::{ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 use tandem_common::time::unix_ms;
+
+/// How long the shim keeps killing a job's cgroup until it is empty. A SIGKILLed process
+/// exits in microseconds unless it is in uninterruptible sleep (D state: stuck I/O); the end
+/// is recorded after this even then, and the cgroup stays populated, so the job is held as
+/// alive by the agent until it is really gone.
+const CGROUP_EMPTY_LIMIT: Duration = Duration::from_secs(5);
 
 enum Event {
     Command(ShimCommand),
@@ -113,6 +120,40 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
         reply(&ShimReply::Failed("empty command".into()));
         return Ok(());
     };
+    // The job's cgroup, opened before the fork: the child writes `0` to it before exec, so
+    // the job is in its cgroup before it runs a single instruction of its own.
+    let cgroup = spec.cgroup.clone();
+    let procs = match &cgroup {
+        Some(dir) => match cgroup::open_procs(dir) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                reply(&ShimReply::Failed(format!(
+                    "cannot open the job's cgroup {}: {e}",
+                    dir.display()
+                )));
+                return Ok(());
+            }
+        },
+        None => None,
+    };
+    let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
+    // And the v1 cgroups that carry its limits on a hybrid host.
+    let mut v1_procs = Vec::new();
+    for dir in &spec.cgroup_v1 {
+        match cgroup::open_procs(dir) {
+            Ok(f) => v1_procs.push(f),
+            Err(e) => {
+                reply(&ShimReply::Failed(format!(
+                    "cannot open the job's cgroup {}: {e}",
+                    dir.display()
+                )));
+                return Ok(());
+            }
+        }
+    }
+    let v1_fds: Vec<i32> = v1_procs.iter().map(|f| f.as_raw_fd()).collect();
+    let containment = crate::containment::Mode::of_cgroup(cgroup.as_deref());
+    let user = spec.user.clone();
     let shim_pid = std::process::id();
     let mut cmd = std::process::Command::new(program);
     cmd.args(args)
@@ -139,6 +180,17 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
                 if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                     libc::signal(sig, libc::SIG_DFL);
                 }
+            }
+            if let Some(fd) = procs_fd {
+                cgroup::join_in_child(fd)?;
+            }
+            for fd in &v1_fds {
+                cgroup::join_in_child(*fd)?;
+            }
+            // The job's user, once it is in its cgroups (joining needs root), and before the
+            // parent-death signal (a change of credentials clears it).
+            if let Some(u) = &user {
+                u.become_in_child()?;
             }
             // If the shim dies without fencing (SIGKILL, OOM), the kernel kills the job leader.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -171,6 +223,7 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
         code: None,
         signal: None,
         reason: None,
+        containment: containment.name().to_string(),
     };
     write_status(job_dir, &status);
     let _ = write_atomic(&job_dir.join(PID_FILE), format!("{pid}\n").as_bytes());
@@ -203,13 +256,20 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
             let reason = guard.reason();
             match a {
                 Action::Term => {
-                    tracing::info!(?reason, "SIGTERM to the job's process group");
+                    tracing::info!(?reason, "SIGTERM to the job's process group and cgroup");
                     signal_group(pgid, libc::SIGTERM);
                     signal_group(pgid, libc::SIGCONT);
+                    if let Some(cg) = &cgroup {
+                        cgroup::signal_all(cg, libc::SIGTERM);
+                        cgroup::signal_all(cg, libc::SIGCONT);
+                    }
                 }
                 Action::Kill => {
-                    tracing::info!(?reason, "SIGKILL to the job's process group");
+                    tracing::info!(?reason, "SIGKILL to the job's process group and cgroup");
                     signal_group(pgid, libc::SIGKILL);
+                    if let Some(cg) = &cgroup {
+                        cgroup::kill_all(cg);
+                    }
                 }
             }
         }
@@ -246,7 +306,49 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
     // The leader is a zombie, so its pid (the group id) cannot be reused: kill what is left of
     // the group, then reap.
     signal_group(pgid, libc::SIGKILL);
+    if let Some(cg) = &cgroup {
+        cgroup::kill_all(cg);
+    }
     let (code, signal) = reap(pgid);
+    // Everything the job started, whatever its group or session, is gone before the end is
+    // recorded (and before this shim leaves the job's cgroup, which keeps it populated).
+    if let Some(cg) = &cgroup {
+        if !cgroup::kill_until_empty(cg, CGROUP_EMPTY_LIMIT) {
+            tracing::error!(
+                left = ?cgroup::procs_recursive(cg),
+                "processes of the job survived SIGKILL in {}",
+                cg.display()
+            );
+        }
+    }
+    drop(procs);
+    drop(v1_procs);
+    // A job that ended by itself after the kernel OOM-killed (part of) it ended of that.
+    let oom = spec
+        .oom_file
+        .as_deref()
+        .map_or(0, crate::containment::limits::oom_kills);
+    if oom > 0 && guard.reason().is_none() {
+        tracing::warn!(oom_kills = oom, "the job went over its memory limit");
+    }
+    // What this shim can tidy itself (it sits in the `shim` leaf, so the agent removes the
+    // rest): the empty job leaf and v1 cgroups, so a killed agent leaves less behind.
+    if let Some(cg) = &cgroup {
+        let _ = fs::remove_dir(cg);
+    }
+    for d in &spec.cgroup_v1 {
+        let _ = fs::remove_dir(d);
+    }
+    // For the record (and the figures): how long after the lease deadline the last process of
+    // a fenced job was gone.
+    if guard.reason() == Some(ExitReason::Fenced) {
+        let after_us = now_ns().saturating_sub(guard.deadline_ns()) / 1_000;
+        tracing::info!(
+            after_deadline_us = after_us,
+            containment = containment.name(),
+            "fenced: the job's last process is gone"
+        );
+    }
     // Give the pipes a moment to drain; a process that left the group may hold them open.
     let until = std::time::Instant::now() + Duration::from_secs(1);
     while done_rx
@@ -257,7 +359,11 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
     status.ended_unix_ms = Some(unix_ms());
     status.code = code;
     status.signal = signal;
-    status.reason = Some(guard.reason().unwrap_or(ExitReason::Exited));
+    status.reason = Some(guard.reason().unwrap_or(if oom > 0 {
+        ExitReason::OomKilled
+    } else {
+        ExitReason::Exited
+    }));
     write_status(job_dir, &status);
     tracing::info!(?code, ?signal, reason = ?status.reason, "job ended");
     drop(lock);

@@ -742,7 +742,7 @@ fn cause_of(r: Option<ExitReason>) -> ExitCause {
         Some(ExitReason::Stopped) => ExitCause::Stopped,
         Some(ExitReason::ShimSignalled) => ExitCause::ShimSignalled,
         Some(ExitReason::Lost) => ExitCause::Lost,
-        Some(ExitReason::Exited) | None => ExitCause::Exited,
+        Some(ExitReason::Exited | ExitReason::OomKilled) | None => ExitCause::Exited,
         Some(ExitReason::Fenced) => ExitCause::Fenced,
     }
 }

@@ -1,0 +1,417 @@
+//! End to end, with the real binaries, as root: a job is contained. Whatever the job starts —
+//! a background child in its own process group (`set -m`), a `setsid` double fork, a job that
+//! deletes the files in its working dir — nothing of the old copy outlives the fence when its
+//! agent is `kill -9`ed, and no two fencing tokens ever write at overlapping times.
+//!
+//! The old copy's processes are found by their environment (`TANDEM_JOB_ID` and
+//! `TANDEM_FENCING_TOKEN` in `/proc/PID/environ`), not by anything the agent records, so the
+//! check does not trust the code it checks. A [`Reaper`] kills whatever is left of a job when
+//! the test ends, pass or fail.
+//!
+//! These need root and a cgroup file system; without them each test prints why and passes
+//! without checking (CI runs as root on a hybrid cgroup host, so there they run).
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tandem_tests::fleet::*;
+use tandem_tests::wait_for;
+
+/// The coordinator's default lease and fence kill timeout (tests/src/lib.rs starts it with
+/// its defaults).
+const LEASE: Duration = Duration::from_millis(1000);
+const FENCE_KILL: Duration = Duration::from_millis(250);
+/// Scheduling slack on a loaded two-core machine, on top of lease + fence kill timeout.
+const SLACK: Duration = Duration::from_millis(1000);
+
+/// Why these tests cannot run here, if they cannot.
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root: job cgroups need root".into());
+    }
+    if !Path::new("/sys/fs/cgroup").is_dir()
+        || std::fs::read_dir("/sys/fs/cgroup").map_or(true, |mut d| d.next().is_none())
+    {
+        return Some("no cgroup file system at /sys/fs/cgroup".into());
+    }
+    None
+}
+
+/// One line in the fleet's writer format, appended to `out`.
+fn line(out: &Path) -> String {
+    format!(
+        "echo \"$TANDEM_NODE_NAME $TANDEM_FENCING_TOKEN $(date +%s%N) -\" >> {}",
+        out.display()
+    )
+}
+
+/// A plain writer loop (no TERM trap: an escapee need not be slow to die, only hidden).
+fn looped(out: &Path) -> String {
+    format!("while true; do {}; sleep 0.01; done", line(out))
+}
+
+/// Runs `script` (bash) as a job, waits until it writes and has at least `min_procs`
+/// processes, `kill -9`s its agent (and with `restart`, starts it again at once; otherwise
+/// the job moves to the second node), and checks: every process of the old copy is gone
+/// within lease + fence kill timeout (+ slack) of the kill, a new copy runs, and no two
+/// tokens wrote at overlapping times. Prints how long the old copy's processes lived after
+/// the kill.
+fn escape_is_fenced(
+    name: &str,
+    script: impl Fn(&Path) -> String,
+    min_procs: usize,
+    restart: bool,
+    process_group: bool,
+) -> Result<()> {
+    if let Some(why) = skip_reason() {
+        println!("{name}: skipped: {why}");
+        return Ok(());
+    }
+    let mut f = Fleet::new(name, "pool")?;
+    let nodes = if restart {
+        vec![format!("{name}-a")]
+    } else {
+        vec![format!("{name}-a"), format!("{name}-b")]
+    };
+    let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let extra: &[&str] = if process_group {
+        &["--containment", "process-group"]
+    } else {
+        &[]
+    };
+    f.start_agents(&names, extra)?;
+    let out = f.tmp.path().join(format!("{name}.out"));
+    let j = f.api().post(
+        "/v1/jobs",
+        &json!({"name": name, "cluster": f.cluster,
+                "command": ["/bin/bash", "-c", script(&out)],
+                "resources": {"cpu_millis": 100, "memory_bytes": 67108864, "gpus": 0},
+                "restart": "always"}),
+    )?;
+    let w = Writer {
+        id: j["job"]["id"].as_str().context("job id")?.to_string(),
+        out,
+    };
+    let _reaper = Reaper(w.id.clone());
+    let job = f.wait_running(&w)?;
+    let (node, token) = f.placement(&job)?;
+    let pids = wait_for(LONG, "the job's processes", || {
+        let p = copy_pids(&w.id, Some(token));
+        (p.len() >= min_procs).then_some(p)
+    })?;
+    println!("{name}: copy {token} on {node} runs as {pids:?}");
+    // (A job that deletes its working dir may have deleted `status.json` too.)
+    if let Some(status) = f.job_status(&node, &w.id) {
+        check(
+            (status["containment"] == "process-group") == process_group,
+            || format!("the job's containment is not as configured: {status}"),
+        )?;
+    }
+    f.coord.wait_restart_grace()?;
+
+    let t0 = Instant::now();
+    f.agent(&node)?.kill9();
+    if restart {
+        f.start_agent(&node, None, extra)?;
+    }
+    let bound = LEASE + FENCE_KILL + SLACK;
+    let gone = wait_for(LONG, "every process of the old copy gone", || {
+        copy_pids(&w.id, Some(token))
+            .is_empty()
+            .then(|| t0.elapsed())
+    })
+    .with_context(|| {
+        format!(
+            "still alive: {:?} ({})",
+            copy_pids(&w.id, Some(token)),
+            f.agent_log(&node)
+        )
+    })?;
+    println!(
+        "{name}: the old copy's last process was gone {} ms after kill -9 of its agent \
+         (lease {} ms + fence kill {} ms)",
+        gone.as_millis(),
+        LEASE.as_millis(),
+        FENCE_KILL.as_millis()
+    );
+    // The shim's own measure: from the lease deadline to the job's last process gone.
+    let shim_log = f.state_dir(&node).join("jobs").join(&w.id).join("shim.log");
+    let after = wait_for(Duration::from_secs(5), "the shim's fence record", || {
+        let text = std::fs::read_to_string(&shim_log).ok()?;
+        let tail = text.rsplit("after_deadline_us=").next()?;
+        (text.contains("after_deadline_us="))
+            .then(|| tail.split_whitespace().next().unwrap_or("?").to_string())
+    });
+    match after {
+        Ok(ms) => println!("{name}: lease deadline -> last process gone: {ms} µs (shim.log)"),
+        Err(_) => println!("{name}: the shim left no fence record (its log was deleted)"),
+    }
+    check(gone <= bound, || {
+        format!(
+            "the old copy lived {} ms after the kill, past lease + fence kill + slack ({} ms)",
+            gone.as_millis(),
+            bound.as_millis()
+        )
+    })?;
+    let (moved, _) = f
+        .wait_new_copy(&w, token, LONG)
+        .with_context(|| f.agent_log(&node))?;
+    let new = moved["fencing_token"].as_u64().context("token")?;
+    println!(
+        "{name}: new copy {new} writing {} ms after the kill",
+        t0.elapsed().as_millis()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    handover(&w.out, token, new, name)?;
+    copies(&w.out)?;
+    Ok(())
+}
+
+/// A background child in its own process group (`set -m`), writing on; the leader waits.
+///
+/// On the code before the fix (the fence signals the job's process group only):
+/// `timed out after 30s waiting for every process of the old copy gone`, `still alive:
+/// [17418, 25344]`: the subshell, in its own group, went on writing beside the new copy.
+#[test]
+fn a_background_child_in_its_own_process_group_is_fenced() -> Result<()> {
+    escape_is_fenced(
+        "escape-setm",
+        |out| format!("set -m; ({}) & wait", looped(out)),
+        2,
+        false,
+        false,
+    )
+}
+
+/// A `setsid` double fork: the writer runs in a session of its own, its parent has exited,
+/// and the job's leader only sleeps.
+///
+/// On the code before the fix: `timed out after 30s waiting for every process of the old
+/// copy gone`, `still alive: [20280, 28383]`: the daemon, in its own session.
+#[test]
+fn a_setsid_double_fork_is_fenced() -> Result<()> {
+    escape_is_fenced(
+        "escape-setsid",
+        |out| {
+            format!(
+                "setsid -f bash -c '({}) & exit 0' </dev/null >/dev/null 2>&1; exec sleep 100000",
+                looped(out).replace('\'', "'\\''")
+            )
+        },
+        2,
+        false,
+        false,
+    )
+}
+
+/// A job that deletes every file in its working dir (`rm -f ./*`: the shim's `lock` too, when
+/// the working dir was the job dir) and then writes on; its agent is `kill -9`ed and started
+/// again at once on the same state dir, so the new copy is placed on the same node.
+///
+/// On the code before the fix: `two copies ran at once: token 1 on ["escape-rm-a"] wrote
+/// until 1796276550783329280, token 2 on ["escape-rm-a"] from 1796276550202413001 (580 ms of
+/// overlap)`: the restarted agent took the deleted lock for a fenced copy, registered at
+/// once, and the new shim took a fresh `lock` while the old copy still ran.
+#[test]
+fn a_job_that_deletes_its_working_dir_runs_once_across_an_agent_restart() -> Result<()> {
+    escape_is_fenced(
+        "escape-rm",
+        |out| format!("rm -f ./* ./.[!.]*; {}", looped(out)),
+        1,
+        true,
+        false,
+    )
+}
+
+/// For comparison, not a fix: a plain writer (it stays in its process group) on agents told
+/// `--containment process-group`, fenced by its group as before cgroups. Prints the same
+/// figures as the tests above.
+#[test]
+fn without_cgroups_a_job_that_stays_in_its_group_is_fenced() -> Result<()> {
+    escape_is_fenced("plain-pgroup", looped, 1, false, true)
+}
+
+/// The same plain writer in its cgroup, for the figures beside the one above.
+#[test]
+fn with_cgroups_a_job_that_stays_in_its_group_is_fenced() -> Result<()> {
+    escape_is_fenced("plain-cgroup", looped, 1, false, false)
+}
+
+/// A job runs in a working dir of its own (`STATE_DIR/work/<id>`), apart from the
+/// supervisor's files: a job that deletes everything in its working dir and in `..` of it
+/// leaves `spec.json`, `fencing_token`, `lock` and `status.json` in place. Runs without root.
+///
+/// On the code before the fix: `the job ran in .../jobs/<id>`: its working dir was the job
+/// dir, and `rm -rf ./*` deleted the supervisor's lock and token.
+#[test]
+fn a_job_works_apart_from_the_supervisors_files() -> Result<()> {
+    let mut f = Fleet::new("workdir", "pool")?;
+    f.start_agents(&["workdir-a"], &[])?;
+    let pwd = f.tmp.path().join("workdir.pwd");
+    let script = format!(
+        "pwd > {}.tmp && mv {0}.tmp {0}; rm -rf ./* ../*; exec sleep 600",
+        pwd.display()
+    );
+    let j = f.api().post(
+        "/v1/jobs",
+        &json!({"name": "workdir", "cluster": f.cluster,
+                "command": ["/bin/sh", "-c", script],
+                "resources": {"cpu_millis": 10, "memory_bytes": 16 << 20, "gpus": 0},
+                "restart": "never"}),
+    )?;
+    let id = j["job"]["id"].as_str().context("job id")?.to_string();
+    let _reaper = Reaper(id.clone());
+    let ran_in = wait_for(LONG, "the job's pwd", || {
+        std::fs::read_to_string(&pwd).ok().filter(|s| !s.is_empty())
+    })?;
+    let state = std::fs::canonicalize(f.state_dir("workdir-a"))?;
+    let job_dir = state.join("jobs").join(&id);
+    check(
+        Path::new(ran_in.trim()) == state.join("work").join(&id),
+        || format!("the job ran in {}", ran_in.trim()),
+    )?;
+    // Give the rm a moment to finish, then the supervisor's files must all be there.
+    wait_for(LONG, "the job to be past its rm", || {
+        (!copy_pids(&id, None).is_empty()
+            && std::fs::read_dir(state.join("work")).is_ok_and(|mut d| d.next().is_none()))
+        .then_some(())
+    })?;
+    // (`status.json` is written just after the job started, and may come after its rm.)
+    let names = ["spec.json", "fencing_token", "lock", "status.json"];
+    wait_for(Duration::from_secs(5), "the supervisor's files", || {
+        names
+            .iter()
+            .all(|n| job_dir.join(n).is_file())
+            .then_some(())
+    })
+    .with_context(|| {
+        let missing: Vec<_> = names
+            .iter()
+            .filter(|n| !job_dir.join(n).is_file())
+            .collect();
+        format!("{missing:?} gone from {}", job_dir.display())
+    })?;
+    Ok(())
+}
+
+/// With `job_user` set (here `nobody`), a job runs as that user: it cannot read the node's key
+/// nor another job's spec (which holds that job's environment), nor list the agent's state dir;
+/// its own working dir is its own. The test's own dirs are opened up (`0711`) so that only the
+/// agent's modes stand in the way.
+///
+/// On the code before the fix (jobs ran as the agent's user): `uid 0`: the job read the key.
+#[test]
+fn a_job_as_the_configured_user_cannot_read_the_node_key_or_another_jobs_spec() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(why) = skip_reason() {
+        println!("skipped: {why}");
+        return Ok(());
+    }
+    let Ok(nobody) = tandem_agent::containment::user::JobUser::lookup("nobody") else {
+        println!("skipped: no user nobody here");
+        return Ok(());
+    };
+    let mut f = Fleet::new("asuser", "pool")?;
+    std::fs::set_permissions(f.tmp.path(), std::fs::Permissions::from_mode(0o711))?;
+    let r = f.tmp.path().join("results");
+    std::fs::create_dir(&r)?;
+    std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o777))?;
+    f.start_agents(&["asuser-a"], &["--job-user", "nobody"])?;
+    let state = f.state_dir("asuser-a");
+    let submit = |name: &str, script: String| -> Result<String> {
+        let j = f.api().post(
+            "/v1/jobs",
+            &json!({"name": name, "cluster": f.cluster,
+                    "command": ["/bin/sh", "-c", script],
+                    "env": {"SECRET": "s3cr3t"},
+                    "resources": {"cpu_millis": 10, "memory_bytes": 16 << 20, "gpus": 0},
+                    "restart": "never"}),
+        )?;
+        Ok(j["job"]["id"].as_str().context("job id")?.to_string())
+    };
+    let other = submit("asuser-other", "exec sleep 600".into())?;
+    let _r1 = Reaper(other.clone());
+    wait_for(LONG, "the other job running", || {
+        f.job_status("asuser-a", &other)
+            .filter(|s| s["state"] == "running")
+    })?;
+    let key = state.join("identity").join("node.key");
+    let spec = state.join("jobs").join(&other).join("spec.json");
+    check(key.is_file() && spec.is_file(), || {
+        "no key or spec to read".into()
+    })?;
+    let rd = r.display();
+    let script = format!(
+        "id -u > {rd}/uid; touch ./mine && echo ok > {rd}/own; \
+         cat {} > {rd}/key 2>&1; echo $? > {rd}/key.rc; \
+         cat {} > {rd}/spec 2>&1; echo $? > {rd}/spec.rc; \
+         ls {} > {rd}/ls 2>&1; echo $? > {rd}/ls.rc; echo done > {rd}/done; exec sleep 600",
+        key.display(),
+        spec.display(),
+        state.display()
+    );
+    let prober = submit("asuser-prober", script)?;
+    let _r2 = Reaper(prober.clone());
+    wait_for(LONG, "the prober's results", || {
+        std::fs::read_to_string(r.join("done")).ok()
+    })
+    .with_context(|| f.agent_log("asuser-a"))?;
+    let read = |n: &str| std::fs::read_to_string(r.join(n)).unwrap_or_default();
+    println!(
+        "as nobody: uid {}, key: rc {} {:?}, spec: rc {} {:?}, ls: rc {}",
+        read("uid").trim(),
+        read("key.rc").trim(),
+        read("key").trim(),
+        read("spec.rc").trim(),
+        read("spec").trim(),
+        read("ls.rc").trim()
+    );
+    check(read("uid").trim() == nobody.uid.to_string(), || {
+        format!("uid {}", read("uid").trim())
+    })?;
+    check(read("own").trim() == "ok", || {
+        "cannot write its own dir".into()
+    })?;
+    check(
+        read("key.rc").trim() != "0" && !read("key").contains("PRIVATE KEY"),
+        || format!("the job read the key: {}", read("key")),
+    )?;
+    check(
+        read("spec.rc").trim() != "0" && !read("spec").contains("s3cr3t"),
+        || format!("the job read another job's spec: {}", read("spec")),
+    )?;
+    check(read("ls.rc").trim() != "0", || {
+        format!("the job listed the state dir: {}", read("ls"))
+    })?;
+    Ok(())
+}
+
+/// `tandem-agent inventory` says how this host would contain jobs (nothing is made): a cgroup
+/// mode where root has a cgroup2 hierarchy, else `process-group` with the reason. Runs
+/// without root.
+#[test]
+fn inventory_says_how_jobs_would_be_contained() -> Result<()> {
+    let o = tandem_tests::agent_cmd(&["inventory", "-o", "json"], LONG)?;
+    check(o.code == Some(0), || o.stderr.clone())?;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).context("inventory json")?;
+    let mode = v["containment"]["mode"].as_str().unwrap_or("?").to_string();
+    println!(
+        "inventory: containment {mode} ({})",
+        v["containment"]["note"]
+    );
+    check(
+        ["cgroup-v2", "cgroup-hybrid", "process-group"].contains(&mode.as_str()),
+        || format!("{v}"),
+    )?;
+    if skip_reason().is_none() && Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        check(mode == "cgroup-hybrid", || format!("{v}"))?;
+    }
+    let table = tandem_tests::agent_cmd(&["inventory"], LONG)?;
+    check(
+        table.stdout.contains(&format!("containment: {mode}")),
+        || table.stdout.clone(),
+    )?;
+    Ok(())
+}
