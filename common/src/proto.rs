@@ -27,13 +27,31 @@ use serde::{Deserialize, Serialize};
 /// agents of version 2 ([`MIN_PROTOCOL_VERSION`]), so coordinators are upgraded first. A
 /// version-2 coordinator answers a `CheckJoin` with a `Reject` ("the first frame is not a
 /// Hello"), which `tandem-agent check` reports as a coordinator too old to check against.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 4 adds [`CoordMsg::StartLimited`], a start with the job's resources as limits; a
+/// coordinator sends it only to sessions of version 4 or later, and a plain `StartJob` to
+/// older ones.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The oldest agent protocol version a coordinator of this build still serves.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
 
 /// The first version that knows [`AgentMsg::CheckJoin`].
 pub const CHECK_PROTOCOL_VERSION: u16 = 3;
+
+/// The reason of an exit report (cause `Exited`) for a job its cgroup's OOM killer ended.
+pub const REASON_OOM_KILLED: &str = "oom_killed";
+
+/// The first version that knows [`CoordMsg::StartLimited`].
+pub const LIMITS_PROTOCOL_VERSION: u16 = 4;
+
+/// A job's resources, as limits its node enforces (its cgroup's memory and CPU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLimits {
+    /// Memory, bytes (0: no limit).
+    pub memory_bytes: u64,
+    /// CPU, thousandths of a core (0: no limit).
+    pub cpu_millis: u64,
+}
 
 /// Messages from an agent to the coordinator on the control stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -352,6 +370,37 @@ pub enum CoordMsg {
     },
     /// The answer to [`AgentMsg::CheckJoin`] (version 3). Keep it after every older variant.
     JoinCheck(JoinCheck),
+    /// Start a job copy within `limits` (version 4; older sessions get [`CoordMsg::StartJob`]).
+    /// Keep it after every older variant.
+    StartLimited {
+        /// The start.
+        start: Box<StartJob>,
+        /// The job's resources, enforced.
+        limits: JobLimits,
+    },
+}
+
+impl CoordMsg {
+    /// The job and token of a start, of either kind.
+    pub fn started_copy(&self) -> Option<(&str, u64)> {
+        match self {
+            CoordMsg::StartJob(s) | CoordMsg::StartLimited { start: s, .. } => {
+                Some((&s.job_id, s.fencing_token))
+            }
+            _ => None,
+        }
+    }
+
+    /// This message as a session of protocol `version` understands it: a limited start is a
+    /// plain start before [`LIMITS_PROTOCOL_VERSION`].
+    pub fn for_version(self, version: u16) -> CoordMsg {
+        match self {
+            CoordMsg::StartLimited { start, .. } if version < LIMITS_PROTOCOL_VERSION => {
+                CoordMsg::StartJob(start)
+            }
+            m => m,
+        }
+    }
 }
 
 /// Why a connection was refused. Stable: agents act on it.

@@ -69,6 +69,9 @@ pub struct Outbox {
     /// Where the tickets come from (none: every command may leave at once, for tests of the
     /// queue alone).
     store: Option<Arc<dyn StateStore>>,
+    /// The protocol version the session speaks: commands are queued as it understands them
+    /// (0, the default: the oldest served).
+    protocol: u16,
 }
 
 /// What the session task gets from [`Outbox::next`] (or [`Outbox::try_next`], with the ticket
@@ -102,6 +105,12 @@ impl Outbox {
         }
     }
 
+    /// For a session of protocol `version`.
+    pub fn for_protocol(mut self, version: u16) -> Self {
+        self.protocol = version;
+        self
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -112,6 +121,7 @@ impl Outbox {
 
     /// Queues `msg`, to be written once every batch applied so far is durable. Never waits.
     pub fn push(&self, msg: CoordMsg) -> Result<(), OutboxError> {
+        let msg = msg.for_version(self.protocol);
         let after = self.ticket();
         let mut s = self.state();
         if s.closed {
@@ -174,9 +184,8 @@ impl Outbox {
     pub fn retract_start(&self, job_id: &str, token: u64) -> bool {
         let mut s = self.state();
         let before = s.queue.len();
-        s.queue.retain(|(_, m)| {
-            !matches!(m, CoordMsg::StartJob(c) if c.job_id == job_id && c.fencing_token == token)
-        });
+        s.queue
+            .retain(|(_, m)| m.started_copy() != Some((job_id, token)));
         s.queue.len() != before
     }
 

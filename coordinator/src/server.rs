@@ -266,7 +266,11 @@ impl Server {
                 .await;
         }
         let serial = tandem_common::tls::peer_cert_serial(&conn).unwrap_or(0);
-        let outbox = Arc::new(crate::outbox::Outbox::new(self.membership.store().clone()));
+        // Commands go out as the session's protocol version understands them.
+        let outbox = Arc::new(
+            crate::outbox::Outbox::new(self.membership.store().clone())
+                .for_protocol(hello.protocol_version),
+        );
         // Only what the session needs outlives this point: the Hello (with a hardware report of
         // several KiB) is not kept for the life of the connection.
         let datagrams = hello.datagrams && conn.max_datagram_size().is_some();

@@ -11,7 +11,7 @@
 //! These need root and a cgroup file system; without them each test prints why and passes
 //! without checking (CI runs as root on a hybrid cgroup host, so there they run).
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -413,5 +413,51 @@ fn inventory_says_how_jobs_would_be_contained() -> Result<()> {
         table.stdout.contains(&format!("containment: {mode}")),
         || table.stdout.clone(),
     )?;
+    Ok(())
+}
+
+/// The coordinator sends a job's resources with its start (protocol 4) and the node enforces
+/// them: a job submitted through the API with 64 MiB of memory that allocates 500 MB is killed
+/// by its cgroup's OOM killer, and the job's record says `oom_killed`; another job on the same
+/// node runs on. With the limits left out of the start (as before protocol 4): `the hog ended
+/// "completed" (exited 0)`.
+#[test]
+fn an_api_job_past_its_memory_limit_is_oom_killed_and_recorded_so() -> Result<()> {
+    if let Some(why) = skip_reason() {
+        println!("skipped: {why}");
+        return Ok(());
+    }
+    let mut f = Fleet::new("oom", "pool")?;
+    f.start_agents(&["oom-a"], &[])?;
+    let other = f.submit_writer("oom-writer", 0, json!({}))?;
+    f.wait_running(&other)?;
+    let j = f.api().post(
+        "/v1/jobs",
+        &json!({"name": "hog", "cluster": f.cluster,
+                "command": ["/bin/sh", "-c", "head -c 500000000 /dev/zero | tail"],
+                "resources": {"cpu_millis": 500, "memory_bytes": 64u64 << 20, "gpus": 0},
+                "restart": "never"}),
+    )?;
+    let id = j["job"]["id"].as_str().context("job id")?.to_string();
+    let ended = tandem_tests::wait_for(LONG, "the hog to end", || {
+        let j = f.job(&id).ok()?;
+        (j["state"] == "failed" || j["state"] == "completed").then_some(j)
+    })?;
+    let reason = ended["history"][0]["end_reason"].as_str().unwrap_or("?");
+    ensure!(
+        ended["state"] == "failed" && reason.starts_with("oom_killed"),
+        "the hog ended {} ({reason}): {ended}",
+        ended["state"]
+    );
+    let (_, token) = f.placement(&f.job(&other.id)?)?;
+    let before = read_lines(&other.out).len();
+    tandem_tests::wait_for(LONG, "the other job writing on", || {
+        (read_lines(&other.out).len() > before + 5).then_some(())
+    })?;
+    ensure!(
+        f.placement(&f.job(&other.id)?)?.1 == token,
+        "the other job was restarted"
+    );
+    println!("the hog ended {}: {reason}", ended["state"]);
     Ok(())
 }

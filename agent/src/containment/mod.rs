@@ -349,8 +349,10 @@ impl Containment {
     }
 
     /// Makes the cgroup for a new copy of `job_id` with `limits` written into it; refuses
-    /// while an earlier copy (or its shim) is alive in it, and refuses limits this host cannot
-    /// enforce. `None` in process-group mode (where no limit is enforced).
+    /// while an earlier copy (or its shim) is alive in it. A limit this host has no controller
+    /// for is left out with a warning (the job runs: its resources still steer placement, as
+    /// on a node without cgroups); the agent's start-up line says which limits it can enforce.
+    /// `None` in process-group mode (where no limit is enforced).
     pub fn prepare(
         &self,
         job_id: &str,
@@ -370,8 +372,9 @@ impl Containment {
             Ok(()) => {
                 // The job's parent hands the controllers down to its two leaves.
                 let _ = std::fs::write(cg.dir.join("cgroup.subtree_control"), V2_CONTROLLERS_ON);
-                limits::apply_v2(&cg.job, limits)
-                    .map_err(io(format!("limiting {}", cg.job.display())))?;
+                if let Err(e) = limits::apply_v2(&cg.job, limits) {
+                    tracing::warn!(job = %job_id, error = %e, "the job's limits are not enforced: they cannot be written to its cgroup");
+                }
             }
             Err(why) => {
                 let missing: Vec<&str> = V1::ALL
@@ -379,15 +382,8 @@ impl Containment {
                     .filter(|c| c.wanted(limits) && !self.v1.iter().any(|(h, _)| h == *c))
                     .map(|c| c.name())
                     .collect();
-                // The pids default is best effort; a memory or CPU limit asked for is not.
                 if missing.iter().any(|m| *m != "pids") {
-                    return Err(ContainmentError::Io {
-                        what: format!("limiting job {job_id}"),
-                        source: std::io::Error::other(format!(
-                            "no {} controller to enforce it with ({why})",
-                            missing.join(", ")
-                        )),
-                    });
+                    tracing::warn!(job = %job_id, missing = %missing.join(", "), "some of the job's limits are not enforced: no controller for them ({why})");
                 }
                 for (ctl, _) in self.v1.iter().filter(|(c, _)| c.wanted(limits)) {
                     let d = self.v1_dir(*ctl, job_id);

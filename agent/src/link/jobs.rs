@@ -87,6 +87,16 @@ pub(super) fn refusal(job_id: String, fencing_token: u64, e: &SupervisorError) -
     }
 }
 
+/// The cgroup limits for a job's resources (0: no limit of that kind); the pids limit always.
+fn job_limits(sent: Option<tandem_common::proto::JobLimits>) -> crate::containment::Limits {
+    let sent = sent.unwrap_or_default();
+    crate::containment::Limits {
+        memory_bytes: (sent.memory_bytes > 0).then_some(sent.memory_bytes),
+        cpu_millis: (sent.cpu_millis > 0).then_some(sent.cpu_millis),
+        ..Default::default()
+    }
+}
+
 impl Jobs {
     /// Runs jobs with `supervisor`, following the link's lease.
     pub(super) fn new(
@@ -147,7 +157,14 @@ impl Jobs {
 
     /// Starts a job copy on a task of its own. The answer goes back through the outbox
     /// (started) or the refusals (refused); a repeat of a start in progress answers nothing.
-    pub(super) fn start(&self, cmd: StartJob, session: u64) {
+    /// `limits`: the job's resources as the coordinator sent them (none from a coordinator
+    /// older than protocol 4: the pids limit only).
+    pub(super) fn start(
+        &self,
+        cmd: StartJob,
+        session: u64,
+        limits: Option<tandem_common::proto::JobLimits>,
+    ) {
         let (sup, out, refusals) = (
             self.supervisor.clone(),
             self.outbox_tx.clone(),
@@ -185,8 +202,7 @@ impl Jobs {
                 env: cmd.env,
                 workdir: cmd.workdir.map(Into::into),
                 gpus: cmd.gpus,
-                // `StartJob` carries no resources (yet): the pids limit only.
-                limits: Default::default(),
+                limits: job_limits(limits),
                 session: Some(session),
             };
             match sup.start(start).await {
@@ -355,13 +371,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut jobs, _lease) = jobs(dir.path());
         let mut rx = jobs.rx.take().unwrap();
-        jobs.start(cmd("a", 3), 1);
+        jobs.start(cmd("a", 3), 1, None);
         held_as(&jobs, 3).await;
         assert_eq!(jobs.held()[0].state, HeldState::Starting);
         // The same copy again: nothing. A newer copy while it still waits for its lease:
         // the newer one supersedes it (it has no process and nothing on disk).
-        jobs.start(cmd("a", 3), 1);
-        jobs.start(cmd("a", 4), 1);
+        jobs.start(cmd("a", 3), 1, None);
+        jobs.start(cmd("a", 4), 1, None);
         held_as(&jobs, 4).await;
         // Both give up without a lease: one refusal each, and nothing else.
         assert_eq!(
@@ -392,14 +408,14 @@ mod tests {
             ("gone", 7, ExitCause::Lost)
         );
 
-        jobs.start(cmd("a", 3), 1);
+        jobs.start(cmd("a", 3), 1, None);
         held_as(&jobs, 3).await;
         jobs.stop("a".into(), 3, 5_000);
         assert!(
             jobs.held().is_empty(),
             "the waiting start is cancelled at once"
         );
-        jobs.start(cmd("a", 4), 1);
+        jobs.start(cmd("a", 4), 1, None);
         held_as(&jobs, 4).await;
         // Without a lease both give up after their wait, as refusals (the cancelled one never
         // goes ahead, whatever comes first).

@@ -329,7 +329,7 @@ impl ExitReason {
     /// `oom_killed` (the older names as they always were).
     pub fn name(self) -> String {
         match self {
-            ExitReason::OomKilled => "oom_killed".into(),
+            ExitReason::OomKilled => tandem_common::proto::REASON_OOM_KILLED.into(),
             r => format!("{r:?}").to_lowercase(),
         }
     }

@@ -2,7 +2,7 @@
 //! that wait for an old copy to end: reconciled against the job records, never assumed.
 
 use super::core::Engine;
-use super::job_state::{awaits_start, lock, send_in, start_cmd, waits_for};
+use super::job_state::{awaits_start, lock, send_in, start_cmd, start_msg, waits_for};
 use crate::jobs::model::{Exit, JobRecord};
 use crate::jobs::planner::{Event, Reported};
 use crate::store::{Change, StoreError};
@@ -46,7 +46,7 @@ impl Engine {
                 .unwrap_or_default();
             tracing::warn!(%node, %job, token, "the node does not hold a start it was sent; sending it again");
             let cmd = start_cmd(j, token, &gpus);
-            send_in(&t, node, CoordMsg::StartJob(Box::new(cmd)));
+            send_in(&t, node, start_msg(&t, cmd));
         }
     }
 
@@ -235,7 +235,7 @@ impl Engine {
                 t.jobs.insert(j.id.clone(), j);
             }
             self.start_sent(&to, &cmd);
-            send_in(&t, &to, CoordMsg::StartJob(Box::new(cmd)));
+            send_in(&t, &to, start_msg(&t, cmd));
         }
     }
 
@@ -404,6 +404,13 @@ impl Engine {
 fn exit_event(node: &NodeId, r: &JobExitReport) -> Event {
     {
         let exit = match (r.code, r.signal) {
+            // The agent reports an OOM kill as an exit with this reason (the wire's causes
+            // predate it).
+            _ if r.cause == ExitCause::Exited
+                && r.reason == tandem_common::proto::REASON_OOM_KILLED =>
+            {
+                Exit::OomKilled
+            }
             (_, Some(s)) => Exit::Signal(s),
             (Some(c), None) => Exit::Code(c),
             // Refused before it ran: report it as a failure to start.

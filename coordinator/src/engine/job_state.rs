@@ -122,6 +122,23 @@ pub(super) fn start_cmd(job: &JobRecord, token: u64, gpus: &[String]) -> StartJo
     }
 }
 
+/// The start command for `cmd`, with its job's resources as limits (the outbox gives older
+/// sessions a plain start).
+pub(super) fn start_msg(t: &Fleet, cmd: StartJob) -> CoordMsg {
+    let limits = t
+        .jobs
+        .get(&cmd.job_id)
+        .map(|j| tandem_common::proto::JobLimits {
+            memory_bytes: j.spec.resources.memory_bytes,
+            cpu_millis: j.spec.resources.cpu_millis,
+        })
+        .unwrap_or_default();
+    CoordMsg::StartLimited {
+        start: Box::new(cmd),
+        limits,
+    }
+}
+
 /// Queues `msg` to `node`'s session, with the fleet table `t` locked by the caller (so that
 /// what decided the command and its sending see the same state).
 pub(super) fn send_in(t: &Fleet, node: &NodeId, msg: CoordMsg) {

@@ -19,8 +19,8 @@
 use super::core::Engine;
 use super::fleet::Fleet;
 use super::job_state::{
-    awaits_start, lock, send_in, start_cmd, waits_for, DelayedStart, Outgoing, SubmitError,
-    START_DEADLINE, USER_KILL_TIMEOUT_MS,
+    awaits_start, lock, send_in, start_cmd, start_msg, waits_for, DelayedStart, Outgoing,
+    SubmitError, START_DEADLINE, USER_KILL_TIMEOUT_MS,
 };
 use crate::jobs::decision::Decision;
 use crate::jobs::model::JobRecord;
@@ -354,7 +354,7 @@ impl Engine {
                 }
                 Outgoing::Start { node, cmd, .. } => {
                     self.start_sent(&node, &cmd);
-                    send_in(t, &node, CoordMsg::StartJob(Box::new(cmd)))
+                    send_in(t, &node, start_msg(t, cmd))
                 }
                 Outgoing::Stop {
                     node,
@@ -414,7 +414,7 @@ impl Engine {
                 .unwrap_or_default();
             let cmd = start_cmd(job, d.token, &gpus);
             self.start_sent(&d.node, &cmd);
-            send_in(&t, &d.node, CoordMsg::StartJob(Box::new(cmd)));
+            send_in(&t, &d.node, start_msg(&t, cmd));
         }
     }
 

@@ -336,6 +336,8 @@ pub enum Exit {
     Code(i32),
     /// A signal killed it.
     Signal(i32),
+    /// The kernel killed it for going past its memory limit (its cgroup's OOM killer).
+    OomKilled,
 }
 
 impl Exit {
@@ -351,6 +353,7 @@ impl fmt::Display for Exit {
         match self {
             Exit::Code(c) => write!(f, "exited {c}"),
             Exit::Signal(s) => write!(f, "killed by signal {s}"),
+            Exit::OomKilled => write!(f, "oom_killed (past its memory limit)"),
         }
     }
 }
@@ -476,5 +479,10 @@ mod tests {
         assert_eq!(Exit::Code(1).to_string(), "exited 1");
         assert_eq!(Exit::Signal(9).to_string(), "killed by signal 9");
         assert!(Exit::Code(0).success() && !Exit::Signal(0).success());
+        assert!(!Exit::OomKilled.success());
+        assert_eq!(
+            Exit::OomKilled.to_string(),
+            "oom_killed (past its memory limit)"
+        );
     }
 }

@@ -446,7 +446,9 @@ impl SimAgent {
                     out.push(Out::NextBeat(now, c));
                 }
             }
-            CoordMsg::StartJob(cmd) => self.start_job(clock, rng, now, sent_ns, *cmd, out),
+            CoordMsg::StartJob(cmd) | CoordMsg::StartLimited { start: cmd, .. } => {
+                self.start_job(clock, rng, now, sent_ns, *cmd, out)
+            }
             CoordMsg::StopJob {
                 job_id,
                 fencing_token,
