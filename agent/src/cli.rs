@@ -67,6 +67,7 @@ impl RunArgs {
             shim_program: None,
             containment: self.containment.clone(),
             job_user: self.job_user.clone(),
+            allowed_job_users: None,
             origin: Default::default(),
         }))
     }

@@ -45,6 +45,8 @@ pub struct RawConfig {
     pub containment: Option<String>,
     /// The user jobs run as (default: the agent's own, root).
     pub job_user: Option<String>,
+    /// The users a job's spec may name to run as (default: none; `root` only if listed).
+    pub allowed_job_users: Option<Vec<String>>,
     /// Where the values came from (the file, flags over it), for errors; not a key.
     #[serde(skip)]
     pub origin: Origin,
@@ -78,6 +80,8 @@ pub struct Config {
     pub containment: crate::containment::Choice,
     /// The user jobs run as; `None`: the agent's own.
     pub job_user: Option<crate::containment::user::JobUser>,
+    /// The users a job may name, each known on this host.
+    pub allowed_job_users: Vec<String>,
 }
 
 impl RawConfig {
@@ -133,6 +137,11 @@ impl RawConfig {
                 crate::containment::user::JobUser::lookup(u).map_err(|e| invalid("job_user", e))?,
             ),
         };
+        let allowed_job_users = self.allowed_job_users.clone().unwrap_or_default();
+        for u in &allowed_job_users {
+            crate::containment::user::JobUser::lookup(u)
+                .map_err(|e| invalid("allowed_job_users", e))?;
+        }
         let state_dir = self
             .state_dir
             .ok_or_else(|| invalid("state_dir", "is required (--state-dir)".into()))?;
@@ -213,6 +222,7 @@ impl RawConfig {
             shim_program,
             containment,
             job_user,
+            allowed_job_users,
         })
     }
 }

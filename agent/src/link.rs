@@ -479,7 +479,10 @@ impl Link {
             None => supervisor,
         }
         .with_containment(Arc::clone(&self.containment))
-        .with_job_user(self.cfg.job_user.clone())?;
+        .with_job_users(
+            self.cfg.job_user.clone(),
+            self.cfg.allowed_job_users.clone(),
+        )?;
         Jobs::new(supervisor, self.lease_tx.subscribe())
     }
 

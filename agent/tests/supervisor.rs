@@ -89,6 +89,7 @@ impl Env {
             workdir: None,
             gpus: Vec::new(),
             limits: Default::default(),
+            user: None,
             session: None,
         }
     }

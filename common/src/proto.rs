@@ -370,13 +370,16 @@ pub enum CoordMsg {
     },
     /// The answer to [`AgentMsg::CheckJoin`] (version 3). Keep it after every older variant.
     JoinCheck(JoinCheck),
-    /// Start a job copy within `limits` (version 4; older sessions get [`CoordMsg::StartJob`]).
-    /// Keep it after every older variant.
+    /// Start a job copy within `limits`, as `user` (version 4; older sessions get
+    /// [`CoordMsg::StartJob`]). Keep it after every older variant.
     StartLimited {
         /// The start.
         start: Box<StartJob>,
         /// The job's resources, enforced.
         limits: JobLimits,
+        /// The user the job asks to run as (`None`: the node's default); the node refuses one
+        /// its agent does not allow.
+        user: Option<String>,
     },
 }
 

@@ -461,3 +461,80 @@ fn an_api_job_past_its_memory_limit_is_oom_killed_and_recorded_so() -> Result<()
     println!("the hog ended {}: {reason}", ended["state"]);
     Ok(())
 }
+
+/// A job's spec names the user it runs as; its node runs it so only if its agent's
+/// `allowed_job_users` lists that user, and refuses it otherwise (root included, unless
+/// listed). Checks: a job naming `nobody` on an agent that allows it runs with nobody's uid;
+/// one naming `root` there is refused and, `restart: never`, ends failed, with an event that
+/// says why; a malformed name is refused by the API (`invalid_argument`, field `user`).
+#[test]
+fn a_job_runs_as_the_user_it_names_only_where_its_node_allows_it() -> Result<()> {
+    if let Some(why) = skip_reason() {
+        println!("skipped: {why}");
+        return Ok(());
+    }
+    let Ok(nobody) = tandem_agent::containment::user::JobUser::lookup("nobody") else {
+        println!("skipped: no user nobody here");
+        return Ok(());
+    };
+    let mut f = Fleet::new("named", "pool")?;
+    let cfg = f.tmp.path().join("agent.toml");
+    std::fs::write(&cfg, "allowed_job_users = [\"nobody\"]\n")?;
+    let cfg = cfg.to_str().context("utf-8")?.to_string();
+    f.start_agents(&["named-a"], &["--config", &cfg])?;
+    let submit = |name: &str, user: &str| {
+        f.api().send(
+            "POST",
+            "/v1/jobs",
+            Some(&json!({"name": name, "cluster": f.cluster,
+                "command": ["/bin/sh", "-c", "id -u; sleep 600"],
+                "resources": {"cpu_millis": 100, "memory_bytes": 64u64 << 20, "gpus": 0},
+                "restart": "never", "user": user})),
+        )
+    };
+    let (s, v) = submit("as-nobody", "nobody")?;
+    ensure!(s == 201, "submit as nobody: {s} {v}");
+    let id = v["job"]["id"].as_str().context("job id")?.to_string();
+    let uid = wait_for(LONG, "the job's uid in its log", || {
+        let l = f.api().get(&format!("/v1/jobs/{id}/logs?tail=5")).ok()?;
+        l["stdout"]
+            .as_array()?
+            .first()?
+            .as_str()
+            .map(|s| s.trim().to_string())
+    })?;
+    ensure!(
+        uid == nobody.uid.to_string(),
+        "the job ran as uid {uid}, not nobody's {}",
+        nobody.uid
+    );
+    let (s, v) = submit("as-root", "root")?;
+    ensure!(s == 201, "submit as root: {s} {v}");
+    let root_id = v["job"]["id"].as_str().context("job id")?.to_string();
+    let ended = wait_for(LONG, "the root job refused", || {
+        let j = f.job(&root_id).ok()?;
+        (j["state"] == "failed").then_some(j)
+    })
+    .with_context(|| format!("job now: {:?}", f.job(&root_id).ok()))?;
+    let why = f
+        .events("job")?
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .find(|m| m.contains(&root_id) && m.contains("refused its start"))
+        .map(String::from)
+        .with_context(|| format!("no event says why the start was refused: {ended}"))?;
+    ensure!(
+        why.contains("does not allow"),
+        "the refusal does not say the user is not allowed: {why}"
+    );
+    let (s, v) = submit("bad-user", "Bad User")?;
+    ensure!(
+        s == 400 && v["error"]["code"] == "invalid_argument",
+        "a malformed user: {s} {v}"
+    );
+    println!(
+        "as nobody: uid {uid}; as root: failed, {why}; malformed: {}",
+        v["error"]["message"]
+    );
+    Ok(())
+}

@@ -164,6 +164,7 @@ impl Jobs {
         cmd: StartJob,
         session: u64,
         limits: Option<tandem_common::proto::JobLimits>,
+        user: Option<String>,
     ) {
         let (sup, out, refusals) = (
             self.supervisor.clone(),
@@ -203,6 +204,7 @@ impl Jobs {
                 workdir: cmd.workdir.map(Into::into),
                 gpus: cmd.gpus,
                 limits: job_limits(limits),
+                user,
                 session: Some(session),
             };
             match sup.start(start).await {
@@ -371,13 +373,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut jobs, _lease) = jobs(dir.path());
         let mut rx = jobs.rx.take().unwrap();
-        jobs.start(cmd("a", 3), 1, None);
+        jobs.start(cmd("a", 3), 1, None, None);
         held_as(&jobs, 3).await;
         assert_eq!(jobs.held()[0].state, HeldState::Starting);
         // The same copy again: nothing. A newer copy while it still waits for its lease:
         // the newer one supersedes it (it has no process and nothing on disk).
-        jobs.start(cmd("a", 3), 1, None);
-        jobs.start(cmd("a", 4), 1, None);
+        jobs.start(cmd("a", 3), 1, None, None);
+        jobs.start(cmd("a", 4), 1, None, None);
         held_as(&jobs, 4).await;
         // Both give up without a lease: one refusal each, and nothing else.
         assert_eq!(
@@ -408,14 +410,14 @@ mod tests {
             ("gone", 7, ExitCause::Lost)
         );
 
-        jobs.start(cmd("a", 3), 1, None);
+        jobs.start(cmd("a", 3), 1, None, None);
         held_as(&jobs, 3).await;
         jobs.stop("a".into(), 3, 5_000);
         assert!(
             jobs.held().is_empty(),
             "the waiting start is cancelled at once"
         );
-        jobs.start(cmd("a", 4), 1, None);
+        jobs.start(cmd("a", 4), 1, None, None);
         held_as(&jobs, 4).await;
         // Without a lease both give up after their wait, as refusals (the cancelled one never
         // goes ahead, whatever comes first).

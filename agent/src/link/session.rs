@@ -146,10 +146,10 @@ impl Link {
                 }
                 msg = control.recv() => match msg.transpose() {
                     Ok(Some(CoordMsg::StartJob(cmd))) => {
-                        if let Some(j) = &self.jobs { j.start(*cmd, welcome.session, None) }
+                        if let Some(j) = &self.jobs { j.start(*cmd, welcome.session, None, None) }
                     }
-                    Ok(Some(CoordMsg::StartLimited { start, limits })) => {
-                        if let Some(j) = &self.jobs { j.start(*start, welcome.session, Some(limits)) }
+                    Ok(Some(CoordMsg::StartLimited { start, limits, user })) => {
+                        if let Some(j) = &self.jobs { j.start(*start, welcome.session, Some(limits), user) }
                     }
                     Ok(Some(CoordMsg::StopJob { job_id, fencing_token, kill_timeout_ms })) => {
                         if let Some(j) = &self.jobs { j.stop(job_id, fencing_token, kill_timeout_ms) }

@@ -55,6 +55,9 @@ pub struct JobStart {
     /// What the job may use (memory, CPU, pids), enforced through its cgroups. The link
     /// leaves the default (a pids limit only): `StartJob` carries no resources yet.
     pub limits: crate::containment::Limits,
+    /// The user the job asks to run as (`None`: the default, `job_user` or the agent's own);
+    /// refused unless it is the default or one of the allowed users.
+    pub user: Option<String>,
     /// The session the start came on. A start that arrives without a lease and waits for one
     /// takes only a lease that an ack *of this session* gave: once the session is gone (the
     /// node may have been declared down, and the job placed elsewhere), a lease from the next
@@ -121,6 +124,8 @@ pub struct Supervisor {
     containment: Arc<Containment>,
     /// The user jobs run as; `None`: the agent's own.
     job_user: Option<crate::containment::user::JobUser>,
+    /// The users a job may name (`allowed_job_users`), looked up when a job names one.
+    allowed_users: Vec<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -178,6 +183,7 @@ impl Supervisor {
             exits_rx: Mutex::new(Some(exits_rx)),
             containment: Arc::new(Containment::process_group("not configured")),
             job_user: None,
+            allowed_users: Vec::new(),
         })
     }
 
@@ -185,11 +191,21 @@ impl Supervisor {
     /// becomes `0711` and `jobs/` `0700`: the job can enter its own working dir, and read
     /// nothing else of the agent's (its key, other jobs' specs and environments).
     pub fn with_job_user(
-        mut self,
+        self,
         user: Option<crate::containment::user::JobUser>,
     ) -> Result<Self, SupervisorError> {
+        self.with_job_users(user, Vec::new())
+    }
+
+    /// Runs jobs as `user` by default, and as one of `allowed` when a job names it (`root`
+    /// only if listed). With either, the dirs are opened as [`Supervisor::with_job_user`] says.
+    pub fn with_job_users(
+        mut self,
+        user: Option<crate::containment::user::JobUser>,
+        allowed: Vec<String>,
+    ) -> Result<Self, SupervisorError> {
         use std::os::unix::fs::PermissionsExt;
-        if user.is_some() {
+        if user.is_some() || !allowed.is_empty() {
             let state = self
                 .jobs_dir
                 .parent()
@@ -205,7 +221,30 @@ impl Supervisor {
             }
         }
         self.job_user = user;
+        self.allowed_users = allowed;
         Ok(self)
+    }
+
+    /// The user a job runs as: the default, or the one it names if that is allowed here.
+    fn user_for(
+        &self,
+        named: Option<&str>,
+    ) -> Result<Option<crate::containment::user::JobUser>, SupervisorError> {
+        let Some(name) = named else {
+            return Ok(self.job_user.clone());
+        };
+        if self.job_user.as_ref().is_some_and(|u| u.name == name) {
+            return Ok(self.job_user.clone());
+        }
+        if !self.allowed_users.iter().any(|a| a == name) {
+            return Err(SupervisorError::InvalidJob(format!(
+                "the job asks to run as user {name:?}, which this node does not allow (its agent's allowed_job_users: {:?})",
+                self.allowed_users
+            )));
+        }
+        crate::containment::user::JobUser::lookup(name)
+            .map(Some)
+            .map_err(SupervisorError::InvalidJob)
     }
 
     /// Contains jobs as `containment` says (the default is their process group only). Empty
@@ -376,6 +415,7 @@ impl Supervisor {
         write_token(&job_dir, job.fencing_token)?;
         // The job's own dir, apart from the supervisor's (`lock`, `fencing_token`, `spec.json`,
         // `status.json`): a job that tidies its working dir, or `..` of it, cannot reach them.
+        let user = self.user_for(job.user.as_deref())?;
         let workdir = match job.workdir {
             Some(w) => w,
             None => {
@@ -385,7 +425,7 @@ impl Supervisor {
                     .recursive(true)
                     .create(&w)
                     .map_err(io_err(format!("creating {}", w.display())))?;
-                if let Some(u) = &self.job_user {
+                if let Some(u) = &user {
                     std::os::unix::fs::chown(&w, Some(u.uid), Some(u.gid))
                         .map_err(io_err(format!("giving {} to {}", w.display(), u.name)))?;
                 }
@@ -413,7 +453,7 @@ impl Supervisor {
             cgroup: cg.as_ref().map(|c| c.job.clone()),
             cgroup_v1: cg.as_ref().map(|c| c.v1.clone()).unwrap_or_default(),
             oom_file: cg.as_ref().and_then(|c| c.oom_file.clone()),
-            user: self.job_user.clone(),
+            user,
         };
         let spec_path = job_dir.join(SPEC_FILE);
         let bytes = serde_json::to_vec_pretty(&spec).map_err(|e| SupervisorError::Io {

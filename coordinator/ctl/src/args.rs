@@ -387,6 +387,9 @@ pub struct RunJob {
     /// The working directory on the node (absolute); default: the job's directory there.
     #[arg(long)]
     pub workdir: Option<String>,
+    /// The user it runs as on its node (one the node's agent allows); default: the node's.
+    #[arg(long)]
+    pub user: Option<String>,
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
     pub command: Vec<String>,

@@ -24,6 +24,9 @@ pub fn run_body(a: &RunJob) -> Value {
     if let Some(w) = &a.workdir {
         body["workdir"] = json!(w);
     }
+    if let Some(u) = &a.user {
+        body["user"] = json!(u);
+    }
     if let Some(m) = a.max_restarts {
         body["max_restarts"] = json!(m);
     }
@@ -310,6 +313,7 @@ fn print_job(names: &Names, j: &Value) {
         ),
         ("Environment", env),
         ("Workdir", s(&spec["workdir"])),
+        ("User", s(&spec["user"])),
         ("Constraints", labels(&spec["constraints"]["labels"])),
         (
             "Submitted",

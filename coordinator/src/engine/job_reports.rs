@@ -87,6 +87,7 @@ impl Engine {
                 old_node == node && old_token == r.fencing_token && j == r.job_id
             });
         }
+        self.record_refusals(node, exits);
         let events: Vec<Event> = exits.iter().map(|r| exit_event(node, r)).collect();
         match self.decide(&events) {
             Ok(()) => {
@@ -103,6 +104,47 @@ impl Engine {
             Err(e) => {
                 tracing::error!(%node, exits = exits.len(), error = %e, "could not record job exits; the agent reports them again")
             }
+        }
+    }
+
+    /// A start its node refused (not for want of a lease) says why in the events: the job's
+    /// record only shows it as a failure to start. Only for the job's current placement on
+    /// this node, so reports about copies a node does not hold cost nothing.
+    fn record_refusals(&self, node: &NodeId, exits: &[JobExitReport]) {
+        let refused: Vec<&JobExitReport> = exits
+            .iter()
+            .filter(|r| {
+                r.cause == ExitCause::Refused
+                    && !r.reason.contains(tandem_common::proto::REFUSED_NO_LEASE)
+            })
+            .collect();
+        if refused.is_empty() {
+            return;
+        }
+        let t = self.lock();
+        let changes: Vec<Change> = refused
+            .into_iter()
+            .filter_map(|r| {
+                let j = t.jobs.get(&r.job_id)?;
+                let p = j.current.as_ref()?;
+                (p.node == *node && p.fencing_token == r.fencing_token).then(|| {
+                    let name = t.nodes.get(node).map_or("?", |e| e.record.name.as_str());
+                    Change::Event(crate::model::NewEvent {
+                        kind: "job",
+                        node: Some(node.clone()),
+                        message: format!(
+                            "job {} ({}): {name} refused its start (token {}): {}",
+                            j.spec.name, j.id, r.fencing_token, r.reason
+                        ),
+                    })
+                })
+            })
+            .collect();
+        if changes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.apply(changes) {
+            tracing::error!(%node, error = %e, "could not record a refused start's reason");
         }
     }
 

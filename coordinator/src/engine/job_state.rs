@@ -125,15 +125,15 @@ pub(super) fn start_cmd(job: &JobRecord, token: u64, gpus: &[String]) -> StartJo
 /// The start command for `cmd`, with its job's resources as limits (the outbox gives older
 /// sessions a plain start).
 pub(super) fn start_msg(t: &Fleet, cmd: StartJob) -> CoordMsg {
-    let limits = t
-        .jobs
-        .get(&cmd.job_id)
+    let job = t.jobs.get(&cmd.job_id);
+    let limits = job
         .map(|j| tandem_common::proto::JobLimits {
             memory_bytes: j.spec.resources.memory_bytes,
             cpu_millis: j.spec.resources.cpu_millis,
         })
         .unwrap_or_default();
     CoordMsg::StartLimited {
+        user: job.and_then(|j| j.spec.user.clone()),
         start: Box::new(cmd),
         limits,
     }

@@ -121,6 +121,11 @@ pub struct JobSpec {
     /// The taints it accepts.
     #[serde(default)]
     pub tolerations: Vec<Toleration>,
+    /// The user it runs as on its node, by name; `None`: the node's default (its agent's
+    /// `job_user`, else the agent's own user). A node runs a job as a named user only if its
+    /// agent's `allowed_job_users` lists it, and refuses the start otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// How a job stands. `tandemctl` keeps its own copy of these names for `jobs list --state`

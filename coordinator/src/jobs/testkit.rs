@@ -63,6 +63,7 @@ pub fn spec(cpu_millis: u64, memory_bytes: u64, gpus: u32) -> JobSpec {
         max_restarts: 5,
         constraints: Default::default(),
         tolerations: vec![],
+        user: None,
     }
 }
 

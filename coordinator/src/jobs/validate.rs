@@ -182,6 +182,30 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// A user name as `useradd` takes it: 1-32 of lower-case letters, digits, `_`, `-` and `.`,
+/// starting with a letter or `_`.
+fn check_user(user: Option<&str>) -> Result<(), ValidationError> {
+    const F: &str = "user";
+    let Some(u) = user else { return Ok(()) };
+    let ok_first = u
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let ok_rest = u
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c));
+    if u.is_empty() || u.len() > 32 || !ok_first || !ok_rest {
+        return Err(err(
+            F,
+            format!(
+                "must be a user name (1-32 of a-z, 0-9, _, - and ., starting with a letter or _), got {}",
+                shown(u)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_workdir(workdir: Option<&str>) -> Result<(), ValidationError> {
     const F: &str = "workdir";
     let Some(w) = workdir else { return Ok(()) };
@@ -272,6 +296,7 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), ValidationError> {
     check_env(&spec.env)?;
     check_workdir(spec.workdir.as_deref())?;
     check_resources(spec)?;
+    check_user(spec.user.as_deref())?;
     check_labels(&spec.constraints.labels).map_err(|e| err("constraints.labels", e.message))?;
     check_tolerations(&spec.tolerations)
 }
@@ -297,6 +322,7 @@ mod tests {
             max_restarts: 5,
             constraints: Constraints::default(),
             tolerations: vec![],
+            user: None,
         }
     }
 
@@ -390,6 +416,19 @@ mod tests {
         })
         .message
         .contains("bytes in all"));
+    }
+
+    #[test]
+    fn user_is_a_user_name() {
+        assert!(validate_spec(&JobSpec {
+            user: Some("svc-web_1".into()),
+            ..spec()
+        })
+        .is_ok());
+        for bad in ["", "Root", "1abc", "a b", "x/y", &"a".repeat(33)] {
+            let e = refused(|s| s.user = Some(bad.into()));
+            assert_eq!(e.field, "user", "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -944,6 +944,7 @@ impl World {
                 max_restarts: 2,
                 constraints: Default::default(),
                 tolerations: Vec::new(),
+                user: None,
             };
             let id = format!("j-{n:04}");
             let rec = JobRecord::new(
