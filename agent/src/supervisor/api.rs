@@ -101,9 +101,9 @@ struct Shim {
 /// Starts and watches the shims of this node's jobs. Dropping it is what an agent crash looks
 /// like to the shims: their stdin closes, and each job lives until its last deadline.
 pub struct Supervisor {
-    jobs_dir: PathBuf,
+    pub(super) jobs_dir: PathBuf,
     /// `STATE_DIR/work`: the jobs' default working dirs, apart from the supervisor's files.
-    work_dir: PathBuf,
+    pub(super) work_dir: PathBuf,
     node_id: NodeId,
     node_name: String,
     /// The fence kill timeout in milliseconds: read by each start for its spec, and followed
@@ -123,9 +123,9 @@ pub struct Supervisor {
     /// How jobs are contained (a cgroup each, or their process group).
     containment: Arc<Containment>,
     /// The user jobs run as; `None`: the agent's own.
-    job_user: Option<crate::containment::user::JobUser>,
+    pub(super) job_user: Option<crate::containment::user::JobUser>,
     /// The users a job may name (`allowed_job_users`), looked up when a job names one.
-    allowed_users: Vec<String>,
+    pub(super) allowed_users: Vec<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -136,7 +136,7 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn io_err(what: String) -> impl FnOnce(std::io::Error) -> SupervisorError {
+pub(super) fn io_err(what: String) -> impl FnOnce(std::io::Error) -> SupervisorError {
     move |source| SupervisorError::Io { what, source }
 }
 
@@ -185,66 +185,6 @@ impl Supervisor {
             job_user: None,
             allowed_users: Vec::new(),
         })
-    }
-
-    /// Runs jobs as `user` (`None`: as the agent's own user). With a user, the state dir
-    /// becomes `0711` and `jobs/` `0700`: the job can enter its own working dir, and read
-    /// nothing else of the agent's (its key, other jobs' specs and environments).
-    pub fn with_job_user(
-        self,
-        user: Option<crate::containment::user::JobUser>,
-    ) -> Result<Self, SupervisorError> {
-        self.with_job_users(user, Vec::new())
-    }
-
-    /// Runs jobs as `user` by default, and as one of `allowed` when a job names it (`root`
-    /// only if listed). With either, the dirs are opened as [`Supervisor::with_job_user`] says.
-    pub fn with_job_users(
-        mut self,
-        user: Option<crate::containment::user::JobUser>,
-        allowed: Vec<String>,
-    ) -> Result<Self, SupervisorError> {
-        use std::os::unix::fs::PermissionsExt;
-        if user.is_some() || !allowed.is_empty() {
-            let state = self
-                .jobs_dir
-                .parent()
-                .unwrap_or(Path::new("/"))
-                .to_path_buf();
-            for (dir, mode) in [
-                (&state, 0o711),
-                (&self.jobs_dir, 0o700),
-                (&self.work_dir, 0o711),
-            ] {
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-                    .map_err(io_err(format!("making {} {mode:o}", dir.display())))?;
-            }
-        }
-        self.job_user = user;
-        self.allowed_users = allowed;
-        Ok(self)
-    }
-
-    /// The user a job runs as: the default, or the one it names if that is allowed here.
-    fn user_for(
-        &self,
-        named: Option<&str>,
-    ) -> Result<Option<crate::containment::user::JobUser>, SupervisorError> {
-        let Some(name) = named else {
-            return Ok(self.job_user.clone());
-        };
-        if self.job_user.as_ref().is_some_and(|u| u.name == name) {
-            return Ok(self.job_user.clone());
-        }
-        if !self.allowed_users.iter().any(|a| a == name) {
-            return Err(SupervisorError::InvalidJob(format!(
-                "the job asks to run as user {name:?}, which this node does not allow (its agent's allowed_job_users: {:?})",
-                self.allowed_users
-            )));
-        }
-        crate::containment::user::JobUser::lookup(name)
-            .map(Some)
-            .map_err(SupervisorError::InvalidJob)
     }
 
     /// Contains jobs as `containment` says (the default is their process group only). Empty

@@ -98,6 +98,7 @@ mod held;
 pub mod logs;
 pub mod protocol;
 pub mod shim;
+mod users;
 
 mod api;
 
