@@ -17,7 +17,7 @@
 //!   authoritative source of the id, see [`node_id_from_cert`]; a DNS SAN rather than a URI SAN
 //!   because webpki and every X.509 tool understand DNS names natively), `CA:false`, key usage
 //!   `digitalSignature`, extended key usage `clientAuth` only, never outliving the CA.
-//! - Coordinator server certificate: SAN DNS [`crate::tls::SERVER_NAME`] and `localhost` plus
+//! - Coordinator server certificate: SAN DNS [`SERVER_NAME`] and `localhost` plus
 //!   the given IP addresses, extended key usage `serverAuth` only.
 //!
 //! # Pin
@@ -28,6 +28,10 @@
 //! same key.
 
 use crate::ids::NodeId;
+
+/// The name the coordinator's server certificate carries and clients connect with (re-exported
+/// as `tls::SERVER_NAME`, where clients use it).
+pub const SERVER_NAME: &str = "tandem-coordinator";
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
@@ -362,7 +366,7 @@ impl CertificateAuthority {
 
     /// Issues the coordinator's QUIC server certificate with a fresh P-256 key.
     ///
-    /// SANs: DNS [`crate::tls::SERVER_NAME`], DNS `localhost`, and `extra_ips`; extended key
+    /// SANs: DNS [`SERVER_NAME`], DNS `localhost`, and `extra_ips`; extended key
     /// usage `serverAuth` only; valid from now - 5 min until the CA expires (it is meant to be
     /// re-issued at each coordinator start). Returns `(cert_pem, key_pem)`.
     pub fn issue_server_cert(&self, serial: u64, extra_ips: &[IpAddr]) -> Result<(String, String)> {
@@ -381,9 +385,9 @@ impl CertificateAuthority {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
-        params.distinguished_name = dn(crate::tls::SERVER_NAME);
+        params.distinguished_name = dn(SERVER_NAME);
         let mut sans = vec![
-            SanType::DnsName(crate::tls::SERVER_NAME.try_into()?),
+            SanType::DnsName(SERVER_NAME.try_into()?),
             SanType::DnsName("localhost".try_into()?),
         ];
         for ip in extra_ips {
@@ -892,7 +896,7 @@ mod tests {
             .general_names;
         assert!(sans
             .iter()
-            .any(|n| matches!(n, GeneralName::DNSName(crate::tls::SERVER_NAME))));
+            .any(|n| matches!(n, GeneralName::DNSName(SERVER_NAME))));
         assert!(sans
             .iter()
             .any(|n| matches!(n, GeneralName::DNSName("localhost"))));

@@ -36,7 +36,7 @@ use std::sync::Arc;
 /// The QUIC ALPN protocol id of Tandem's wire protocol, version 1.
 pub const ALPN: &[u8] = b"tandem/1";
 /// The name the coordinator's server certificate carries and clients connect with.
-pub const SERVER_NAME: &str = "tandem-coordinator";
+pub use crate::pki::SERVER_NAME;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

@@ -27,7 +27,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tandem_common::token::{self, JoinToken};
+use tandem_common::token::JoinToken;
 
 /// Dev mode options.
 #[derive(Debug, Clone)]
@@ -154,16 +154,13 @@ pub async fn run(
     let now = tandem_common::time::unix_ms();
     let store = running.membership.store();
     let (_, ticket) = store.apply(vec![
-        Change::PutToken(TokenRecord {
-            id: tok.id.clone(),
-            secret_sha256: hex::encode(token::hash_secret(&tok.secret)),
-            created_ms: now,
-            expires_ms: now + 3_600_000,
-            uses_allowed: opts.agents.max(1),
-            uses: 0,
-            cluster: Some(cluster.id.clone()),
-            revoked_ms: None,
-        }),
+        Change::PutToken(TokenRecord::issued(
+            &tok,
+            now,
+            3_600_000,
+            opts.agents.max(1),
+            Some(cluster.id.clone()),
+        )),
         Change::Event(NewEvent {
             kind: "token_created",
             node: None,

@@ -135,6 +135,26 @@ pub struct TokenRecord {
 pub const TOKEN_REVOKED: &str = "the join token was revoked";
 
 impl TokenRecord {
+    /// The record of `tok`, just issued at `now_ms`: it stores only the secret's hash.
+    pub fn issued(
+        tok: &tandem_common::token::JoinToken,
+        now_ms: u64,
+        ttl_ms: u64,
+        uses_allowed: u32,
+        cluster: Option<String>,
+    ) -> Self {
+        TokenRecord {
+            id: tok.id.clone(),
+            secret_sha256: hex::encode(tandem_common::token::hash_secret(&tok.secret)),
+            created_ms: now_ms,
+            expires_ms: now_ms + ttl_ms,
+            uses_allowed,
+            uses: 0,
+            cluster,
+            revoked_ms: None,
+        }
+    }
+
     /// Whether it may still be used at `now_ms`, and why not.
     pub fn usable(&self, now_ms: u64) -> Result<(), &'static str> {
         if self.revoked_ms.is_some() {

@@ -39,6 +39,22 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
+/// The user `nobody`, for the tests that run jobs as another user; `None` (with the reason
+/// printed) where they cannot run: not root, no cgroups, or no such user.
+fn nobody_or_skip() -> Option<tandem_agent::containment::user::JobUser> {
+    if let Some(why) = skip_reason() {
+        println!("skipped: {why}");
+        return None;
+    }
+    match tandem_agent::containment::user::JobUser::lookup("nobody") {
+        Ok(u) => Some(u),
+        Err(_) => {
+            println!("skipped: no user nobody here");
+            None
+        }
+    }
+}
+
 /// One line in the fleet's writer format, appended to `out`.
 fn line(out: &Path) -> String {
     format!(
@@ -305,12 +321,7 @@ fn a_job_works_apart_from_the_supervisors_files() -> Result<()> {
 #[test]
 fn a_job_as_the_configured_user_cannot_read_the_node_key_or_another_jobs_spec() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    if let Some(why) = skip_reason() {
-        println!("skipped: {why}");
-        return Ok(());
-    }
-    let Ok(nobody) = tandem_agent::containment::user::JobUser::lookup("nobody") else {
-        println!("skipped: no user nobody here");
+    let Some(nobody) = nobody_or_skip() else {
         return Ok(());
     };
     let mut f = Fleet::new("asuser", "pool")?;
@@ -469,12 +480,7 @@ fn an_api_job_past_its_memory_limit_is_oom_killed_and_recorded_so() -> Result<()
 /// says why; a malformed name is refused by the API (`invalid_argument`, field `user`).
 #[test]
 fn a_job_runs_as_the_user_it_names_only_where_its_node_allows_it() -> Result<()> {
-    if let Some(why) = skip_reason() {
-        println!("skipped: {why}");
-        return Ok(());
-    }
-    let Ok(nobody) = tandem_agent::containment::user::JobUser::lookup("nobody") else {
-        println!("skipped: no user nobody here");
+    let Some(nobody) = nobody_or_skip() else {
         return Ok(());
     };
     let mut f = Fleet::new("named", "pool")?;

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
-use tandem_common::token::{self, JoinToken};
+use tandem_common::token::JoinToken;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,16 +64,8 @@ pub(super) async fn create_token(
     };
     let tok = JoinToken::generate(s.ca.pin());
     let now = tandem_common::time::unix_ms();
-    let rec = crate::model::TokenRecord {
-        id: tok.id.clone(),
-        secret_sha256: hex::encode(token::hash_secret(&tok.secret)),
-        created_ms: now,
-        expires_ms: now + req.ttl_s * 1000,
-        uses_allowed: req.uses,
-        uses: 0,
-        cluster: cluster.clone(),
-        revoked_ms: None,
-    };
+    let rec =
+        crate::model::TokenRecord::issued(&tok, now, req.ttl_s * 1000, req.uses, cluster.clone());
     s.membership.store().apply(vec![
         crate::store::Change::PutToken(rec.clone()),
         crate::store::Change::Event(crate::model::NewEvent {
