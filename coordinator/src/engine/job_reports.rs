@@ -82,15 +82,19 @@ impl Engine {
         if exits.is_empty() {
             return;
         }
-        for r in exits {
-            self.release_waiting(|old_node, old_token, j| {
-                old_node == node && old_token == r.fencing_token && j == r.job_id
-            });
-        }
         self.record_refusals(node, exits);
         let events: Vec<Event> = exits.iter().map(|r| exit_event(node, r)).collect();
+        // Decided before a move waiting for one of these copies is released: a copy that ran
+        // to its end may end the job (`restart: never`), and then the move's start, checked
+        // against the job's current placement, does not go out.
+        // Not if they could not be recorded: the agent reports them again (no ack).
         match self.decide(&events) {
             Ok(()) => {
+                for r in exits {
+                    self.release_waiting(|old_node, old_token, j| {
+                        old_node == node && old_token == r.fencing_token && j == r.job_id
+                    });
+                }
                 for r in exits {
                     self.send_to(
                         node,
@@ -475,6 +479,7 @@ fn exit_event(node: &NodeId, r: &JobExitReport) -> Event {
                 node: node.clone(),
                 fencing_token: r.fencing_token,
                 exit,
+                by_the_job: r.cause == ExitCause::Exited,
             },
             // A stop the coordinator ordered ends the placement when it is decided, so its
             // exit is about an old copy; one that is still current was not decided here

@@ -403,7 +403,18 @@ impl Decision {
             | Self::Completed {
                 end_reason, reason, ..
             } => {
-                j.end_current(now_ms, end_reason);
+                // A move's placement that still waited for its old copy never started: the
+                // job ended there, in the old copy.
+                let never_started = j.current.as_ref().is_some_and(|p| p.after.is_some());
+                j.end_current(
+                    now_ms,
+                    if never_started {
+                        "not started: the job ended in the copy it moved from"
+                    } else {
+                        end_reason
+                    },
+                );
+                j.waits_for = None;
                 j.state = if matches!(self, Self::Failed { .. }) {
                     JobState::Failed
                 } else {

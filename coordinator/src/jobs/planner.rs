@@ -153,6 +153,11 @@ pub enum Event {
         fencing_token: u64,
         /// How it ended.
         exit: Exit,
+        /// Whether the job ended by itself (it ran and exited, or was killed by its own
+        /// limits), as opposed to its start being refused before it ran. Only an end by the
+        /// job itself can end a job whose move still waits for this copy: a refused start
+        /// never ran, so the move goes on.
+        by_the_job: bool,
     },
     /// The copy of `job` with `fencing_token` on `node` is gone, and not by the job's own
     /// doing: its agent fenced it (its lease ran out), its supervisor was signalled or died.
@@ -326,7 +331,8 @@ impl Planner {
                 node,
                 fencing_token,
                 exit,
-            } => job_exited(w, job, node, *fencing_token, *exit),
+                by_the_job,
+            } => job_exited(w, job, node, *fencing_token, *exit, *by_the_job),
             Event::CopyLost {
                 job,
                 node,

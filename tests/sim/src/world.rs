@@ -575,7 +575,12 @@ impl World {
                     // failed over in good faith, as by any scheduler.
                     let node = self.agents[i].node.clone();
                     let h = self.coord.as_ref().expect("checked above");
-                    for r in exits {
+                    // A Hello from a node that is no longer a member (removed) never reaches
+                    // the coordinator for real: its certificate serial is revoked, and the
+                    // TLS handshake refuses it (`tls::is_member`). Nobody was told.
+                    let hello_refused = matches!(m, tandem_common::proto::AgentMsg::Hello(_))
+                        && !h.m.read(|t| t.nodes.contains_key(&node));
+                    for r in exits.iter().filter(|_| !hello_refused) {
                         let current = h.m.read(|t| {
                             t.jobs
                                 .get(&r.job_id)

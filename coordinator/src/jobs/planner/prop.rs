@@ -287,6 +287,7 @@ impl World {
                     node: key.1,
                     fencing_token: key.2,
                     exit: Exit::Code(code),
+                    by_the_job: true,
                 }
             }
             Ev::StaleExit(j) => {
@@ -308,6 +309,7 @@ impl World {
                     node,
                     fencing_token: t,
                     exit: Exit::Code(1),
+                    by_the_job: true,
                 }
             }
             Ev::Started(j) => {

@@ -153,23 +153,21 @@ pub(super) fn job_exited(
     node: &NodeId,
     token: u64,
     exit: Exit,
+    by_the_job: bool,
 ) -> BTreeSet<String> {
+    if by_the_job {
+        if let Some(clusters) = ended_while_moving(w, id, node, token, exit) {
+            return clusters;
+        }
+    }
     let (job, clusters) = match current_copy(w, id, node, token, &format!("exit ({exit})")) {
         Ok(found) => found,
         Err(clusters) => return clusters,
     };
     let end_reason = exit.to_string();
     let spec = &job.spec;
-    let wants = match spec.restart {
-        RestartPolicy::Never => false,
-        RestartPolicy::OnFailure => !exit.success(),
-        RestartPolicy::Always => true,
-    };
-    let policy = match spec.restart {
-        RestartPolicy::Never => "never",
-        RestartPolicy::OnFailure => "on_failure",
-        RestartPolicy::Always => "always",
-    };
+    let wants = wants_restart(spec.restart, exit);
+    let policy = policy_name(spec.restart);
     if wants && job.restarts < spec.max_restarts {
         let attempt = job.restarts + 1;
         let d = match w.choose(&job, Some(node)) {
@@ -194,28 +192,88 @@ pub(super) fn job_exited(
             },
         };
         w.push(d);
-    } else if exit.success() {
-        w.push(Decision::Completed {
-            job: id.to_string(),
-            reason: format!("{end_reason} (restart: {policy})"),
+    } else {
+        w.push(ended(&job, exit, wants, String::new()));
+    }
+    clusters
+}
+
+/// The copy that ended is not the job's current one, but the old copy a move still waits
+/// for (the job was drained, moved or its node removed, and the copy ended by itself before
+/// the stop reached it). The job ran to its end there: if its policy does not start it
+/// again, it ends now (`Some`), and the move's withheld start never goes out. Without this the
+/// move's start was released by that very exit, and a `restart: never` job that had run to
+/// its end ran a second time (found by the simulation, seed 107385). If the policy restarts
+/// it, the move's new copy is that restart (`None`: the report is stale, the move goes on).
+fn ended_while_moving(
+    w: &mut Work,
+    id: &str,
+    node: &NodeId,
+    token: u64,
+    exit: Exit,
+) -> Option<BTreeSet<String>> {
+    let job = w.job(id).filter(|j| !j.state.is_terminal())?;
+    let waits = job
+        .current
+        .as_ref()
+        .and_then(|p| p.after.as_ref())
+        .or(job.waits_for.as_ref())?;
+    if waits.node != *node || waits.fencing_token != token {
+        return None;
+    }
+    if wants_restart(job.spec.restart, exit) && job.restarts < job.spec.max_restarts {
+        return None;
+    }
+    let wants = wants_restart(job.spec.restart, exit);
+    let on = format!(" on {} while it moved", w.name(node));
+    w.push(ended(&job, exit, wants, on));
+    Some(BTreeSet::from([job.spec.cluster.clone()]))
+}
+
+/// Whether `policy` starts a job again after `exit`.
+fn wants_restart(policy: RestartPolicy, exit: Exit) -> bool {
+    match policy {
+        RestartPolicy::Never => false,
+        RestartPolicy::OnFailure => !exit.success(),
+        RestartPolicy::Always => true,
+    }
+}
+
+fn policy_name(policy: RestartPolicy) -> &'static str {
+    match policy {
+        RestartPolicy::Never => "never",
+        RestartPolicy::OnFailure => "on_failure",
+        RestartPolicy::Always => "always",
+    }
+}
+
+/// The job ends with `exit` and is not started again: completed on a success, else failed
+/// (`wants`: its policy would have restarted it, but its restarts are spent). `where_` says
+/// where it ended when that is not its current placement.
+fn ended(job: &JobRecord, exit: Exit, wants: bool, where_: String) -> Decision {
+    let end_reason = exit.to_string();
+    let policy = policy_name(job.spec.restart);
+    if exit.success() {
+        Decision::Completed {
+            job: job.id.clone(),
+            reason: format!("{end_reason}{where_} (restart: {policy})"),
             end_reason,
-        });
+        }
     } else {
         let reason = if wants {
             format!(
-                "{end_reason}; gave up after {} restarts (max_restarts {})",
-                job.restarts, spec.max_restarts
+                "{end_reason}{where_}; gave up after {} restarts (max_restarts {})",
+                job.restarts, job.spec.max_restarts
             )
         } else {
-            format!("{end_reason} (restart: never)")
+            format!("{end_reason}{where_} (restart: {policy})")
         };
-        w.push(Decision::Failed {
-            job: id.to_string(),
+        Decision::Failed {
+            job: job.id.clone(),
             end_reason,
             reason,
-        });
+        }
     }
-    clusters
 }
 
 pub(super) fn stop(w: &mut Work, id: &str) -> BTreeSet<String> {

@@ -90,6 +90,7 @@ fn exited(k: u32, n: u8, token: u64, exit: Exit) -> Event {
         node: id(n),
         fencing_token: token,
         exit,
+        by_the_job: true,
     }
 }
 
@@ -277,6 +278,71 @@ fn a_node_moved_to_another_cluster_loses_its_jobs_old_copy_stopped_first_also_af
         !again.iter().any(|d| matches!(d, Decision::Move { .. })),
         "{again:?}"
     );
+}
+
+/// Found by the simulation (seed 107385's neighbour): a `restart: never` job ran to its end on a
+/// node being drained, after the move was decided and before the stop reached it. That exit
+/// released the move's withheld start, and the job ran a second time. Now the job ends where
+/// it ran; a job its policy restarts moves on (the new copy is its restart), and a start the
+/// old node refused (it never ran) does not end the job either.
+#[test]
+fn a_job_that_ends_by_itself_while_it_moves_is_not_started_again_unless_its_policy_says_so() {
+    for (policy, exit, by_the_job, ends) in [
+        (
+            RestartPolicy::Never,
+            Exit::Code(0),
+            true,
+            Some(JobState::Completed),
+        ),
+        (
+            RestartPolicy::Never,
+            Exit::Code(3),
+            true,
+            Some(JobState::Failed),
+        ),
+        (
+            RestartPolicy::OnFailure,
+            Exit::Code(0),
+            true,
+            Some(JobState::Completed),
+        ),
+        (RestartPolicy::OnFailure, Exit::Code(3), true, None),
+        (RestartPolicy::Always, Exit::Code(0), true, None),
+        (RestartPolicy::Never, Exit::Code(127), false, None),
+    ] {
+        let mut fx = pool(2, 0);
+        let mut s = spec(1000, GIB, 0);
+        s.restart = policy;
+        fx.jobs = vec![running(1, s, 1, 2, &[])];
+        let mut p = Planner::new(LEASE);
+        let out = fx.handle(&mut p, Event::Drain { node: id(1) }, 0);
+        assert!(
+            matches!(out.first(), Some(Decision::Move { .. })),
+            "{out:?}"
+        );
+        let e = Event::JobExited {
+            job: jid(1),
+            node: id(1),
+            fencing_token: 2,
+            exit,
+            by_the_job,
+        };
+        let out = fx.handle(&mut p, e, 5);
+        let case = format!("{policy:?} {exit} by_the_job={by_the_job}: {out:?}");
+        match ends {
+            Some(state) => {
+                assert_eq!(fx.job(1).state, state, "{case}");
+                assert!(fx.job(1).current.is_none(), "{case}");
+                let last = fx.job(1).history.last().unwrap();
+                assert_eq!(last.node, id(2), "{case}");
+                assert!(last.started_ms.is_none(), "{case}");
+            }
+            None => {
+                assert!(matches!(&out[..], [Decision::Ignore { .. }]), "{case}");
+                assert_eq!(fx.job(1).node(), Some(&id(2)), "{case}");
+            }
+        }
+    }
 }
 
 /// A move's new placement waits (durably) for the old copy; the new node registering without
