@@ -76,9 +76,16 @@ impl Guard {
     pub fn on_command(&mut self, cmd: ShimCommand, now: u64) -> Vec<Action> {
         match cmd {
             // Once ending, a new lease changes nothing: a fence is never taken back.
+            // A deadline that has already passed fences first: a lease that arrives late (the
+            // shim's timer had not run yet, or an agent restarted after the deadline adopts
+            // the shim) never revives a copy whose lease had ended.
             ShimCommand::Lease(ns) if self.ending.is_none() => {
-                self.deadline_ns = ns;
-                self.poll(now)
+                let mut acts = self.poll(now);
+                if self.ending.is_none() {
+                    self.deadline_ns = ns;
+                    acts.extend(self.poll(now));
+                }
+                acts
             }
             ShimCommand::Lease(ns) => {
                 self.deadline_ns = self.deadline_ns.min(ns);
@@ -161,6 +168,22 @@ mod tests {
         assert_eq!(g.poll(1250 * MS), [Action::Kill]);
         assert!(g.poll(2000 * MS).is_empty());
         assert_eq!(g.next_wake(), u64::MAX);
+    }
+
+    #[test]
+    fn a_lease_that_arrives_after_the_deadline_does_not_revive_the_copy() {
+        let mut g = guard();
+        // The timer has not fired yet at 1000 ms; the push comes first.
+        assert_eq!(
+            g.on_command(ShimCommand::Lease(3000 * MS), 1001 * MS),
+            [Action::Term]
+        );
+        assert_eq!(g.reason(), Some(ExitReason::Fenced));
+        assert_eq!(
+            g.next_wake(),
+            1250 * MS,
+            "killed at the old deadline's timeout"
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! a start admitted only with a lease and a token above every token seen for the job (kept on
 //! disk); a copy held as starting from acceptance; exits kept on disk until acknowledged;
 //! every held copy and kept exit reported in the `Hello` and when asked; a restarted agent that
-//! waits for the copies of its previous run (their shims fence at their last deadline) before
-//! it registers. A copy's process is the simulation's: it runs for a while or for ever, and
+//! re-adopts the shims of its previous run that have not begun to fence (every other run), and
+//! waits for the others (they fence at their last deadline) before it registers. A copy's process is the simulation's: it runs for a while or for ever, and
 //! obeys SIGTERM after a delay, or only SIGKILL.
 //!
 //! Handlers return [`Out`]s for the world to carry out; they do no I/O of their own.
@@ -186,6 +186,10 @@ pub static SESSION_BOUND_WAIT: std::sync::atomic::AtomicBool =
 pub static REPORT_UNSEEN_ENDS: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(true);
 
+/// Whether a restarted agent re-adopts the shims its predecessor left (every other run;
+/// issue 14). Off, every restart waits for the old shims to fence, as the agent did before.
+pub static ADOPT_SHIMS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// How long an accepted start waits for a lease before it is refused.
 const LEASE_WAIT_NS: u64 = 2_000_000_000;
 
@@ -237,16 +241,33 @@ impl SimAgent {
         ((local as i128 * 1_000_000 + d - 1) / d) as u64
     }
 
-    /// Starts the agent process (a fresh run: the lease and connection are gone).
-    pub fn start(&mut self, now: u64, out: &mut Vec<Out>) {
+    /// Starts the agent process (a fresh run: the lease and connection are gone). Every
+    /// other run re-adopts the shims of the run before ([`ADOPT_SHIMS`]): those that have not
+    /// begun to fence are its own again, reported in its `Hello` with their tokens and given
+    /// its leases; the others (already fencing) are waited for, as by a run that adopts none
+    /// (an agent whose shims predate adoption, or cannot be reached).
+    pub fn start(&mut self, now: u64, out: &mut Vec<Out>) -> usize {
         self.up = true;
         self.run += 1;
+        let mut adopted = 0;
+        if ADOPT_SHIMS.load(std::sync::atomic::Ordering::Relaxed) && self.run % 2 == 0 {
+            let run = self.run;
+            for c in self
+                .copies
+                .iter_mut()
+                .filter(|c| !c.gone && c.guard.reason().is_none())
+            {
+                c.owner = run;
+                adopted += 1;
+            }
+        }
         self.hung_until = 0;
         self.conn = None;
         self.welcomed = false;
         self.lease = Lease::new();
         self.waiting.clear();
         out.push(Out::Connect(now));
+        adopted
     }
 
     /// `kill -9` of the agent: the shims live on with the last deadline they were given.

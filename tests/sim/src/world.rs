@@ -60,6 +60,8 @@ pub struct Report {
     pub coordinator_crashes: u64,
     /// Planned coordinator restarts (a hold, then an exit).
     pub planned_restarts: u64,
+    /// Running copies re-adopted by a restarted agent.
+    pub adopted: u64,
     /// Simulated milliseconds.
     pub sim_ms: u64,
     /// The steps, when traced.
@@ -428,7 +430,11 @@ impl World {
                     self.agents[i].powered = true;
                     let mut out = Vec::new();
                     let local = self.agents[i].local(now);
-                    self.agents[i].start(local, &mut out);
+                    let adopted = self.agents[i].start(local, &mut out);
+                    if adopted > 0 {
+                        self.report.adopted += adopted as u64;
+                        self.note(|| format!("agent {i} re-adopts {adopted} running copies"));
+                    }
                     self.agent_outs(i, out)?;
                 }
             }
