@@ -1,12 +1,15 @@
-//! Which user a job runs as: the agent's `job_user` by default, or one its spec names that the
-//! agent's `allowed_job_users` lists (`root` only if listed); any other is refused. Either way
+//! Which user a job runs as: the agent's `job_user` by default (`nobody` for an agent that runs
+//! as root), or one its spec names that the agent's `allowed_job_users` lists (`root` only if
+//! listed); any other is refused. Its group: its user's primary one (the default user's:
+//! `job_group` if set), or one its spec names that its user is a member of or that
+//! `allowed_job_groups` lists; any other is refused. Either way
 //! the state dir is opened just enough for the job to enter its own working dir and nothing
 //! else of the agent's (see `crate::containment::user`).
 
 use super::api::io_err;
 use super::api::Supervisor;
 use super::SupervisorError;
-use crate::containment::user::JobUser;
+use crate::containment::user::{JobGroup, JobUser};
 use std::path::Path;
 
 impl Supervisor {
@@ -20,9 +23,20 @@ impl Supervisor {
     /// Runs jobs as `user` by default, and as one of `allowed` when a job names it (`root`
     /// only if listed). With either, the dirs are opened as [`Supervisor::with_job_user`] says.
     pub fn with_job_users(
+        self,
+        user: Option<JobUser>,
+        allowed: Vec<String>,
+    ) -> Result<Self, SupervisorError> {
+        self.with_job_accounts(user, allowed, Vec::new())
+    }
+
+    /// As [`Supervisor::with_job_users`], and a job may name one of `allowed_groups` as its
+    /// group (besides its user's own groups).
+    pub fn with_job_accounts(
         mut self,
         user: Option<JobUser>,
         allowed: Vec<String>,
+        allowed_groups: Vec<String>,
     ) -> Result<Self, SupervisorError> {
         use std::os::unix::fs::PermissionsExt;
         if user.is_some() || !allowed.is_empty() {
@@ -42,11 +56,43 @@ impl Supervisor {
         }
         self.job_user = user;
         self.allowed_users = allowed;
+        self.allowed_groups = allowed_groups;
         Ok(self)
     }
 
-    /// The user a job runs as: the default, or the one it names if that is allowed here.
-    pub(super) fn user_for(&self, named: Option<&str>) -> Result<Option<JobUser>, SupervisorError> {
+    /// The user (and group) a job runs as: the default, or the user it names if that is
+    /// allowed here; under its user's primary group (the default user: the configured
+    /// `job_group`), or the group it names if its user is a member or the group is allowed.
+    pub(super) fn user_for(
+        &self,
+        named: Option<&str>,
+        group: Option<&str>,
+    ) -> Result<Option<JobUser>, SupervisorError> {
+        let user = self.named_user(named)?;
+        let Some(g) = group else {
+            return Ok(user);
+        };
+        let Some(user) = user else {
+            return Err(SupervisorError::InvalidJob(format!(
+                "the job asks to run under group {g:?}, but this node runs jobs as its agent's own user, which cannot switch groups"
+            )));
+        };
+        let group = JobGroup::lookup(g).map_err(|e| {
+            SupervisorError::InvalidJob(format!("the job asks to run under group {g:?}: {e}"))
+        })?;
+        if user.gid == group.gid
+            || user.member_of(group.gid)
+            || self.allowed_groups.iter().any(|a| a == g)
+        {
+            return Ok(Some(user.with_group(&group)));
+        }
+        Err(SupervisorError::InvalidJob(format!(
+            "the job asks to run under group {g:?}, which this node does not allow: user {:?} is not a member, and its agent's allowed_job_groups is {:?}",
+            user.name, self.allowed_groups
+        )))
+    }
+
+    fn named_user(&self, named: Option<&str>) -> Result<Option<JobUser>, SupervisorError> {
         let Some(name) = named else {
             return Ok(self.job_user.clone());
         };

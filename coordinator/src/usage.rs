@@ -1,0 +1,232 @@
+//! What each node's jobs use, as its agent last reported it (protocol 6, `AgentMsg::Usage`):
+//! the node's containment mode, the disk use of its jobs' dirs, and each job copy's CPU time
+//! and memory (now and at peak) from its cgroup.
+//!
+//! Why apart from the engine's durable state: usage is a reading, not a decision. It is never
+//! written to the store (no fsync), never changes what runs where, and is lost with a restart
+//! of the coordinator until the next report (every ~10 s). At 10,000 nodes that is ~1,000
+//! small reports a second, each one map insert under a write lock that no decision waits on;
+//! heartbeats carry none of it.
+//!
+//! A copy's usage is shown only for the copy that reported it (node and fencing token): a
+//! job that moved shows nothing until its new node reports.
+
+use crate::clock::Map as HashMap;
+use std::fmt::Write;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+use tandem_common::ids::NodeId;
+use tandem_common::proto::{JobUsage, NodeUsage};
+
+/// Fleets with more job copies (or nodes) than this get no per-job (per-node) usage series on
+/// `/metrics`, only the fleet's totals: a scrape would otherwise grow without bound.
+pub const MAX_USAGE_SERIES: usize = 10_000;
+
+/// The latest report of one node.
+#[derive(Clone, Debug)]
+struct Reported {
+    at: Instant,
+    usage: NodeUsage,
+}
+
+/// A node's containment and disk use, as last reported.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeView {
+    /// `cgroup-v2`, `cgroup-hybrid` or `process-group`.
+    pub containment: String,
+    /// Why, or where its cgroup tree is.
+    pub containment_note: String,
+    /// Bytes on disk of its jobs' dirs and default working dirs.
+    pub jobs_disk_bytes: u64,
+    /// Finished jobs' dirs its retention removed since its agent started.
+    pub jobs_retired: u64,
+    /// How old the report is.
+    pub age: Duration,
+}
+
+/// One copy's usage, as last reported by its node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CopyView {
+    /// What its cgroup counts.
+    pub usage: JobUsage,
+    /// How its node contains it.
+    pub containment: String,
+    /// How old the report is.
+    pub age: Duration,
+}
+
+/// The latest usage report of every node that sent one.
+#[derive(Default)]
+pub struct UsageBoard {
+    nodes: RwLock<HashMap<NodeId, Reported>>,
+}
+
+impl UsageBoard {
+    /// Keeps `usage` as `node`'s latest report.
+    pub fn record(&self, node: &NodeId, usage: NodeUsage, now: Instant) {
+        let mut m = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        m.insert(node.clone(), Reported { at: now, usage });
+    }
+
+    /// Forgets `node` (removed from the fleet).
+    pub fn forget(&self, node: &NodeId) {
+        let mut m = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        m.remove(node);
+    }
+
+    /// `node`'s containment and disk use; `None` if it never reported (an agent older than
+    /// protocol 6, or none since the coordinator started).
+    pub fn node(&self, node: &NodeId, now: Instant) -> Option<NodeView> {
+        let m = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let r = m.get(node)?;
+        Some(NodeView {
+            containment: r.usage.containment.clone(),
+            containment_note: r.usage.containment_note.clone(),
+            jobs_disk_bytes: r.usage.jobs_disk_bytes,
+            jobs_retired: r.usage.jobs_retired,
+            age: now.saturating_duration_since(r.at),
+        })
+    }
+
+    /// The usage of `job_id`'s copy `token` on `node`, if that node reported it.
+    pub fn copy(&self, node: &NodeId, job_id: &str, token: u64, now: Instant) -> Option<CopyView> {
+        let m = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let r = m.get(node)?;
+        let u = r
+            .usage
+            .jobs
+            .iter()
+            .find(|u| u.job_id == job_id && u.fencing_token == token)?;
+        Some(CopyView {
+            usage: u.clone(),
+            containment: r.usage.containment.clone(),
+            age: now.saturating_duration_since(r.at),
+        })
+    }
+
+    /// The `/metrics` lines: per-node disk use and per-copy CPU and memory (up to
+    /// [`MAX_USAGE_SERIES`] each), and the fleet's totals always. Labels are ids (the job's, the
+    /// node's), which the API resolves.
+    pub fn render(&self, out: &mut String) {
+        let m = self.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let mut nodes: Vec<(&NodeId, &Reported)> = m.iter().collect();
+        nodes.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let copies: usize = nodes.iter().map(|(_, r)| r.usage.jobs.len()).sum();
+        let disk: u64 = nodes.iter().map(|(_, r)| r.usage.jobs_disk_bytes).sum();
+        let _ = writeln!(out, "# HELP tandem_jobs_disk_bytes Bytes on disk of the nodes' job dirs and working dirs, as last reported (all nodes).\n# TYPE tandem_jobs_disk_bytes gauge\ntandem_jobs_disk_bytes {disk}");
+        let cpu: u64 = nodes
+            .iter()
+            .flat_map(|(_, r)| &r.usage.jobs)
+            .filter_map(|j| j.cpu_usec)
+            .sum();
+        let _ = writeln!(out, "# HELP tandem_jobs_cpu_seconds CPU time of the job copies running now, as last reported (all nodes).\n# TYPE tandem_jobs_cpu_seconds gauge\ntandem_jobs_cpu_seconds {:.3}", cpu as f64 / 1e6);
+        if nodes.len() <= MAX_USAGE_SERIES {
+            let _ = writeln!(out, "# HELP tandem_node_jobs_disk_bytes Bytes on disk of a node's job dirs and working dirs.\n# TYPE tandem_node_jobs_disk_bytes gauge");
+            for (id, r) in &nodes {
+                let _ = writeln!(
+                    out,
+                    "tandem_node_jobs_disk_bytes{{node=\"{id}\",containment=\"{}\"}} {}",
+                    r.usage.containment, r.usage.jobs_disk_bytes
+                );
+            }
+        } else {
+            let _ = writeln!(
+                out,
+                "# per-node usage series left out: more than {MAX_USAGE_SERIES} nodes"
+            );
+        }
+        if copies > MAX_USAGE_SERIES {
+            let _ = writeln!(
+                out,
+                "# per-job usage series left out: more than {MAX_USAGE_SERIES} job copies"
+            );
+            return;
+        }
+        type Value = fn(&JobUsage) -> Option<String>;
+        let families: [(&str, &str, &str, Value); 3] = [
+            (
+                "tandem_job_cpu_seconds_total",
+                "counter",
+                "CPU time a job copy used, from its cgroup.",
+                |j| j.cpu_usec.map(|c| format!("{:.3}", c as f64 / 1e6)),
+            ),
+            (
+                "tandem_job_memory_bytes",
+                "gauge",
+                "Memory charged to a job copy now, from its cgroup.",
+                |j| j.memory_bytes.map(|b| b.to_string()),
+            ),
+            (
+                "tandem_job_memory_peak_bytes",
+                "gauge",
+                "The most memory charged to a job copy at once, from its cgroup.",
+                |j| j.memory_peak_bytes.map(|b| b.to_string()),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (node, r) in &nodes {
+                for j in &r.usage.jobs {
+                    if let Some(v) = value(j) {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{job=\"{}\",node=\"{node}\",fencing_token=\"{}\"}} {v}",
+                            j.job_id, j.fencing_token
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(jobs: Vec<JobUsage>) -> NodeUsage {
+        NodeUsage {
+            containment: "cgroup-v2".into(),
+            containment_note: "here".into(),
+            jobs_disk_bytes: 4096,
+            jobs_retired: 1,
+            jobs,
+        }
+    }
+
+    fn job(id: &str, token: u64, cpu: u64) -> JobUsage {
+        JobUsage {
+            job_id: id.into(),
+            fencing_token: token,
+            cpu_usec: Some(cpu),
+            memory_bytes: Some(1 << 20),
+            memory_peak_bytes: Some(2 << 20),
+        }
+    }
+
+    #[test]
+    fn the_latest_report_wins_and_only_the_reported_copy_has_usage() {
+        let b = UsageBoard::default();
+        let n = NodeId::random();
+        let t0 = Instant::now();
+        assert!(b.node(&n, t0).is_none());
+        b.record(&n, report(vec![job("j-1", 3, 1_500_000)]), t0);
+        b.record(&n, report(vec![job("j-1", 3, 2_500_000)]), t0);
+        let later = t0 + Duration::from_secs(2);
+        let c = b.copy(&n, "j-1", 3, later).unwrap();
+        assert_eq!(c.usage.cpu_usec, Some(2_500_000));
+        assert_eq!(c.age, Duration::from_secs(2));
+        assert!(b.copy(&n, "j-1", 4, later).is_none(), "another copy");
+        assert!(b.copy(&NodeId::random(), "j-1", 3, later).is_none());
+        assert_eq!(b.node(&n, later).unwrap().containment, "cgroup-v2");
+        let mut text = String::new();
+        b.render(&mut text);
+        assert!(text.contains(&format!(
+            "tandem_job_cpu_seconds_total{{job=\"j-1\",node=\"{n}\",fencing_token=\"3\"}} 2.500"
+        )), "{text}");
+        assert!(text.contains("tandem_jobs_disk_bytes 4096"), "{text}");
+        assert!(text.contains("# TYPE tandem_job_memory_peak_bytes gauge"), "{text}");
+        b.forget(&n);
+        assert!(b.node(&n, later).is_none());
+    }
+}
