@@ -413,6 +413,10 @@ mod tests {
             "zone=a",
             "--workdir",
             "/srv",
+            "--user",
+            "svc",
+            "--group",
+            "video",
             "--",
             "/bin/sh",
             "-c",
@@ -435,6 +439,7 @@ mod tests {
                 "resources": {"cpu_millis": 500, "memory_bytes": 1u64 << 30, "gpus": 2},
                 "restart": "always", "max_restarts": 9,
                 "constraints": {"labels": {"zone": "a"}}, "workdir": "/srv",
+                "user": "svc", "group": "video",
             })
         );
     }
@@ -460,6 +465,7 @@ mod tests {
         assert_eq!(body["restart"], "on_failure");
         assert!(body.get("max_restarts").is_none(), "the API's default");
         assert!(body.get("workdir").is_none());
+        assert!(body.get("user").is_none() && body.get("group").is_none());
         assert_eq!(body["env"], json!({}));
         // Global options may come before the command.
         let cli = parse(&[
