@@ -123,7 +123,10 @@ pub fn finished_on_disk(job_dir: &Path) -> bool {
     match read_status(job_dir) {
         Some(s) => s.state != JobState::Running && s.fencing_token <= acked,
         // No status: the start never ran (refused); its refusal was acknowledged.
-        None => read_token(job_dir).ok().flatten().is_some_and(|t| t <= acked),
+        None => read_token(job_dir)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t <= acked),
     }
 }
 
@@ -237,6 +240,9 @@ mod tests {
         put(status(JobState::Running, 7));
         assert!(!finished_on_disk(dir), "running");
         std::fs::remove_file(dir.join(STATUS_FILE)).unwrap();
-        assert!(!finished_on_disk(dir), "only the token and the ack are left");
+        assert!(
+            !finished_on_disk(dir),
+            "only the token and the ack are left"
+        );
     }
 }

@@ -445,9 +445,7 @@ impl CoordMsg {
         match self {
             CoordMsg::StartJob(s)
             | CoordMsg::StartLimited { start: s, .. }
-            | CoordMsg::StartAs { start: s, .. } => {
-                Some((&s.job_id, s.fencing_token))
-            }
+            | CoordMsg::StartAs { start: s, .. } => Some((&s.job_id, s.fencing_token)),
             _ => None,
         }
     }

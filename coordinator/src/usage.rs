@@ -221,11 +221,17 @@ mod tests {
         assert_eq!(b.node(&n, later).unwrap().containment, "cgroup-v2");
         let mut text = String::new();
         b.render(&mut text);
-        assert!(text.contains(&format!(
+        assert!(
+            text.contains(&format!(
             "tandem_job_cpu_seconds_total{{job=\"j-1\",node=\"{n}\",fencing_token=\"3\"}} 2.500"
-        )), "{text}");
+        )),
+            "{text}"
+        );
         assert!(text.contains("tandem_jobs_disk_bytes 4096"), "{text}");
-        assert!(text.contains("# TYPE tandem_job_memory_peak_bytes gauge"), "{text}");
+        assert!(
+            text.contains("# TYPE tandem_job_memory_peak_bytes gauge"),
+            "{text}"
+        );
         b.forget(&n);
         assert!(b.node(&n, later).is_none());
     }

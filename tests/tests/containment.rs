@@ -488,7 +488,10 @@ fn a_job_runs_as_the_user_it_names_only_where_its_node_allows_it() -> Result<()>
     let cfg = f.tmp.path().join("agent.toml");
     std::fs::write(&cfg, "allowed_job_users = [\"nobody\"]\n")?;
     let cfg = cfg.to_str().context("utf-8")?.to_string();
-    f.start_agents(&["named-a"], &["--config", &cfg, tandem_tests::DEFAULT_JOB_USER])?;
+    f.start_agents(
+        &["named-a"],
+        &["--config", &cfg, tandem_tests::DEFAULT_JOB_USER],
+    )?;
     let submit = |name: &str, user: &str| {
         f.api().send(
             "POST",

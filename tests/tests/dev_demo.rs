@@ -150,7 +150,13 @@ fn dev_modes_agents_and_their_jobs_die_when_it_is_killed_with_sigkill() -> Resul
     let id = j["job"]["id"].as_str().context("job id")?.to_string();
     let job_pid: i32 = wait_for(LONG, "the job to say its pid", || {
         let l = dev.api.get(&format!("/v1/jobs/{id}/logs?tail=5")).ok()?;
-        l["stdout"].as_array()?.first()?.as_str()?.trim().parse().ok()
+        l["stdout"]
+            .as_array()?
+            .first()?
+            .as_str()?
+            .trim()
+            .parse()
+            .ok()
     })?;
     // Only dev mode itself: not its process group.
     let mut dev = dev;

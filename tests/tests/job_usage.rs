@@ -128,7 +128,10 @@ fn a_cpu_bound_jobs_cpu_seconds_grow_in_the_api() -> Result<()> {
 fn a_nodes_details_say_how_it_contains_jobs() -> Result<()> {
     let o = tandem_tests::agent_cmd(&["inventory", "-o", "json"], LONG)?;
     let inv: Value = serde_json::from_str(&o.stdout).context("inventory json")?;
-    let host_mode = inv["containment"]["mode"].as_str().unwrap_or("?").to_string();
+    let host_mode = inv["containment"]["mode"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
     let mut f = Fleet::new("contained", "pool")?;
     f.start_agents(&["contained-a"], &["--usage-report-ms", "300"])?;
     f.start_agents(
@@ -153,7 +156,8 @@ fn a_nodes_details_say_how_it_contains_jobs() -> Result<()> {
         "{show}"
     );
     ensure!(
-        show.lines().any(|l| l.trim_start().starts_with("Jobs on disk")),
+        show.lines()
+            .any(|l| l.trim_start().starts_with("Jobs on disk")),
         "{show}"
     );
     Ok(())
@@ -211,7 +215,9 @@ fn retention_removes_a_finished_jobs_files_and_keeps_a_running_ones() -> Result<
         jobs.join(&live).join("stdout.log"),
         work.join(&live).join("made-here"),
     ] {
-        check(p.exists(), || format!("{} of the running job is gone", p.display()))?;
+        check(p.exists(), || {
+            format!("{} of the running job is gone", p.display())
+        })?;
     }
     ensure!(
         f.job(&live)?["state"] == "running",
@@ -274,7 +280,12 @@ fn a_job_runs_under_the_group_it_names_only_where_its_node_allows_it() -> Result
             .map(|s| s.trim().to_string())
     })?;
     ensure!(gid == adm.gid.to_string(), "the job ran with gid {gid}");
-    let root_id = submitted(submit(&f, "as-root-group", "id -g", json!({"group": "root"}))?)?;
+    let root_id = submitted(submit(
+        &f,
+        "as-root-group",
+        "id -g",
+        json!({"group": "root"}),
+    )?)?;
     wait_for(LONG, "the root-group job refused", || {
         (f.job(&root_id).ok()?["state"] == "failed").then_some(())
     })?;
@@ -288,7 +299,11 @@ fn a_job_runs_under_the_group_it_names_only_where_its_node_allows_it() -> Result
     ensure!(why.contains("does not allow"), "{why}");
     let (s, v) = submit(&f, "bad-group", "true", json!({"group": "Bad Group"}))?;
     ensure!(
-        s == 400 && v["error"]["code"] == "invalid_argument" && v["error"]["message"].as_str().is_some_and(|m| m.contains("group")),
+        s == 400
+            && v["error"]["code"] == "invalid_argument"
+            && v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("group")),
         "a malformed group: {s} {v}"
     );
     println!("as adm: gid {gid}; as root: {why}");

@@ -78,7 +78,8 @@ impl Supervisor {
             // `remove_dir_all` does not follow symbolic links (another job of the same user
             // could plant one).
             if work.exists() {
-                std::fs::remove_dir_all(&work).map_err(io(format!("removing {}", work.display())))?;
+                std::fs::remove_dir_all(&work)
+                    .map_err(io(format!("removing {}", work.display())))?;
             }
             self.containment.release(job_id);
             Ok(true)
@@ -122,7 +123,9 @@ impl Supervisor {
                     gone.push(id);
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(job = %id, error = %e, "retention: cannot remove the finished job's files"),
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "retention: cannot remove the finished job's files")
+                }
             }
         }
         NodeUsage {

@@ -97,7 +97,9 @@ pub fn usage(u: &Value) -> String {
         bytes(&u["memory_bytes"]),
         bytes(&u["memory_peak_bytes"]),
         s(&u["containment"]),
-        u["age_ms"].as_u64().map_or("-".into(), |a| (a / 1000).to_string())
+        u["age_ms"]
+            .as_u64()
+            .map_or("-".into(), |a| (a / 1000).to_string())
     )
 }
 
