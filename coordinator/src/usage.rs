@@ -22,6 +22,38 @@ use tandem_common::proto::{JobUsage, NodeUsage};
 /// `/metrics`, only the fleet's totals: a scrape would otherwise grow without bound.
 pub const MAX_USAGE_SERIES: usize = 10_000;
 
+/// The most job copies kept from one report; a node never holds near this many.
+pub const MAX_JOBS_PER_REPORT: usize = 4096;
+/// The longest containment note kept, bytes.
+const MAX_NOTE: usize = 512;
+
+/// A report as kept: what a node sends is not trusted to be small or well formed (its text
+/// goes into `/metrics` labels and API answers). The mode must be one of the three names
+/// (else `unknown`), the note is cut to [`MAX_NOTE`] bytes, job ids must look like job ids
+/// (at most 128 of `A-Z a-z 0-9 . _ -`; others are dropped), and at most
+/// [`MAX_JOBS_PER_REPORT`] copies are kept.
+pub fn bounded(mut u: NodeUsage) -> NodeUsage {
+    if !["cgroup-v2", "cgroup-hybrid", "process-group"].contains(&u.containment.as_str()) {
+        u.containment = "unknown".into();
+    }
+    if u.containment_note.len() > MAX_NOTE {
+        let mut cut = MAX_NOTE;
+        while !u.containment_note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        u.containment_note.truncate(cut);
+    }
+    u.jobs.retain(|j| {
+        !j.job_id.is_empty()
+            && j.job_id.len() <= 128
+            && j.job_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    });
+    u.jobs.truncate(MAX_JOBS_PER_REPORT);
+    u
+}
+
 /// The latest report of one node.
 #[derive(Clone, Debug)]
 struct Reported {
@@ -62,8 +94,9 @@ pub struct UsageBoard {
 }
 
 impl UsageBoard {
-    /// Keeps `usage` as `node`'s latest report.
+    /// Keeps `usage` as `node`'s latest report, bounded (see [`bounded`]).
     pub fn record(&self, node: &NodeId, usage: NodeUsage, now: Instant) {
+        let usage = bounded(usage);
         let mut m = self.nodes.write().unwrap_or_else(|p| p.into_inner());
         m.insert(node.clone(), Reported { at: now, usage });
     }
@@ -234,5 +267,20 @@ mod tests {
         );
         b.forget(&n);
         assert!(b.node(&n, later).is_none());
+    }
+
+    #[test]
+    fn a_report_is_kept_bounded_and_its_text_safe_for_metrics() {
+        let mut r = report(vec![job("j-ok", 1, 1), job("j\"} 1\nevil", 1, 1)]);
+        r.jobs
+            .extend((0..MAX_JOBS_PER_REPORT + 10).map(|i| job(&format!("j-{i}"), 1, 1)));
+        r.containment = "cgroup-v9\"".into();
+        r.containment_note = "é".repeat(MAX_NOTE);
+        let b = bounded(r);
+        assert_eq!(b.containment, "unknown");
+        assert!(b.containment_note.len() <= MAX_NOTE);
+        assert_eq!(b.jobs.len(), MAX_JOBS_PER_REPORT);
+        assert!(b.jobs.iter().all(|j| !j.job_id.contains('"')));
+        assert_eq!(b.jobs[0].job_id, "j-ok");
     }
 }

@@ -30,6 +30,13 @@ impl Supervisor {
         if retention::read_acked(&dir).is_some_and(|t| t >= token) {
             return;
         }
+        // An acknowledgement of an end cannot be this running copy's: an earlier one of the
+        // same token, at most. It must not let retention take this copy's record later.
+        if super::protocol::read_status(&dir).is_some_and(|s| {
+            s.fencing_token == token && s.state == super::protocol::JobState::Running
+        }) {
+            return;
+        }
         if let Err(e) = std::fs::write(dir.join(ACKED_FILE), format!("{token}\n")) {
             tracing::warn!(job = %job_id, token, error = %e, "cannot mark an acknowledged exit; retention keeps the job's dir");
         }

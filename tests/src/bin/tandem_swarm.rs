@@ -790,7 +790,7 @@ async fn session(ctx: &Ctx, a: &mut Agent, s: Registered, stop: &mut watch::Rece
                         inc(&ctx.stats.c.pings);
                         Some(AgentMsg::Pong { nonce })
                     }
-                    Ok(Some(CoordMsg::StartJob(job) | CoordMsg::StartLimited { start: job, .. })) => {
+                    Ok(Some(CoordMsg::StartJob(job) | CoordMsg::StartLimited { start: job, .. } | CoordMsg::StartAs { start: job, .. })) => {
                         inc(&ctx.stats.c.jobs_refused);
                         Some(AgentMsg::JobExited(JobExitReport {
                             job_id: job.job_id,
