@@ -359,7 +359,10 @@ fn a_job_as_the_default_user_cannot_read_the_node_key_or_another_jobs_spec() -> 
         "id -u > {rd}/uid; touch ./mine && echo ok > {rd}/own; \
          cat {} > {rd}/key 2>&1; echo $? > {rd}/key.rc; \
          cat {} > {rd}/spec 2>&1; echo $? > {rd}/spec.rc; \
-         ls {} > {rd}/ls 2>&1; echo $? > {rd}/ls.rc; echo done > {rd}/done; exec sleep 600",
+         ls {} > {rd}/ls 2>&1; echo $? > {rd}/ls.rc; \
+         cat {2}/jobs/$TANDEM_JOB_ID/status.json > {rd}/status 2>&1; echo $? > {rd}/status.rc; \
+         echo 999 > {2}/jobs/$TANDEM_JOB_ID/fencing_token; echo $? > {rd}/token.rc; \
+         echo done > {rd}/done; exec sleep 600",
         key.display(),
         spec.display(),
         state.display()
@@ -397,6 +400,14 @@ fn a_job_as_the_default_user_cannot_read_the_node_key_or_another_jobs_spec() -> 
     check(read("ls.rc").trim() != "0", || {
         format!("the job listed the state dir: {}", read("ls"))
     })?;
+    check(read("status.rc").trim() != "0", || {
+        format!("the job read its supervisor's status: {}", read("status"))
+    })?;
+    check(read("token.rc").trim() != "0", || {
+        "the job wrote its supervisor's fencing token".into()
+    })?;
+    let token = std::fs::read_to_string(state.join("jobs").join(&prober).join("fencing_token"))?;
+    check(token.trim() != "999", || "the token was overwritten".into())?;
     Ok(())
 }
 
