@@ -269,6 +269,47 @@ mod tests {
         assert!(b.node(&n, later).is_none());
     }
 
+    /// A benchmark, not a test: the board's cost at fleet scale. 10,000 nodes of 5 running
+    /// copies each, 10 rounds of reports (100,000 reports: 10,000 nodes at the default 10 s
+    /// send 1,000 a second), then `/metrics` and a job lookup. Run:
+    /// `cargo test -p tandem-coordinator --lib usage::tests::bench_usage_board -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn bench_usage_board() {
+        let (nodes, jobs, rounds) = (10_000usize, 5usize, 10usize);
+        let b = UsageBoard::default();
+        let ids: Vec<NodeId> = (0..nodes).map(|_| NodeId::random()).collect();
+        let t0 = Instant::now();
+        for r in 0..rounds {
+            for (n, id) in ids.iter().enumerate() {
+                let js = (0..jobs)
+                    .map(|k| job(&format!("j-{n:06}-{k}"), 1, (r * 1000 + k) as u64))
+                    .collect();
+                b.record(id, report(js), Instant::now());
+            }
+        }
+        let per = t0.elapsed() / (nodes * rounds) as u32;
+        let t1 = Instant::now();
+        let mut text = String::new();
+        b.render(&mut text);
+        let render = t1.elapsed();
+        let t2 = Instant::now();
+        let hit = b.copy(
+            &ids[nodes / 2],
+            &format!("j-{:06}-3", nodes / 2),
+            1,
+            Instant::now(),
+        );
+        let lookup = t2.elapsed();
+        assert!(hit.is_some());
+        println!(
+            "usage board: {nodes} nodes x {jobs} copies: record {per:?} a report (building it \
+             included); /metrics {render:?} for {} lines ({} KiB); one lookup {lookup:?}",
+            text.lines().count(),
+            text.len() / 1024
+        );
+    }
+
     #[test]
     fn a_report_is_kept_bounded_and_its_text_safe_for_metrics() {
         let mut r = report(vec![job("j-ok", 1, 1), job("j\"} 1\nevil", 1, 1)]);
