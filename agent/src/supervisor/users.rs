@@ -110,3 +110,46 @@ impl Supervisor {
             .map_err(SupervisorError::InvalidJob)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_common::ids::NodeId;
+
+    #[test]
+    fn a_named_group_needs_membership_or_the_config_and_an_unknown_one_is_named() {
+        let (Ok(nobody), Ok(adm)) = (JobUser::lookup("nobody"), JobGroup::lookup("adm")) else {
+            println!("skipped: no user nobody or group adm here");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let sup = Supervisor::new(d.path(), NodeId::random(), "n", std::time::Duration::ZERO)
+            .unwrap()
+            .with_job_accounts(Some(nobody.clone()), vec![], vec!["adm".into()])
+            .unwrap();
+        let u = sup.user_for(None, None).unwrap().unwrap();
+        assert_eq!((u.uid, u.gid), (nobody.uid, nobody.gid));
+        let u = sup.user_for(None, Some("adm")).unwrap().unwrap();
+        assert_eq!(u.gid, adm.gid, "allowed by the config");
+        let e = sup.user_for(None, Some("root")).unwrap_err().to_string();
+        assert!(
+            e.contains("does not allow") && e.contains("not a member"),
+            "{e}"
+        );
+        let e = sup
+            .user_for(None, Some("no-such-group-tandem"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no group"), "{e}");
+        let e = sup.user_for(Some("root"), None).unwrap_err().to_string();
+        assert!(
+            e.contains("does not allow"),
+            "root is not allowed unless listed: {e}"
+        );
+        // An agent that runs jobs as itself cannot switch groups.
+        let own =
+            Supervisor::new(d.path(), NodeId::random(), "n", std::time::Duration::ZERO).unwrap();
+        let e = own.user_for(None, Some("adm")).unwrap_err().to_string();
+        assert!(e.contains("cannot switch groups"), "{e}");
+    }
+}
