@@ -4,6 +4,7 @@
 #   cargo build --release --workspace --bins
 #   tests/bench_swarm.sh N [HEARTBEAT_MS] [STEADY_S] [RESTART]
 #
+# SWARM_ARGS (e.g. "--usage-s 10") go to the swarm as they are.
 # N agents join with one token and beat every HEARTBEAT_MS (default 1000; the lease is 5 beats)
 # for STEADY_S seconds once all have registered (default 60). While they beat, the admin
 # endpoint's `GET /v1/nodes?limit=100` is timed 10 times. With RESTART=restart the coordinator
@@ -52,7 +53,7 @@ DURATION=$STEADY
 # (SIGTERM ends it with its summary): a slow restart must not outlast the swarm.
 [ -n "$RESTART" ] && DURATION=$(( STEADY + 3600 ))
 "$BIN/tandem-swarm" --coordinator "$QUIC" --token-file swarm.token --agents "$N" \
-  --duration-s "$DURATION" --settle-s 20 --watch-pid "$CPID" \
+  --duration-s "$DURATION" --settle-s 20 --watch-pid "$CPID" ${SWARM_ARGS:-} \
   --progress-s 10 > summary.json 2> swarm.log &
 SWARM=$!
 

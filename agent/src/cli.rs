@@ -42,9 +42,19 @@ pub struct RunArgs {
     /// How to contain jobs: `auto` (a cgroup each where the host allows) or `process-group`.
     #[arg(long)]
     pub containment: Option<String>,
-    /// The user jobs run as (default: the agent's own).
+    /// The user jobs run as (default: `nobody` when the agent runs as root, else the agent's
+    /// own user).
     #[arg(long)]
     pub job_user: Option<String>,
+    /// The group jobs of the default user run under (default: that user's primary group).
+    #[arg(long)]
+    pub job_group: Option<String>,
+    /// How long a finished job's dir, logs and working dir are kept, seconds (default 86400).
+    #[arg(long)]
+    pub job_retention_s: Option<u64>,
+    /// How often the node reports its jobs' usage and runs retention, ms (default 10000).
+    #[arg(long)]
+    pub usage_report_ms: Option<u64>,
 }
 
 impl RunArgs {
@@ -67,8 +77,10 @@ impl RunArgs {
             shim_program: None,
             containment: self.containment.clone(),
             job_user: self.job_user.clone(),
-            allowed_job_users: None,
-            origin: Default::default(),
+            job_group: self.job_group.clone(),
+            job_retention_s: self.job_retention_s,
+            usage_report_ms: self.usage_report_ms,
+            ..Default::default()
         }))
     }
 }

@@ -43,10 +43,23 @@ pub struct RawConfig {
     /// How to contain jobs: `auto` (a cgroup each where the host allows; the default) or
     /// `process-group` (never cgroups).
     pub containment: Option<String>,
-    /// The user jobs run as (default: the agent's own, root).
+    /// The user jobs run as (default: `nobody` when the agent runs as root, else the agent's
+    /// own user, which it cannot switch from). `"root"` runs every job as root.
     pub job_user: Option<String>,
+    /// The group jobs of the default user run under (default: that user's primary group).
+    pub job_group: Option<String>,
     /// The users a job's spec may name to run as (default: none; `root` only if listed).
     pub allowed_job_users: Option<Vec<String>>,
+    /// The groups a job's spec may name beyond its user's own (default: none).
+    pub allowed_job_groups: Option<Vec<String>>,
+    /// How long a finished job's dir, logs and working dir are kept, seconds (default 86400).
+    pub job_retention_s: Option<u64>,
+    /// The most bytes the finished jobs' dirs may take in all; the oldest go first past it
+    /// (default: no cap).
+    pub job_retention_bytes: Option<u64>,
+    /// How often the node reports its jobs' usage and runs retention, milliseconds (default
+    /// 10000).
+    pub usage_report_ms: Option<u64>,
     /// Where the values came from (the file, flags over it), for errors; not a key.
     #[serde(skip)]
     pub origin: Origin,
@@ -78,10 +91,16 @@ pub struct Config {
     pub shim_program: Option<PathBuf>,
     /// How to contain jobs.
     pub containment: crate::containment::Choice,
-    /// The user jobs run as; `None`: the agent's own.
+    /// The user jobs run as (under `job_group` if set); `None`: the agent's own.
     pub job_user: Option<crate::containment::user::JobUser>,
     /// The users a job may name, each known on this host.
     pub allowed_job_users: Vec<String>,
+    /// The groups a job may name beyond its user's own, each known on this host.
+    pub allowed_job_groups: Vec<String>,
+    /// When finished jobs' dirs are removed.
+    pub retention: crate::retention::Policy,
+    /// How often usage is reported (and retention runs).
+    pub usage_interval: std::time::Duration,
 }
 
 impl RawConfig {
@@ -111,7 +130,11 @@ impl RawConfig {
             force_stream_heartbeats,
             sample_interval_ms,
             containment,
-            job_user
+            job_user,
+            job_group,
+            job_retention_s,
+            job_retention_bytes,
+            usage_report_ms
         );
         self
     }
@@ -131,16 +154,53 @@ impl RawConfig {
             None => crate::containment::Choice::Auto,
             Some(c) => c.parse().map_err(|e| invalid("containment", e))?,
         };
-        let job_user = match &self.job_user {
-            None => None,
-            Some(u) => Some(
-                crate::containment::user::JobUser::lookup(u).map_err(|e| invalid("job_user", e))?,
-            ),
+        use crate::containment::user::{default_job_user, JobGroup, JobUser};
+        let job_user = match (&self.job_user, default_job_user()) {
+            (Some(u), _) => Some(JobUser::lookup(u).map_err(|e| invalid("job_user", e))?),
+            (None, Some(d)) => Some(JobUser::lookup(d).map_err(|e| {
+                invalid(
+                    "job_user",
+                    format!(
+                        "the default, {d:?}, cannot be used: {e}; name the user jobs run as \
+                         (\"root\" to run them as root)"
+                    ),
+                )
+            })?),
+            (None, None) => None,
+        };
+        let job_user = match (&self.job_group, job_user) {
+            (None, u) => u,
+            (Some(g), Some(u)) => {
+                Some(u.with_group(&JobGroup::lookup(g).map_err(|e| invalid("job_group", e))?))
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "job_group",
+                    "needs a job user: an agent that is not root runs jobs as itself".into(),
+                ))
+            }
         };
         let allowed_job_users = self.allowed_job_users.clone().unwrap_or_default();
         for u in &allowed_job_users {
-            crate::containment::user::JobUser::lookup(u)
-                .map_err(|e| invalid("allowed_job_users", e))?;
+            JobUser::lookup(u).map_err(|e| invalid("allowed_job_users", e))?;
+        }
+        let allowed_job_groups = self.allowed_job_groups.clone().unwrap_or_default();
+        for g in &allowed_job_groups {
+            JobGroup::lookup(g).map_err(|e| invalid("allowed_job_groups", e))?;
+        }
+        let retention = crate::retention::Policy {
+            max_age: std::time::Duration::from_secs(
+                self.job_retention_s
+                    .unwrap_or(crate::retention::DEFAULT_RETENTION_S),
+            ),
+            max_bytes: self.job_retention_bytes,
+        };
+        let usage_report_ms = self.usage_report_ms.unwrap_or(10_000);
+        if !(100..=3_600_000).contains(&usage_report_ms) {
+            return Err(invalid(
+                "usage_report_ms",
+                "must be between 100 and 3600000".into(),
+            ));
         }
         let state_dir = self
             .state_dir
@@ -223,6 +283,9 @@ impl RawConfig {
             containment,
             job_user,
             allowed_job_users,
+            allowed_job_groups,
+            retention,
+            usage_interval: std::time::Duration::from_millis(usage_report_ms),
         })
     }
 }
@@ -317,6 +380,59 @@ mod tests {
         std::fs::write(&shim, "#!/bin/sh\n").unwrap();
         let c = raw(shim.to_str().unwrap()).validate().unwrap();
         assert_eq!(c.shim_program, Some(shim));
+    }
+
+    #[test]
+    fn jobs_run_as_nobody_by_default_when_the_agent_is_root() {
+        let (d, _) = file("");
+        let raw = || RawConfig {
+            state_dir: Some(d.path().into()),
+            coordinator: Some("127.0.0.1:7443".into()),
+            ..Default::default()
+        };
+        let c = raw().validate().unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let u = c.job_user.expect("a default job user");
+            assert_eq!(u.name, "nobody");
+            assert_ne!(u.uid, 0);
+        } else {
+            assert!(c.job_user.is_none(), "a non-root agent runs jobs as itself");
+        }
+        let e = RawConfig {
+            job_user: Some("root".into()),
+            job_group: Some("no-such-group-tandem".into()),
+            ..raw()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.key(), Some("job_group"), "{e}");
+        let e = RawConfig {
+            allowed_job_groups: Some(vec!["no-such-group-tandem".into()]),
+            ..raw()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.key(), Some("allowed_job_groups"), "{e}");
+        let e = RawConfig {
+            usage_report_ms: Some(5),
+            ..raw()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.key(), Some("usage_report_ms"), "{e}");
+        let c = RawConfig {
+            job_user: Some("root".into()),
+            job_group: Some("root".into()),
+            job_retention_s: Some(60),
+            job_retention_bytes: Some(1 << 30),
+            ..raw()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(c.job_user.map(|u| (u.uid, u.gid)), Some((0, 0)));
+        assert_eq!(c.retention.max_age, std::time::Duration::from_secs(60));
+        assert_eq!(c.retention.max_bytes, Some(1 << 30));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - `statelock`: one agent per state dir (a `flock` on `agent.lock`).
 //! - `status`: `tandem-agent status`: a snapshot the link publishes, served on a unix socket
 //!   in the state dir (0600), and the client that prints it.
+//! - `retention`: which finished jobs' dirs may be removed, and when (a plain decision).
 //! - `renewal`: renewing the node certificate over the live connection, before it runs out.
 //! - `probe`: the hardware report: the host through sysinfo and `/proc`, GPUs through NVML on a
 //!   dedicated thread with a deadline, GPU health events, GPU fixtures.
@@ -35,6 +36,7 @@ pub mod leftovers;
 pub mod link;
 pub mod probe;
 pub mod renewal;
+pub mod retention;
 pub mod statelock;
 pub mod status;
 pub mod supervisor;
@@ -74,11 +76,11 @@ pub async fn run(
     link.set_containment(std::sync::Arc::clone(&contained));
     match &cfg.job_user {
         Some(u) => {
-            tracing::info!(user = %u.name, uid = u.uid, gid = u.gid, "jobs run as this user")
+            tracing::info!(user = %u.name, uid = u.uid, gid = u.gid, allowed_users = ?cfg.allowed_job_users, allowed_groups = ?cfg.allowed_job_groups, "jobs run as this user unless they name an allowed one")
         }
         None => tracing::warn!(
-            "jobs run as the agent's own user (no job_user in the config): they can read the \
-             node's key and every job's spec"
+            "jobs run as the agent's own user (it is not root, and cannot switch to another): \
+             they can read the node's key and every job's spec"
         ),
     }
     // `tandem-agent status` is a convenience: an agent that cannot serve it still runs.

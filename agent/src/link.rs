@@ -479,11 +479,17 @@ impl Link {
             None => supervisor,
         }
         .with_containment(Arc::clone(&self.containment))
-        .with_job_users(
+        .with_job_accounts(
             self.cfg.job_user.clone(),
             self.cfg.allowed_job_users.clone(),
+            self.cfg.allowed_job_groups.clone(),
         )?;
-        Jobs::new(supervisor, self.lease_tx.subscribe())
+        Jobs::new(
+            supervisor,
+            self.lease_tx.subscribe(),
+            self.cfg.retention,
+            self.cfg.usage_interval,
+        )
     }
 
     /// The exit reports waiting for the link, while no session has them.

@@ -90,6 +90,7 @@ impl Env {
             gpus: Vec::new(),
             limits: Default::default(),
             user: None,
+            group: None,
             session: None,
         }
     }

@@ -30,7 +30,13 @@ use serde::{Deserialize, Serialize};
 /// Version 4 adds [`CoordMsg::StartLimited`], a start with the job's resources as limits; a
 /// coordinator sends it only to sessions of version 4 or later, and a plain `StartJob` to
 /// older ones.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// Version 5 is another change's (an agent restart re-adopting its shims). Version 6 adds
+/// [`AgentMsg::Usage`] (every ~10 s: the node's containment, the disk use of its jobs and each
+/// job's CPU and memory, from its cgroup) and [`CoordMsg::StartAs`] (a start that names the
+/// job's group as well as its user); a coordinator sends `StartAs` only to sessions of version
+/// 6 or later ([`CoordMsg::for_version`]), and an agent sends `Usage` only to a coordinator
+/// that accepted its version-6 `Hello` (coordinators are upgraded first).
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The oldest agent protocol version a coordinator of this build still serves.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
@@ -43,6 +49,9 @@ pub const REASON_OOM_KILLED: &str = "oom_killed";
 
 /// The first version that knows [`CoordMsg::StartLimited`].
 pub const LIMITS_PROTOCOL_VERSION: u16 = 4;
+
+/// The first version that knows [`AgentMsg::Usage`] and [`CoordMsg::StartAs`].
+pub const USAGE_PROTOCOL_VERSION: u16 = 6;
 
 /// A job's resources, as limits its node enforces (its cgroup's memory and CPU).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,6 +124,41 @@ pub enum AgentMsg {
     /// no token use, no node. Keep it after every older variant (its index is on the wire), and
     /// keep `protocol_version` its first field, as `Hello`'s.
     CheckJoin(Box<CheckJoin>),
+    /// What the node's jobs use (version 6): sent once after `Welcome` and then every ~10 s,
+    /// never with a heartbeat. Not durable: the coordinator keeps the latest in memory only.
+    /// Keep it after every older variant.
+    Usage(Box<NodeUsage>),
+}
+
+/// A node's periodic usage report ([`AgentMsg::Usage`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeUsage {
+    /// How the agent contains jobs: `cgroup-v2`, `cgroup-hybrid` or `process-group`.
+    pub containment: String,
+    /// Why, or where its cgroup tree is, in words.
+    pub containment_note: String,
+    /// Bytes on disk of the jobs' dirs (`STATE_DIR/jobs`, logs included) and default working
+    /// dirs (`STATE_DIR/work`).
+    pub jobs_disk_bytes: u64,
+    /// Finished jobs' dirs removed by retention since the agent started.
+    pub jobs_retired: u64,
+    /// The copies held now, each with what its cgroup counts (none in `process-group` mode).
+    pub jobs: Vec<JobUsage>,
+}
+
+/// One job copy's use of the node, from its cgroup.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobUsage {
+    /// The job.
+    pub job_id: String,
+    /// The copy's fencing token.
+    pub fencing_token: u64,
+    /// CPU time used so far, microseconds (user + system, every process of the copy).
+    pub cpu_usec: Option<u64>,
+    /// Memory charged to it now, bytes.
+    pub memory_bytes: Option<u64>,
+    /// The most memory charged to it at once, bytes.
+    pub memory_peak_bytes: Option<u64>,
 }
 
 /// What `tandem-agent check` asks (see [`AgentMsg::CheckJoin`]).
@@ -381,23 +425,54 @@ pub enum CoordMsg {
         /// its agent does not allow.
         user: Option<String>,
     },
+    /// Start a job copy within `limits`, as `user` and `group` (version 6; see
+    /// [`CoordMsg::for_version`] for older sessions). Keep it after every older variant.
+    StartAs {
+        /// The start.
+        start: Box<StartJob>,
+        /// The job's resources, enforced.
+        limits: JobLimits,
+        /// The user the job asks to run as (`None`: the node's default).
+        user: Option<String>,
+        /// The group the job asks to run as (`None`: the user's, or the node's default).
+        group: Option<String>,
+    },
 }
 
 impl CoordMsg {
     /// The job and token of a start, of either kind.
     pub fn started_copy(&self) -> Option<(&str, u64)> {
         match self {
-            CoordMsg::StartJob(s) | CoordMsg::StartLimited { start: s, .. } => {
-                Some((&s.job_id, s.fencing_token))
-            }
+            CoordMsg::StartJob(s)
+            | CoordMsg::StartLimited { start: s, .. }
+            | CoordMsg::StartAs { start: s, .. } => Some((&s.job_id, s.fencing_token)),
             _ => None,
         }
     }
 
     /// This message as a session of protocol `version` understands it: a limited start is a
-    /// plain start before [`LIMITS_PROTOCOL_VERSION`].
+    /// plain start before [`LIMITS_PROTOCOL_VERSION`]; a start with a group is a limited start
+    /// before [`USAGE_PROTOCOL_VERSION`]. There, a job that names a group is sent as the user
+    /// `USER:GROUP`, which no older node allows: it refuses the start with the reason, instead
+    /// of running the job under another group than the one it asked for.
     pub fn for_version(self, version: u16) -> CoordMsg {
-        match self {
+        let m = match self {
+            CoordMsg::StartAs {
+                start,
+                limits,
+                user,
+                group,
+            } if version < USAGE_PROTOCOL_VERSION => CoordMsg::StartLimited {
+                start,
+                limits,
+                user: match group {
+                    None => user,
+                    Some(g) => Some(format!("{}:{g}", user.unwrap_or_default())),
+                },
+            },
+            m => m,
+        };
+        match m {
             CoordMsg::StartLimited { start, .. } if version < LIMITS_PROTOCOL_VERSION => {
                 CoordMsg::StartJob(start)
             }
@@ -501,4 +576,52 @@ pub enum CoordDatagram {
         /// The lease granted.
         lease_ms: u32,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start() -> Box<StartJob> {
+        Box::new(StartJob {
+            job_id: "j".into(),
+            job_name: "n".into(),
+            fencing_token: 3,
+            command: vec!["true".into()],
+            env: Default::default(),
+            workdir: None,
+            gpus: vec![],
+        })
+    }
+
+    fn start_as(user: Option<&str>, group: Option<&str>) -> CoordMsg {
+        CoordMsg::StartAs {
+            start: start(),
+            limits: JobLimits::default(),
+            user: user.map(Into::into),
+            group: group.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_start_with_a_group_is_never_sent_to_an_old_node_as_one_without() {
+        let m = start_as(Some("svc"), Some("video"));
+        assert_eq!(m.clone().for_version(USAGE_PROTOCOL_VERSION), m);
+        // Version 4 and 5: a limited start whose user no node allows ("svc:video"): refused
+        // there with the reason, never run under the user's own group.
+        let CoordMsg::StartLimited { user, .. } = m.clone().for_version(5) else {
+            panic!("not a limited start");
+        };
+        assert_eq!(user.as_deref(), Some("svc:video"));
+        let CoordMsg::StartLimited { user, .. } = start_as(None, Some("g")).for_version(4) else {
+            panic!("not a limited start");
+        };
+        assert_eq!(user.as_deref(), Some(":g"));
+        let CoordMsg::StartLimited { user, .. } = start_as(Some("svc"), None).for_version(4) else {
+            panic!("not a limited start");
+        };
+        assert_eq!(user.as_deref(), Some("svc"));
+        assert!(matches!(m.clone().for_version(3), CoordMsg::StartJob(_)));
+        assert_eq!(m.started_copy(), Some(("j", 3)));
+    }
 }

@@ -21,6 +21,7 @@
 //! - `server`: the QUIC endpoint, one task per connection.
 //! - `admin`: the HTTP/JSON admin endpoint and `/metrics`.
 //! - `metrics`: counters and histograms.
+//! - `usage`: what each node's jobs use, as last reported (in memory only).
 //! - `dev`: `tandem-coordinator dev`, a coordinator and a few agents on loopback.
 
 pub mod admin;
@@ -41,6 +42,7 @@ pub mod outbox;
 pub mod retention;
 pub mod server;
 pub mod store;
+pub mod usage;
 
 use crate::config::Config;
 use crate::detector::{DetectorConfig, FailureDetector};

@@ -372,7 +372,14 @@ fn init_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Starts an agent named `name` with state in `state_dir`.
+/// Given to [`start_agent`] (in `extra`): start the agent with its own default job user
+/// (`nobody` as root) instead of the `--job-user root` the tests' agents get otherwise. Not
+/// passed on to the agent.
+pub const DEFAULT_JOB_USER: &str = "--tandem-tests-default-job-user";
+
+/// Starts an agent named `name` with state in `state_dir`. Its jobs run as root (`--job-user
+/// root`: most tests' jobs write to the test's own temporary dir, which only root can reach)
+/// unless `extra` names `--job-user` or holds [`DEFAULT_JOB_USER`].
 pub fn start_agent(
     quic: &str,
     state_dir: &Path,
@@ -396,7 +403,13 @@ pub fn start_agent(
     if let Some(t) = token {
         args.extend(["--token", t]);
     }
-    args.extend(extra);
+    let own_user = extra
+        .iter()
+        .any(|a| *a == "--job-user" || *a == DEFAULT_JOB_USER);
+    if !own_user {
+        args.extend(["--job-user", "root"]);
+    }
+    args.extend(extra.iter().filter(|a| **a != DEFAULT_JOB_USER));
     let n = std::fs::read_dir(state_dir)?.count();
     Proc::spawn(
         &bin("tandem-agent"),

@@ -312,14 +312,15 @@ fn a_job_works_apart_from_the_supervisors_files() -> Result<()> {
     Ok(())
 }
 
-/// With `job_user` set (here `nobody`), a job runs as that user: it cannot read the node's key
-/// nor another job's spec (which holds that job's environment), nor list the agent's state dir;
-/// its own working dir is its own. The test's own dirs are opened up (`0711`) so that only the
-/// agent's modes stand in the way.
+/// With no `job_user` in its config, an agent that runs as root runs its jobs as `nobody`: a
+/// job cannot read the node's key nor another job's spec (which holds that job's
+/// environment), nor list the agent's state dir; its own working dir is its own (it writes
+/// there). The test's own dirs are opened up (`0711`) so that only the agent's modes stand in
+/// the way.
 ///
 /// On the code before the fix (jobs ran as the agent's user): `uid 0`: the job read the key.
 #[test]
-fn a_job_as_the_configured_user_cannot_read_the_node_key_or_another_jobs_spec() -> Result<()> {
+fn a_job_as_the_default_user_cannot_read_the_node_key_or_another_jobs_spec() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let Some(nobody) = nobody_or_skip() else {
         return Ok(());
@@ -329,7 +330,7 @@ fn a_job_as_the_configured_user_cannot_read_the_node_key_or_another_jobs_spec() 
     let r = f.tmp.path().join("results");
     std::fs::create_dir(&r)?;
     std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o777))?;
-    f.start_agents(&["asuser-a"], &["--job-user", "nobody"])?;
+    f.start_agents(&["asuser-a"], &[tandem_tests::DEFAULT_JOB_USER])?;
     let state = f.state_dir("asuser-a");
     let submit = |name: &str, script: String| -> Result<String> {
         let j = f.api().post(
@@ -358,7 +359,10 @@ fn a_job_as_the_configured_user_cannot_read_the_node_key_or_another_jobs_spec() 
         "id -u > {rd}/uid; touch ./mine && echo ok > {rd}/own; \
          cat {} > {rd}/key 2>&1; echo $? > {rd}/key.rc; \
          cat {} > {rd}/spec 2>&1; echo $? > {rd}/spec.rc; \
-         ls {} > {rd}/ls 2>&1; echo $? > {rd}/ls.rc; echo done > {rd}/done; exec sleep 600",
+         ls {} > {rd}/ls 2>&1; echo $? > {rd}/ls.rc; \
+         cat {2}/jobs/$TANDEM_JOB_ID/status.json > {rd}/status 2>&1; echo $? > {rd}/status.rc; \
+         echo 999 > {2}/jobs/$TANDEM_JOB_ID/fencing_token; echo $? > {rd}/token.rc; \
+         echo done > {rd}/done; exec sleep 600",
         key.display(),
         spec.display(),
         state.display()
@@ -396,6 +400,14 @@ fn a_job_as_the_configured_user_cannot_read_the_node_key_or_another_jobs_spec() 
     check(read("ls.rc").trim() != "0", || {
         format!("the job listed the state dir: {}", read("ls"))
     })?;
+    check(read("status.rc").trim() != "0", || {
+        format!("the job read its supervisor's status: {}", read("status"))
+    })?;
+    check(read("token.rc").trim() != "0", || {
+        "the job wrote its supervisor's fencing token".into()
+    })?;
+    let token = std::fs::read_to_string(state.join("jobs").join(&prober).join("fencing_token"))?;
+    check(token.trim() != "999", || "the token was overwritten".into())?;
     Ok(())
 }
 
@@ -487,7 +499,10 @@ fn a_job_runs_as_the_user_it_names_only_where_its_node_allows_it() -> Result<()>
     let cfg = f.tmp.path().join("agent.toml");
     std::fs::write(&cfg, "allowed_job_users = [\"nobody\"]\n")?;
     let cfg = cfg.to_str().context("utf-8")?.to_string();
-    f.start_agents(&["named-a"], &["--config", &cfg])?;
+    f.start_agents(
+        &["named-a"],
+        &["--config", &cfg, tandem_tests::DEFAULT_JOB_USER],
+    )?;
     let submit = |name: &str, user: &str| {
         f.api().send(
             "POST",

@@ -136,18 +136,27 @@ fn dev_modes_agents_and_their_jobs_die_when_it_is_killed_with_sigkill() -> Resul
     let tmp = tempfile::tempdir()?;
     let dev = start_dev(&bin("tandem-coordinator"), tmp.path(), 2, None)?;
     let pids = dev.agent_pids(2)?;
-    let pid_file = tmp.path().join("job.pid");
-    dev.api.post(
+    // The job runs as the agents' default user (`nobody` when the test runs as root), which
+    // cannot write to the test's dir: it says its pid on stdout.
+    let j = dev.api.post(
         "/v1/jobs",
         &serde_json::json!({
             "name": "sleeper",
             "cluster": "dev",
-            "command": ["/bin/sh", "-c", format!("echo $$ > {}; exec sleep 600", pid_file.display())],
+            "command": ["/bin/sh", "-c", "echo $$; exec sleep 600"],
             "resources": {"cpu_millis": 100, "memory_bytes": 67108864, "gpus": 0},
         }),
     )?;
-    let job_pid: i32 = wait_for(LONG, "the job to write its pid", || {
-        std::fs::read_to_string(&pid_file).ok()?.trim().parse().ok()
+    let id = j["job"]["id"].as_str().context("job id")?.to_string();
+    let job_pid: i32 = wait_for(LONG, "the job to say its pid", || {
+        let l = dev.api.get(&format!("/v1/jobs/{id}/logs?tail=5")).ok()?;
+        l["stdout"]
+            .as_array()?
+            .first()?
+            .as_str()?
+            .trim()
+            .parse()
+            .ok()
     })?;
     // Only dev mode itself: not its process group.
     let mut dev = dev;

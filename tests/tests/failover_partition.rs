@@ -220,6 +220,9 @@ fn a_real_partition_between_network_namespaces_moves_the_job_without_overlap() -
         &ns.ns_ip,
         "--token",
         &f.token,
+        // The writer job writes to the test's dir, which only root can reach.
+        "--job-user",
+        "root",
     ];
     // `ip netns exec` execs the agent in place: the process is the agent.
     let p = tandem_tests::Proc::spawn(std::path::Path::new("ip"), &args, &dir.join("agent-0.log"))?;

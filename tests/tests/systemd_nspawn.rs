@@ -819,6 +819,13 @@ fn scenario(m: &Machine, t0: Instant) -> Result<()> {
         "# name = \"edge-01\"",
         &format!("name = \"{node}\""),
     )?;
+    // The writer job appends to a file in the agent's state dir, which only root can reach
+    // (jobs run as `nobody` by default).
+    let agent_toml = replace(
+        &agent_toml,
+        "# job_user = \"nobody\"",
+        "job_user = \"root\"",
+    )?;
     let stage = "/root/tandem-install";
     m.write(
         &format!("{stage}/coordinator.toml"),

@@ -139,6 +139,17 @@ pub struct JobCgroup {
     pub oom_file: Option<PathBuf>,
 }
 
+/// What a job's cgroups count (see [`Containment::usage`]); `None` where a count is not kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time, microseconds.
+    pub cpu_usec: Option<u64>,
+    /// Memory charged now, bytes.
+    pub memory_bytes: Option<u64>,
+    /// The most memory charged at once, bytes.
+    pub memory_peak_bytes: Option<u64>,
+}
+
 /// The agent's containment, decided once at start.
 #[derive(Clone, Debug)]
 pub struct Containment {
@@ -432,6 +443,40 @@ impl Containment {
     pub fn kill_job(&self, job_id: &str, limit: std::time::Duration) -> bool {
         self.job(job_id)
             .is_none_or(|cg| cgroup::kill_until_empty(&cg.job, limit))
+    }
+
+    /// What `job_id`'s job (its `job` leaf: not its shim) has used, from its cgroups: CPU time
+    /// from `cpu.stat` (any cgroup2 cgroup has it, controllers or not), memory now and at peak
+    /// from the v2 memory controller where it reaches the job, else from the job's v1 memory
+    /// cgroup (hybrid hosts: only a job with a memory limit has one). `None` in process-group
+    /// mode.
+    pub fn usage(&self, job_id: &str) -> Option<Usage> {
+        let cg = self.job(job_id)?;
+        let read = |p: PathBuf| std::fs::read_to_string(p).ok();
+        let num = |p: PathBuf| read(p).and_then(|s| s.trim().parse::<u64>().ok());
+        let cpu_usec = read(cg.job.join("cpu.stat")).and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
+        });
+        let (memory_bytes, memory_peak_bytes) = if self.v2_limits.is_ok() {
+            (
+                num(cg.job.join("memory.current")),
+                num(cg.job.join("memory.peak")),
+            )
+        } else if self.v1.iter().any(|(c, _)| *c == V1::Memory) {
+            let d = self.v1_dir(V1::Memory, job_id);
+            (
+                num(d.join("memory.usage_in_bytes")),
+                num(d.join("memory.max_usage_in_bytes")),
+            )
+        } else {
+            (None, None)
+        };
+        Some(Usage {
+            cpu_usec,
+            memory_bytes,
+            memory_peak_bytes,
+        })
     }
 
     /// Removes `job_id`'s cgroups if nothing lives in them.

@@ -32,6 +32,9 @@ pub(super) struct JobRx {
     pub(super) ended: Ended,
     /// Other answers (started, logs) to send as they are.
     pub(super) outbox: mpsc::Receiver<AgentMsg>,
+    /// The latest usage report (protocol 6); only the newest is ever sent, so reports made
+    /// while no session runs never pile up.
+    pub(super) usage: watch::Receiver<Option<Arc<tandem_common::proto::NodeUsage>>>,
 }
 
 /// The two sources of exit reports: the supervisor's exits and refused starts.
@@ -98,13 +101,23 @@ fn job_limits(sent: Option<tandem_common::proto::JobLimits>) -> crate::containme
 }
 
 impl Jobs {
-    /// Runs jobs with `supervisor`, following the link's lease.
+    /// Runs jobs with `supervisor`, following the link's lease; reports usage and runs
+    /// retention by `policy` every `every`.
     pub(super) fn new(
         supervisor: Supervisor,
         lease: watch::Receiver<LeaseView>,
+        policy: crate::retention::Policy,
+        every: Duration,
     ) -> Result<Self, SupervisorError> {
         let supervisor = Arc::new(supervisor);
         supervisor.follow_lease(lease);
+        let (usage_tx, usage) = watch::channel(None);
+        tokio::spawn(crate::supervisor::housekeeping::run(
+            Arc::downgrade(&supervisor),
+            policy,
+            every,
+            usage_tx,
+        ));
         let exits = supervisor
             .exits()
             .ok_or_else(|| SupervisorError::InvalidJob("exits taken".into()))?;
@@ -118,6 +131,7 @@ impl Jobs {
             rx: Some(JobRx {
                 ended: Ended { exits, refusals },
                 outbox,
+                usage,
             }),
         })
     }
@@ -134,6 +148,12 @@ impl Jobs {
                 new.as_millis()
             );
         }
+    }
+
+    /// The coordinator acknowledged the end of `job_id`'s copy `token`: retention may then
+    /// remove its dir.
+    pub(super) fn exit_acknowledged(&self, job_id: &str, token: u64) {
+        self.supervisor.exit_acknowledged(job_id, token);
     }
 
     /// Every copy held: running, or a start accepted and in progress.
@@ -165,6 +185,7 @@ impl Jobs {
         session: u64,
         limits: Option<tandem_common::proto::JobLimits>,
         user: Option<String>,
+        group: Option<String>,
     ) {
         let (sup, out, refusals) = (
             self.supervisor.clone(),
@@ -205,6 +226,7 @@ impl Jobs {
                 gpus: cmd.gpus,
                 limits: job_limits(limits),
                 user,
+                group,
                 session: Some(session),
             };
             match sup.start(start).await {
@@ -319,7 +341,16 @@ mod tests {
             .unwrap()
             .with_shim_program("/nonexistent/shim");
         let (lease_tx, lease_rx) = watch::channel(LeaseView::default());
-        (Jobs::new(sup, lease_rx).unwrap(), lease_tx)
+        (
+            Jobs::new(
+                sup,
+                lease_rx,
+                crate::retention::Policy::default(),
+                Duration::from_secs(3600),
+            )
+            .unwrap(),
+            lease_tx,
+        )
     }
 
     /// Polls until the copy held for the job is the one with `token`.
@@ -373,13 +404,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut jobs, _lease) = jobs(dir.path());
         let mut rx = jobs.rx.take().unwrap();
-        jobs.start(cmd("a", 3), 1, None, None);
+        jobs.start(cmd("a", 3), 1, None, None, None);
         held_as(&jobs, 3).await;
         assert_eq!(jobs.held()[0].state, HeldState::Starting);
         // The same copy again: nothing. A newer copy while it still waits for its lease:
         // the newer one supersedes it (it has no process and nothing on disk).
-        jobs.start(cmd("a", 3), 1, None, None);
-        jobs.start(cmd("a", 4), 1, None, None);
+        jobs.start(cmd("a", 3), 1, None, None, None);
+        jobs.start(cmd("a", 4), 1, None, None, None);
         held_as(&jobs, 4).await;
         // Both give up without a lease: one refusal each, and nothing else.
         assert_eq!(
@@ -410,14 +441,14 @@ mod tests {
             ("gone", 7, ExitCause::Lost)
         );
 
-        jobs.start(cmd("a", 3), 1, None, None);
+        jobs.start(cmd("a", 3), 1, None, None, None);
         held_as(&jobs, 3).await;
         jobs.stop("a".into(), 3, 5_000);
         assert!(
             jobs.held().is_empty(),
             "the waiting start is cancelled at once"
         );
-        jobs.start(cmd("a", 4), 1, None, None);
+        jobs.start(cmd("a", 4), 1, None, None, None);
         held_as(&jobs, 4).await;
         // Without a lease both give up after their wait, as refusals (the cancelled one never
         // goes ahead, whatever comes first).

@@ -30,10 +30,15 @@ impl Link {
         identity: &mut Identity,
         overflow: Vec<JobExitReport>,
     ) -> String {
-        let (mut ended, mut outbox) = match rx.as_mut() {
-            Some(r) => (Some(&mut r.ended), Some(&mut r.outbox)),
-            None => (None, None),
+        let (mut ended, mut outbox, mut usage) = match rx.as_mut() {
+            Some(r) => (Some(&mut r.ended), Some(&mut r.outbox), Some(&mut r.usage)),
+            None => (None, None, None),
         };
+        // The latest usage report goes out at once on every session (the containment mode
+        // with it), then each new one.
+        if let Some(u) = usage.as_mut() {
+            u.mark_changed();
+        }
         // Exits that did not fit in the Hello follow it at once, then those never kept.
         let unkept = std::mem::take(&mut self.unkept);
         for report in overflow.into_iter().chain(unkept) {
@@ -139,6 +144,12 @@ impl Link {
                         return format!("reporting a job exit: {e}");
                     }
                 }
+                Some(report) = async { match usage.as_mut() { Some(u) => u.changed().await.ok().and_then(|()| u.borrow_and_update().clone()), None => None } } => {
+                    let msg = AgentMsg::Usage(Box::new((*report).clone()));
+                    if let Err(e) = codec::write_msg(&mut send, &msg, DEFAULT_MAX_FRAME).await {
+                        return format!("sending a usage report: {e}");
+                    }
+                }
                 Some(out) = async { match outbox.as_mut() { Some(r) => r.recv().await, None => None } } => {
                     if let Err(e) = codec::write_msg(&mut send, &out, DEFAULT_MAX_FRAME).await {
                         return format!("sending a job report: {e}");
@@ -146,10 +157,13 @@ impl Link {
                 }
                 msg = control.recv() => match msg.transpose() {
                     Ok(Some(CoordMsg::StartJob(cmd))) => {
-                        if let Some(j) = &self.jobs { j.start(*cmd, welcome.session, None, None) }
+                        if let Some(j) = &self.jobs { j.start(*cmd, welcome.session, None, None, None) }
                     }
                     Ok(Some(CoordMsg::StartLimited { start, limits, user })) => {
-                        if let Some(j) = &self.jobs { j.start(*start, welcome.session, Some(limits), user) }
+                        if let Some(j) = &self.jobs { j.start(*start, welcome.session, Some(limits), user, None) }
+                    }
+                    Ok(Some(CoordMsg::StartAs { start, limits, user, group })) => {
+                        if let Some(j) = &self.jobs { j.start(*start, welcome.session, Some(limits), user, group) }
                     }
                     Ok(Some(CoordMsg::StopJob { job_id, fencing_token, kill_timeout_ms })) => {
                         if let Some(j) = &self.jobs { j.stop(job_id, fencing_token, kill_timeout_ms) }
@@ -158,8 +172,14 @@ impl Link {
                         if let Some(j) = &self.jobs { j.tail_logs(request, job_id, lines) }
                     }
                     Ok(Some(CoordMsg::ExitAck { job_id, fencing_token })) => match self.exits.ack(&job_id, fencing_token) {
-                        Ok(true) => tracing::debug!(job = %job_id, fencing_token, "exit acknowledged"),
-                        Ok(false) => tracing::debug!(job = %job_id, fencing_token, "acknowledged an exit not kept (already acknowledged)"),
+                        Ok(true) => {
+                            tracing::debug!(job = %job_id, fencing_token, "exit acknowledged");
+                            if let Some(j) = &self.jobs { j.exit_acknowledged(&job_id, fencing_token) }
+                        }
+                        Ok(false) => {
+                            tracing::debug!(job = %job_id, fencing_token, "acknowledged an exit not kept (already acknowledged)");
+                            if let Some(j) = &self.jobs { j.exit_acknowledged(&job_id, fencing_token) }
+                        }
                         Err(e) => tracing::warn!(job = %job_id, fencing_token, error = %e, "cannot forget an acknowledged exit; it will be reported again"),
                     },
                     Ok(Some(CoordMsg::ReportJobs { request })) => {

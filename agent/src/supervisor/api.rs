@@ -58,6 +58,9 @@ pub struct JobStart {
     /// The user the job asks to run as (`None`: the default, `job_user` or the agent's own);
     /// refused unless it is the default or one of the allowed users.
     pub user: Option<String>,
+    /// The group the job asks to run as (`None`: its user's); refused unless its user is a
+    /// member or the agent allows it.
+    pub group: Option<String>,
     /// The session the start came on. A start that arrives without a lease and waits for one
     /// takes only a lease that an ack *of this session* gave: once the session is gone (the
     /// node may have been declared down, and the job placed elsewhere), a lease from the next
@@ -112,7 +115,7 @@ pub struct Supervisor {
     shim_program: PathBuf,
     log_max_bytes: u64,
     path_env: String,
-    held: Arc<HeldTable>,
+    pub(super) held: Arc<HeldTable>,
     exits_tx: mpsc::Sender<JobExit>,
     /// The lease deadline in CLOCK_MONOTONIC ns; `None` = no lease. Dropped with the supervisor,
     /// which closes every shim's stdin.
@@ -121,11 +124,13 @@ pub struct Supervisor {
     lease_session: Arc<watch::Sender<u64>>,
     exits_rx: Mutex<Option<mpsc::Receiver<JobExit>>>,
     /// How jobs are contained (a cgroup each, or their process group).
-    containment: Arc<Containment>,
+    pub(super) containment: Arc<Containment>,
     /// The user jobs run as; `None`: the agent's own.
     pub(super) job_user: Option<crate::containment::user::JobUser>,
     /// The users a job may name (`allowed_job_users`), looked up when a job names one.
     pub(super) allowed_users: Vec<String>,
+    /// The groups a job may name beyond its user's own (`allowed_job_groups`).
+    pub(super) allowed_groups: Vec<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -184,6 +189,7 @@ impl Supervisor {
             containment: Arc::new(Containment::process_group("not configured")),
             job_user: None,
             allowed_users: Vec::new(),
+            allowed_groups: Vec::new(),
         })
     }
 
@@ -273,7 +279,7 @@ impl Supervisor {
         })
     }
 
-    fn job_dir(&self, job_id: &str) -> Result<PathBuf, SupervisorError> {
+    pub(super) fn job_dir(&self, job_id: &str) -> Result<PathBuf, SupervisorError> {
         validate_job_id(job_id).map_err(SupervisorError::InvalidJob)?;
         Ok(self.jobs_dir.join(job_id))
     }
@@ -303,6 +309,9 @@ impl Supervisor {
             path: &self.path_env,
         })
         .map_err(SupervisorError::InvalidJob)?;
+        // Before anything is held or written: a user or group this node does not allow is
+        // refused with nothing left behind.
+        let user = self.user_for(job.user.as_deref(), job.group.as_deref())?;
         let claim = match self.held.claim(&id, job.fencing_token)? {
             Claimed::New(c) => c,
             Claimed::Running(started) => return Ok(started),
@@ -355,7 +364,6 @@ impl Supervisor {
         write_token(&job_dir, job.fencing_token)?;
         // The job's own dir, apart from the supervisor's (`lock`, `fencing_token`, `spec.json`,
         // `status.json`): a job that tidies its working dir, or `..` of it, cannot reach them.
-        let user = self.user_for(job.user.as_deref())?;
         let workdir = match job.workdir {
             Some(w) => w,
             None => {

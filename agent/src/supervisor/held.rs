@@ -76,6 +76,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl HeldTable {
+    /// Runs `f` with the table locked if no copy of `job_id` is held: no start of it can be
+    /// admitted (and make its dir) until `f` returns. `None` if a copy is held.
+    pub(super) fn unheld_then<R>(&self, job_id: &str, f: impl FnOnce() -> R) -> Option<R> {
+        let jobs = lock(&self.jobs);
+        if jobs.contains_key(job_id) {
+            return None;
+        }
+        let r = f();
+        drop(jobs);
+        Some(r)
+    }
+
     /// Admits a start of `job_id` with `token` (see [`super::admit`]) and, if nothing is held,
     /// enters it as starting. A repeat of a start in progress is
     /// [`SupervisorError::StartInProgress`]; another token while a copy is held is refused.

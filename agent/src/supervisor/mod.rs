@@ -95,6 +95,7 @@ pub mod backstop;
 mod follow;
 pub mod guard;
 mod held;
+pub mod housekeeping;
 pub mod logs;
 pub mod protocol;
 pub mod shim;

@@ -390,6 +390,10 @@ pub struct RunJob {
     /// The user it runs as on its node (one the node's agent allows); default: the node's.
     #[arg(long)]
     pub user: Option<String>,
+    /// The group it runs as on its node (its user's, or one the node's agent allows);
+    /// default: its user's.
+    #[arg(long)]
+    pub group: Option<String>,
     /// The program and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
     pub command: Vec<String>,

@@ -27,6 +27,9 @@ pub fn run_body(a: &RunJob) -> Value {
     if let Some(u) = &a.user {
         body["user"] = json!(u);
     }
+    if let Some(g) = &a.group {
+        body["group"] = json!(g);
+    }
     if let Some(m) = a.max_restarts {
         body["max_restarts"] = json!(m);
     }
@@ -79,6 +82,27 @@ fn time(v: &Value) -> String {
 }
 
 /// Bytes in the largest binary unit that keeps them whole-ish: `256 MiB`, `1.5 GiB`.
+/// A job's usage as the API reports it (`usage`): CPU seconds, memory now and at peak, and how
+/// its node contains it.
+pub fn usage(u: &Value) -> String {
+    if u.is_null() {
+        return "- (not reported: the job does not run, or its node is older than protocol 6)"
+            .into();
+    }
+    let cpu = u["cpu_seconds"]
+        .as_f64()
+        .map_or("-".to_string(), |c| format!("{c:.2}"));
+    format!(
+        "{cpu} CPU s, {} memory now, {} at peak ({}, {} s ago)",
+        bytes(&u["memory_bytes"]),
+        bytes(&u["memory_peak_bytes"]),
+        s(&u["containment"]),
+        u["age_ms"]
+            .as_u64()
+            .map_or("-".into(), |a| (a / 1000).to_string())
+    )
+}
+
 pub fn bytes(v: &Value) -> String {
     let Some(b) = v.as_u64() else {
         return "-".into();
@@ -314,6 +338,8 @@ fn print_job(names: &Names, j: &Value) {
         ("Environment", env),
         ("Workdir", s(&spec["workdir"])),
         ("User", s(&spec["user"])),
+        ("Group", s(&spec["group"])),
+        ("Usage", usage(&j["usage"])),
         ("Constraints", labels(&spec["constraints"]["labels"])),
         (
             "Submitted",
@@ -389,6 +415,10 @@ mod tests {
             "zone=a",
             "--workdir",
             "/srv",
+            "--user",
+            "svc",
+            "--group",
+            "video",
             "--",
             "/bin/sh",
             "-c",
@@ -411,6 +441,7 @@ mod tests {
                 "resources": {"cpu_millis": 500, "memory_bytes": 1u64 << 30, "gpus": 2},
                 "restart": "always", "max_restarts": 9,
                 "constraints": {"labels": {"zone": "a"}}, "workdir": "/srv",
+                "user": "svc", "group": "video",
             })
         );
     }
@@ -436,6 +467,7 @@ mod tests {
         assert_eq!(body["restart"], "on_failure");
         assert!(body.get("max_restarts").is_none(), "the API's default");
         assert!(body.get("workdir").is_none());
+        assert!(body.get("user").is_none() && body.get("group").is_none());
         assert_eq!(body["env"], json!({}));
         // Global options may come before the command.
         let cli = parse(&[

@@ -228,6 +228,21 @@ fn print_node(n: &Value) {
         ("Address", s(&n["address"])),
         ("Agent version", s(&n["agent_version"])),
         (
+            "Containment",
+            match n["containment_note"].as_str() {
+                Some(note) if !note.is_empty() => format!("{} ({note})", s(&n["containment"])),
+                _ => s(&n["containment"]),
+            },
+        ),
+        (
+            "Jobs on disk",
+            format!(
+                "{} ({} finished jobs' dirs removed by retention)",
+                super::jobs::bytes(&n["jobs_disk_bytes"]),
+                s(&n["jobs_retired"])
+            ),
+        ),
+        (
             "Joined",
             format!("{} ({})", s(&n["created_at"]), ago(&n["created_at"])),
         ),

@@ -130,7 +130,30 @@ pub(super) async fn list(
 }
 
 pub(super) async fn get(State(s): Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(view(&find(&s, &id)?)))
+    let j = find(&s, &id)?;
+    let mut v = view(&j);
+    v["usage"] = usage(&s.membership.usage, &j, std::time::Instant::now());
+    Ok(Json(v))
+}
+
+/// The current copy's usage as its node last reported it (protocol 6, every ~10 s), or `null`:
+/// no copy runs, or its node has not reported it (yet, or an agent older than protocol 6).
+pub fn usage(board: &crate::usage::UsageBoard, j: &JobRecord, now: std::time::Instant) -> Value {
+    let Some(p) = &j.current else {
+        return Value::Null;
+    };
+    let Some(c) = board.copy(&p.node, &j.id, p.fencing_token, now) else {
+        return Value::Null;
+    };
+    json!({
+        "node": p.node,
+        "fencing_token": p.fencing_token,
+        "containment": c.containment,
+        "cpu_seconds": c.usage.cpu_usec.map(|u| u as f64 / 1e6),
+        "memory_bytes": c.usage.memory_bytes,
+        "memory_peak_bytes": c.usage.memory_peak_bytes,
+        "age_ms": c.age.as_millis() as u64,
+    })
 }
 
 pub(super) async fn stop(

@@ -243,6 +243,7 @@ async fn metrics(State(s): Shared) -> Result<impl IntoResponse, ApiError> {
                 "# per-GPU series left out: the fleet has more than {MAX_GPU_SERIES} GPUs\n"
             ));
         }
+        s.membership.usage.render(&mut text);
         let hold = s.membership.restart_hold_left(Instant::now());
         text.push_str(&format!(
             "# HELP tandem_restart_hold_remaining_seconds Time left of a planned restart's hold: nobody is declared down before it ends.\n# TYPE tandem_restart_hold_remaining_seconds gauge\ntandem_restart_hold_remaining_seconds {:.3}\n",

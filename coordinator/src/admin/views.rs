@@ -11,6 +11,8 @@ use tandem_common::time::rfc3339;
 /// A node object.
 pub fn node(m: &Engine, e: &NodeEntry, now: Instant) -> Value {
     let r = &e.record;
+    // From the node's last usage report (protocol 6); `null` where its agent is older.
+    let u = m.usage.node(&r.id, now);
     json!({
         "id": r.id,
         "name": r.name,
@@ -22,6 +24,11 @@ pub fn node(m: &Engine, e: &NodeEntry, now: Instant) -> Value {
         "connected": e.live.is_some(),
         "address": r.address,
         "agent_version": r.agent_version,
+        "containment": u.as_ref().map(|u| u.containment.clone()),
+        "containment_note": u.as_ref().map(|u| u.containment_note.clone()),
+        "jobs_disk_bytes": u.as_ref().map(|u| u.jobs_disk_bytes),
+        "jobs_retired": u.as_ref().map(|u| u.jobs_retired),
+        "usage_age_ms": u.as_ref().map(|u| u.age.as_millis() as u64),
         "created_at": rfc3339(r.created_ms),
         "cert_serial": r.cert_serial,
         "previous_cert_serial": r.previous_cert_serial,

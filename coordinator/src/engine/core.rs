@@ -35,6 +35,8 @@ pub struct Engine {
     pub(super) clock: Arc<dyn crate::clock::Clock>,
     /// How long finished records are kept.
     pub(super) retention: crate::retention::Retention,
+    /// What each node's jobs use, as last reported (memory only: never stored).
+    pub usage: crate::usage::UsageBoard,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,6 +114,7 @@ impl Engine {
             fence_update: Mutex::new(None),
             clock: Arc::new(crate::clock::SystemClock),
             retention: Default::default(),
+            usage: Default::default(),
         })
     }
 

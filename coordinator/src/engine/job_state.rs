@@ -132,8 +132,9 @@ pub(super) fn start_msg(t: &Fleet, cmd: StartJob) -> CoordMsg {
             cpu_millis: j.spec.resources.cpu_millis,
         })
         .unwrap_or_default();
-    CoordMsg::StartLimited {
+    CoordMsg::StartAs {
         user: job.and_then(|j| j.spec.user.clone()),
+        group: job.and_then(|j| j.spec.group.clone()),
         start: Box::new(cmd),
         limits,
     }

@@ -76,6 +76,10 @@ impl Engine {
                 Handled::Done
             }
             AgentMsg::RenewCertificate { csr_pem } => Handled::Renew { csr_pem },
+            AgentMsg::Usage(u) => {
+                self.usage.record(node, *u, self.clock.now());
+                Handled::Done
+            }
             AgentMsg::Hello(_) | AgentMsg::CheckJoin(_) => {
                 self.metrics
                     .bad_messages

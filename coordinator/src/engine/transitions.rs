@@ -140,6 +140,7 @@ impl Engine {
                 }
                 self.lock().removing.remove(&node);
                 self.forget(&node);
+                self.usage.forget(&node);
             }
             FollowUp::Recovered { node } => {
                 // A failover that waited to see whether this suspect goes down too goes on.

@@ -122,10 +122,16 @@ pub struct JobSpec {
     #[serde(default)]
     pub tolerations: Vec<Toleration>,
     /// The user it runs as on its node, by name; `None`: the node's default (its agent's
-    /// `job_user`, else the agent's own user). A node runs a job as a named user only if its
-    /// agent's `allowed_job_users` lists it, and refuses the start otherwise.
+    /// `job_user`: `nobody` unless configured otherwise). A node runs a job as a named user
+    /// only if its agent's `allowed_job_users` lists it, and refuses the start otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The group it runs as, by name; `None`: its user's primary group (for the node's default
+    /// user, the agent's `job_group` if set). A node runs a job under a named group only if
+    /// the job's user is a member of it or its agent's `allowed_job_groups` lists it; nodes
+    /// older than protocol 6 refuse every start that names a group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// How a job stands. `tandemctl` keeps its own copy of these names for `jobs list --state`

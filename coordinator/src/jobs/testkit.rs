@@ -64,6 +64,7 @@ pub fn spec(cpu_millis: u64, memory_bytes: u64, gpus: u32) -> JobSpec {
         constraints: Default::default(),
         tolerations: vec![],
         user: None,
+        group: None,
     }
 }
 

@@ -185,8 +185,16 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), ValidationError> {
 /// A user name as `useradd` takes it: 1-32 of lower-case letters, digits, `_`, `-` and `.`,
 /// starting with a letter or `_`.
 fn check_user(user: Option<&str>) -> Result<(), ValidationError> {
-    const F: &str = "user";
-    let Some(u) = user else { return Ok(()) };
+    check_account("user", user)
+}
+
+/// A group name, by the same rule as a user name.
+fn check_group(group: Option<&str>) -> Result<(), ValidationError> {
+    check_account("group", group)
+}
+
+fn check_account(field: &'static str, name: Option<&str>) -> Result<(), ValidationError> {
+    let Some(u) = name else { return Ok(()) };
     let ok_first = u
         .chars()
         .next()
@@ -196,9 +204,9 @@ fn check_user(user: Option<&str>) -> Result<(), ValidationError> {
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c));
     if u.is_empty() || u.len() > 32 || !ok_first || !ok_rest {
         return Err(err(
-            F,
+            field,
             format!(
-                "must be a user name (1-32 of a-z, 0-9, _, - and ., starting with a letter or _), got {}",
+                "must be a {field} name (1-32 of a-z, 0-9, _, - and ., starting with a letter or _), got {}",
                 shown(u)
             ),
         ));
@@ -297,6 +305,7 @@ pub fn validate_spec(spec: &JobSpec) -> Result<(), ValidationError> {
     check_workdir(spec.workdir.as_deref())?;
     check_resources(spec)?;
     check_user(spec.user.as_deref())?;
+    check_group(spec.group.as_deref())?;
     check_labels(&spec.constraints.labels).map_err(|e| err("constraints.labels", e.message))?;
     check_tolerations(&spec.tolerations)
 }
@@ -323,6 +332,7 @@ mod tests {
             constraints: Constraints::default(),
             tolerations: vec![],
             user: None,
+            group: None,
         }
     }
 
@@ -428,7 +438,15 @@ mod tests {
         for bad in ["", "Root", "1abc", "a b", "x/y", &"a".repeat(33)] {
             let e = refused(|s| s.user = Some(bad.into()));
             assert_eq!(e.field, "user", "{bad:?}: {e}");
+            let e = refused(|s| s.group = Some(bad.into()));
+            assert_eq!(e.field, "group", "{bad:?}: {e}");
+            assert!(e.message.contains("must be a group name"), "{e}");
         }
+        assert!(validate_spec(&JobSpec {
+            group: Some("video".into()),
+            ..spec()
+        })
+        .is_ok());
     }
 
     #[test]

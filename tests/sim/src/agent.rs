@@ -467,7 +467,9 @@ impl SimAgent {
                     out.push(Out::NextBeat(now, c));
                 }
             }
-            CoordMsg::StartJob(cmd) | CoordMsg::StartLimited { start: cmd, .. } => {
+            CoordMsg::StartJob(cmd)
+            | CoordMsg::StartLimited { start: cmd, .. }
+            | CoordMsg::StartAs { start: cmd, .. } => {
                 self.start_job(clock, rng, now, sent_ns, *cmd, out)
             }
             CoordMsg::StopJob {

@@ -956,6 +956,7 @@ impl World {
                 constraints: Default::default(),
                 tolerations: Vec::new(),
                 user: None,
+                group: None,
             };
             let id = format!("j-{n:04}");
             let rec = JobRecord::new(

@@ -131,6 +131,10 @@ struct Args {
     /// 6 °C, past the delta's noise rule) [default: 0, never].
     #[arg(long, default_value_t = 0)]
     hardware_update_s: u64,
+    /// Every this many seconds each agent sends a usage report (protocol 6) of 5 running
+    /// copies, as an agent does every 10 s by default [default: 0, never].
+    #[arg(long, default_value_t = 0)]
+    usage_s: u64,
     /// A progress line on stderr this often (0: none).
     #[arg(long, default_value_t = 5)]
     progress_s: u64,
@@ -306,6 +310,7 @@ struct Counters {
     pings: AtomicU64,
     jobs_refused: AtomicU64,
     hardware_updates: AtomicU64,
+    usage_reports: AtomicU64,
     goodbyes_sent: AtomicU64,
     goodbyes_confirmed: AtomicU64,
     /// When the latest agent got its certificate / registered the first time (µs since start).
@@ -731,6 +736,13 @@ async fn session(ctx: &Ctx, a: &mut Agent, s: Registered, stop: &mut watch::Rece
     let hw_every = Duration::from_secs(ctx.args.hardware_update_s.max(1));
     let mut hw = tokio::time::interval_at(tokio::time::Instant::now() + hw_every, hw_every);
     let hw_on = ctx.args.hardware_update_s > 0;
+    let usage_every = Duration::from_secs(ctx.args.usage_s.max(1));
+    // Spread over the period, as real agents' are (they start at different times).
+    let usage_first =
+        Duration::from_millis((a.i as u64 * 7919) % (usage_every.as_millis() as u64).max(1));
+    let mut usage =
+        tokio::time::interval_at(tokio::time::Instant::now() + usage_first, usage_every);
+    let usage_on = ctx.args.usage_s > 0;
     let mut last_ack = Instant::now();
     let mut reader = Box::pin(next_msg(recv));
     // Made once, not per turn of the loop: a fresh wait per beat registers and drops a
@@ -790,7 +802,7 @@ async fn session(ctx: &Ctx, a: &mut Agent, s: Registered, stop: &mut watch::Rece
                         inc(&ctx.stats.c.pings);
                         Some(AgentMsg::Pong { nonce })
                     }
-                    Ok(Some(CoordMsg::StartJob(job) | CoordMsg::StartLimited { start: job, .. })) => {
+                    Ok(Some(CoordMsg::StartJob(job) | CoordMsg::StartLimited { start: job, .. } | CoordMsg::StartAs { start: job, .. })) => {
                         inc(&ctx.stats.c.jobs_refused);
                         Some(AgentMsg::JobExited(JobExitReport {
                             job_id: job.job_id,
@@ -837,6 +849,28 @@ async fn session(ctx: &Ctx, a: &mut Agent, s: Registered, stop: &mut watch::Rece
                     break End::Lost(format!("sending a hardware update: {e}"));
                 }
                 inc(&ctx.stats.c.hardware_updates);
+            }
+            _ = usage.tick(), if usage_on => {
+                let jobs = (0..5u64)
+                    .map(|k| tandem_common::proto::JobUsage {
+                        job_id: format!("j-{:08x}{k}", a.i),
+                        fencing_token: 1,
+                        cpu_usec: Some(a.seq * 1000 + k),
+                        memory_bytes: Some(64 << 20),
+                        memory_peak_bytes: Some(96 << 20),
+                    })
+                    .collect();
+                let m = AgentMsg::Usage(Box::new(tandem_common::proto::NodeUsage {
+                    containment: "cgroup-v2".into(),
+                    containment_note: "job cgroups under /sys/fs/cgroup/system.slice/tandem-agent.service (tandem-swarm)".into(),
+                    jobs_disk_bytes: 1 << 20,
+                    jobs_retired: 0,
+                    jobs,
+                }));
+                if let Err(e) = codec::write_msg(&mut send, &m, DEFAULT_MAX_FRAME).await {
+                    break End::Lost(format!("sending a usage report: {e}"));
+                }
+                inc(&ctx.stats.c.usage_reports);
             }
             _ = &mut stop_wait => {
                 // Leases that ran out before the end count; nothing after it does.
@@ -1457,6 +1491,7 @@ async fn main() -> Result<()> {
         "pings_answered": get(&c.pings),
         "jobs_refused": get(&c.jobs_refused),
         "hardware_updates_sent": get(&c.hardware_updates),
+        "usage_reports_sent": get(&c.usage_reports),
         "goodbyes_sent": get(&c.goodbyes_sent),
         "goodbyes_confirmed": get(&c.goodbyes_confirmed),
         "heartbeat_ms": ctx.args.heartbeat_ms.map(u64::from).unwrap_or_else(|| get(&ctx.welcome_heartbeat_ms)),
