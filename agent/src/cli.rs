@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// The user jobs run as (default: the agent's own).
     #[arg(long)]
     pub job_user: Option<String>,
+    /// The hand-over lease a planned restart (SIGTERM) asks for, in milliseconds (default
+    /// 10000; 0: none).
+    #[arg(long)]
+    pub agent_handover_ms: Option<u64>,
 }
 
 impl RunArgs {
@@ -68,6 +72,7 @@ impl RunArgs {
             containment: self.containment.clone(),
             job_user: self.job_user.clone(),
             allowed_job_users: None,
+            agent_handover_ms: self.agent_handover_ms,
             origin: Default::default(),
         }))
     }

@@ -47,6 +47,10 @@ pub struct RawConfig {
     pub job_user: Option<String>,
     /// The users a job's spec may name to run as (default: none; `root` only if listed).
     pub allowed_job_users: Option<Vec<String>>,
+    /// A planned restart (SIGTERM) first asks the coordinator for a hand-over lease this long,
+    /// so that the jobs keep running until the next agent run re-adopts them; 0: no
+    /// hand-over (the jobs ride through only within the lease held). Default 10000.
+    pub agent_handover_ms: Option<u64>,
     /// Where the values came from (the file, flags over it), for errors; not a key.
     #[serde(skip)]
     pub origin: Origin,
@@ -82,6 +86,8 @@ pub struct Config {
     pub job_user: Option<crate::containment::user::JobUser>,
     /// The users a job may name, each known on this host.
     pub allowed_job_users: Vec<String>,
+    /// The hand-over a planned restart asks for (zero: none).
+    pub agent_handover: std::time::Duration,
 }
 
 impl RawConfig {
@@ -111,7 +117,8 @@ impl RawConfig {
             force_stream_heartbeats,
             sample_interval_ms,
             containment,
-            job_user
+            job_user,
+            agent_handover_ms
         );
         self
     }
@@ -125,6 +132,13 @@ impl RawConfig {
             return Err(invalid(
                 "sample_interval_ms",
                 "must be between 100 and 3600000".into(),
+            ));
+        }
+        let agent_handover_ms = self.agent_handover_ms.unwrap_or(10_000);
+        if agent_handover_ms > 3_600_000 {
+            return Err(invalid(
+                "agent_handover_ms",
+                "must be at most 3600000 (0: no hand-over)".into(),
             ));
         }
         let containment = match &self.containment {
@@ -223,6 +237,7 @@ impl RawConfig {
             containment,
             job_user,
             allowed_job_users,
+            agent_handover: std::time::Duration::from_millis(agent_handover_ms),
         })
     }
 }

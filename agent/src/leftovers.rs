@@ -85,10 +85,12 @@ fn locked(state_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Waits (polling every 50 ms) until no old supervisor holds a job, or `max` passed.
+/// Waits (polling every 50 ms) until no old supervisor holds a job other than the `adopted`
+/// ones (which this run drives now), or `max` passed.
 pub async fn wait_until_fenced(
     state_dir: &Path,
     containment: &Containment,
+    adopted: &[String],
     max: Duration,
 ) -> Result<(), Vec<String>> {
     let deadline = Instant::now() + max;
@@ -96,7 +98,8 @@ pub async fn wait_until_fenced(
     let mut watchdog = tandem_common::notify::Watchdog::from_env();
     loop {
         watchdog.ping_if_due(Instant::now());
-        let still = held(state_dir, containment);
+        let mut still = held(state_dir, containment);
+        still.retain(|j| !adopted.contains(j));
         if still.is_empty() {
             return Ok(());
         }

@@ -96,8 +96,14 @@ pub async fn run(
     // report, or a `restart: never` job that ended meanwhile would be placed again.
     let mut link = link;
     tokio::pin!(shutdown);
+    // First the copies that can be re-adopted (they continue); then the wait for the others.
+    let alive = leftovers::held(&cfg.state_dir, &contained);
+    let adopted: Vec<String> = tokio::select! {
+        a = link.adopt_leftovers(&alive) => a.into_iter().map(|a| a.job_id).collect(),
+        _ = &mut shutdown => return Ok(()),
+    };
     tokio::select! {
-        r = leftovers::wait_until_fenced(&cfg.state_dir, &contained, leftovers::MAX_WAIT) => {
+        r = leftovers::wait_until_fenced(&cfg.state_dir, &contained, &adopted, leftovers::MAX_WAIT) => {
             if let Err(still) = r {
                 tracing::error!(jobs = ?still, "job copies of a previous run outlived the longest lease; registering anyway");
             }

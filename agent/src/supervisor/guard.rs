@@ -75,8 +75,10 @@ impl Guard {
     /// Applies a command from the agent at `now`.
     pub fn on_command(&mut self, cmd: ShimCommand, now: u64) -> Vec<Action> {
         match cmd {
-            // Once ending, a new lease changes nothing: a fence is never taken back.
-            ShimCommand::Lease(ns) if self.ending.is_none() => {
+            // Once ending, a new lease changes nothing: a fence is never taken back. Nor is
+            // a deadline that has passed by our clock, even if no poll saw it yet (a lease
+            // pushed by an agent that re-adopts this shim late must not revive it).
+            ShimCommand::Lease(ns) if self.ending.is_none() && now < self.deadline_ns => {
                 self.deadline_ns = ns;
                 self.poll(now)
             }
@@ -180,6 +182,17 @@ mod tests {
             .on_command(ShimCommand::Lease(9000 * MS), 1700 * MS)
             .is_empty());
         assert_eq!(g.poll(1850 * MS), [Action::Kill]);
+    }
+
+    #[test]
+    fn a_lease_that_comes_after_the_deadline_never_revives_the_job() {
+        let mut g = guard();
+        // No poll ran since the deadline (1000 ms) passed: the lease is too late all the same.
+        let acts = g.on_command(ShimCommand::Lease(9000 * MS), 1001 * MS);
+        assert_eq!(acts, [Action::Term]);
+        assert_eq!(g.reason(), Some(ExitReason::Fenced));
+        assert_eq!(g.deadline_ns(), 1000 * MS);
+        assert_eq!(g.poll(1250 * MS), [Action::Kill]);
     }
 
     #[test]

@@ -91,6 +91,7 @@
 //! from `status.json` once the shim has exited.
 
 pub mod admit;
+pub mod adopt;
 pub mod backstop;
 mod follow;
 pub mod guard;

@@ -17,6 +17,8 @@ use crate::containment::cgroup;
 use std::fs::{self, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
@@ -36,6 +38,14 @@ enum Event {
     StdinClosed,
     Signal(i32),
     LeaderExited,
+    /// A new agent connected to the control socket (it re-adopts this shim).
+    Controller(UnixStream),
+    /// A line from the controller of this generation.
+    SocketCommand(u64, ShimCommand),
+    /// A bad line from the controller of this generation.
+    SocketBadLine(u64, String),
+    /// The controller of this generation went away.
+    SocketClosed(u64),
 }
 
 /// The shim's entry point.
@@ -241,7 +251,19 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
     drop(done_tx);
     stdin_thread(tx.clone());
     signal_thread(sigs, tx.clone());
-    let waiter = tx;
+    let socket_path = job_dir.join(CONTROL_SOCKET);
+    match listen(&socket_path) {
+        Ok(l) => accept_thread(l, tx.clone()),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "no control socket at {}: a restarted agent cannot re-adopt this job (it waits until it is fenced)",
+            socket_path.display()
+        ),
+    }
+    // The controller that re-adopted us last: (generation, connection). Only its lines count.
+    let mut controller: Option<(u64, UnixStream)> = None;
+    let mut generation = 0u64;
+    let waiter = tx.clone();
     std::thread::spawn(move || {
         wait_exited_nowait(pgid);
         let _ = waiter.send(Event::LeaderExited);
@@ -295,6 +317,59 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
             Ok(Event::StdinClosed) => {
                 tracing::warn!("the agent's pipe closed: keeping the last lease deadline");
             }
+            Ok(Event::Controller(stream)) => {
+                generation += 1;
+                let hello = ShimHello {
+                    job_id: spec.job_id.clone(),
+                    fencing_token: spec.fencing_token,
+                    pid,
+                    started_unix_ms: started,
+                    ending: guard.reason().is_some() || now_ns() >= guard.deadline_ns(),
+                    deadline_ns: guard.deadline_ns(),
+                    fence_kill_ms: u64::try_from(guard.fence_kill().as_millis())
+                        .unwrap_or(u64::MAX),
+                };
+                match greet(&stream, &hello, generation, tx.clone()) {
+                    Ok(()) => {
+                        tracing::info!(
+                            generation,
+                            ending = hello.ending,
+                            "an agent connected to the control socket"
+                        );
+                        // The newest agent is the one alive (one agent per state dir): the
+                        // connection of an earlier one is closed, its lines ignored.
+                        if let Some((_, old)) = controller.replace((generation, stream)) {
+                            let _ = old.shutdown(std::net::Shutdown::Both);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not greet an agent on the control socket")
+                    }
+                }
+            }
+            Ok(Event::SocketCommand(g, c))
+                if controller.as_ref().is_some_and(|(cg, _)| *cg == g) =>
+            {
+                if matches!(c, ShimCommand::Lease(_)) && guard.reason().is_some() {
+                    tracing::warn!(
+                        "refused a lease from the agent: the job is being ended already"
+                    );
+                }
+                let acts = guard.on_command(c, now_ns());
+                apply(acts, &guard);
+            }
+            Ok(Event::SocketBadLine(g, e))
+                if controller.as_ref().is_some_and(|(cg, _)| *cg == g) =>
+            {
+                tracing::warn!("ignored a bad line on the control socket: {e}");
+            }
+            Ok(Event::SocketClosed(g)) if controller.as_ref().is_some_and(|(cg, _)| *cg == g) => {
+                tracing::warn!(
+                    "the agent's control connection closed: keeping the last lease deadline"
+                );
+                controller = None;
+            }
+            Ok(Event::SocketCommand(..) | Event::SocketBadLine(..) | Event::SocketClosed(_)) => {}
             Ok(Event::Signal(sig)) => {
                 tracing::warn!(sig, "told to terminate: stopping the job first");
                 let acts = guard.on_signal(now_ns());
@@ -303,6 +378,9 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
     }
+    // No agent may adopt a copy that is ending: the socket goes first (an agent that
+    // connected meanwhile gets no greeting and waits for the end).
+    let _ = fs::remove_file(&socket_path);
     // The leader is a zombie, so its pid (the group id) cannot be reused: kill what is left of
     // the group, then reap.
     signal_group(pgid, libc::SIGKILL);
@@ -399,35 +477,97 @@ fn copy_thread(mut from: impl Read + Send + 'static, mut log: RotatingLog, done:
     });
 }
 
-fn stdin_thread(tx: mpsc::Sender<Event>) {
+/// Binds the control socket at `path` (a stale one of an earlier shim is replaced), mode 0600.
+fn listen(path: &Path) -> io::Result<UnixListener> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let l = UnixListener::bind(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Hands every connection to the control socket to the main thread.
+fn accept_thread(listener: UnixListener, tx: mpsc::Sender<Event>) {
     std::thread::spawn(move || {
-        let mut input = BufReader::new(io::stdin());
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match (&mut input)
-                .take(MAX_LINE as u64 + 1)
-                .read_until(b'\n', &mut line)
-            {
-                Ok(0) | Err(_) => break,
-                Ok(_) if line.last() != Some(&b'\n') && line.len() > MAX_LINE => {
-                    // Too long: drop it up to its newline.
-                    let mut rest = Vec::new();
-                    let _ = input.read_until(b'\n', &mut rest);
-                    let _ = tx.send(Event::BadLine("line too long".into()));
-                }
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    let ev = match ShimCommand::parse(&text) {
-                        Ok(c) => Event::Command(c),
-                        Err(e) => Event::BadLine(e),
-                    };
-                    if tx.send(ev).is_err() {
+        for stream in listener.incoming() {
+            match stream {
+                Ok(s) => {
+                    if tx.send(Event::Controller(s)).is_err() {
                         return;
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
         }
+    });
+}
+
+/// Sends the greeting on a new control connection and starts reading its lines.
+fn greet(
+    stream: &UnixStream,
+    hello: &ShimHello,
+    generation: u64,
+    tx: mpsc::Sender<Event>,
+) -> io::Result<()> {
+    stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+    (&*stream).write_all(hello.to_line().as_bytes())?;
+    let reader = stream.try_clone()?;
+    std::thread::spawn(move || {
+        read_lines(
+            reader,
+            |c| Event::SocketCommand(generation, c),
+            |e| Event::SocketBadLine(generation, e),
+            &tx,
+        );
+        let _ = tx.send(Event::SocketClosed(generation));
+    });
+    Ok(())
+}
+
+/// Reads command lines from `from` until EOF, each as `ok` or `bad` says.
+fn read_lines(
+    from: impl Read,
+    ok: impl Fn(ShimCommand) -> Event,
+    bad: impl Fn(String) -> Event,
+    tx: &mpsc::Sender<Event>,
+) {
+    let mut input = BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut input)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line.last() != Some(&b'\n') && line.len() > MAX_LINE => {
+                // Too long: drop it up to its newline.
+                let mut rest = Vec::new();
+                let _ = input.read_until(b'\n', &mut rest);
+                let _ = tx.send(bad("line too long".into()));
+            }
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&line);
+                let ev = match ShimCommand::parse(&text) {
+                    Ok(c) => ok(c),
+                    Err(e) => bad(e),
+                };
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn stdin_thread(tx: mpsc::Sender<Event>) {
+    std::thread::spawn(move || {
+        read_lines(io::stdin(), Event::Command, Event::BadLine, &tx);
         let _ = tx.send(Event::StdinClosed);
     });
 }

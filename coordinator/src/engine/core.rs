@@ -35,6 +35,8 @@ pub struct Engine {
     pub(super) clock: Arc<dyn crate::clock::Clock>,
     /// How long finished records are kept.
     pub(super) retention: crate::retention::Retention,
+    /// The longest agent hand-over granted (zero: none; see `handover`).
+    pub(super) max_handover: std::time::Duration,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,6 +114,7 @@ impl Engine {
             fence_update: Mutex::new(None),
             clock: Arc::new(crate::clock::SystemClock),
             retention: Default::default(),
+            max_handover: std::time::Duration::from_secs(60),
         })
     }
 
@@ -149,6 +152,13 @@ impl Engine {
     }
 
     /// Sets how long finished records are kept (at start-up).
+    /// Sets the longest agent hand-over granted (zero: none).
+    pub fn with_max_handover(mut self, max: std::time::Duration) -> Self {
+        self.max_handover = max;
+        self
+    }
+
+    /// Sets how long finished records are kept.
     pub fn with_retention(mut self, retention: crate::retention::Retention) -> Self {
         self.retention = retention;
         self

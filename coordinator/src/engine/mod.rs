@@ -60,6 +60,7 @@
 mod clusters;
 mod core;
 mod fleet;
+mod handover;
 mod hold;
 mod job_reports;
 mod job_state;

@@ -165,8 +165,11 @@ impl CoordHost {
                 }
             }
             Packet::Agent(msg) => match self.m.on_agent_msg(&node, session, msg) {
-                // The simulated agents send neither Goodbyes nor renewals.
-                Handled::Done | Handled::Left { .. } | Handled::Renew { .. } => {}
+                // The simulated agents send neither Goodbyes, renewals nor hand-overs.
+                Handled::Done
+                | Handled::Left { .. }
+                | Handled::Renew { .. }
+                | Handled::Handover { .. } => {}
                 Handled::Refused(why) => panic!("a simulated agent sent {why}"),
             },
             _ => {}
