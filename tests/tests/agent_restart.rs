@@ -135,6 +135,134 @@ fn an_agent_back_after_its_node_was_declared_down_does_not_keep_the_old_copy() -
         "the late agent re-adopted the fenced copy:\n{log}"
     );
     println!("agent back after its node was declared down: moved to {to} after {took:?}; the old copy was fenced");
-    let _ = Instant::now();
+    Ok(())
+}
+
+/// SIGTERM to agent `name`; waits until it has exited and returns when its node's hold ends
+/// (Unix ms), from its log (`hand-over granted ... until_unix_ms=...`), and when it was told.
+fn planned_stop(f: &mut Fleet, name: &str) -> Result<(u64, u128)> {
+    let told = now_ns();
+    f.agent(name)?.signal(libc::SIGTERM);
+    wait_for(Duration::from_secs(10), "the agent to exit", || {
+        f.agent(name).ok()?.exited()
+    })?;
+    let log = f.agent(name)?.log_text();
+    let until = log
+        .lines()
+        .find(|l| l.contains("hand-over granted"))
+        .and_then(|l| l.split("until_unix_ms=").nth(1))
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .with_context(|| format!("no hand-over granted:\n{log}"))?;
+    Ok((until, told))
+}
+
+/// SIGTERM to the agent that runs the job (as `systemctl restart` sends it), started again
+/// 3 s later: three leases after its last ack. Checks: the job keeps running with the same
+/// token (the hand-over lease covered the gap, and the new agent re-adopted it), nobody was
+/// declared down, there were never two copies.
+///
+/// Without the hand-over (`--agent-handover-ms 0`): `the job restarted: tokens {1, 2}`: the
+/// copy was fenced one lease after the stop, and placed again.
+#[test]
+fn a_planned_agent_restart_three_seconds_long_keeps_its_job_with_the_same_token() -> Result<()> {
+    let (mut f, w, node, token, _reaper) = fleet("term")?;
+    let t0 = Instant::now();
+    planned_stop(&mut f, &node)?;
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(t0.elapsed()));
+    f.start_agent(&node, None, &[])?;
+    back_and_writing(&f, &node, &w)?;
+    let tokens = tokens(&w)?;
+    ensure!(
+        tokens.len() == 1 && tokens.contains(&token),
+        "the job restarted: tokens {tokens:?} (was {token}); job now {}\n{}",
+        f.job(&w.id)?,
+        f.agent_log(&node)
+    );
+    let downs = downs(&f)?;
+    ensure!(downs.is_empty(), "nodes declared down: {downs:?}");
+    ensure!(
+        !f.events("handover")?.is_empty(),
+        "no event records the hand-over"
+    );
+    let (gap, _) = longest_gap(&read_lines(&w.out));
+    println!("SIGTERM of the agent, back 3 s later: one token ({token}), longest gap {gap:?}");
+    Ok(())
+}
+
+/// SIGTERM to the agent that runs the job, and it never comes back. Checks: its copy ran on
+/// past one lease (the hand-over lease held it) and was fenced by the node's hold end T; the
+/// job was placed again only after T, exactly once, and the two copies never overlapped.
+#[test]
+fn a_planned_agent_stop_never_restarted_fences_the_job_by_the_hold_and_moves_it_once_after(
+) -> Result<()> {
+    let mut f = Fleet::new("gone", "pool")?;
+    f.start_agents(&["gone-a", "gone-b"], &["--agent-handover-ms", "4000"])?;
+    let w = f.submit_writer("gone-writer", 0, json!({}))?;
+    let _reaper = Reaper(w.id.clone());
+    let j = f.wait_running(&w)?;
+    let (node, token) = f.placement(&j)?;
+    let (until_ms, told) = planned_stop(&mut f, &node)?;
+    let (moved, _) = f.wait_new_copy(&w, token, Duration::from_secs(4) + LONG)?;
+    let (to, new_token) = f.placement(&moved)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let cs = copies(&w.out)?;
+    ensure!(
+        cs.len() == 2 && cs[0].token == token && cs[1].token == new_token && to != node,
+        "copies {:?}",
+        cs.iter().map(|c| (c.token, &c.nodes)).collect::<Vec<_>>()
+    );
+    let until_ns = u128::from(until_ms) * 1_000_000;
+    ensure!(
+        cs[0].last > told + 2_000_000_000,
+        "the copy was fenced {} ms after the stop: the hand-over lease did not hold it",
+        (cs[0].last - told) / 1_000_000
+    );
+    ensure!(
+        cs[0].last <= until_ns,
+        "the old copy wrote {} ms after the hold's end",
+        (cs[0].last - until_ns) / 1_000_000
+    );
+    ensure!(
+        cs[1].first >= until_ns,
+        "the job was placed again {} ms before the hold's end",
+        (until_ns - cs[1].first) / 1_000_000
+    );
+    println!(
+        "SIGTERM of the agent, never back: the old copy's last line {} ms before the hold's end, the new copy's first {} ms after it",
+        (until_ns - cs[0].last) / 1_000_000,
+        (cs[1].first - until_ns) / 1_000_000
+    );
+    Ok(())
+}
+
+/// A shim the new agent cannot re-adopt (here its control socket is gone, as for a shim of an
+/// older version) is handled as before re-adoption: the agent waits until it has fenced, then
+/// registers without it, and the job is placed again with a new token. Never two copies.
+#[test]
+fn a_shim_that_cannot_be_re_adopted_is_waited_out_and_its_job_placed_again() -> Result<()> {
+    let (mut f, w, node, token, _reaper) = fleet("old")?;
+    let sock = f
+        .state_dir(&node)
+        .join("jobs")
+        .join(&w.id)
+        .join("control.sock");
+    ensure!(sock.exists(), "no control socket at {}", sock.display());
+    std::fs::remove_file(&sock)?;
+    f.agent(&node)?.kill9();
+    f.start_agent(&node, None, &[])?;
+    let (moved, _) = f.wait_new_copy(&w, token, LONG)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let cs = copies(&w.out)?;
+    ensure!(
+        cs.len() == 2 && moved["fencing_token"].as_u64() == Some(cs[1].token),
+        "copies {:?}",
+        cs.iter().map(|c| c.token).collect::<Vec<_>>()
+    );
+    let log = f.agent(&node)?.log_text();
+    ensure!(
+        log.contains("not re-adopting a job copy of the previous agent run"),
+        "the agent did not say why it left the copy:\n{log}"
+    );
     Ok(())
 }

@@ -227,7 +227,7 @@ impl Link {
                                 // those a moment to write it (a shim that misses it keeps the
                                 // shorter lease it had: it only fences sooner).
                                 tokio::time::sleep(Duration::from_millis(200)).await;
-                                tracing::info!(lease_ms, until = %tandem_common::time::rfc3339(until_unix_ms), jobs = self.jobs.as_ref().map_or(0, |j| j.held().len()), "hand-over granted: exiting without stopping the jobs; the next agent run re-adopts them");
+                                tracing::info!(lease_ms, until_unix_ms, until = %tandem_common::time::rfc3339(until_unix_ms), jobs = self.jobs.as_ref().map_or(0, |j| j.held().len()), "hand-over granted: exiting without stopping the jobs; the next agent run re-adopts them");
                                 return "stopping: hand-over granted".into();
                             }
                             _ => tracing::warn!(request, "ignored a hand-over answer to no request of ours"),

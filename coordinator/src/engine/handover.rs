@@ -194,3 +194,123 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detector::{DetectorConfig, FailureDetector};
+    use crate::store::{MemStore, StateStore};
+    use std::sync::Arc;
+
+    fn detector(now: Instant) -> FailureDetector {
+        FailureDetector::new(
+            DetectorConfig {
+                heartbeat: Duration::from_millis(200),
+                lease: Duration::from_secs(1),
+                fence_grace: Duration::from_millis(350),
+                suspect_after_missed: 3,
+                restart_grace: Duration::from_secs(2),
+            },
+            now,
+        )
+    }
+
+    /// An engine over `store` with one node registered on a live session.
+    fn engine_with_node(store: &Arc<MemStore>, now: Instant) -> (Engine, NodeId, u64) {
+        let rec = crate::model::test_node("a1");
+        let node = rec.id.clone();
+        store
+            .commit(vec![Change::PutNode(Box::new(rec))])
+            .expect("stored");
+        let e = Engine::load(store.clone(), detector(now), Default::default(), now)
+            .expect("loads")
+            .with_max_handover(Duration::from_secs(30));
+        let out = Arc::new(crate::outbox::Outbox::new(store.clone()));
+        let reg = e
+            .register(
+                &node,
+                2,
+                "127.0.0.1:1".parse().expect("literal"),
+                "0.1.0".into(),
+                Default::default(),
+                out,
+                now,
+            )
+            .expect("registers");
+        (e, node, reg.session)
+    }
+
+    #[test]
+    fn a_hand_over_is_recorded_before_its_lease_and_the_lease_ends_before_the_hold() {
+        let store = Arc::new(MemStore::new());
+        let now = Instant::now();
+        let (e, node, session) = engine_with_node(&store, now);
+        // Too long, or from a session that is not the node's live one: refused, nothing kept.
+        let long = e.begin_node_hold(&node, session, Duration::from_secs(31), now);
+        assert!(long.unwrap_err().contains("max_handover_ms"));
+        assert!(e
+            .begin_node_hold(&node, session + 1, Duration::from_secs(10), now)
+            .is_err());
+        assert!(store.node_holds().unwrap().is_empty());
+        let hold = Duration::from_secs(10);
+        e.begin_node_hold(&node, session, hold, now)
+            .expect("granted");
+        let kept = store.node_holds().unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].0, node);
+        let (lease, _) = e.grant_handover(&node, session, now).expect("a lease");
+        assert!(lease.mul_f64(1.05) + Duration::from_millis(250 + 50) <= hold);
+        assert!(lease > Duration::from_secs(9), "{lease:?}");
+        assert!(e.grant_handover(&node, session + 1, now).is_err());
+        let ev = store.recent_events(10).unwrap();
+        assert!(
+            ev.iter()
+                .any(|e| e.kind == "handover" && e.message.contains("not declared down before")),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn a_restarted_coordinator_honours_a_hand_over_and_clears_ended_ones() {
+        let store = Arc::new(MemStore::new());
+        let now = Instant::now();
+        let (e, node, session) = engine_with_node(&store, now);
+        e.begin_node_hold(&node, session, Duration::from_secs(10), now)
+            .expect("granted");
+        let ended = NodeId::random();
+        store
+            .commit(vec![Change::PutNodeHold(
+                ended.clone(),
+                Some(RestartHold {
+                    until_unix_ms: 1,
+                    boot_id: String::new(),
+                    until_boottime_ms: 1,
+                }),
+            )])
+            .unwrap();
+        drop(e);
+        let later = now + Duration::from_secs(1);
+        let e2 =
+            Engine::load(store.clone(), detector(later), Default::default(), later).expect("loads");
+        assert_eq!(e2.honour_node_holds(later).unwrap(), 1);
+        let until = lock(&e2.detector).node_hold_until(&node).expect("held");
+        assert!(until > later + Duration::from_secs(8), "{until:?}");
+        assert_eq!(
+            store.node_holds().unwrap().len(),
+            1,
+            "the ended hold is cleared"
+        );
+        // The node is not declared down before the hold ends, though it never beats again
+        // (it may be shown as suspect: that decides nothing).
+        let mut t = later;
+        while t < until {
+            let downs: Vec<_> = lock(&e2.detector)
+                .handle_tick(t)
+                .into_iter()
+                .filter(|tr| matches!(tr, crate::detector::Transition::Down { .. }))
+                .collect();
+            assert!(downs.is_empty(), "declared down at {t:?}: {downs:?}");
+            t += Duration::from_millis(250);
+        }
+    }
+}
