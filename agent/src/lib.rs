@@ -10,7 +10,8 @@
 //! - `exits`: job exits kept on disk until the coordinator acknowledges them.
 //! - `identity`: the node's key, certificate and id on disk.
 //! - `lease`: the lease, a plain struct driven by `now` (the agent's half of the fencing argument).
-//! - `leftovers`: waiting out job supervisors of a previous agent run before registering.
+//! - `leftovers`: which job supervisors of a previous agent run live; those not re-adopted
+//!   (`supervisor::adopt`) are waited out before registering.
 //! - `link`: join, register, heartbeat, reconnect; its `handshake` steps (connect, the `Hello`s,
 //!   refusals, backoff) are public, and tandem-swarm's simulated agents run them too.
 //! - `statelock`: one agent per state dir (a `flock` on `agent.lock`).
@@ -21,7 +22,8 @@
 //!   dedicated thread with a deadline, GPU health events, GPU fixtures.
 //! - `inventory`: the `tandem-agent inventory` command's output (table or JSON).
 //! - `supervisor`: runs jobs, each under a per-job `shim` process that holds the lease deadline
-//!   and fences the job when it passes, even if the agent crashed or hung.
+//!   and fences the job when it passes, even if the agent crashed or hung; a new agent run
+//!   re-adopts the shims through their control sockets (`supervisor::adopt`).
 
 pub mod check;
 pub mod cli;

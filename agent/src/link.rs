@@ -138,6 +138,11 @@ pub struct Link {
     stop_rx: watch::Receiver<bool>,
     /// Whether a registered session runs (the stop waits for its hand-over only then).
     in_session: Arc<std::sync::atomic::AtomicBool>,
+    /// The protocol version our `Hello` says: ours, or [`LIMITS_PROTOCOL_VERSION`] once a
+    /// coordinator refused ours as unsupported (one older than protocol 5: the agent was
+    /// upgraded first). Such a coordinator never says `Speaks`, so nothing of version 5 is
+    /// sent to it.
+    hello_version: u16,
 }
 
 /// How long a planned stop waits for the coordinator's answer to a hand-over request.
@@ -181,6 +186,7 @@ impl Link {
             readopted: Vec::new(),
             stop_rx: watch::channel(false).1,
             in_session: Arc::default(),
+            hello_version: PROTOCOL_VERSION,
             exits,
             unkept: Vec::new(),
             lease_session: None,
@@ -408,14 +414,16 @@ impl Link {
                 self.unkept.extend(refused);
                 let (exited, rest) = split_for_message(self.exits.pending(), MESSAGE_BUDGET);
                 overflow = rest;
-                handshake::register_hello(
+                let mut hello = handshake::register_hello(
                     &identity.name,
                     &identity.node_id,
                     datagrams,
                     held,
                     exited,
                     self.reports.borrow().clone(),
-                )
+                );
+                hello.protocol_version = self.hello_version;
+                hello
             })
             .await;
         let handshake::Registered {
@@ -490,6 +498,14 @@ impl Link {
     /// A failed step as the run loop takes it: back off and retry, or stop.
     fn after(&mut self, f: Failure) -> Result<Retry, AgentError> {
         match f {
+            Failure::Refused {
+                code: RejectCode::UnsupportedVersion,
+                reason,
+            } if self.hello_version > LIMITS_PROTOCOL_VERSION => {
+                tracing::warn!(%reason, "the coordinator is older than this agent: registering with protocol {LIMITS_PROTOCOL_VERSION} (no hand-overs; upgrade the coordinator)");
+                self.hello_version = LIMITS_PROTOCOL_VERSION;
+                Ok(Retry::Now)
+            }
             Failure::Retry(reason) => Ok(Retry::Later(reason)),
             Failure::Revoked => self.revoked(),
             Failure::Refused { code, reason } => Err(AgentError::Refused { code, reason }),

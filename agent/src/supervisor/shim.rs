@@ -6,19 +6,23 @@
 //! SIGKILLs it after the fence kill timeout. On stdin EOF (the agent died) it keeps the last
 //! deadline. When the job's leader exits, the rest of its group is killed before the leader is
 //! reaped (so the group id cannot be reused meanwhile), `status.json` records the end, and the
-//! shim exits. Threads, not an async runtime: one each for stdin, the leader's exit, signals,
-//! and each output pipe; the main thread owns all decisions through [`Guard`].
+//! shim exits. It also listens on its control socket (`control.sock` in the job dir), through
+//! which a new agent run re-adopts it and sends the same lines as on stdin
+//! (`super::shim_control`, `super::adopt`); the socket goes before the end is recorded.
+//! Threads, not an async runtime: one each for stdin, the control socket and its connection,
+//! the leader's exit, signals, and each output pipe; the main thread owns all decisions through
+//! [`Guard`].
 
 use super::guard::{Action, Guard};
 use super::logs::RotatingLog;
 use super::protocol::*;
+use super::shim_control::{accept_thread, greet, listen, stdin_thread, Event};
 use super::SupervisorError;
 use crate::containment::cgroup;
 use std::fs::{self, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
@@ -31,22 +35,6 @@ use tandem_common::time::unix_ms;
 /// is recorded after this even then, and the cgroup stays populated, so the job is held as
 /// alive by the agent until it is really gone.
 const CGROUP_EMPTY_LIMIT: Duration = Duration::from_secs(5);
-
-enum Event {
-    Command(ShimCommand),
-    BadLine(String),
-    StdinClosed,
-    Signal(i32),
-    LeaderExited,
-    /// A new agent connected to the control socket (it re-adopts this shim).
-    Controller(UnixStream),
-    /// A line from the controller of this generation.
-    SocketCommand(u64, ShimCommand),
-    /// A bad line from the controller of this generation.
-    SocketBadLine(u64, String),
-    /// The controller of this generation went away.
-    SocketClosed(u64),
-}
 
 /// The shim's entry point.
 pub fn main(job_dir: &Path) -> ExitCode {
@@ -474,101 +462,6 @@ fn copy_thread(mut from: impl Read + Send + 'static, mut log: RotatingLog, done:
             }
         }
         drop(done);
-    });
-}
-
-/// Binds the control socket at `path` (a stale one of an earlier shim is replaced), mode 0600.
-fn listen(path: &Path) -> io::Result<UnixListener> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let l = UnixListener::bind(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
-    Ok(l)
-}
-
-/// Hands every connection to the control socket to the main thread.
-fn accept_thread(listener: UnixListener, tx: mpsc::Sender<Event>) {
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            match stream {
-                Ok(s) => {
-                    if tx.send(Event::Controller(s)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "control socket accept failed");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
-    });
-}
-
-/// Sends the greeting on a new control connection and starts reading its lines.
-fn greet(
-    stream: &UnixStream,
-    hello: &ShimHello,
-    generation: u64,
-    tx: mpsc::Sender<Event>,
-) -> io::Result<()> {
-    stream.set_write_timeout(Some(Duration::from_secs(1)))?;
-    (&*stream).write_all(hello.to_line().as_bytes())?;
-    let reader = stream.try_clone()?;
-    std::thread::spawn(move || {
-        read_lines(
-            reader,
-            |c| Event::SocketCommand(generation, c),
-            |e| Event::SocketBadLine(generation, e),
-            &tx,
-        );
-        let _ = tx.send(Event::SocketClosed(generation));
-    });
-    Ok(())
-}
-
-/// Reads command lines from `from` until EOF, each as `ok` or `bad` says.
-fn read_lines(
-    from: impl Read,
-    ok: impl Fn(ShimCommand) -> Event,
-    bad: impl Fn(String) -> Event,
-    tx: &mpsc::Sender<Event>,
-) {
-    let mut input = BufReader::new(from);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match (&mut input)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-        {
-            Ok(0) | Err(_) => break,
-            Ok(_) if line.last() != Some(&b'\n') && line.len() > MAX_LINE => {
-                // Too long: drop it up to its newline.
-                let mut rest = Vec::new();
-                let _ = input.read_until(b'\n', &mut rest);
-                let _ = tx.send(bad("line too long".into()));
-            }
-            Ok(_) => {
-                let text = String::from_utf8_lossy(&line);
-                let ev = match ShimCommand::parse(&text) {
-                    Ok(c) => ok(c),
-                    Err(e) => bad(e),
-                };
-                if tx.send(ev).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-fn stdin_thread(tx: mpsc::Sender<Event>) {
-    std::thread::spawn(move || {
-        read_lines(io::stdin(), Event::Command, Event::BadLine, &tx);
-        let _ = tx.send(Event::StdinClosed);
     });
 }
 
