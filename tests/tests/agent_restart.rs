@@ -73,6 +73,8 @@ fn a_killed_agent_restarted_at_once_keeps_its_job_running_with_the_same_token() 
     std::thread::sleep(Duration::from_millis(100));
     f.start_agent(&node, None, &[])?;
     back_and_writing(&f, &node, &w)?;
+    // Longer than a lease: the copy runs on under the new agent's leases, not the old one's.
+    std::thread::sleep(Duration::from_secs(2));
     let lines = read_lines(&w.out);
     let tokens = tokens(&w)?;
     ensure!(
@@ -100,6 +102,69 @@ fn a_killed_agent_restarted_at_once_keeps_its_job_running_with_the_same_token() 
         .any(|m| m.contains("re-adopted 1 running jobs"));
     ensure!(continued, "no event says the node kept its job");
     println!("kill -9 of the agent, back 100 ms later: one token ({token}), longest gap {gap:?}");
+    Ok(())
+}
+
+/// What the agent does with its own shims it does with re-adopted ones: after `kill -9` and a
+/// restart, a job that ends by itself is reported with its exit code, a user stop stops its
+/// copy (recorded as stopped, and no new copy starts), and its log tail comes back.
+#[test]
+fn a_re_adopted_job_is_stopped_reported_and_logged_like_any_other() -> Result<()> {
+    use tandem_tests::jobs::{submit, wait_terminal};
+    let mut f = Fleet::new("drive", "pool")?;
+    f.start_agents(&["drive-a"], &[])?;
+    let w = f.submit_writer("drive-writer", 0, json!({}))?;
+    let _reaper = Reaper(w.id.clone());
+    let ends = submit(
+        &f,
+        "drive-ends",
+        "echo hello-from-the-job; sleep 4; exit 3",
+        json!({"restart": "never"}),
+    )?;
+    let _reaper2 = Reaper(ends.clone());
+    let token = f.wait_running(&w)?["fencing_token"]
+        .as_u64()
+        .context("token")?;
+    wait_for(LONG, "the ending job running", || {
+        (f.job(&ends).ok()?["state"] == "running").then_some(())
+    })?;
+    f.agent("drive-a")?.kill9();
+    f.start_agent("drive-a", None, &[])?;
+    back_and_writing(&f, "drive-a", &w)?;
+    let logs = f.api().get(&format!("/v1/jobs/{ends}/logs?tail=5"))?;
+    ensure!(
+        logs["stdout"].to_string().contains("hello-from-the-job"),
+        "no log tail of the re-adopted job: {logs}"
+    );
+    let ended = wait_terminal(&f, &ends, LONG)?;
+    ensure!(
+        ended["state"] == "failed" && ended.to_string().contains("3"),
+        "the re-adopted job's own end (exit 3) was not reported: {ended}"
+    );
+    ensure!(
+        f.job_status("drive-a", &ends)
+            .is_some_and(|s| s["code"] == 3 && s["reason"] == "exited"),
+        "status: {:?}",
+        f.job_status("drive-a", &ends)
+    );
+    let (s, v) = f
+        .api()
+        .send("DELETE", &format!("/v1/jobs/{}", w.id), None)?;
+    ensure!((200..300).contains(&s), "stop: {s} {v}");
+    let why = f.wait_copy_ended("drive-a", &w.id, token)?;
+    ensure!(
+        why == "stopped",
+        "the re-adopted copy ended as {why}, not stopped"
+    );
+    let stopped = wait_terminal(&f, &w.id, LONG)?;
+    ensure!(stopped["state"] == "stopped", "job now {stopped}");
+    let n = read_lines(&w.out).len();
+    std::thread::sleep(Duration::from_millis(500));
+    ensure!(
+        read_lines(&w.out).len() == n,
+        "the stopped copy still writes"
+    );
+    ensure!(tokens(&w)?.len() == 1, "another copy started");
     Ok(())
 }
 
