@@ -1063,7 +1063,10 @@ fn scenario(m: &Machine, t0: Instant) -> Result<()> {
         .max()
         .unwrap_or_default();
     let journal = m.journal("tandem-agent");
-    for said in ["hand-over granted", "re-adopted 1 running jobs after an agent restart"] {
+    for said in [
+        "hand-over granted",
+        "re-adopted 1 running jobs after an agent restart",
+    ] {
         ensure!(
             journal.contains(said),
             "no {said:?} in:\n{}",

@@ -5,8 +5,9 @@
 //! a start admitted only with a lease and a token above every token seen for the job (kept on
 //! disk); a copy held as starting from acceptance; exits kept on disk until acknowledged;
 //! every held copy and kept exit reported in the `Hello` and when asked; a restarted agent that
-//! waits for the copies of its previous run (their shims fence at their last deadline) before
-//! it registers. A copy's process is the simulation's: it runs for a while or for ever, and
+//! re-adopts the running copies of its previous run whose shims have not fenced (by their own
+//! clock), reports them as held and drives them with its own leases from its first ack on, and
+//! waits for the other copies (their shims fence at their last deadline) before it registers. A copy's process is the simulation's: it runs for a while or for ever, and
 //! obeys SIGTERM after a delay, or only SIGKILL.
 //!
 //! Handlers return [`Out`]s for the world to carry out; they do no I/O of their own.
@@ -186,6 +187,10 @@ pub static SESSION_BOUND_WAIT: std::sync::atomic::AtomicBool =
 pub static REPORT_UNSEEN_ENDS: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(true);
 
+/// Whether a restarted agent re-adopts the running copies of its previous run (as the real
+/// agent does through the shims' control sockets); off, it waits every one of them out.
+pub static READOPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// How long an accepted start waits for a lease before it is refused.
 const LEASE_WAIT_NS: u64 = 2_000_000_000;
 
@@ -237,8 +242,9 @@ impl SimAgent {
         ((local as i128 * 1_000_000 + d - 1) / d) as u64
     }
 
-    /// Starts the agent process (a fresh run: the lease and connection are gone).
-    pub fn start(&mut self, now: u64, out: &mut Vec<Out>) {
+    /// Starts the agent process (a fresh run: the lease and connection are gone). Returns how
+    /// many running copies of the previous run it re-adopted.
+    pub fn start(&mut self, now: u64, out: &mut Vec<Out>) -> u64 {
         self.up = true;
         self.run += 1;
         self.hung_until = 0;
@@ -246,7 +252,26 @@ impl SimAgent {
         self.welcomed = false;
         self.lease = Lease::new();
         self.waiting.clear();
+        // Re-adoption (`supervisor::adopt`): a running copy whose shim is not ending and whose
+        // deadline has not passed on this host's clock becomes this run's. It is in the first
+        // `Hello`, and gets leases of this run only from its first ack on.
+        let mut readopted = 0;
+        if READOPT.load(std::sync::atomic::Ordering::Relaxed) {
+            let run = self.run;
+            for c in self.copies.iter_mut().filter(|c| {
+                !c.gone
+                    && c.owner != run
+                    && c.state == HeldState::Running
+                    && c.alive
+                    && c.guard.reason().is_none()
+                    && now < c.guard.deadline_ns()
+            }) {
+                c.owner = run;
+                readopted += 1;
+            }
+        }
         out.push(Out::Connect(now));
+        readopted
     }
 
     /// `kill -9` of the agent: the shims live on with the last deadline they were given.

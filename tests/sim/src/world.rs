@@ -60,6 +60,8 @@ pub struct Report {
     pub coordinator_crashes: u64,
     /// Planned coordinator restarts (a hold, then an exit).
     pub planned_restarts: u64,
+    /// Copies a restarted agent re-adopted from its previous run.
+    pub readopted: u64,
     /// Simulated milliseconds.
     pub sim_ms: u64,
     /// The steps, when traced.
@@ -428,7 +430,11 @@ impl World {
                     self.agents[i].powered = true;
                     let mut out = Vec::new();
                     let local = self.agents[i].local(now);
-                    self.agents[i].start(local, &mut out);
+                    let n = self.agents[i].start(local, &mut out);
+                    if n > 0 {
+                        self.note(|| format!("agent {i} re-adopts {n} running copies"));
+                        self.report.readopted += n;
+                    }
                     self.agent_outs(i, out)?;
                 }
             }
