@@ -54,6 +54,8 @@ pub enum Out {
     },
     /// Look at the copies again at this time (guard deadlines, deaths, shim start).
     Wake(u64),
+    /// The agent process exits (a planned stop, after its hand-over or without one).
+    Exit,
     /// Try to connect at this time.
     Connect(u64),
     /// Send the next beat at this time, on this connection.
@@ -173,7 +175,12 @@ pub struct SimAgent {
     /// The exits the last `Hello` carried: those kept after it go once the session begins,
     /// as the real link drains the exits that came during its registration.
     in_hello: std::collections::BTreeSet<(String, u64)>,
+    /// A planned stop's hand-over request: its number and when it was sent (this host's clock).
+    stopping: Option<(u64, Instant)>,
 }
+
+/// The hand-over a simulated agent's planned stop asks for (the real default).
+pub const HANDOVER_MS: u32 = 10_000;
 
 /// Whether a waiting start takes only a lease from its own session, as the real supervisor
 /// does (`JobStart::session`). The simulation found the bug this closes: switched off, the
@@ -225,6 +232,7 @@ impl SimAgent {
             waiting_conn: BTreeMap::new(),
             unseen_ends: Vec::new(),
             in_hello: Default::default(),
+            stopping: None,
         }
     }
 
@@ -274,8 +282,36 @@ impl SimAgent {
         readopted
     }
 
+    /// A planned stop (SIGTERM), as `crate::link` does it: with a registered session and jobs
+    /// held, ask for a hand-over and exit once it is answered; `false`: nothing to ask, the
+    /// caller lets the process exit at once.
+    pub fn planned_stop(
+        &mut self,
+        clock: &crate::clock::SimClock,
+        rng: &mut impl Rng,
+        now: u64,
+        out: &mut Vec<Out>,
+    ) -> bool {
+        if !self.up || !self.welcomed || self.conn.is_none() || self.held().is_empty() {
+            return false;
+        }
+        let request = rng.random::<u64>();
+        self.stopping = Some((request, clock.instant(now)));
+        out.push(Out::Send(AgentMsg::RequestHandover {
+            request,
+            hold_ms: HANDOVER_MS,
+        }));
+        true
+    }
+
+    /// Whether a planned stop still waits for its answer.
+    pub fn stopping(&self) -> bool {
+        self.up && self.stopping.is_some()
+    }
+
     /// `kill -9` of the agent: the shims live on with the last deadline they were given.
     pub fn crash(&mut self) {
+        self.stopping = None;
         self.up = false;
         self.waiting.clear();
         self.conn = None;
@@ -438,6 +474,26 @@ impl SimAgent {
         out: &mut Vec<Out>,
     ) {
         match msg {
+            CoordMsg::HandoverGranted {
+                request, lease_ms, ..
+            } if self.stopping.is_some_and(|(r, _)| r == request) => {
+                let (_, sent) = self.stopping.expect("checked");
+                let until = sent + Duration::from_millis(lease_ms.into());
+                if self.lease.extend_to(until) {
+                    let until = to_ns(clock, until);
+                    let run = self.run;
+                    for c in self.copies.iter_mut().filter(|c| !c.gone && c.owner == run) {
+                        let acts = c.guard.on_command(ShimCommand::Lease(until), now);
+                        apply(c, &acts, now, out);
+                    }
+                }
+                out.push(Out::Exit);
+            }
+            CoordMsg::HandoverRefused { request, .. }
+                if self.stopping.is_some_and(|(r, _)| r == request) =>
+            {
+                out.push(Out::Exit);
+            }
             CoordMsg::Reject(r) => {
                 self.lease.revoke();
                 if r.code == RejectCode::UnknownNode {
