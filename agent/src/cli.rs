@@ -55,6 +55,10 @@ pub struct RunArgs {
     /// How often the node reports its jobs' usage and runs retention, ms (default 10000).
     #[arg(long)]
     pub usage_report_ms: Option<u64>,
+    /// The hand-over lease a planned restart (SIGTERM) asks for, in milliseconds (default
+    /// 10000; 0: none).
+    #[arg(long)]
+    pub agent_handover_ms: Option<u64>,
 }
 
 impl RunArgs {
@@ -80,6 +84,7 @@ impl RunArgs {
             job_group: self.job_group.clone(),
             job_retention_s: self.job_retention_s,
             usage_report_ms: self.usage_report_ms,
+            agent_handover_ms: self.agent_handover_ms,
             ..Default::default()
         }))
     }

@@ -60,6 +60,10 @@ pub struct RawConfig {
     /// How often the node reports its jobs' usage and runs retention, milliseconds (default
     /// 10000).
     pub usage_report_ms: Option<u64>,
+    /// A planned restart (SIGTERM) first asks the coordinator for a hand-over lease this long,
+    /// so that the jobs keep running until the next agent run re-adopts them; 0: no
+    /// hand-over (the jobs ride through only within the lease held). Default 10000.
+    pub agent_handover_ms: Option<u64>,
     /// Where the values came from (the file, flags over it), for errors; not a key.
     #[serde(skip)]
     pub origin: Origin,
@@ -101,6 +105,8 @@ pub struct Config {
     pub retention: crate::retention::Policy,
     /// How often usage is reported (and retention runs).
     pub usage_interval: std::time::Duration,
+    /// The hand-over a planned restart asks for (zero: none).
+    pub agent_handover: std::time::Duration,
 }
 
 impl RawConfig {
@@ -134,7 +140,8 @@ impl RawConfig {
             job_group,
             job_retention_s,
             job_retention_bytes,
-            usage_report_ms
+            usage_report_ms,
+            agent_handover_ms
         );
         self
     }
@@ -148,6 +155,13 @@ impl RawConfig {
             return Err(invalid(
                 "sample_interval_ms",
                 "must be between 100 and 3600000".into(),
+            ));
+        }
+        let agent_handover_ms = self.agent_handover_ms.unwrap_or(10_000);
+        if agent_handover_ms > 3_600_000 {
+            return Err(invalid(
+                "agent_handover_ms",
+                "must be at most 3600000 (0: no hand-over)".into(),
             ));
         }
         let containment = match &self.containment {
@@ -286,6 +300,7 @@ impl RawConfig {
             allowed_job_groups,
             retention,
             usage_interval: std::time::Duration::from_millis(usage_report_ms),
+            agent_handover: std::time::Duration::from_millis(agent_handover_ms),
         })
     }
 }

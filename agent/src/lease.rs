@@ -76,6 +76,18 @@ impl Lease {
         }
     }
 
+    /// Extends the lease to `until` (a hand-over lease, counted from before its request was
+    /// sent); never shortens it. Returns whether it moved.
+    pub fn extend_to(&mut self, until: Instant) -> bool {
+        match self.expires_at {
+            Some(current) if current >= until => false,
+            _ => {
+                self.expires_at = Some(until);
+                true
+            }
+        }
+    }
+
     /// Gives the lease up at once: the coordinator refused us, or we were declared down.
     /// Beats sent before this can never extend it again.
     pub fn revoke(&mut self) {

@@ -1,12 +1,15 @@
 //! Job supervisors left by a previous run of the agent.
 //!
 //! With `KillMode=process` a restarted (or crashed) agent leaves its per-job supervisors
-//! running; each still holds its job until the last lease deadline it was given, and this agent
-//! cannot renew or adopt them (their pipes belonged to the dead process). If the new agent
-//! registered at once and reported no jobs, the coordinator would place those jobs again —
-//! possibly on another node — while the old copies still ran. So before its first registration
-//! the agent waits until every old supervisor has fenced its job and exited: each holds a
-//! `flock` on its job dir for its whole life, so a lock we can take means that copy is gone.
+//! running; each still holds its job until the last lease deadline it was given. [`held`] says
+//! which copies live. The new agent first re-adopts those it can through their control sockets
+//! (`crate::supervisor::adopt`): they are then held, reported running in its first `Hello`, and
+//! continue. Any other copy (a shim of an older version, one that is ending, one that answers
+//! nonsense) this agent cannot drive: if it registered at once and reported no such job, the
+//! coordinator would place it again — possibly on another node — while the old copy still ran.
+//! So before its first registration the agent waits until every old supervisor it did not
+//! re-adopt has fenced its job and exited: each holds a `flock` on its job dir for its whole
+//! life, so a lock we can take means that copy is gone.
 //! Where jobs have cgroups, the job's cgroup says it instead, and better: it stays populated
 //! while the shim or any process the job started lives, and a job cannot delete it (it can
 //! delete the lock file in its job dir, and a deleted lock file reads as "gone").
@@ -85,10 +88,12 @@ fn locked(state_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Waits (polling every 50 ms) until no old supervisor holds a job, or `max` passed.
+/// Waits (polling every 50 ms) until no old supervisor holds a job other than the `adopted`
+/// ones (which this run drives now), or `max` passed.
 pub async fn wait_until_fenced(
     state_dir: &Path,
     containment: &Containment,
+    adopted: &[String],
     max: Duration,
 ) -> Result<(), Vec<String>> {
     let deadline = Instant::now() + max;
@@ -96,7 +101,8 @@ pub async fn wait_until_fenced(
     let mut watchdog = tandem_common::notify::Watchdog::from_env();
     loop {
         watchdog.ping_if_due(Instant::now());
-        let still = held(state_dir, containment);
+        let mut still = held(state_dir, containment);
+        still.retain(|j| !adopted.contains(j));
         if still.is_empty() {
             return Ok(());
         }

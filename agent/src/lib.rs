@@ -10,7 +10,8 @@
 //! - `exits`: job exits kept on disk until the coordinator acknowledges them.
 //! - `identity`: the node's key, certificate and id on disk.
 //! - `lease`: the lease, a plain struct driven by `now` (the agent's half of the fencing argument).
-//! - `leftovers`: waiting out job supervisors of a previous agent run before registering.
+//! - `leftovers`: which job supervisors of a previous agent run live; those not re-adopted
+//!   (`supervisor::adopt`) are waited out before registering.
 //! - `link`: join, register, heartbeat, reconnect; its `handshake` steps (connect, the `Hello`s,
 //!   refusals, backoff) are public, and tandem-swarm's simulated agents run them too.
 //! - `statelock`: one agent per state dir (a `flock` on `agent.lock`).
@@ -22,7 +23,8 @@
 //!   dedicated thread with a deadline, GPU health events, GPU fixtures.
 //! - `inventory`: the `tandem-agent inventory` command's output (table or JSON).
 //! - `supervisor`: runs jobs, each under a per-job `shim` process that holds the lease deadline
-//!   and fences the job when it passes, even if the agent crashed or hung.
+//!   and fences the job when it passes, even if the agent crashed or hung; a new agent run
+//!   re-adopts the shims through their control sockets (`supervisor::adopt`).
 
 pub mod check;
 pub mod cli;
@@ -98,8 +100,14 @@ pub async fn run(
     // report, or a `restart: never` job that ended meanwhile would be placed again.
     let mut link = link;
     tokio::pin!(shutdown);
+    // First the copies that can be re-adopted (they continue); then the wait for the others.
+    let alive = leftovers::held(&cfg.state_dir, &contained);
+    let adopted: Vec<String> = tokio::select! {
+        a = link.adopt_leftovers(&alive) => a.into_iter().map(|a| a.job_id).collect(),
+        _ = &mut shutdown => return Ok(()),
+    };
     tokio::select! {
-        r = leftovers::wait_until_fenced(&cfg.state_dir, &contained, leftovers::MAX_WAIT) => {
+        r = leftovers::wait_until_fenced(&cfg.state_dir, &contained, &adopted, leftovers::MAX_WAIT) => {
             if let Err(still) = r {
                 tracing::error!(jobs = ?still, "job copies of a previous run outlived the longest lease; registering anyway");
             }

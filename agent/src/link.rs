@@ -128,7 +128,25 @@ pub struct Link {
     lease_session: Option<u64>,
     /// What `tandem-agent status` shows, published for its server (`crate::status`).
     status: watch::Sender<crate::status::Snapshot>,
+    /// The protocol version the coordinator of this session said it speaks (`Speaks`; 0
+    /// until it does: an older coordinator never says).
+    speaks: u16,
+    /// Copies re-adopted from the previous run, told to the coordinator once it speaks
+    /// protocol 5 (`AgentMsg::Readopted`).
+    readopted: Vec<HeldJob>,
+    /// Set when the agent is asked to stop: a session then asks for a hand-over and ends.
+    stop_rx: watch::Receiver<bool>,
+    /// Whether a registered session runs (the stop waits for its hand-over only then).
+    in_session: Arc<std::sync::atomic::AtomicBool>,
+    /// The protocol version our `Hello` says: ours, or [`LIMITS_PROTOCOL_VERSION`] once a
+    /// coordinator refused ours as unsupported (one older than protocol 5: the agent was
+    /// upgraded first). Such a coordinator never says `Speaks`, so nothing of version 5 is
+    /// sent to it.
+    hello_version: u16,
 }
+
+/// How long a planned stop waits for the coordinator's answer to a hand-over request.
+const HANDOVER_WAIT: Duration = Duration::from_secs(3);
 
 fn tls_err(e: impl std::fmt::Display) -> AgentError {
     AgentError::Tls(e.to_string())
@@ -164,6 +182,11 @@ impl Link {
             ..Default::default()
         });
         Ok(Self {
+            speaks: 0,
+            readopted: Vec::new(),
+            stop_rx: watch::channel(false).1,
+            in_session: Arc::default(),
+            hello_version: PROTOCOL_VERSION,
             exits,
             unkept: Vec::new(),
             lease_session: None,
@@ -196,10 +219,27 @@ impl Link {
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         tokio::pin!(shutdown);
         let mut backoff = Backoff::new();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        self.stop_rx = stop_rx;
+        let in_session = Arc::clone(&self.in_session);
+        let handover = !self.cfg.agent_handover.is_zero();
         let result = loop {
-            let r = tokio::select! {
-                r = self.connect_once(&mut backoff) => r,
-                _ = &mut shutdown => break Ok(()),
+            let r = {
+                let once = self.connect_once(&mut backoff);
+                tokio::pin!(once);
+                tokio::select! {
+                    r = &mut once => r,
+                    _ = &mut shutdown => {
+                        // A planned stop: a registered session first asks for a hand-over
+                        // lease and pushes it to the shims (see `session`); the jobs then
+                        // keep running until the next run re-adopts them.
+                        if handover && in_session.load(std::sync::atomic::Ordering::SeqCst) {
+                            let _ = stop_tx.send(true);
+                            let _ = tokio::time::timeout(HANDOVER_WAIT + Duration::from_secs(1), &mut once).await;
+                        }
+                        break Ok(());
+                    }
+                }
             };
             self.publish(false);
             let wait = match r {
@@ -259,6 +299,58 @@ impl Link {
                 tracing::error!(error = %e, "could not keep the end of a copy of the previous run");
             }
         }
+    }
+
+    /// Re-adopts the shims of `alive` (job copies of the previous run that still live) before
+    /// the first registration, so that the first `Hello` reports them as running and they
+    /// continue (see `crate::supervisor::adopt`). Returns those adopted; the others are left
+    /// to fence. The supervisor is made here with the default fence kill timeout; the first
+    /// `Welcome` sets the coordinator's, and every adopted shim is sent it.
+    pub async fn adopt_leftovers(
+        &mut self,
+        alive: &[String],
+    ) -> Vec<crate::supervisor::adopt::AdoptedJob> {
+        if alive.is_empty() {
+            return Vec::new();
+        }
+        let identity = match Identity::load(&self.cfg.state_dir) {
+            Ok(Some(i)) => i,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the identity: no job copy is re-adopted");
+                return Vec::new();
+            }
+        };
+        if self.jobs.is_none() {
+            match self.make_jobs(&identity, crate::supervisor::DEFAULT_FENCE_KILL_TIMEOUT) {
+                Ok(j) => self.jobs = Some(j),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot run jobs on this node: no job copy is re-adopted");
+                    return Vec::new();
+                }
+            }
+        }
+        let Some(jobs) = &self.jobs else {
+            return Vec::new();
+        };
+        let adopted = jobs.adopt_all(alive).await;
+        self.readopted = adopted
+            .iter()
+            .map(|a| HeldJob {
+                job_id: a.job_id.clone(),
+                fencing_token: a.fencing_token,
+                state: HeldState::Running,
+            })
+            .collect();
+        if !adopted.is_empty() {
+            tracing::info!(
+                jobs = adopted.len(),
+                "re-adopted {} running jobs after an agent restart; they continue if the node was not declared down",
+                adopted.len()
+            );
+        }
+        self.publish(false);
+        adopted
     }
 
     fn publish(&self, connected: bool) {
@@ -322,14 +414,16 @@ impl Link {
                 self.unkept.extend(refused);
                 let (exited, rest) = split_for_message(self.exits.pending(), MESSAGE_BUDGET);
                 overflow = rest;
-                handshake::register_hello(
+                let mut hello = handshake::register_hello(
                     &identity.name,
                     &identity.node_id,
                     datagrams,
                     held,
                     exited,
                     self.reports.borrow().clone(),
-                )
+                );
+                hello.protocol_version = self.hello_version;
+                hello
             })
             .await;
         let handshake::Registered {
@@ -368,12 +462,18 @@ impl Link {
         }
         match &self.jobs {
             Some(j) => j.on_welcome(&welcome),
-            None => match self.make_jobs(&identity, &welcome) {
+            None => match self.make_jobs(
+                &identity,
+                Duration::from_millis(welcome.fence_kill_timeout_ms.into()),
+            ) {
                 Ok(j) => self.jobs = Some(j),
                 Err(e) => tracing::error!(error = %e, "cannot run jobs on this node"),
             },
         }
         let mut rx = self.jobs.as_mut().and_then(|j| j.rx.take());
+        self.speaks = 0;
+        self.in_session
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let reason = self
             .session(
                 &conn,
@@ -386,6 +486,8 @@ impl Link {
                 overflow,
             )
             .await;
+        self.in_session
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         if let Some(j) = self.jobs.as_mut() {
             j.rx = rx;
         }
@@ -396,6 +498,16 @@ impl Link {
     /// A failed step as the run loop takes it: back off and retry, or stop.
     fn after(&mut self, f: Failure) -> Result<Retry, AgentError> {
         match f {
+            Failure::Refused {
+                code: RejectCode::UnsupportedVersion,
+                reason,
+            } if self.hello_version > LIMITS_PROTOCOL_VERSION => {
+                // One version down at a time: a coordinator of version 5 still grants
+                // hand-overs; one of 4 or older none (nor usage reports, which need 6).
+                self.hello_version -= 1;
+                tracing::warn!(%reason, "the coordinator is older than this agent: registering with protocol {} (upgrade the coordinator)", self.hello_version);
+                Ok(Retry::Now)
+            }
             Failure::Retry(reason) => Ok(Retry::Later(reason)),
             Failure::Revoked => self.revoked(),
             Failure::Refused { code, reason } => Err(AgentError::Refused { code, reason }),
@@ -466,13 +578,13 @@ impl Link {
     fn make_jobs(
         &self,
         identity: &Identity,
-        welcome: &Welcome,
+        fence_kill: Duration,
     ) -> Result<Jobs, crate::supervisor::SupervisorError> {
         let supervisor = Supervisor::new(
             &self.cfg.state_dir,
             identity.node_id.clone(),
             identity.name.clone(),
-            Duration::from_millis(welcome.fence_kill_timeout_ms.into()),
+            fence_kill,
         )?;
         let supervisor = match &self.cfg.shim_program {
             Some(p) => supervisor.with_shim_program(p),

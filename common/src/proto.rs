@@ -30,13 +30,23 @@ use serde::{Deserialize, Serialize};
 /// Version 4 adds [`CoordMsg::StartLimited`], a start with the job's resources as limits; a
 /// coordinator sends it only to sessions of version 4 or later, and a plain `StartJob` to
 /// older ones.
-/// Version 5 is another change's (an agent restart re-adopting its shims). Version 6 adds
-/// [`AgentMsg::Usage`] (every ~10 s: the node's containment, the disk use of its jobs and each
+/// Version 5 lets jobs ride through agent restarts: a coordinator says
+/// [`CoordMsg::Speaks`] after `Welcome` to sessions of version 5 or later, and only then does
+/// an agent send [`AgentMsg::Readopted`] (it continued with copies a previous run of it left)
+/// or [`AgentMsg::RequestHandover`] (a planned restart asks for a lease that outlives it,
+/// answered by [`CoordMsg::HandoverGranted`] or [`CoordMsg::HandoverRefused`]). Either side
+/// older than 5 sees none of them: an agent restart is then ridden through only within the
+/// lease it held.
+/// Version 6 adds [`AgentMsg::Usage`] (every ~10 s: the node's containment, the disk use of its jobs and each
 /// job's CPU and memory, from its cgroup) and [`CoordMsg::StartAs`] (a start that names the
 /// job's group as well as its user); a coordinator sends `StartAs` only to sessions of version
 /// 6 or later ([`CoordMsg::for_version`]), and an agent sends `Usage` only to a coordinator
 /// that accepted its version-6 `Hello` (coordinators are upgraded first).
 pub const PROTOCOL_VERSION: u16 = 6;
+
+/// The first version that knows [`CoordMsg::Speaks`], [`AgentMsg::Readopted`] and the
+/// hand-over messages.
+pub const HANDOVER_PROTOCOL_VERSION: u16 = 5;
 
 /// The oldest agent protocol version a coordinator of this build still serves.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
@@ -124,6 +134,23 @@ pub enum AgentMsg {
     /// no token use, no node. Keep it after every older variant (its index is on the wire), and
     /// keep `protocol_version` its first field, as `Hello`'s.
     CheckJoin(Box<CheckJoin>),
+    /// (Version 5, only once the coordinator said [`CoordMsg::Speaks`].) This agent run
+    /// re-adopted these running copies from the run before it (an agent restart); its `Hello`
+    /// reported them already. For the record: the coordinator says whether they continue.
+    Readopted {
+        /// The copies re-adopted.
+        jobs: Vec<HeldJob>,
+    },
+    /// (Version 5, only once the coordinator said [`CoordMsg::Speaks`].) A planned restart of
+    /// the agent: asks for a lease that lasts until a new agent run has taken over, about
+    /// `hold_ms` from now. The coordinator records "this node is not declared down before
+    /// T" durably first, and only then answers with [`CoordMsg::HandoverGranted`].
+    RequestHandover {
+        /// Echoed in the answer.
+        request: u64,
+        /// How long the restart may take, ms.
+        hold_ms: u32,
+    },
     /// What the node's jobs use (version 6): sent once after `Welcome` and then every ~10 s,
     /// never with a heartbeat. Not durable: the coordinator keeps the latest in memory only.
     /// Keep it after every older variant.
@@ -424,6 +451,32 @@ pub enum CoordMsg {
         /// The user the job asks to run as (`None`: the node's default); the node refuses one
         /// its agent does not allow.
         user: Option<String>,
+    },
+    /// (Version 5.) Sent right after `Welcome` to sessions of version 5 or later: the
+    /// coordinator's protocol version, so the agent knows which messages it may send.
+    Speaks {
+        /// The coordinator's protocol version.
+        protocol_version: u16,
+    },
+    /// (Version 5.) The answer to [`AgentMsg::RequestHandover`]: the node is not declared
+    /// down before `until_unix_ms` (recorded durably before this was sent), and the agent may
+    /// hold a lease of `lease_ms`, counted from when it sent the request, which ends before
+    /// that with the fence kill timeout and clock drift to spare.
+    HandoverGranted {
+        /// The request it answers.
+        request: u64,
+        /// The hand-over lease, ms.
+        lease_ms: u32,
+        /// The end of the node's hold, Unix ms (for the record).
+        until_unix_ms: u64,
+    },
+    /// (Version 5.) The hand-over was refused (too long, the node not alive on this session,
+    /// the store failing); the agent exits with the lease it holds.
+    HandoverRefused {
+        /// The request it answers.
+        request: u64,
+        /// Why, in words.
+        reason: String,
     },
     /// Start a job copy within `limits`, as `user` and `group` (version 6; see
     /// [`CoordMsg::for_version`] for older sessions). Keep it after every older variant.

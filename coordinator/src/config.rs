@@ -38,6 +38,11 @@ pub struct RawConfig {
     /// lease that ends before it, so that jobs ride through the restart; 0: no hold (jobs are
     /// fenced after one lease). Absent: sized from the fleet ([`default_restart_hold`]).
     pub restart_hold_ms: Option<u64>,
+    /// The longest hand-over an agent's planned restart may ask for ("this node is not
+    /// declared down before T", so that its jobs ride through the restart); a longer one is
+    /// refused with the reason. 0: no hand-overs (an agent restart keeps its jobs only within
+    /// the lease it held).
+    pub max_handover_ms: u64,
     /// Lifetime of node certificates.
     pub cert_validity_days: u32,
     /// Lifetime of node certificates in seconds, overriding `cert_validity_days` (for tests
@@ -80,6 +85,7 @@ impl Default for RawConfig {
             suspect_after_missed: 3,
             restart_grace_ms: 5000,
             restart_hold_ms: None,
+            max_handover_ms: 60_000,
             cert_validity_days: 30,
             cert_validity_s: None,
             admin_tls: false,
@@ -153,6 +159,8 @@ pub struct Config {
     pub restart_grace: Duration,
     /// How long a planned restart holds downs.
     pub restart_hold: RestartHold,
+    /// The longest agent hand-over granted (zero: none).
+    pub max_handover: Duration,
     /// Node certificate lifetime.
     pub cert_validity: Duration,
     /// HTTPS for the admin endpoint.
@@ -255,6 +263,9 @@ impl RawConfig {
             }
             Some(ms) => RestartHold::Fixed(Duration::from_millis(ms)),
         };
+        if self.max_handover_ms > 3_600_000 {
+            return Err(invalid("max_handover_ms", "must be at most 3600000"));
+        }
         if self.suspect_after_missed == 0 {
             return Err(invalid("suspect_after_missed", "must be at least 1"));
         }
@@ -344,6 +355,7 @@ impl RawConfig {
             suspect_after_missed: self.suspect_after_missed,
             restart_grace: Duration::from_millis(self.restart_grace_ms),
             restart_hold,
+            max_handover: Duration::from_millis(self.max_handover_ms),
             cert_validity: Duration::from_secs(
                 self.cert_validity_s
                     .unwrap_or(u64::from(self.cert_validity_days) * 86_400),

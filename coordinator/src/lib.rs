@@ -160,6 +160,7 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         Engine::load(store.clone(), detector, metrics, now)?
             .with_quotas(cfg.quotas)
             .with_retention(cfg.retention)
+            .with_max_handover(cfg.max_handover)
             .with_fence_update((in_force != configured).then_some(configured)),
     );
     // Finish what a previous run decided but may not have carried out (e.g. a failover cut
@@ -167,6 +168,8 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     membership.reconcile_jobs()?;
     // A planned restart's hold from the run before: nobody is declared down before it ends.
     membership.honour_restart_hold(now)?;
+    // And the agent hand-overs: those nodes are not declared down before theirs end.
+    membership.honour_node_holds(now)?;
 
     // A fresh server certificate at every start; agents trust the CA, not this certificate.
     let (serial, ticket) = store.reserve_serial()?;

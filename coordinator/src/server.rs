@@ -274,6 +274,7 @@ impl Server {
         // Only what the session needs outlives this point: the Hello (with a hardware report of
         // several KiB) is not kept for the life of the connection.
         let datagrams = hello.datagrams && conn.max_datagram_size().is_some();
+        let version = hello.protocol_version;
         let held_jobs = std::mem::take(&mut hello.jobs);
         let exited = std::mem::take(&mut hello.exited);
         let Hello {
@@ -311,6 +312,19 @@ impl Server {
         {
             self.membership.disconnected(&cert_node, reg.session);
             return;
+        }
+        // Sessions that know it learn what this coordinator speaks (hand-overs, re-adoption).
+        if version >= tandem_common::proto::HANDOVER_PROTOCOL_VERSION {
+            let speaks = CoordMsg::Speaks {
+                protocol_version: tandem_common::proto::PROTOCOL_VERSION,
+            };
+            if codec::write_msg(&mut send, &speaks, self.max_frame)
+                .await
+                .is_err()
+            {
+                self.membership.disconnected(&cert_node, reg.session);
+                return;
+            }
         }
         // What the node holds, and the exits it kept, decide which of its jobs stay, go, or are
         // placed again.
@@ -438,6 +452,27 @@ impl Server {
                                 }
                             }
                             Handled::Refused(why) => tracing::warn!(%peer, %node, "refused {why}"),
+                            Handled::Handover { request, hold } => {
+                                // The lease goes out only once the node's hold is durable.
+                                let granted = match hold {
+                                    Ok(ticket) => {
+                                        self.membership.store().durable(ticket).await;
+                                        self.membership.grant_handover(node, session, Instant::now())
+                                    }
+                                    Err(why) => Err(why),
+                                };
+                                let reply = match granted {
+                                    Ok((lease, until_unix_ms)) => CoordMsg::HandoverGranted {
+                                        request,
+                                        lease_ms: lease.as_millis().min(u32::MAX as u128) as u32,
+                                        until_unix_ms,
+                                    },
+                                    Err(reason) => CoordMsg::HandoverRefused { request, reason },
+                                };
+                                if let Err(e) = codec::write_msg(&mut send, &reply, self.max_frame).await {
+                                    return format!("control stream write failed: {e}");
+                                }
+                            }
                         },
                         Ok(None) => control_open = false,
                         Err(CodecError::Decode(e)) => {

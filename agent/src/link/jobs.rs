@@ -156,6 +156,14 @@ impl Jobs {
         self.supervisor.exit_acknowledged(job_id, token);
     }
 
+    /// Re-adopts the shims of `alive` (see `crate::supervisor::adopt`).
+    pub(super) async fn adopt_all(
+        &self,
+        alive: &[String],
+    ) -> Vec<crate::supervisor::adopt::AdoptedJob> {
+        self.supervisor.adopt_all(alive).await
+    }
+
     /// Every copy held: running, or a start accepted and in progress.
     pub(super) fn held(&self) -> Vec<HeldJob> {
         self.supervisor.held()

@@ -34,6 +34,10 @@ impl Link {
             Some(r) => (Some(&mut r.ended), Some(&mut r.outbox), Some(&mut r.usage)),
             None => (None, None, None),
         };
+        // A coordinator that refused our newest Hello (older than protocol 6) knows no Usage.
+        if self.hello_version < tandem_common::proto::USAGE_PROTOCOL_VERSION {
+            usage = None;
+        }
         // The latest usage report goes out at once on every session (the containment mode
         // with it), then each new one.
         if let Some(u) = usage.as_mut() {
@@ -80,8 +84,25 @@ impl Link {
             heartbeat,
             Duration::from_millis(welcome.lease_ms.into()),
         );
+        // A planned stop's hand-over request: its number, when it was sent, and how long to
+        // wait for the answer.
+        let mut handover: Option<(u64, Instant, tokio::time::Instant)> = None;
         loop {
             tokio::select! {
+                r = self.stop_rx.changed(), if handover.is_none() => {
+                    if r.is_err() || !*self.stop_rx.borrow_and_update() {
+                        continue;
+                    }
+                    match self.ask_handover(&mut send).await {
+                        Ok(Some(h)) => handover = Some(h),
+                        Ok(None) => return "stopping".into(),
+                        Err(e) => return format!("stopping: asking for a hand-over: {e}"),
+                    }
+                }
+                _ = async { match handover { Some((_, _, by)) => tokio::time::sleep_until(by).await, None => std::future::pending().await } } => {
+                    tracing::warn!("the coordinator did not answer the hand-over request in time: the jobs are fenced at the end of the lease held");
+                    return "stopping: no hand-over answer in time".into();
+                }
                 _ = iv.tick() => {
                     let now = Instant::now();
                     wedge_hook();
@@ -211,6 +232,37 @@ impl Link {
                         self.renewal.on_refused(identity, unix_now());
                         tracing::warn!(%reason, retry_at_unix = ?self.renewal.next_at(), "the coordinator refused to renew the certificate; the current one stays in use");
                     }
+                    Ok(Some(CoordMsg::Speaks { protocol_version })) => {
+                        self.speaks = protocol_version;
+                        if protocol_version >= HANDOVER_PROTOCOL_VERSION && !self.readopted.is_empty() {
+                            let jobs = std::mem::take(&mut self.readopted);
+                            if let Err(e) = codec::write_msg(&mut send, &AgentMsg::Readopted { jobs }, DEFAULT_MAX_FRAME).await {
+                                return format!("reporting the re-adopted jobs: {e}");
+                            }
+                        }
+                    }
+                    Ok(Some(CoordMsg::HandoverGranted { request, lease_ms, until_unix_ms })) => {
+                        match handover {
+                            Some((r, sent_at, _)) if r == request => {
+                                let until = sent_at + Duration::from_millis(lease_ms.into());
+                                self.lease.extend_to(until);
+                                self.publish(true);
+                                // The lease goes to every shim through its control task; give
+                                // those a moment to write it (a shim that misses it keeps the
+                                // shorter lease it had: it only fences sooner).
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                tracing::info!(lease_ms, until_unix_ms, until = %tandem_common::time::rfc3339(until_unix_ms), jobs = self.jobs.as_ref().map_or(0, |j| j.held().len()), "hand-over granted: exiting without stopping the jobs; the next agent run re-adopts them");
+                                return "stopping: hand-over granted".into();
+                            }
+                            _ => tracing::warn!(request, "ignored a hand-over answer to no request of ours"),
+                        }
+                    }
+                    Ok(Some(CoordMsg::HandoverRefused { request, reason })) => {
+                        if handover.is_some_and(|(r, _, _)| r == request) {
+                            tracing::warn!(%reason, "the coordinator refused the hand-over: the jobs are fenced at the end of the lease held");
+                            return format!("stopping: hand-over refused: {reason}");
+                        }
+                    }
                     Ok(Some(CoordMsg::Reject(r))) => {
                         self.lease.revoke();
                         return format!("refused ({:?}): {}", r.code, r.reason);
@@ -221,6 +273,43 @@ impl Link {
                 },
             }
         }
+    }
+
+    /// A planned stop: asks the coordinator for a hand-over lease (`agent_handover_ms`) when
+    /// it speaks protocol 5 and jobs are held. `Ok(None)`: nothing to ask (the agent just
+    /// exits, as before: the shims keep the lease held).
+    async fn ask_handover(
+        &mut self,
+        send: &mut quinn::SendStream,
+    ) -> Result<Option<(u64, Instant, tokio::time::Instant)>, String> {
+        let held = self.jobs.as_ref().map_or(0, |j| j.held().len());
+        if held == 0 {
+            return Ok(None);
+        }
+        if self.speaks < HANDOVER_PROTOCOL_VERSION {
+            tracing::warn!(
+                "the coordinator grants no hand-overs (protocol {} < {HANDOVER_PROTOCOL_VERSION}): the jobs are fenced at the end of the lease held unless the next agent run re-adopts them before",
+                self.speaks
+            );
+            return Ok(None);
+        }
+        let request = rand::random::<u64>();
+        let hold_ms = u32::try_from(self.cfg.agent_handover.as_millis()).unwrap_or(u32::MAX);
+        let sent_at = Instant::now();
+        let msg = AgentMsg::RequestHandover { request, hold_ms };
+        codec::write_msg(send, &msg, DEFAULT_MAX_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            hold_ms,
+            jobs = held,
+            "stopping: asked the coordinator for a hand-over lease"
+        );
+        Ok(Some((
+            request,
+            sent_at,
+            tokio::time::Instant::now() + super::HANDOVER_WAIT,
+        )))
     }
 
     /// Keeps exit reports on disk until acknowledged (see `crate::exits`), logging why one

@@ -111,15 +111,15 @@ pub struct Supervisor {
     node_name: String,
     /// The fence kill timeout in milliseconds: read by each start for its spec, and followed
     /// by every running shim's control task (`fencekill`).
-    fence_kill_ms: watch::Sender<u64>,
+    pub(super) fence_kill_ms: watch::Sender<u64>,
     shim_program: PathBuf,
     log_max_bytes: u64,
     path_env: String,
     pub(super) held: Arc<HeldTable>,
-    exits_tx: mpsc::Sender<JobExit>,
+    pub(super) exits_tx: mpsc::Sender<JobExit>,
     /// The lease deadline in CLOCK_MONOTONIC ns; `None` = no lease. Dropped with the supervisor,
     /// which closes every shim's stdin.
-    deadline: Arc<watch::Sender<Option<u64>>>,
+    pub(super) deadline: Arc<watch::Sender<Option<u64>>>,
     /// The session whose ack gave the lease in `deadline` (0: none). Set before `deadline`.
     lease_session: Arc<watch::Sender<u64>>,
     exits_rx: Mutex<Option<mpsc::Receiver<JobExit>>>,
@@ -432,6 +432,7 @@ impl Supervisor {
             ctl_rx,
             backstop,
             steps_tx,
+            super::follow::Origin::Started,
         ));
         let target = Target {
             job_id: id.clone(),
@@ -440,7 +441,7 @@ impl Supervisor {
             containment: Arc::clone(&self.containment),
         };
         tokio::spawn(monitor(
-            child,
+            super::follow::ShimProc::Child(child),
             target,
             steps_rx,
             Arc::clone(&self.held),

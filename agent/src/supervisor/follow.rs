@@ -10,7 +10,7 @@ use crate::containment::Containment;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 /// How long one line to a shim may take to write (a pipe holds 64 KiB; this is never reached
@@ -44,18 +44,46 @@ impl Target {
     }
 }
 
-/// Writes lease changes and commands to one shim's stdin, until the shim is gone or the
-/// supervisor is dropped (which closes the pipe: the shim keeps its last deadline). Also the
-/// shim's [`Backstop`]: if the shim has not ended its job when the lease is over, the agent
-/// does.
+/// How a shim is followed: one this agent started (its stdin), or one it re-adopted (its
+/// control socket, see [`super::adopt`]).
+pub(super) enum Origin {
+    /// Started by this agent: every lease value counts from the start.
+    Started,
+    /// Re-adopted: the shim holds the deadline of a lease the previous agent held. Until this
+    /// agent has pushed a lease of its own, "no lease" is not pushed (it would fence a job
+    /// whose lease still runs only because this agent has not registered yet); the first
+    /// line is the fence kill timeout in force here.
+    Adopted,
+}
+
+/// Writes lease changes and commands to one shim (its stdin, or its control socket), until
+/// the shim is gone or the supervisor is dropped (which closes the pipe: the shim keeps its
+/// last deadline). Also the shim's [`Backstop`]: if the shim has not ended its job when the
+/// lease is over, the agent does.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn control(
-    mut stdin: tokio::process::ChildStdin,
+    mut stdin: impl AsyncWrite + Unpin,
     mut deadline: watch::Receiver<Option<u64>>,
     mut fence_kill_ms: watch::Receiver<u64>,
     mut ctl: mpsc::Receiver<ShimCommand>,
     mut backstop: Backstop,
     steps: mpsc::Sender<Step>,
+    origin: Origin,
 ) {
+    // Whether "no lease" may be pushed: always for a shim we started; for an adopted one once
+    // we pushed a lease of ours.
+    let mut pushed = matches!(origin, Origin::Started);
+    if matches!(origin, Origin::Adopted) {
+        let ms = *fence_kill_ms.borrow_and_update();
+        backstop.set_fence_kill(Duration::from_millis(ms));
+        let line = ShimCommand::FenceKill { timeout_ms: ms }.to_line();
+        if !matches!(
+            tokio::time::timeout(WRITE_TIMEOUT, stdin.write_all(line.as_bytes())).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+    }
     loop {
         // The backstop's timer is recomputed on every turn from its state (a token, in
         // effect): a lease that moved since is seen when it fires.
@@ -67,6 +95,10 @@ pub(super) async fn control(
             r = deadline.changed() => match r {
                 Ok(()) => {
                     let v = *deadline.borrow_and_update();
+                    if v.is_none() && !pushed {
+                        continue;
+                    }
+                    pushed = true;
                     backstop.on_lease(v, monotonic_ns().unwrap_or(u64::MAX));
                     match v {
                         Some(ns) => ShimCommand::Lease(ns),
@@ -113,9 +145,45 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// The shim's process as the monitor waits for it: our child, or an adopted shim (its
+/// control connection ends when it exits; its pidfd, where the kernel has them, is what we
+/// signal and wait on, so a reused pid is never hit).
+pub(super) enum ShimProc {
+    /// A shim this agent started.
+    Child(tokio::process::Child),
+    /// A shim re-adopted through its control socket.
+    Adopted(super::adopt::AdoptedProc),
+}
+
+impl ShimProc {
+    /// Resolves once the shim has exited (cancel-safe).
+    async fn wait(&mut self) {
+        match self {
+            ShimProc::Child(c) => {
+                let _ = c.wait().await;
+            }
+            ShimProc::Adopted(a) => a.wait().await,
+        }
+    }
+
+    /// Sends `sig` to the shim if it is still there.
+    fn signal(&mut self, sig: i32) {
+        match self {
+            ShimProc::Child(c) => {
+                // `id()` is `None` once reaped.
+                if let Some(pid) = c.id() {
+                    // SAFETY: kill has no memory-safety preconditions; an unreaped child.
+                    unsafe { libc::kill(pid as i32, sig) };
+                }
+            }
+            ShimProc::Adopted(a) => a.signal(sig),
+        }
+    }
+}
+
 /// Waits for a shim to exit and reports its job's end.
 pub(super) async fn monitor(
-    mut child: tokio::process::Child,
+    mut child: ShimProc,
     target: Target,
     mut steps: mpsc::Receiver<Step>,
     held: Arc<HeldTable>,
@@ -138,18 +206,15 @@ pub(super) async fn monitor(
                          timeout (stopped or wedged): the agent kills the job itself"
                     );
                     target.kill_job().await;
-                    // Wake the shim, so it records the end. `id()` is `None` once reaped.
-                    if let Some(shim) = child.id() {
-                        // SAFETY: kill has no memory-safety preconditions; an unreaped child.
-                        unsafe { libc::kill(shim as i32, libc::SIGCONT) };
-                    }
+                    // Wake the shim, so it records the end.
+                    child.signal(libc::SIGCONT);
                 }
                 Some(Step::KillShim) => {
                     tracing::error!(job = %job_id, shim = target.shim_pid, "the shim still does not answer: SIGKILL");
-                    let _ = child.start_kill();
+                    child.signal(libc::SIGKILL);
                 }
                 None => {
-                    let _ = child.wait().await;
+                    child.wait().await;
                     break;
                 }
             },

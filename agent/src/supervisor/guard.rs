@@ -206,6 +206,17 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_that_comes_after_the_deadline_never_revives_the_job() {
+        let mut g = guard();
+        // No poll ran since the deadline (1000 ms) passed: the lease is too late all the same.
+        let acts = g.on_command(ShimCommand::Lease(9000 * MS), 1001 * MS);
+        assert_eq!(acts, [Action::Term]);
+        assert_eq!(g.reason(), Some(ExitReason::Fenced));
+        assert_eq!(g.deadline_ns(), 1000 * MS);
+        assert_eq!(g.poll(1250 * MS), [Action::Kill]);
+    }
+
+    #[test]
     fn a_late_wakeup_terms_and_kills_at_once() {
         let mut g = guard();
         assert_eq!(g.poll(5000 * MS), [Action::Term, Action::Kill]);

@@ -152,6 +152,30 @@ impl HeldTable {
         }))
     }
 
+    /// Enters a copy re-adopted from an earlier agent run as running (see `super::adopt`);
+    /// `false`, entering nothing, if a copy of the job is held already.
+    pub(super) fn adopt(
+        &self,
+        job_id: &str,
+        token: u64,
+        ctl: mpsc::Sender<ShimCommand>,
+        started: StartedJob,
+    ) -> bool {
+        let mut jobs = lock(&self.jobs);
+        if jobs.contains_key(job_id) {
+            return false;
+        }
+        jobs.insert(
+            job_id.to_string(),
+            Slot::Running {
+                token,
+                ctl,
+                started,
+            },
+        );
+        true
+    }
+
     /// Every copy held, sorted by job id.
     pub(super) fn list(&self) -> Vec<HeldJob> {
         let mut v: Vec<HeldJob> = lock(&self.jobs)

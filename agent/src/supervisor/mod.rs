@@ -15,7 +15,10 @@
 //!   kill timeout (default 250 ms), records how the job ended, and exits. The three failures all
 //!   end there: a partition stops the acks, so the agent's lease stops moving (or is revoked:
 //!   `refresh(None)` sends `fence`); a frozen agent stops refreshing; a dead agent closes the pipe,
-//!   and on EOF the shim keeps the last deadline — it never extends one by itself.
+//!   and on EOF the shim keeps the last deadline — it never extends one by itself. A new agent
+//!   run may re-adopt the shim through its control socket and push deadlines from there on
+//!   ([`adopt`], which says why that keeps the argument whole); a deadline that has passed by
+//!   the shim's own clock is never moved again.
 //! - The shim is started in its own session (`setsid`), so a signal to the agent's process group
 //!   or terminal does not reach it; the job runs in its own process group under the shim, so one
 //!   `kill(-pgid)` reaches the job and everything it started. When the job's leader exits, the
@@ -65,12 +68,13 @@
 //! # systemd: `KillMode=process`
 //! Use `KillMode=process` for the agent's unit: on `systemctl restart` or a watchdog restart
 //! systemd then signals only the agent, and the shims (and jobs) are left alone. They are not left
-//! unbounded: the new agent does not adopt them, so each job is fenced at the lease deadline the
-//! old agent gave it (at most one lease, 1 s by default), exactly as after a crash. With the
-//! default `control-group` systemd would SIGTERM every job at once on each restart, and SIGKILL
-//! them with the unit's timeout; `mixed` is the same for the jobs. A shim that receives SIGTERM,
-//! SIGINT or SIGHUP (e.g. `systemctl stop` with `control-group`) stops its job first, with the
-//! fence kill timeout, then exits.
+//! unbounded: each holds the lease deadline the old agent gave it (one lease, or the hand-over
+//! lease of a planned stop, see `crate::link`), and fences its job then unless the new agent
+//! re-adopted it ([`adopt`]) and pushed a lease of its own. With the default `control-group`
+//! systemd would SIGTERM every job at once on each restart, and SIGKILL them with the unit's
+//! timeout; `mixed` is the same for the jobs. A shim that receives SIGTERM, SIGINT or SIGHUP
+//! (e.g. `systemctl stop` with `control-group`) stops its job first, with the fence kill
+//! timeout, then exits.
 //!
 //! # The job's working dir (`STATE_DIR/work/<job id>/`)
 //! A job runs in a dir of its own unless its spec names one, never in its job dir: a job that
@@ -81,16 +85,22 @@
 //! # Files in a job dir (`STATE_DIR/jobs/<job id>/`)
 //! `spec.json` (what to run, mode 0600: it holds the environment), `fencing_token`, `lock`,
 //! `status.json` (running or exited with code or signal, token, pid, times; written atomically),
-//! `pid`, `shim.log` (the shim's own log), and `stdout.log` / `stderr.log`, each rotated to
-//! `.1` at the size cap (8 MiB by default), so a job keeps its last 8–16 MiB of each stream.
+//! `pid`, `shim.log` (the shim's own log), `control.sock` (the shim's control socket, 0600,
+//! while the shim lives and its job is not ending), and `stdout.log` / `stderr.log`, each
+//! rotated to `.1` at the size cap (8 MiB by default), so a job keeps its last 8–16 MiB of each
+//! stream.
 //!
 //! # The shim protocol
 //! Agent to shim, one line each on stdin: `lease <monotonic ns>`, `fence`, `stop <kill ms>`,
 //! `fencekill <ms>` (the coordinator's fence kill timeout changed; sent on every change).
 //! Shim to agent, once on stdout: `started <pid>`, `busy`, or `failed <reason>`. The end is read
-//! from `status.json` once the shim has exited.
+//! from `status.json` once the shim has exited. On the control socket the shim greets each
+//! connection with `shim 1 <job id> <token> <pid> <started ms> <running|ending> <deadline ns>
+//! <fence kill ms>` ([`protocol::ShimHello`]), then takes the same lines as on stdin; it follows
+//! only its newest connection.
 
 pub mod admit;
+pub mod adopt;
 pub mod backstop;
 mod follow;
 pub mod guard;
@@ -99,6 +109,7 @@ pub mod housekeeping;
 pub mod logs;
 pub mod protocol;
 pub mod shim;
+mod shim_control;
 mod users;
 
 mod api;

@@ -29,8 +29,86 @@ pub const STDOUT_LOG: &str = "stdout.log";
 /// The job's stderr; rotated to `stderr.log.1`.
 pub const STDERR_LOG: &str = "stderr.log";
 
+/// The shim's control socket: a new agent re-adopts the shim through it (mode 0600, in the
+/// job dir, which is 0700 and the agent's: a job, which may run as another user and never
+/// runs in its job dir, cannot reach it).
+pub const CONTROL_SOCKET: &str = "control.sock";
+
 /// Longest line either side sends; longer lines are discarded.
 pub const MAX_LINE: usize = 4096;
+
+/// The version of the control socket's protocol, first word after `shim` in its greeting.
+pub const SOCKET_PROTOCOL: u32 = 1;
+
+/// The shim's greeting, the first line on every connection to its control socket:
+/// `shim 1 <job id> <token> <pid> <started unix ms> <running|ending> <deadline ns>
+/// <fence kill ms>`. After it the agent sends the same [`ShimCommand`] lines as on stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShimHello {
+    /// The job.
+    pub job_id: String,
+    /// The copy's fencing token.
+    pub fencing_token: u64,
+    /// The job's pid (and process group id).
+    pub pid: u32,
+    /// When the job started, Unix ms.
+    pub started_unix_ms: u64,
+    /// Whether the job is being ended (fenced, stopped): such a copy is never adopted.
+    pub ending: bool,
+    /// The lease deadline the shim holds, CLOCK_MONOTONIC ns.
+    pub deadline_ns: u64,
+    /// The fence kill timeout the shim uses, ms.
+    pub fence_kill_ms: u64,
+}
+
+impl ShimHello {
+    /// The line to send, with its newline.
+    pub fn to_line(&self) -> String {
+        format!(
+            "shim {SOCKET_PROTOCOL} {} {} {} {} {} {} {}\n",
+            self.job_id,
+            self.fencing_token,
+            self.pid,
+            self.started_unix_ms,
+            if self.ending { "ending" } else { "running" },
+            self.deadline_ns,
+            self.fence_kill_ms
+        )
+    }
+
+    /// Parses a greeting; anything else (another version, nonsense) is refused with why.
+    pub fn parse(line: &str) -> Result<Self, String> {
+        let w: Vec<&str> = line.split_ascii_whitespace().collect();
+        match w.as_slice() {
+            ["shim", v, ..] if *v != SOCKET_PROTOCOL.to_string() => Err(format!(
+                "control socket protocol {:?} is not {SOCKET_PROTOCOL}",
+                truncate(v)
+            )),
+            ["shim", _, job, token, pid, started, state, deadline, kill] => {
+                validate_job_id(job)?;
+                let ending = match *state {
+                    "running" => false,
+                    "ending" => true,
+                    s => return Err(format!("unknown state {:?}", truncate(s))),
+                };
+                let pid = u32::try_from(parse_u64(pid)?).map_err(|_| "pid out of range")?;
+                if pid <= 1 {
+                    return Err(format!("pid {pid} cannot be a job's"));
+                }
+                Ok(ShimHello {
+                    job_id: job.to_string(),
+                    fencing_token: parse_u64(token)?,
+                    pid,
+                    started_unix_ms: parse_u64(started)?,
+                    ending,
+                    deadline_ns: parse_u64(deadline)?,
+                    fence_kill_ms: parse_u64(kill)?,
+                })
+            }
+            _ => Err(format!("not a shim greeting: {:?}", truncate(line))),
+        }
+    }
+}
 
 /// A message from the agent to a shim, one line each on the shim's stdin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -471,6 +549,35 @@ mod tests {
             "\u{0}",
         ] {
             assert!(ShimCommand::parse(bad).is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn shim_greetings_round_trip_and_nonsense_is_refused() {
+        let h = ShimHello {
+            job_id: "j-1".into(),
+            fencing_token: 7,
+            pid: 4242,
+            started_unix_ms: 1_700_000_000_000,
+            ending: false,
+            deadline_ns: u64::MAX,
+            fence_kill_ms: 250,
+        };
+        assert_eq!(ShimHello::parse(&h.to_line()), Ok(h.clone()));
+        let e = ShimHello { ending: true, ..h };
+        assert_eq!(ShimHello::parse(&e.to_line()), Ok(e));
+        for bad in [
+            "",
+            "started 42",
+            "shim 2 j 1 42 0 running 5 250",
+            "shim 1 ../x 1 42 0 running 5 250",
+            "shim 1 j 1 1 0 running 5 250",
+            "shim 1 j 1 42 0 sleeping 5 250",
+            "shim 1 j -1 42 0 running 5 250",
+            "shim 1 j 1 42 0 running 5",
+            "shim 1 j 1 42 0 running 5 250 extra",
+        ] {
+            assert!(ShimHello::parse(bad).is_err(), "{bad:?} parsed");
         }
     }
 

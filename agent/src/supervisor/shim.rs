@@ -6,17 +6,23 @@
 //! SIGKILLs it after the fence kill timeout. On stdin EOF (the agent died) it keeps the last
 //! deadline. When the job's leader exits, the rest of its group is killed before the leader is
 //! reaped (so the group id cannot be reused meanwhile), `status.json` records the end, and the
-//! shim exits. Threads, not an async runtime: one each for stdin, the leader's exit, signals,
-//! and each output pipe; the main thread owns all decisions through [`Guard`].
+//! shim exits. It also listens on its control socket (`control.sock` in the job dir), through
+//! which a new agent run re-adopts it and sends the same lines as on stdin
+//! (`super::shim_control`, `super::adopt`); the socket goes before the end is recorded.
+//! Threads, not an async runtime: one each for stdin, the control socket and its connection,
+//! the leader's exit, signals, and each output pipe; the main thread owns all decisions through
+//! [`Guard`].
 
 use super::guard::{Action, Guard};
 use super::logs::RotatingLog;
 use super::protocol::*;
+use super::shim_control::{accept_thread, greet, listen, stdin_thread, Event};
 use super::SupervisorError;
 use crate::containment::cgroup;
 use std::fs::{self, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
@@ -29,14 +35,6 @@ use tandem_common::time::unix_ms;
 /// is recorded after this even then, and the cgroup stays populated, so the job is held as
 /// alive by the agent until it is really gone.
 const CGROUP_EMPTY_LIMIT: Duration = Duration::from_secs(5);
-
-enum Event {
-    Command(ShimCommand),
-    BadLine(String),
-    StdinClosed,
-    Signal(i32),
-    LeaderExited,
-}
 
 /// The shim's entry point.
 pub fn main(job_dir: &Path) -> ExitCode {
@@ -241,7 +239,19 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
     drop(done_tx);
     stdin_thread(tx.clone());
     signal_thread(sigs, tx.clone());
-    let waiter = tx;
+    let socket_path = job_dir.join(CONTROL_SOCKET);
+    match listen(&socket_path) {
+        Ok(l) => accept_thread(l, tx.clone()),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "no control socket at {}: a restarted agent cannot re-adopt this job (it waits until it is fenced)",
+            socket_path.display()
+        ),
+    }
+    // The controller that re-adopted us last: (generation, connection). Only its lines count.
+    let mut controller: Option<(u64, UnixStream)> = None;
+    let mut generation = 0u64;
+    let waiter = tx.clone();
     std::thread::spawn(move || {
         wait_exited_nowait(pgid);
         let _ = waiter.send(Event::LeaderExited);
@@ -295,6 +305,59 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
             Ok(Event::StdinClosed) => {
                 tracing::warn!("the agent's pipe closed: keeping the last lease deadline");
             }
+            Ok(Event::Controller(stream)) => {
+                generation += 1;
+                let hello = ShimHello {
+                    job_id: spec.job_id.clone(),
+                    fencing_token: spec.fencing_token,
+                    pid,
+                    started_unix_ms: started,
+                    ending: guard.reason().is_some() || now_ns() >= guard.deadline_ns(),
+                    deadline_ns: guard.deadline_ns(),
+                    fence_kill_ms: u64::try_from(guard.fence_kill().as_millis())
+                        .unwrap_or(u64::MAX),
+                };
+                match greet(&stream, &hello, generation, tx.clone()) {
+                    Ok(()) => {
+                        tracing::info!(
+                            generation,
+                            ending = hello.ending,
+                            "an agent connected to the control socket"
+                        );
+                        // The newest agent is the one alive (one agent per state dir): the
+                        // connection of an earlier one is closed, its lines ignored.
+                        if let Some((_, old)) = controller.replace((generation, stream)) {
+                            let _ = old.shutdown(std::net::Shutdown::Both);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not greet an agent on the control socket")
+                    }
+                }
+            }
+            Ok(Event::SocketCommand(g, c))
+                if controller.as_ref().is_some_and(|(cg, _)| *cg == g) =>
+            {
+                if matches!(c, ShimCommand::Lease(_)) && guard.reason().is_some() {
+                    tracing::warn!(
+                        "refused a lease from the agent: the job is being ended already"
+                    );
+                }
+                let acts = guard.on_command(c, now_ns());
+                apply(acts, &guard);
+            }
+            Ok(Event::SocketBadLine(g, e))
+                if controller.as_ref().is_some_and(|(cg, _)| *cg == g) =>
+            {
+                tracing::warn!("ignored a bad line on the control socket: {e}");
+            }
+            Ok(Event::SocketClosed(g)) if controller.as_ref().is_some_and(|(cg, _)| *cg == g) => {
+                tracing::warn!(
+                    "the agent's control connection closed: keeping the last lease deadline"
+                );
+                controller = None;
+            }
+            Ok(Event::SocketCommand(..) | Event::SocketBadLine(..) | Event::SocketClosed(_)) => {}
             Ok(Event::Signal(sig)) => {
                 tracing::warn!(sig, "told to terminate: stopping the job first");
                 let acts = guard.on_signal(now_ns());
@@ -303,6 +366,9 @@ fn run(job_dir: &Path) -> Result<(), SupervisorError> {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
     }
+    // No agent may adopt a copy that is ending: the socket goes first (an agent that
+    // connected meanwhile gets no greeting and waits for the end).
+    let _ = fs::remove_file(&socket_path);
     // The leader is a zombie, so its pid (the group id) cannot be reused: kill what is left of
     // the group, then reap.
     signal_group(pgid, libc::SIGKILL);
@@ -396,39 +462,6 @@ fn copy_thread(mut from: impl Read + Send + 'static, mut log: RotatingLog, done:
             }
         }
         drop(done);
-    });
-}
-
-fn stdin_thread(tx: mpsc::Sender<Event>) {
-    std::thread::spawn(move || {
-        let mut input = BufReader::new(io::stdin());
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match (&mut input)
-                .take(MAX_LINE as u64 + 1)
-                .read_until(b'\n', &mut line)
-            {
-                Ok(0) | Err(_) => break,
-                Ok(_) if line.last() != Some(&b'\n') && line.len() > MAX_LINE => {
-                    // Too long: drop it up to its newline.
-                    let mut rest = Vec::new();
-                    let _ = input.read_until(b'\n', &mut rest);
-                    let _ = tx.send(Event::BadLine("line too long".into()));
-                }
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    let ev = match ShimCommand::parse(&text) {
-                        Ok(c) => Event::Command(c),
-                        Err(e) => Event::BadLine(e),
-                    };
-                    if tx.send(ev).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-        let _ = tx.send(Event::StdinClosed);
     });
 }
 

@@ -41,6 +41,19 @@ pub fn hold_lease(left: Duration, fence_kill_timeout: Duration) -> Duration {
 }
 
 impl FailureDetector {
+    /// An agent hand-over's hold: `node` is not declared down before `until` (a later one
+    /// than it has replaces it; an earlier one is ignored). Record it durably first.
+    pub fn hold_node(&mut self, node: NodeId, until: Instant) {
+        let u = self.node_holds.entry(node).or_insert(until);
+        *u = (*u).max(until);
+        // A scan may have counted on an earlier deadline: that only makes it look sooner.
+    }
+
+    /// When `node`'s hand-over hold ends, if it has one.
+    pub fn node_hold_until(&self, node: &NodeId) -> Option<Instant> {
+        self.node_holds.get(node).copied()
+    }
+
     /// Takes a hold: no node changes state before `until` (a later hold than one taken
     /// already replaces it; an earlier one is ignored).
     pub fn hold(&mut self, until: Instant) {
@@ -160,6 +173,43 @@ mod tests {
             .filter(|tr| matches!(tr, Transition::Down { .. }))
             .collect();
         assert_eq!(downs.len(), 2, "{downs:?}");
+    }
+
+    #[test]
+    fn a_node_with_a_hand_over_hold_is_not_declared_down_before_it_ends() {
+        let t0 = Instant::now();
+        let mut d = FailureDetector::new(cfg(), t0);
+        d.end_restart_grace(t0);
+        let (a, b) = (NodeId::random(), NodeId::random());
+        d.handle_registered(a.clone(), 1, t0);
+        d.handle_registered(b.clone(), 2, t0);
+        d.handle_heartbeat(&a, 1, t0);
+        d.handle_heartbeat(&b, 2, t0);
+        let until = t0 + Duration::from_secs(10);
+        d.hold_node(a.clone(), until);
+        // An earlier hold does not shorten it; a new registration does not end it.
+        d.hold_node(a.clone(), t0 + Duration::from_secs(1));
+        d.handle_registered(a.clone(), 3, t0 + Duration::from_secs(2));
+        assert_eq!(d.node_hold_until(&a), Some(until));
+        let mut t = t0;
+        let mut b_down = false;
+        while t < until {
+            for tr in d.handle_tick(t) {
+                if let Transition::Down { node, .. } = tr {
+                    assert_eq!(node, b, "the held node was declared down at {t:?}");
+                    b_down = true;
+                }
+            }
+            t += Duration::from_millis(100);
+        }
+        assert!(b_down, "the other node goes down after one lease as always");
+        let downs: Vec<_> = d
+            .handle_tick(until)
+            .into_iter()
+            .filter(|tr| matches!(tr, Transition::Down { node, .. } if *node == a))
+            .collect();
+        assert_eq!(downs.len(), 1, "down at the hold's end");
+        assert_eq!(d.node_hold_until(&a), None);
     }
 
     #[test]

@@ -140,6 +140,8 @@ pub struct FailureDetector {
     legacy_total: Option<Duration>,
     /// A planned restart's hold (see `hold`).
     hold: Option<hold::Hold>,
+    /// Agent hand-overs: these nodes are not declared down before these times (see `hold`).
+    node_holds: HashMap<NodeId, Instant>,
 }
 
 /// How far a reconnect storm may push the restart grace beyond its configured length.
@@ -156,6 +158,7 @@ impl FailureDetector {
             next_due: now,
             legacy_total: None,
             hold: None,
+            node_holds: HashMap::default(),
         }
     }
 
@@ -334,11 +337,17 @@ impl FailureDetector {
         // Nothing is due before the next registration or the next scan's findings; a day
         // ahead stands for "never" without overflowing.
         let mut next_due = now + Duration::from_secs(86_400);
+        self.node_holds.retain(|_, until| *until > now);
         for (node, t) in self.nodes.iter_mut() {
             let silent_for = now.saturating_duration_since(t.last_beat);
+            // An agent hand-over's hold: not down before it ends, whatever the beats say.
+            let deadline = match self.node_holds.get(node) {
+                Some(until) => t.deadline.max(*until),
+                None => t.deadline,
+            };
             match t.liveness {
                 Liveness::Down => {}
-                _ if now >= t.deadline => {
+                _ if now >= deadline => {
                     t.liveness = Liveness::Down;
                     out.push(Transition::Down {
                         node: node.clone(),
@@ -356,8 +365,8 @@ impl FailureDetector {
             }
             let due = match t.liveness {
                 Liveness::Down => continue,
-                Liveness::Suspect => t.deadline,
-                Liveness::Alive => t.deadline.min(t.last_beat + suspect_after),
+                Liveness::Suspect => deadline,
+                Liveness::Alive => deadline.min(t.last_beat + suspect_after),
             };
             next_due = next_due.min(due);
         }

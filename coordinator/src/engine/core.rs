@@ -37,6 +37,8 @@ pub struct Engine {
     pub(super) retention: crate::retention::Retention,
     /// What each node's jobs use, as last reported (memory only: never stored).
     pub usage: crate::usage::UsageBoard,
+    /// The longest agent hand-over granted (zero: none; see `handover`).
+    pub(super) max_handover: std::time::Duration,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,6 +117,7 @@ impl Engine {
             clock: Arc::new(crate::clock::SystemClock),
             retention: Default::default(),
             usage: Default::default(),
+            max_handover: std::time::Duration::from_secs(60),
         })
     }
 
@@ -152,6 +155,13 @@ impl Engine {
     }
 
     /// Sets how long finished records are kept (at start-up).
+    /// Sets the longest agent hand-over granted (zero: none).
+    pub fn with_max_handover(mut self, max: std::time::Duration) -> Self {
+        self.max_handover = max;
+        self
+    }
+
+    /// Sets how long finished records are kept.
     pub fn with_retention(mut self, retention: crate::retention::Retention) -> Self {
         self.retention = retention;
         self

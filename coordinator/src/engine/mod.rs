@@ -45,6 +45,8 @@
 //! - `core`: the [`Engine`] struct, loading it from the store, reads.
 //! - `fleet`: the tables ([`Fleet`], [`NodeEntry`], [`Live`]).
 //! - `nodes`: joins, registrations, heartbeats, leaving, renewals, revocation, checks.
+//! - `handover`: an agent restart: a planned one's hand-over (a per-node hold recorded before
+//!   its lease is granted, honoured after a coordinator restart), and re-adopted jobs' event.
 //! - `hold`: a planned restart's hold, recorded before any lease relies on it, honoured
 //!   after.
 //! - `transitions`: the detector's tick carried out (suspect, down, recovered, a removal's
@@ -60,6 +62,7 @@
 mod clusters;
 mod core;
 mod fleet;
+mod handover;
 mod hold;
 mod job_reports;
 mod job_state;

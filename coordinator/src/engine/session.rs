@@ -20,6 +20,15 @@ pub enum Handled {
         /// The agent's reason.
         reason: String,
     },
+    /// An agent's planned restart asks for a hand-over (see `handover`): the runtime waits
+    /// until the node's hold is durable, then asks [`Engine::grant_handover`] for the lease
+    /// and answers.
+    Handover {
+        /// The agent's request number.
+        request: u64,
+        /// Durable once this is: the node's hold; `Err`: refused, with why.
+        hold: Result<Ticket, String>,
+    },
     /// A certificate renewal: the runtime holds the CA, signs the CSR and answers.
     Renew {
         /// The agent's certificate signing request.
@@ -79,6 +88,15 @@ impl Engine {
             AgentMsg::Usage(u) => {
                 self.usage.record(node, *u, self.clock.now());
                 Handled::Done
+            }
+            AgentMsg::Readopted { jobs } => {
+                self.readopted(node, &jobs);
+                Handled::Done
+            }
+            AgentMsg::RequestHandover { request, hold_ms } => {
+                let hold = std::time::Duration::from_millis(hold_ms.into());
+                let hold = self.begin_node_hold(node, session, hold, self.clock.now());
+                Handled::Handover { request, hold }
             }
             AgentMsg::Hello(_) | AgentMsg::CheckJoin(_) => {
                 self.metrics

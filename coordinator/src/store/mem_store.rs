@@ -30,6 +30,7 @@ struct Tables {
     events: BTreeMap<u64, Event>,
     fence: Option<FenceParams>,
     restart_hold: Option<crate::model::RestartHold>,
+    node_holds: std::collections::BTreeMap<NodeId, crate::model::RestartHold>,
     serial: u64,
     event_seq: u64,
 }
@@ -77,6 +78,14 @@ impl Tables {
                 }
                 Change::PutFenceParams(f) => self.fence = Some(*f),
                 Change::PutRestartHold(h) => self.restart_hold = h.clone(),
+                Change::PutNodeHold(n, h) => match h {
+                    Some(h) => {
+                        self.node_holds.insert(n.clone(), h.clone());
+                    }
+                    None => {
+                        self.node_holds.remove(n);
+                    }
+                },
                 Change::Event(e) => {
                     self.event_seq += 1;
                     let ev = Event {
@@ -281,6 +290,16 @@ impl StateStore for MemStore {
 
     fn restart_hold(&self) -> Result<Option<crate::model::RestartHold>, StoreError> {
         Ok(self.state().working.restart_hold.clone())
+    }
+
+    fn node_holds(&self) -> Result<Vec<(NodeId, crate::model::RestartHold)>, StoreError> {
+        Ok(self
+            .state()
+            .working
+            .node_holds
+            .iter()
+            .map(|(n, h)| (n.clone(), h.clone()))
+            .collect())
     }
 }
 

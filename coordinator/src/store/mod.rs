@@ -84,6 +84,9 @@ pub enum Change {
     /// Record (or, with `None`, clear) a planned restart's hold: nobody is declared down
     /// before it ends.
     PutRestartHold(Option<crate::model::RestartHold>),
+    /// Record (or, with `None`, clear) an agent hand-over's hold: this node is not declared
+    /// down before it ends.
+    PutNodeHold(NodeId, Option<crate::model::RestartHold>),
     /// Remove a job (retention of finished jobs).
     DeleteJob(String),
     /// Remove a join token (retention of used-up or expired tokens).
@@ -151,4 +154,6 @@ pub trait StateStore: Send + Sync + 'static {
     fn fence_params(&self) -> Result<Option<crate::model::FenceParams>, StoreError>;
     /// The hold a planned restart recorded last (`None`: none, or cleared).
     fn restart_hold(&self) -> Result<Option<crate::model::RestartHold>, StoreError>;
+    /// The agent hand-overs' holds recorded, by node.
+    fn node_holds(&self) -> Result<Vec<(NodeId, crate::model::RestartHold)>, StoreError>;
 }

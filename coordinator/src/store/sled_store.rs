@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 use tandem_common::ids::NodeId;
 
 /// How long to wait for the store's lock held by a process that is still exiting.
+/// The meta tree's keys of agent hand-over holds: `node_hold/<node id>`.
+const NODE_HOLD_PREFIX: &str = "node_hold/";
+
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// sled's page cache.
@@ -212,6 +215,13 @@ impl StateStore for SledStore {
                         .transpose()
                         .map_err(engine)?,
                 )),
+                Change::PutNodeHold(n, h) => writes.push((
+                    7,
+                    format!("{NODE_HOLD_PREFIX}{n}").into_bytes(),
+                    h.map(|h| serde_json::to_vec(&h))
+                        .transpose()
+                        .map_err(engine)?,
+                )),
                 Change::Event(e) => {
                     next += 1;
                     let ev = Event {
@@ -372,6 +382,21 @@ impl StateStore for SledStore {
             .map_err(engine)?
             .map(|v| decode(b"fence_params", &v))
             .transpose()
+    }
+
+    fn node_holds(&self) -> Result<Vec<(NodeId, crate::model::RestartHold)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.meta.scan_prefix(NODE_HOLD_PREFIX) {
+            let (k, v) = kv.map_err(engine)?;
+            let Some(id) = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|k| k.strip_prefix(NODE_HOLD_PREFIX))
+            else {
+                continue;
+            };
+            out.push((NodeId(id.to_string()), decode(&k, &v)?));
+        }
+        Ok(out)
     }
 
     fn restart_hold(&self) -> Result<Option<crate::model::RestartHold>, StoreError> {

@@ -5,8 +5,9 @@
 //! a start admitted only with a lease and a token above every token seen for the job (kept on
 //! disk); a copy held as starting from acceptance; exits kept on disk until acknowledged;
 //! every held copy and kept exit reported in the `Hello` and when asked; a restarted agent that
-//! re-adopts the shims of its previous run that have not begun to fence (every other run), and
-//! waits for the others (they fence at their last deadline) before it registers. A copy's process is the simulation's: it runs for a while or for ever, and
+//! re-adopts the running copies of its previous run whose shims have not fenced (by their own
+//! clock), reports them as held and drives them with its own leases from its first ack on, and
+//! waits for the other copies (their shims fence at their last deadline) before it registers. A copy's process is the simulation's: it runs for a while or for ever, and
 //! obeys SIGTERM after a delay, or only SIGKILL.
 //!
 //! Handlers return [`Out`]s for the world to carry out; they do no I/O of their own.
@@ -53,6 +54,8 @@ pub enum Out {
     },
     /// Look at the copies again at this time (guard deadlines, deaths, shim start).
     Wake(u64),
+    /// The agent process exits (a planned stop, after its hand-over or without one).
+    Exit,
     /// Try to connect at this time.
     Connect(u64),
     /// Send the next beat at this time, on this connection.
@@ -172,7 +175,12 @@ pub struct SimAgent {
     /// The exits the last `Hello` carried: those kept after it go once the session begins,
     /// as the real link drains the exits that came during its registration.
     in_hello: std::collections::BTreeSet<(String, u64)>,
+    /// A planned stop's hand-over request: its number and when it was sent (this host's clock).
+    stopping: Option<(u64, Instant)>,
 }
+
+/// The hand-over a simulated agent's planned stop asks for (the real default).
+pub const HANDOVER_MS: u32 = 10_000;
 
 /// Whether a waiting start takes only a lease from its own session, as the real supervisor
 /// does (`JobStart::session`). The simulation found the bug this closes: switched off, the
@@ -186,9 +194,9 @@ pub static SESSION_BOUND_WAIT: std::sync::atomic::AtomicBool =
 pub static REPORT_UNSEEN_ENDS: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(true);
 
-/// Whether a restarted agent re-adopts the shims its predecessor left (every other run;
-/// issue 14). Off, every restart waits for the old shims to fence, as the agent did before.
-pub static ADOPT_SHIMS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+/// Whether a restarted agent re-adopts the running copies of its previous run (as the real
+/// agent does through the shims' control sockets); off, it waits every one of them out.
+pub static READOPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// How long an accepted start waits for a lease before it is refused.
 const LEASE_WAIT_NS: u64 = 2_000_000_000;
@@ -224,6 +232,7 @@ impl SimAgent {
             waiting_conn: BTreeMap::new(),
             unseen_ends: Vec::new(),
             in_hello: Default::default(),
+            stopping: None,
         }
     }
 
@@ -241,37 +250,68 @@ impl SimAgent {
         ((local as i128 * 1_000_000 + d - 1) / d) as u64
     }
 
-    /// Starts the agent process (a fresh run: the lease and connection are gone). Every
-    /// other run re-adopts the shims of the run before ([`ADOPT_SHIMS`]): those that have not
-    /// begun to fence are its own again, reported in its `Hello` with their tokens and given
-    /// its leases; the others (already fencing) are waited for, as by a run that adopts none
-    /// (an agent whose shims predate adoption, or cannot be reached).
-    pub fn start(&mut self, now: u64, out: &mut Vec<Out>) -> usize {
+    /// Starts the agent process (a fresh run: the lease and connection are gone). Returns how
+    /// many running copies of the previous run it re-adopted.
+    pub fn start(&mut self, now: u64, out: &mut Vec<Out>) -> u64 {
         self.up = true;
         self.run += 1;
-        let mut adopted = 0;
-        if ADOPT_SHIMS.load(std::sync::atomic::Ordering::Relaxed) && self.run % 2 == 0 {
-            let run = self.run;
-            for c in self
-                .copies
-                .iter_mut()
-                .filter(|c| !c.gone && c.guard.reason().is_none())
-            {
-                c.owner = run;
-                adopted += 1;
-            }
-        }
         self.hung_until = 0;
         self.conn = None;
         self.welcomed = false;
         self.lease = Lease::new();
         self.waiting.clear();
+        // Re-adoption (`supervisor::adopt`): a running copy whose shim is not ending and whose
+        // deadline has not passed on this host's clock becomes this run's. It is in the first
+        // `Hello`, and gets leases of this run only from its first ack on.
+        let mut readopted = 0;
+        if READOPT.load(std::sync::atomic::Ordering::Relaxed) {
+            let run = self.run;
+            for c in self.copies.iter_mut().filter(|c| {
+                !c.gone
+                    && c.owner != run
+                    && c.state == HeldState::Running
+                    && c.alive
+                    && c.guard.reason().is_none()
+                    && now < c.guard.deadline_ns()
+            }) {
+                c.owner = run;
+                readopted += 1;
+            }
+        }
         out.push(Out::Connect(now));
-        adopted
+        readopted
+    }
+
+    /// A planned stop (SIGTERM), as `crate::link` does it: with a registered session and jobs
+    /// held, ask for a hand-over and exit once it is answered; `false`: nothing to ask, the
+    /// caller lets the process exit at once.
+    pub fn planned_stop(
+        &mut self,
+        clock: &crate::clock::SimClock,
+        rng: &mut impl Rng,
+        now: u64,
+        out: &mut Vec<Out>,
+    ) -> bool {
+        if !self.up || !self.welcomed || self.conn.is_none() || self.held().is_empty() {
+            return false;
+        }
+        let request = rng.random::<u64>();
+        self.stopping = Some((request, clock.instant(now)));
+        out.push(Out::Send(AgentMsg::RequestHandover {
+            request,
+            hold_ms: HANDOVER_MS,
+        }));
+        true
+    }
+
+    /// Whether a planned stop still waits for its answer.
+    pub fn stopping(&self) -> bool {
+        self.up && self.stopping.is_some()
     }
 
     /// `kill -9` of the agent: the shims live on with the last deadline they were given.
     pub fn crash(&mut self) {
+        self.stopping = None;
         self.up = false;
         self.waiting.clear();
         self.conn = None;
@@ -434,6 +474,26 @@ impl SimAgent {
         out: &mut Vec<Out>,
     ) {
         match msg {
+            CoordMsg::HandoverGranted {
+                request, lease_ms, ..
+            } if self.stopping.is_some_and(|(r, _)| r == request) => {
+                let (_, sent) = self.stopping.expect("checked");
+                let until = sent + Duration::from_millis(lease_ms.into());
+                if self.lease.extend_to(until) {
+                    let until = to_ns(clock, until);
+                    let run = self.run;
+                    for c in self.copies.iter_mut().filter(|c| !c.gone && c.owner == run) {
+                        let acts = c.guard.on_command(ShimCommand::Lease(until), now);
+                        apply(c, &acts, now, out);
+                    }
+                }
+                out.push(Out::Exit);
+            }
+            CoordMsg::HandoverRefused { request, .. }
+                if self.stopping.is_some_and(|(r, _)| r == request) =>
+            {
+                out.push(Out::Exit);
+            }
             CoordMsg::Reject(r) => {
                 self.lease.revoke();
                 if r.code == RejectCode::UnknownNode {

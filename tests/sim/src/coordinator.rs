@@ -104,6 +104,7 @@ impl CoordHost {
         if honour_hold {
             m.honour_restart_hold(now).expect("mem store");
         }
+        m.honour_node_holds(now).expect("mem store");
         Self {
             m,
             store,
@@ -167,6 +168,22 @@ impl CoordHost {
             Packet::Agent(msg) => match self.m.on_agent_msg(&node, session, msg) {
                 // The simulated agents send neither Goodbyes nor renewals.
                 Handled::Done | Handled::Left { .. } | Handled::Renew { .. } => {}
+                // As the server: the lease only once the node's hold is durable.
+                Handled::Handover { request, hold } => {
+                    let granted = hold.and_then(|ticket| {
+                        self.durable(ticket);
+                        self.m.grant_handover(&node, session, now)
+                    });
+                    let reply = match granted {
+                        Ok((lease, until_unix_ms)) => CoordMsg::HandoverGranted {
+                            request,
+                            lease_ms: lease.as_millis() as u32,
+                            until_unix_ms,
+                        },
+                        Err(reason) => CoordMsg::HandoverRefused { request, reason },
+                    };
+                    out.push(CoordOut::Send(conn, Packet::Coord(reply)));
+                }
                 Handled::Refused(why) => panic!("a simulated agent sent {why}"),
             },
             _ => {}

@@ -73,13 +73,15 @@ fn main() {
         return;
     }
     let started = std::time::Instant::now();
-    let (mut events, mut copies, mut adopted, mut failed) = (0u64, 0u64, 0u64, 0u64);
+    let (mut events, mut copies, mut failed) = (0u64, 0u64, 0u64);
+    let (mut readopted, mut handovers) = (0u64, 0u64);
     for seed in a.from..a.from + a.seeds {
         match tandem_sim::run(seed, knobs, false) {
             Ok(r) => {
                 events += r.events;
                 copies += r.copies_started;
-                adopted += r.adopted;
+                readopted += r.readopted;
+                handovers += r.agent_handovers;
             }
             Err(v) => {
                 failed += 1;
@@ -88,7 +90,7 @@ fn main() {
         }
     }
     println!(
-        "{} seeds from {} in {:.1} s: {failed} failed, {events} events, {copies} job copies, {adopted} re-adopted by a restarted agent",
+        "{} seeds from {} in {:.1} s: {failed} failed, {events} events, {copies} job copies, {handovers} agent hand-overs, {readopted} copies re-adopted after an agent restart",
         a.seeds,
         a.from,
         started.elapsed().as_secs_f64()

@@ -60,8 +60,10 @@ pub struct Report {
     pub coordinator_crashes: u64,
     /// Planned coordinator restarts (a hold, then an exit).
     pub planned_restarts: u64,
-    /// Running copies re-adopted by a restarted agent.
-    pub adopted: u64,
+    /// Copies a restarted agent re-adopted from its previous run.
+    pub readopted: u64,
+    /// Planned agent stops (a hand-over asked for).
+    pub agent_handovers: u64,
     /// Simulated milliseconds.
     pub sim_ms: u64,
     /// The steps, when traced.
@@ -81,6 +83,8 @@ enum Ev {
     Wake(usize),
     Unhang(usize),
     AgentStart(usize),
+    /// A planned agent stop that got no answer in time: the process exits (its run).
+    AgentStopTimeout(usize, u64),
     Heal(usize, Dir),
     Fault,
     Admin,
@@ -424,16 +428,22 @@ impl World {
                 let out = msgs.into_iter().map(Out::Send).collect();
                 self.agent_outs(i, out)?;
             }
+            Ev::AgentStopTimeout(i, run) => {
+                if self.agents[i].stopping() && self.agents[i].run == run {
+                    self.note(|| format!("agent {i}: no hand-over answer in time; it exits"));
+                    self.agent_exits(i);
+                }
+            }
             Ev::AgentStart(i) => {
                 if !self.agents[i].up && !self.agents[i].removed {
                     self.note(|| format!("agent {i} starts"));
                     self.agents[i].powered = true;
                     let mut out = Vec::new();
                     let local = self.agents[i].local(now);
-                    let adopted = self.agents[i].start(local, &mut out);
-                    if adopted > 0 {
-                        self.report.adopted += adopted as u64;
-                        self.note(|| format!("agent {i} re-adopts {adopted} running copies"));
+                    let n = self.agents[i].start(local, &mut out);
+                    if n > 0 {
+                        self.note(|| format!("agent {i} re-adopts {n} running copies"));
+                        self.report.readopted += n;
                     }
                     self.agent_outs(i, out)?;
                 }
@@ -743,6 +753,12 @@ impl World {
                         self.at(t, Ev::Wake(i));
                     }
                 }
+                Out::Exit => {
+                    if self.agents[i].up {
+                        self.note(|| format!("agent {i} exits after its hand-over request"));
+                        self.agent_exits(i);
+                    }
+                }
                 Out::Connect(t) => {
                     let t = self.agents[i].global(t).max(now);
                     let run = self.agents[i].run;
@@ -794,6 +810,24 @@ impl World {
         let n = self.agents.len();
         let i = self.rng.random_range(0..n);
         match self.rng.random_range(0..100) {
+            10..=14 if self.agents[i].up => {
+                // A planned stop (SIGTERM): a hand-over first, then the process exits.
+                let local = self.agents[i].local(now);
+                let mut out = Vec::new();
+                let clock = Arc::clone(&self.clock);
+                if self.agents[i].planned_stop(&clock, &mut self.rng, local, &mut out) {
+                    self.note(|| format!("FAULT agent {i} is stopped as planned (hand-over)"));
+                    self.report.agent_handovers += 1;
+                    let run = self.agents[i].run;
+                    self.at(now + ms(3_000), Ev::AgentStopTimeout(i, run));
+                    self.agent_outs(i, out)?;
+                } else {
+                    self.note(|| {
+                        format!("FAULT agent {i} is stopped as planned (nothing to hand over)")
+                    });
+                    self.agent_exits(i);
+                }
+            }
             0..=14 => {
                 if self.agents[i].up {
                     self.note(|| format!("FAULT agent {i} is killed"));
@@ -891,6 +925,26 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// The agent process exits (a planned stop): as a kill, then started again after a while,
+    /// within the hand-over mostly, sometimes long after it.
+    fn agent_exits(&mut self, i: usize) {
+        let now = self.clock.ns();
+        if let Some(conn) = self.agents[i].conn {
+            if let Some(c) = self.net.conns.get_mut(&conn) {
+                c.open_at_agent = false;
+            }
+            self.at(now + crate::net::IDLE_TIMEOUT_NS, Ev::ConnTimeout(conn));
+        }
+        self.agents[i].crash();
+        let handover = ms(crate::agent::HANDOVER_MS.into());
+        let back = if self.rng.random_range(0..4) == 0 {
+            handover + self.rng.random_range(ms(1_000)..=ms(10_000))
+        } else {
+            self.rng.random_range(ms(50)..=ms(3_000))
+        };
+        self.at(now + back, Ev::AgentStart(i));
     }
 
     fn crash_coordinator(&mut self) {
