@@ -129,10 +129,11 @@ fn escape_is_fenced(
 
     let t0 = Instant::now();
     f.agent(&node)?.kill9();
+    let bound = LEASE + FENCE_KILL + SLACK;
     if restart {
         f.start_agent(&node, None, extra)?;
+        return readopted_alone(&f, &w, &node, token, t0 + 2 * bound, name);
     }
-    let bound = LEASE + FENCE_KILL + SLACK;
     let gone = wait_for(LONG, "every process of the old copy gone", || {
         copy_pids(&w.id, Some(token))
             .is_empty()
@@ -185,6 +186,50 @@ fn escape_is_fenced(
     Ok(())
 }
 
+/// After `kill -9` of its agent and a restart at once: the new agent re-adopts the copy (its
+/// shim's control socket is in the job dir, which the job's deletes do not reach), so until
+/// `until` the copy keeps its token and processes, no other copy starts, and the agent's log
+/// says so; a stop then ends every process of it.
+fn readopted_alone(
+    f: &Fleet,
+    w: &Writer,
+    node: &str,
+    token: u64,
+    until: Instant,
+    name: &str,
+) -> Result<()> {
+    while Instant::now() < until {
+        let job = f.job(&w.id)?;
+        let (on, now) = f.placement(&job)?;
+        check(on == node && now == token, || {
+            format!("the copy was not kept across the restart: {job}")
+        })?;
+        check(!copy_pids(&w.id, Some(token)).is_empty(), || {
+            format!("the re-adopted copy died: {}", f.agent_log(node))
+        })?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check(f.agent_log(node).contains("re-adopted a running job"), || {
+        format!("the new agent did not re-adopt the copy: {}", f.agent_log(node))
+    })?;
+    let v = copies(&w.out)?;
+    check(v.len() == 1 && v[0].token == token, || {
+        format!(
+            "expected token {token} alone, got {:?}",
+            v.iter().map(|c| c.token).collect::<Vec<_>>()
+        )
+    })?;
+    println!(
+        "{name}: copy {token} re-adopted by the restarted agent, {} lines, no other copy",
+        v[0].lines
+    );
+    let (code, body) = f.api().send("DELETE", &format!("/v1/jobs/{}", w.id), None)?;
+    check(code < 300, || format!("the stop was refused: {code} {body}"))?;
+    wait_for(LONG, "every process of the stopped copy gone", || {
+        copy_pids(&w.id, Some(token)).is_empty().then_some(())
+    })
+}
+
 /// A background child in its own process group (`set -m`), writing on; the leader waits.
 ///
 /// On the code before the fix (the fence signals the job's process group only):
@@ -224,7 +269,8 @@ fn a_setsid_double_fork_is_fenced() -> Result<()> {
 
 /// A job that deletes every file in its working dir (`rm -f ./*`: the shim's `lock` too, when
 /// the working dir was the job dir) and then writes on; its agent is `kill -9`ed and started
-/// again at once on the same state dir, so the new copy is placed on the same node.
+/// again at once on the same state dir. The new agent re-adopts the copy: it runs on alone,
+/// with its token (since #14; before, the copy was fenced and placed again on the same node).
 ///
 /// On the code before the fix: `two copies ran at once: token 1 on ["escape-rm-a"] wrote
 /// until 1796276550783329280, token 2 on ["escape-rm-a"] from 1796276550202413001 (580 ms of

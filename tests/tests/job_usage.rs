@@ -56,7 +56,7 @@ impl Drop for StopOnDrop<'_> {
         let _ = self
             .0
             .api()
-            .send("POST", &format!("/v1/jobs/{}/stop", self.1), None);
+            .send("DELETE", &format!("/v1/jobs/{}", self.1), None);
     }
 }
 
