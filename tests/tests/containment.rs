@@ -209,9 +209,15 @@ fn readopted_alone(
         })?;
         std::thread::sleep(Duration::from_millis(50));
     }
-    check(f.agent_log(node).contains("re-adopted a running job"), || {
-        format!("the new agent did not re-adopt the copy: {}", f.agent_log(node))
-    })?;
+    check(
+        f.agent_log(node).contains("re-adopted a running job"),
+        || {
+            format!(
+                "the new agent did not re-adopt the copy: {}",
+                f.agent_log(node)
+            )
+        },
+    )?;
     let v = copies(&w.out)?;
     check(v.len() == 1 && v[0].token == token, || {
         format!(
@@ -223,8 +229,12 @@ fn readopted_alone(
         "{name}: copy {token} re-adopted by the restarted agent, {} lines, no other copy",
         v[0].lines
     );
-    let (code, body) = f.api().send("DELETE", &format!("/v1/jobs/{}", w.id), None)?;
-    check(code < 300, || format!("the stop was refused: {code} {body}"))?;
+    let (code, body) = f
+        .api()
+        .send("DELETE", &format!("/v1/jobs/{}", w.id), None)?;
+    check(code < 300, || {
+        format!("the stop was refused: {code} {body}")
+    })?;
     wait_for(LONG, "every process of the stopped copy gone", || {
         copy_pids(&w.id, Some(token)).is_empty().then_some(())
     })
