@@ -61,6 +61,8 @@ pub struct CoordHost {
     params: Params,
     /// Deliberate bug: commands and answers leave without waiting for their tickets.
     pub send_before_durable: bool,
+    /// A deliberate bug: hand-over leases twice as long as granted (past the node's hold).
+    pub handover_lease_past_hold: bool,
 }
 
 impl CoordHost {
@@ -111,6 +113,7 @@ impl CoordHost {
             sessions: BTreeMap::new(),
             params,
             send_before_durable: false,
+            handover_lease_past_hold: false,
         }
     }
 
@@ -177,7 +180,8 @@ impl CoordHost {
                     let reply = match granted {
                         Ok((lease, until_unix_ms)) => CoordMsg::HandoverGranted {
                             request,
-                            lease_ms: lease.as_millis() as u32,
+                            lease_ms: (lease.as_millis() as u32)
+                                .saturating_mul(1 + u32::from(self.handover_lease_past_hold)),
                             until_unix_ms,
                         },
                         Err(reason) => CoordMsg::HandoverRefused { request, reason },

@@ -32,6 +32,9 @@ struct Args {
     /// Deliberate bug: a restarted coordinator ignores its planned stop's hold.
     #[arg(long)]
     forget_restart_hold: bool,
+    /// Deliberate bug: a planned agent stop's hand-over lease outlives the node's hold.
+    #[arg(long)]
+    handover_lease_past_hold: bool,
     /// How far host clocks may drift, in millionths (default 20000: 2%).
     #[arg(long)]
     max_drift_ppm: Option<i64>,
@@ -52,6 +55,7 @@ fn main() {
         lying_flush: a.lying_flush,
         send_before_durable: a.send_before_durable,
         forget_restart_hold: a.forget_restart_hold,
+        handover_lease_past_hold: a.handover_lease_past_hold,
         max_drift_ppm: a.max_drift_ppm,
     };
     if let Some(seed) = a.seed {

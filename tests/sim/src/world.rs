@@ -33,6 +33,10 @@ pub struct Knobs {
     /// A restarted coordinator ignores the hold its planned stop recorded (declares nodes
     /// down while the hold leases it granted still run).
     pub forget_restart_hold: bool,
+    /// A planned agent stop is granted a hand-over lease that outlives the node's recorded
+    /// hold (twice as long): the node is declared down at the hold's end while its shims still
+    /// hold a lease.
+    pub handover_lease_past_hold: bool,
     /// How far the hosts' clocks may run fast or slow, in millionths (default 2%; the fence
     /// grace allows 5% of the lease). A larger drift than the design allows must be caught.
     pub max_drift_ppm: Option<i64>,
@@ -339,6 +343,7 @@ impl World {
                         !self.knobs.forget_restart_hold,
                     );
                     host.send_before_durable = self.knobs.send_before_durable;
+                    host.handover_lease_past_hold = self.knobs.handover_lease_past_hold;
                     self.coord = Some(host);
                     self.drain_due = false;
                     let run = self.coord_run;

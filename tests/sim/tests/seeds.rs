@@ -162,6 +162,24 @@ fn a_coordinator_that_forgets_its_restart_hold_declares_nodes_down_while_their_c
 }
 
 #[test]
+fn a_hand_over_lease_that_outlives_the_nodes_hold_lets_it_be_declared_down_while_its_copies_run() {
+    // A planned agent stop hands its shims a lease; the node's recorded hold must outlast it.
+    let knobs = Knobs {
+        handover_lease_past_hold: true,
+        ..Default::default()
+    };
+    // Most storms end before such a hold does (or the agent is back within it): 3,000 seeds
+    // find it (two at the time of writing: seeds 571 and 941).
+    let violations = sweep(knobs, 0..3000);
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.what.contains("was declared down while copy")),
+        "the simulation did not catch a hand-over lease past the node's hold: {violations:?}"
+    );
+}
+
+#[test]
 fn clocks_drifting_past_the_fence_grace_let_a_node_be_declared_down_while_its_copies_run() {
     // The fence grace allows 5% of the lease for clock drift; ±30% is far past it.
     let knobs = Knobs {
