@@ -133,7 +133,7 @@ pub struct Link {
     speaks: u16,
     /// Copies re-adopted from the previous run, told to the coordinator once it speaks
     /// protocol 5 (`AgentMsg::Readopted`).
-    readopted: Vec<HeldJob>,
+    readopted: Vec<tandem_common::proto::ReadoptedJob>,
     /// Set when the agent is asked to stop: a session then asks for a hand-over and ends.
     stop_rx: watch::Receiver<bool>,
     /// Whether a registered session runs (the stop waits for its hand-over only then).
@@ -336,10 +336,11 @@ impl Link {
         let adopted = jobs.adopt_all(alive).await;
         self.readopted = adopted
             .iter()
-            .map(|a| HeldJob {
+            .map(|a| tandem_common::proto::ReadoptedJob {
                 job_id: a.job_id.clone(),
                 fencing_token: a.fencing_token,
-                state: HeldState::Running,
+                pid: a.pid,
+                started_unix_ms: a.started_unix_ms,
             })
             .collect();
         if !adopted.is_empty() {

@@ -139,7 +139,7 @@ pub enum AgentMsg {
     /// reported them already. For the record: the coordinator says whether they continue.
     Readopted {
         /// The copies re-adopted.
-        jobs: Vec<HeldJob>,
+        jobs: Vec<ReadoptedJob>,
     },
     /// (Version 5, only once the coordinator said [`CoordMsg::Speaks`].) A planned restart of
     /// the agent: asks for a lease that lasts until a new agent run has taken over, about
@@ -186,6 +186,19 @@ pub struct JobUsage {
     pub memory_bytes: Option<u64>,
     /// The most memory charged to it at once, bytes.
     pub memory_peak_bytes: Option<u64>,
+}
+
+/// A running copy an agent run re-adopted from the run before it ([`AgentMsg::Readopted`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadoptedJob {
+    /// The job.
+    pub job_id: String,
+    /// The copy's fencing token (unchanged: it is the same copy).
+    pub fencing_token: u64,
+    /// The job's main process, on the node.
+    pub pid: u32,
+    /// When the copy started, Unix ms.
+    pub started_unix_ms: u64,
 }
 
 /// What `tandem-agent check` asks (see [`AgentMsg::CheckJoin`]).

@@ -99,8 +99,16 @@ fn a_killed_agent_restarted_at_once_keeps_its_job_running_with_the_same_token() 
         .events("node_state")?
         .iter()
         .filter_map(|e| e["message"].as_str().map(String::from))
-        .any(|m| m.contains("re-adopted 1 running jobs"));
-    ensure!(continued, "no event says the node kept its job");
+        .find(|m| m.contains("re-adopted 1 running jobs"));
+    let Some(continued) = continued else {
+        anyhow::bail!("no event says the node kept its job");
+    };
+    // The event names the copy: job, token, pid and start.
+    ensure!(
+        continued.contains(&format!("{} token {token} pid ", w.id))
+            && continued.contains(" since "),
+        "the event does not name the copy: {continued}"
+    );
     println!("kill -9 of the agent, back 100 ms later: one token ({token}), longest gap {gap:?}");
     Ok(())
 }

@@ -27,7 +27,6 @@ use crate::model::RestartHold;
 use crate::store::{Change, StoreError, Ticket};
 use std::time::{Duration, Instant};
 use tandem_common::ids::NodeId;
-use tandem_common::proto::HeldJob;
 
 impl Engine {
     /// Whether `session` is `node`'s live session and the detector has not declared it down.
@@ -162,7 +161,7 @@ impl Engine {
 
     /// A new agent run of `node` says it re-adopted `jobs` from the run before (its `Hello`
     /// reported them): an event says how many continue here with their tokens.
-    pub fn readopted(&self, node: &NodeId, jobs: &[HeldJob]) {
+    pub fn readopted(&self, node: &NodeId, jobs: &[tandem_common::proto::ReadoptedJob]) {
         let t = self.lock();
         let kept = jobs
             .iter()
@@ -183,6 +182,26 @@ impl Engine {
                 "node {name} re-adopted {} running jobs after an agent restart; {kept} continue with their tokens, the others were placed again meanwhile and are stopped there",
                 jobs.len()
             )
+        };
+        // Which copies, for the record (the first ten): job, token, pid, since when.
+        let listed: Vec<String> = jobs
+            .iter()
+            .take(10)
+            .map(|h| {
+                format!(
+                    "{} token {} pid {} since {}",
+                    h.job_id,
+                    h.fencing_token,
+                    h.pid,
+                    tandem_common::time::rfc3339(h.started_unix_ms)
+                )
+            })
+            .collect();
+        let more = jobs.len().saturating_sub(listed.len());
+        let message = if more > 0 {
+            format!("{message} ({}, and {more} more)", listed.join("; "))
+        } else {
+            format!("{message} ({})", listed.join("; "))
         };
         tracing::info!(%node, readopted = jobs.len(), kept, "{message}");
         if let Err(e) = self.store.apply(vec![Change::Event(crate::model::NewEvent {
