@@ -91,6 +91,28 @@ fn a_cpu_bound_jobs_cpu_seconds_grow_in_the_api() -> Result<()> {
         mode.starts_with("cgroup-"),
         "a root agent on a cgroup host contains its jobs in cgroups: {second}"
     );
+    // Held to its quota (cpu_millis 500: half a core), measured from its cgroup over 3 s: a
+    // busy loop left alone takes a whole core. Where the host gives the agent no CPU
+    // controller the limit is left out (the agent warns), and this is not asserted.
+    let log = f.agent_log("usage-a");
+    let limited = log.contains("limits on cgroup v2")
+        || log
+            .split("limits on v1 ")
+            .nth(1)
+            .and_then(|l| l.split(')').next())
+            .is_some_and(|l| l.split(", ").any(|c| c == "cpu"));
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let third = usage(c2)?;
+    let c3 = third["cpu_seconds"].as_f64().unwrap_or(0.0);
+    let rate = (c3 - c2) / t0.elapsed().as_secs_f64();
+    println!("cpu use over 3 s: {rate:.2} of a core (quota 0.5; limits applied: {limited})");
+    if limited {
+        ensure!(
+            rate < 0.75,
+            "the job used {rate:.2} of a core, past its quota of 0.5"
+        );
+    }
     // The job has a memory limit: its memory is counted (v1 memory cgroup on a hybrid host, or
     // v2 where the controllers reach the job).
     if mode == "cgroup-hybrid" {
