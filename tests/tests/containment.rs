@@ -124,6 +124,24 @@ fn escape_is_fenced(
             (status["containment"] == "process-group") == process_group,
             || format!("the job's containment is not as configured: {status}"),
         )?;
+        // The shim is started in the job's leaf so that the job is born there; it then moves
+        // itself to its own leaf, which the fence's kill does not reach.
+        if !process_group {
+            let leaf = |pid: &serde_json::Value| {
+                let t = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+                t.lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            };
+            let (job_cg, shim_cg) = (leaf(&status["pid"]), leaf(&status["shim_pid"]));
+            check(
+                job_cg.ends_with(&format!("/jobs/{}/job", w.id))
+                    && shim_cg.ends_with(&format!("/jobs/{}/shim", w.id)),
+                || format!("the job is in {job_cg:?} and its shim in {shim_cg:?}"),
+            )?;
+        }
     }
     f.coord.wait_restart_grace()?;
 
