@@ -111,6 +111,11 @@ impl Outbox {
         self
     }
 
+    /// The protocol version the session speaks (0: the oldest served).
+    pub fn protocol(&self) -> u16 {
+        self.protocol
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -124,7 +124,14 @@ impl Engine {
         let nodes: Vec<NodeView> = t
             .nodes
             .values()
-            .map(|e| NodeView::from_record(&e.record))
+            .map(|e| {
+                let mut v = NodeView::from_record(&e.record);
+                // An agent older than job users would run a job that names one as itself.
+                v.named_users = e.live.as_ref().is_none_or(|l| {
+                    l.control.protocol() >= tandem_common::proto::LIMITS_PROTOCOL_VERSION
+                });
+                v
+            })
             // A node being removed may still run its jobs until its lease is over: the
             // planner sees it as live and draining (its jobs move only once their copies
             // there have ended, or the node is down), and places nothing new on it.
@@ -458,5 +465,93 @@ impl Engine {
                 },
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::detector::{DetectorConfig, FailureDetector};
+    use crate::engine::Engine;
+    use crate::jobs::model::JobState;
+    use crate::jobs::testkit::{cluster, job, spec, C};
+    use crate::model::ClusterMode;
+    use crate::outbox::Outbox;
+    use crate::store::{Change, MemStore, StateStore};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    use tandem_common::hardware::HardwareReport;
+
+    /// One pool node, registered on a session of `protocol`.
+    fn engine_with(protocol: u16) -> (Engine, Arc<Outbox>) {
+        let now = Instant::now();
+        let store = Arc::new(MemStore::new());
+        let mut rec = crate::model::test_node("a1");
+        rec.cluster = Some(C.into());
+        let node = rec.id.clone();
+        store
+            .commit(vec![
+                Change::PutCluster(Box::new(cluster(C, ClusterMode::Pool))),
+                Change::PutNode(Box::new(rec)),
+            ])
+            .expect("stored");
+        let detector = FailureDetector::new(
+            DetectorConfig {
+                heartbeat: Duration::from_millis(200),
+                lease: Duration::from_secs(1),
+                fence_grace: Duration::from_millis(300),
+                suspect_after_missed: 3,
+                restart_grace: Duration::from_secs(2),
+            },
+            now,
+        );
+        let e = Engine::load(store.clone(), detector, Default::default(), now).expect("loads");
+        let mut hw = HardwareReport::default();
+        hw.cpu.logical_cores = 8;
+        hw.memory.total_bytes = 8 << 30;
+        let out = Arc::new(Outbox::new(store.clone()).for_protocol(protocol));
+        e.register(
+            &node,
+            2,
+            "127.0.0.1:1".parse().expect("literal"),
+            "0.1.0".into(),
+            hw,
+            out.clone(),
+            now,
+        )
+        .expect("registers");
+        (e, out)
+    }
+
+    #[test]
+    fn a_job_that_names_a_user_waits_rather_than_run_as_root_on_an_agent_without_job_users() {
+        let (e, out) = engine_with(tandem_common::proto::LIMITS_PROTOCOL_VERSION - 1);
+        let mut as_user = job(1, spec(100, 1 << 20, 0));
+        as_user.spec.name = "as-user".into();
+        as_user.spec.user = Some("nobody".into());
+        let mut plain = job(2, spec(100, 1 << 20, 0));
+        plain.spec.name = "plain".into();
+        let queued = out.len();
+        e.submit_job(as_user.clone()).expect("submitted");
+        let t = e.lock();
+        let j = &t.jobs[&as_user.id];
+        assert_eq!(j.state, JobState::Pending, "{j:?}");
+        assert!(
+            j.state_reason
+                .contains("its agent is too old to run a job as the user it names"),
+            "{}",
+            j.state_reason
+        );
+        drop(t);
+        assert_eq!(out.len(), queued, "no start was queued to the old agent");
+        e.submit_job(plain.clone()).expect("submitted");
+        assert!(
+            e.lock().jobs[&plain.id].current.is_some(),
+            "a job without a user is placed"
+        );
+
+        // The same job on an agent that knows job users is placed.
+        let (e, _) = engine_with(tandem_common::proto::LIMITS_PROTOCOL_VERSION);
+        e.submit_job(as_user.clone()).expect("submitted");
+        assert!(e.lock().jobs[&as_user.id].current.is_some());
     }
 }

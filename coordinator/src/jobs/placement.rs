@@ -80,6 +80,11 @@ pub struct NodeView {
     pub memory_bytes: u64,
     /// The UUIDs of its usable GPUs (not `unhealthy`), in NVML index order.
     pub gpus: Vec<String>,
+    /// Whether its agent can run a job as the user and group the job names: its session
+    /// speaks protocol [`LIMITS_PROTOCOL_VERSION`](tandem_common::proto::LIMITS_PROTOCOL_VERSION)
+    /// or later. An older agent knows no job users and would run such a job as itself (root),
+    /// so it gets only jobs that name none. True where no session says otherwise.
+    pub named_users: bool,
 }
 
 impl NodeView {
@@ -104,6 +109,7 @@ impl NodeView {
             cores: n.hardware.cpu.logical_cores,
             memory_bytes: n.hardware.memory.total_bytes,
             gpus: gpus.into_iter().map(|g| g.uuid.clone()).collect(),
+            named_users: true,
         }
     }
 }
@@ -126,6 +132,8 @@ pub enum Misfit {
     NotLive,
     /// Being drained.
     Draining,
+    /// The job names a user or group, and the node's agent is too old to run it as one.
+    NoJobUsers,
     /// Carries a taint the job does not tolerate.
     Tainted {
         /// The taint.
@@ -175,7 +183,7 @@ impl Misfit {
     fn closeness(&self) -> u8 {
         match self {
             Misfit::NotLive => 0,
-            Misfit::Draining => 1,
+            Misfit::Draining | Misfit::NoJobUsers => 1,
             Misfit::Tainted { .. } => 2,
             Misfit::Label { .. } => 3,
             Misfit::Cpu { .. } | Misfit::Memory { .. } | Misfit::Gpus { .. } => 4,
@@ -205,6 +213,9 @@ impl fmt::Display for Misfit {
         match self {
             Misfit::NotLive => f.write_str("down"),
             Misfit::Draining => f.write_str("draining"),
+            Misfit::NoJobUsers => f.write_str(
+                "its agent is too old to run a job as the user it names (protocol before 4): update the agent",
+            ),
             Misfit::Tainted { taint } => write!(
                 f,
                 "tainted {}={}:no_schedule, not tolerated",
@@ -324,6 +335,9 @@ fn check(spec: &JobSpec, n: &NodeView, held: Option<&Held>) -> Result<Fit, Misfi
     }
     if n.draining {
         return Err(Misfit::Draining);
+    }
+    if !n.named_users && (spec.user.is_some() || spec.group.is_some()) {
+        return Err(Misfit::NoJobUsers);
     }
     if let Some(t) = n.taints.iter().find(|t| {
         t.effect == TaintEffect::NoSchedule && !spec.tolerations.iter().any(|x| x.tolerates(t))

@@ -28,6 +28,7 @@ pub fn node(n: u8, cluster: &str, cores: u32, memory_gib: u64, gpus: usize) -> N
         cores,
         memory_bytes: memory_gib * GIB,
         gpus: (0..gpus).map(|i| format!("GPU-{n}-{i}")).collect(),
+        named_users: true,
     }
 }
 

@@ -239,6 +239,35 @@ fn down_draining_and_foreign_nodes_are_skipped() {
 }
 
 #[test]
+fn a_job_that_names_its_user_never_goes_to_an_agent_too_old_to_run_it_as_one() {
+    // Node 1's agent speaks a protocol before job users: it would run the job as root.
+    let mut old = node(1, C, 64, 256, 0);
+    old.named_users = false;
+    let new = node(2, C, 1, 2, 0);
+    let mut as_user = job(1, spec(100, MIB, 0));
+    as_user.spec.user = Some("nobody".into());
+    let mut as_group = job(2, spec(100, MIB, 0));
+    as_group.spec.group = Some("adm".into());
+    let plain = job(3, spec(100, MIB, 0));
+    let nodes = [old.clone(), new];
+    for j in [&as_user, &as_group] {
+        assert_eq!(place(j, &pool(), &nodes, &[], &none()).unwrap().node, id(2));
+        let e = place(j, &pool(), &nodes[..1], &[], &none()).unwrap_err();
+        assert!(
+            e.reason
+                .contains("node-1: its agent is too old to run a job as the user it names"),
+            "{}",
+            e.reason
+        );
+    }
+    // A job that names no user still goes to the bigger node.
+    assert_eq!(
+        place(&plain, &pool(), &nodes, &[], &none()).unwrap().node,
+        id(1)
+    );
+}
+
+#[test]
 fn cpu_and_memory_reasons_show_what_is_free() {
     let nodes = [node(1, C, 2, 4, 0), node(2, C, 1, 64, 0)];
     let e = place(&job(1, spec(4000, MIB, 0)), &pool(), &nodes, &[], &none()).unwrap_err();
