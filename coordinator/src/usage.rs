@@ -101,6 +101,17 @@ impl UsageBoard {
         m.insert(node.clone(), Reported { at: now, usage });
     }
 
+    /// Forgets the copy `token` of `job_id` on `node`, whose end was recorded: its series leave
+    /// `/metrics` now, not at the node's next report.
+    pub fn ended(&self, node: &NodeId, job_id: &str, token: u64) {
+        let mut m = self.nodes.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = m.get_mut(node) {
+            r.usage
+                .jobs
+                .retain(|u| !(u.job_id == job_id && u.fencing_token == token));
+        }
+    }
+
     /// Forgets `node` (removed from the fleet).
     pub fn forget(&self, node: &NodeId) {
         let mut m = self.nodes.write().unwrap_or_else(|p| p.into_inner());
@@ -307,6 +318,31 @@ mod tests {
              included); /metrics {render:?} for {} lines ({} KiB); one lookup {lookup:?}",
             text.lines().count(),
             text.len() / 1024
+        );
+    }
+
+    #[test]
+    fn an_ended_copy_leaves_metrics_at_once_and_the_others_stay() {
+        let b = UsageBoard::default();
+        let n = NodeId::random();
+        let now = Instant::now();
+        b.record(&n, report(vec![job("j-a", 1, 5), job("j-b", 2, 7)]), now);
+        b.ended(&n, "j-a", 9);
+        assert!(
+            b.copy(&n, "j-a", 1, now).is_some(),
+            "another token of the job stays"
+        );
+        b.ended(&n, "j-a", 1);
+        assert!(b.copy(&n, "j-a", 1, now).is_none());
+        assert!(b.copy(&n, "j-b", 2, now).is_some());
+        let mut out = String::new();
+        b.render(&mut out);
+        assert!(!out.contains("job=\"j-a\""), "{out}");
+        assert!(out.contains("job=\"j-b\""), "{out}");
+        b.ended(&NodeId::random(), "j-b", 2);
+        assert!(
+            b.copy(&n, "j-b", 2, now).is_some(),
+            "another node's end changes nothing"
         );
     }
 

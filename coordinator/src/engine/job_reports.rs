@@ -91,6 +91,9 @@ impl Engine {
         match self.decide(&events) {
             Ok(()) => {
                 for r in exits {
+                    self.usage.ended(node, &r.job_id, r.fencing_token);
+                }
+                for r in exits {
                     self.release_waiting(|old_node, old_token, j| {
                         old_node == node && old_token == r.fencing_token && j == r.job_id
                     });
