@@ -130,6 +130,19 @@ impl Lease {
     }
 }
 
+/// The lease as the rest of the agent sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseView {
+    /// Our node id, once joined.
+    pub node_id: Option<tandem_common::ids::NodeId>,
+    /// Until when we may run jobs; `None` when no lease is held.
+    pub held_until: Option<Instant>,
+    /// Whether a registered connection is up.
+    pub connected: bool,
+    /// The session whose ack gave `held_until`.
+    pub session: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_common::hardware::HardwareReport;
-use tandem_common::ids::NodeId;
 use tandem_common::pki::NodeKey;
 use tandem_common::proto::*;
 use tandem_common::tls;
@@ -77,18 +76,7 @@ pub enum AgentError {
     StateDir(#[from] crate::statelock::StateLockError),
 }
 
-/// The lease as the rest of the agent sees it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LeaseView {
-    /// Our node id, once joined.
-    pub node_id: Option<NodeId>,
-    /// Until when we may run jobs; `None` when no lease is held.
-    pub held_until: Option<Instant>,
-    /// Whether a registered connection is up.
-    pub connected: bool,
-    /// The session whose ack gave `held_until`.
-    pub session: Option<u64>,
-}
+pub use crate::lease::LeaseView;
 
 /// How a session ended when it can be retried.
 enum Retry {

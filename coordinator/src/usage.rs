@@ -285,7 +285,7 @@ mod tests {
     /// send 1,000 a second), then `/metrics` and a job lookup. Run:
     /// `cargo test -p tandem-coordinator --lib usage::tests::bench_usage_board -- --ignored --nocapture`
     #[test]
-    #[ignore]
+    #[ignore = "a benchmark, not a check: 100,000 reports take seconds in a debug build; run it by hand for BENCHMARKS.md"]
     fn bench_usage_board() {
         let (nodes, jobs, rounds) = (10_000usize, 5usize, 10usize);
         let b = UsageBoard::default();

@@ -7,7 +7,7 @@
 //! refused (a refusal would read as the end of the running copy). Exits are not sent from here:
 //! they go to the session loop, which keeps them on disk before it sends them (`crate::exits`).
 
-use crate::link::LeaseView;
+use crate::lease::LeaseView;
 use crate::supervisor::{JobExit, JobStart, Supervisor, SupervisorError};
 use std::sync::Arc;
 use std::time::Duration;

@@ -30,22 +30,20 @@
 //! - One agent per state dir (`crate::statelock`), and a shim listens to its newest
 //!   connection only: the agent that adopted it last is the one alive.
 
+use super::adopted_proc::AdoptedProc;
 use super::backstop::Backstop;
 use super::follow::{control, monitor, Origin, ShimProc, Target};
 use super::held::StartedJob;
 use super::protocol::*;
 use super::Supervisor;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::mpsc;
 
 /// How long a shim may take to accept and greet.
 const GREETING_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long after its connection closed an adopted shim may take to exit.
-const EXIT_LIMIT: Duration = Duration::from_secs(10);
 
 /// A copy re-adopted from an earlier agent run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,62 +56,6 @@ pub struct AdoptedJob {
     pub pid: u32,
     /// When it started, Unix ms.
     pub started_unix_ms: u64,
-}
-
-/// An adopted shim's process: its control connection (closed when it exits) and its pidfd.
-pub(super) struct AdoptedProc {
-    reader: OwnedReadHalf,
-    pidfd: Option<tokio::io::unix::AsyncFd<OwnedFd>>,
-    pid: u32,
-    closed: bool,
-    exited: bool,
-}
-
-impl AdoptedProc {
-    /// Resolves once the shim has exited: its connection closed, then its pidfd (where there
-    /// is one) says it is gone, within [`EXIT_LIMIT`]. Cancel-safe.
-    pub(super) async fn wait(&mut self) {
-        let mut buf = [0u8; 512];
-        while !self.closed {
-            match self.reader.read(&mut buf).await {
-                Ok(0) | Err(_) => self.closed = true,
-                Ok(_) => {}
-            }
-        }
-        if !self.exited {
-            if let Some(fd) = &self.pidfd {
-                let _ = tokio::time::timeout(EXIT_LIMIT, fd.readable()).await;
-            }
-            self.exited = true;
-        }
-    }
-
-    /// Sends `sig` to the shim, through its pidfd (a reused pid is never hit), or by pid
-    /// while its connection is still open.
-    pub(super) fn signal(&mut self, sig: i32) {
-        if self.exited {
-            return;
-        }
-        match &self.pidfd {
-            Some(fd) => {
-                // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        fd.get_ref().as_raw_fd(),
-                        sig,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0u32,
-                    )
-                };
-            }
-            None if !self.closed && self.pid > 1 => {
-                // SAFETY: kill has no memory-safety preconditions; pid > 1.
-                unsafe { libc::kill(self.pid as i32, sig) };
-            }
-            None => {}
-        }
-    }
 }
 
 /// A pidfd for `pid`, `None` where the kernel has none (before 5.3).

@@ -11,7 +11,7 @@ use super::held::{Claimed, HeldTable, StartedJob};
 use super::protocol::*;
 use super::{logs, SupervisorError};
 use crate::containment::{cgroup, Containment, ContainmentError, JobCgroup};
-use crate::link::LeaseView;
+use crate::lease::LeaseView;
 use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};

@@ -152,7 +152,7 @@ pub(super) enum ShimProc {
     /// A shim this agent started.
     Child(tokio::process::Child),
     /// A shim re-adopted through its control socket.
-    Adopted(super::adopt::AdoptedProc),
+    Adopted(super::adopted_proc::AdoptedProc),
 }
 
 impl ShimProc {

@@ -101,6 +101,7 @@
 
 pub mod admit;
 pub mod adopt;
+mod adopted_proc;
 pub mod backstop;
 mod follow;
 pub mod guard;
