@@ -94,6 +94,9 @@ enum Ev {
     Admin,
     IdleCheck,
     ConnTimeout(u64),
+    /// The agent's wait for an answer to its Hello on a connection ends
+    /// (`tandem_common::transport::HELLO_ANSWER_TIMEOUT`).
+    HelloTimeout(usize, u64),
     Settle,
 }
 
@@ -394,6 +397,8 @@ impl World {
                     let mut out = Vec::new();
                     self.agents[i].connected(conn, &mut out);
                     self.agent_outs(i, out)?;
+                    let wait = tandem_common::transport::HELLO_ANSWER_TIMEOUT.as_nanos() as u64;
+                    self.at(now + wait, Ev::HelloTimeout(i, conn));
                 } else {
                     let t = now + ms(1_000) + self.rng.random_range(0..=ms(500));
                     self.at(t, Ev::Connect(i, run));
@@ -484,6 +489,25 @@ impl World {
                 if dead_agent {
                     self.close_conn(conn)?;
                 }
+            }
+            Ev::HelloTimeout(i, conn) => {
+                // A Hello that reached a coordinator which then exited is answered by nobody,
+                // and an agent that is not welcomed sends nothing more: without this wait the
+                // agent would hang on that connection for good (seed 165740 stranded a job
+                // in a paused cluster that way). The real agent gives up and reconnects.
+                let a = &self.agents[i];
+                if !a.up || a.conn != Some(conn) || a.welcomed {
+                    return Ok(());
+                }
+                if a.hung_until > now {
+                    let t = a.hung_until;
+                    self.at(t, Ev::HelloTimeout(i, conn));
+                    return Ok(());
+                }
+                self.note(|| {
+                    format!("agent {i}: no answer to its Hello on conn {conn}; it closes it")
+                });
+                self.close_conn(conn)?;
             }
             Ev::Settle => self.settle()?,
         }
