@@ -130,12 +130,8 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         lease_ms: cfg.lease.as_millis() as u64,
         fence_kill_timeout_ms: cfg.fence_kill_timeout.as_millis() as u64,
     };
-    let stored = store.fence_params()?;
-    let in_force = stored.map_or(configured, |s| s.max(configured));
-    if stored != Some(in_force) {
-        // Before any Welcome: each waits for its registration's later ticket.
-        store.apply(vec![store::Change::PutFenceParams(in_force)])?;
-    }
+    // A longer kill timeout also moves the holds of earlier runs (see the function).
+    let in_force = engine::fence_params_at_start(&*store, configured)?;
     if in_force != configured {
         tracing::warn!(
             old_lease_ms = in_force.lease_ms,

@@ -2,7 +2,7 @@
 //! "stamps" a job appends to a file (`"<token> <unix ns>"`), which are the evidence of how many
 //! copies ran and when.
 
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Writer};
 use crate::wait_for;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -73,4 +73,38 @@ pub fn stamp(out: &Path) -> String {
         "echo \"$TANDEM_FENCING_TOKEN $(date +%s%N)\" >> {}",
         out.display()
     )
+}
+
+/// A writer like [`crate::fleet::writer_script`] that ignores SIGTERM: only SIGKILL (after the kill timeout
+/// the copy was given) ends it.
+pub fn stubborn_writer(out: &Path) -> String {
+    let line = format!(
+        "echo \"$TANDEM_NODE_NAME $TANDEM_FENCING_TOKEN $(date +%s%N) -\" >> {}",
+        out.display()
+    );
+    format!("trap '' TERM; while true; do {line}; sleep 0.01; done")
+}
+
+/// `coordinator.toml` with `fence_kill_timeout_ms = ms`.
+pub fn kill_timeout(ms: u64) -> impl FnOnce(&str) -> String {
+    move |text| {
+        text.lines()
+            .map(|l| {
+                if l.trim_start().starts_with("fence_kill_timeout_ms") {
+                    format!("fence_kill_timeout_ms = {ms}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    }
+}
+
+/// Submits a [`stubborn_writer`] job named `name`.
+pub fn submit_stubborn_writer(f: &Fleet, name: &str) -> Result<Writer> {
+    let out = f.tmp.path().join(format!("{name}.out"));
+    let id = submit(f, name, &stubborn_writer(&out), json!({}))?;
+    Ok(Writer { id, out })
 }

@@ -5,7 +5,6 @@
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 use tandem_tests::fleet::*;
 use tandem_tests::jobs::*;
@@ -200,33 +199,6 @@ fn a_stop_during_a_restart_backoff_is_final() -> Result<()> {
     Ok(())
 }
 
-/// A writer like [`writer_script`] that ignores SIGTERM: only SIGKILL (after the kill timeout
-/// the copy was given) ends it.
-fn stubborn_writer(out: &Path) -> String {
-    let line = format!(
-        "echo \"$TANDEM_NODE_NAME $TANDEM_FENCING_TOKEN $(date +%s%N) -\" >> {}",
-        out.display()
-    );
-    format!("trap '' TERM; while true; do {line}; sleep 0.01; done")
-}
-
-/// `coordinator.toml` with `fence_kill_timeout_ms = ms`.
-fn kill_timeout(ms: u64) -> impl FnOnce(&str) -> String {
-    move |text| {
-        text.lines()
-            .map(|l| {
-                if l.trim_start().starts_with("fence_kill_timeout_ms") {
-                    format!("fence_kill_timeout_ms = {ms}")
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n"
-    }
-}
-
 /// A fleet whose coordinator runs with `fence_kill_timeout_ms = ms` (restarted so before any
 /// agent joins).
 fn fleet_with_kill_timeout(prefix: &str, ms: u64) -> Result<Fleet> {
@@ -235,13 +207,6 @@ fn fleet_with_kill_timeout(prefix: &str, ms: u64) -> Result<Fleet> {
     f.coord.proc.kill9();
     f.coord = Coordinator::start_with(&dir, Some(&quic), kill_timeout(ms))?;
     Ok(f)
-}
-
-/// Submits a [`stubborn_writer`] job named `name`.
-fn submit_stubborn_writer(f: &Fleet, name: &str) -> Result<Writer> {
-    let out = f.tmp.path().join(format!("{name}.out"));
-    let id = submit(f, name, &stubborn_writer(&out), json!({}))?;
-    Ok(Writer { id, out })
 }
 
 /// Removes the node running a writer job that ignores SIGTERM, of a two-node pool cluster

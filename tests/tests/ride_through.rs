@@ -179,3 +179,64 @@ fn a_coordinator_back_after_the_hold_places_each_job_once() -> Result<()> {
     );
     Ok(())
 }
+
+/// Found by the simulation (seed 123, once its coordinator restarts changed the fence
+/// parameters): a planned restart's hold leases are sized for the kill timeout in force when
+/// they are granted (250 ms here). The coordinator comes back at once with
+/// `fence_kill_timeout_ms = 3000`; its Welcome gives the agents 3000 ms, which their shims
+/// apply to copies that still hold the hold lease. The agent running a writer that ignores
+/// SIGTERM is then killed with `kill -9`: its shim fences the copy at the hold lease's end,
+/// with 3000 ms. Checks: the old and the new copy never wrote at overlapping times (the hold
+/// is moved on by the 2750 ms the kill timeout grew, and an event says so).
+///
+/// On the code before the fix, the node was declared down at the hold's end:
+/// `two copies ran at once` (about 2.7 s of overlap).
+#[test]
+fn a_kill_timeout_raised_across_a_planned_restart_never_runs_a_job_twice() -> Result<()> {
+    use tandem_tests::jobs::{kill_timeout, submit_stubborn_writer};
+    let mut f = Fleet::new("kr", "pool")?;
+    let (dir, quic) = (f.coord.dir.clone(), f.coord.quic.clone());
+    f.coord.proc.kill9();
+    f.coord = Coordinator::start_with(&dir, Some(&quic), |t| {
+        format!("{t}\nrestart_hold_ms = {HOLD_MS}\n")
+    })?;
+    f.start_agents(&["kr-a", "kr-b"], &[])?;
+    let w = submit_stubborn_writer(&f, "kr-writer")?;
+    let (old_node, old_token) = f.placement(&f.wait_running(&w)?)?;
+    planned_stop(&mut f)?;
+    f.coord = Coordinator::start_with(&dir, Some(&quic), kill_timeout(3000))?;
+    for n in ["kr-a", "kr-b"] {
+        wait_for(LONG, &format!("{n} connected again"), || {
+            f.api().node(n).filter(|v| v["connected"] == true)
+        })?;
+    }
+    f.agent(&old_node)?.kill9();
+    let (moved, took) = f.wait_new_copy(&w, old_token, Duration::from_millis(HOLD_MS + 10_000))?;
+    println!("kill timeout 250 -> 3000 ms across a planned restart, then kill -9 of {old_node}'s agent: new copy writing after {took:?}");
+    let (new_node, new_token) = f.placement(&moved)?;
+    ensure!(new_node != old_node, "still on {new_node}");
+    // Before the fix the old copy wrote on for up to 2750 ms after the new one began.
+    std::thread::sleep(Duration::from_millis(3500));
+    copies(&w.out)?;
+    handover(
+        &w.out,
+        old_token,
+        new_token,
+        "kill timeout raised across a planned restart",
+    )?;
+    let moved_holds: Vec<Value> = f
+        .api()
+        .events()?
+        .into_iter()
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("fence kill timeout grew from 250 to 3000 ms"))
+        })
+        .collect();
+    ensure!(
+        !moved_holds.is_empty(),
+        "no event says the hold was moved on"
+    );
+    Ok(())
+}

@@ -77,6 +77,7 @@ mod transitions;
 pub use self::core::Engine;
 pub use clusters::{ClusterPatch, Member, NewCluster, NodePatch, OpError, Recycled};
 pub use fleet::{Fleet, Live, NodeEntry};
+pub use hold::fence_params_at_start;
 pub use job_state::{Outgoing, SubmitError, START_DEADLINE, USER_KILL_TIMEOUT_MS};
 pub use nodes::{gpu_health_events, MembershipError, Registered};
 pub use quotas::Quotas;

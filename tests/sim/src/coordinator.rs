@@ -67,25 +67,29 @@ pub struct CoordHost {
 
 impl CoordHost {
     /// Starts a coordinator on `store`, as `tandem_coordinator::run` does.
-    /// With `honour_hold` false (a deliberate bug), a planned restart's hold is ignored.
+    /// With `honour_hold` false (a deliberate bug), a planned restart's hold is ignored; with
+    /// `forget_in_force` (another), the fence parameters recorded as in force are ignored.
     pub fn start(
         store: Arc<MemStore>,
         clock: Arc<SimClock>,
         params: Params,
         honour_hold: bool,
+        forget_in_force: bool,
     ) -> Self {
         let now = tandem_coordinator::clock::Clock::now(&*clock);
         let configured = FenceParams {
             lease_ms: params.lease.as_millis() as u64,
             fence_kill_timeout_ms: params.fence_kill.as_millis() as u64,
         };
-        let stored = store.fence_params().expect("mem store");
-        let in_force = stored.map_or(configured, |s| s.max(configured));
-        if stored != Some(in_force) {
+        let in_force = if forget_in_force {
             store
-                .apply(vec![Change::PutFenceParams(in_force)])
+                .apply(vec![Change::PutFenceParams(configured)])
                 .expect("mem store");
-        }
+            configured
+        } else {
+            tandem_coordinator::engine::fence_params_at_start(&*store, configured)
+                .expect("mem store")
+        };
         let detector = FailureDetector::new(
             DetectorConfig {
                 heartbeat: params.heartbeat,

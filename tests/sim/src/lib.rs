@@ -11,7 +11,9 @@
 //! runs out), hung and restarted; nodes losing power; links cut one way or both; heartbeats
 //! lost, delayed, duplicated and reordered; host clocks running up to 2% fast or slow; the
 //! coordinator killed at any step (whatever its store had not flushed is lost, and so is every
-//! command not yet delivered) and restarted from its store; and an operator submitting,
+//! command not yet delivered) and restarted from its store, half the time with a new lease,
+//! fence kill timeout and restart grace (what an operator's config change does: agents that
+//! stayed up hold the old values until they are welcomed again); and an operator submitting,
 //! stopping, draining, removing, pairing and unpairing (pool clusters, and `ha_pairs` clusters
 //! in 40% of runs).
 //!

@@ -35,6 +35,9 @@ struct Args {
     /// Deliberate bug: a planned agent stop's hand-over lease outlives the node's hold.
     #[arg(long)]
     handover_lease_past_hold: bool,
+    /// Deliberate bug: a coordinator restarted with new fence parameters forgets the old ones.
+    #[arg(long)]
+    forget_old_fence_params: bool,
     /// How far host clocks may drift, in millionths (default 20000: 2%).
     #[arg(long)]
     max_drift_ppm: Option<i64>,
@@ -57,6 +60,7 @@ fn main() {
         forget_restart_hold: a.forget_restart_hold,
         handover_lease_past_hold: a.handover_lease_past_hold,
         max_drift_ppm: a.max_drift_ppm,
+        forget_old_fence_params: a.forget_old_fence_params,
     };
     if let Some(seed) = a.seed {
         match tandem_sim::run(seed, knobs, a.trace) {
@@ -78,7 +82,7 @@ fn main() {
     }
     let started = std::time::Instant::now();
     let (mut events, mut copies, mut failed) = (0u64, 0u64, 0u64);
-    let (mut readopted, mut handovers) = (0u64, 0u64);
+    let (mut readopted, mut handovers, mut fence_changes) = (0u64, 0u64, 0u64);
     for seed in a.from..a.from + a.seeds {
         match tandem_sim::run(seed, knobs, false) {
             Ok(r) => {
@@ -86,6 +90,7 @@ fn main() {
                 copies += r.copies_started;
                 readopted += r.readopted;
                 handovers += r.agent_handovers;
+                fence_changes += r.fence_changes;
             }
             Err(v) => {
                 failed += 1;
@@ -94,7 +99,7 @@ fn main() {
         }
     }
     println!(
-        "{} seeds from {} in {:.1} s: {failed} failed, {events} events, {copies} job copies, {handovers} agent hand-overs, {readopted} copies re-adopted after an agent restart",
+        "{} seeds from {} in {:.1} s: {failed} failed, {events} events, {copies} job copies, {handovers} agent hand-overs, {readopted} copies re-adopted after an agent restart, {fence_changes} restarts with new fence parameters",
         a.seeds,
         a.from,
         started.elapsed().as_secs_f64()

@@ -40,6 +40,10 @@ pub struct Knobs {
     /// How far the hosts' clocks may run fast or slow, in millionths (default 2%; the fence
     /// grace allows 5% of the lease). A larger drift than the design allows must be caught.
     pub max_drift_ppm: Option<i64>,
+    /// A coordinator restarted with new fence parameters takes them as the ones in force at
+    /// once, forgetting those its agents may still hold (defect 7 of issue 12): a node whose
+    /// copies still have the old, longer kill timeout can be declared down before they die.
+    pub forget_old_fence_params: bool,
 }
 
 /// The clock drift of a run unless a knob says otherwise: ±2%.
@@ -68,6 +72,8 @@ pub struct Report {
     pub readopted: u64,
     /// Planned agent stops (a hand-over asked for).
     pub agent_handovers: u64,
+    /// Coordinator restarts with a new lease or fence kill timeout.
+    pub fence_changes: u64,
     /// Simulated milliseconds.
     pub sim_ms: u64,
     /// The steps, when traced.
@@ -119,6 +125,10 @@ struct World {
     coord: Option<CoordHost>,
     coord_run: u64,
     params: Params,
+    /// Chance for the fence parameters a restarted coordinator is configured with: apart from
+    /// `rng`, so that a run without a change takes the same course it took before they were
+    /// simulated.
+    param_rng: StdRng,
     ledger: Ledger,
     jobs: Vec<SimJob>,
     cluster: String,
@@ -254,6 +264,7 @@ impl World {
             coord: None,
             coord_run: 0,
             params,
+            param_rng: StdRng::seed_from_u64(seed ^ 0x0fe5_ce00),
             ledger: Ledger::default(),
             jobs: Vec::new(),
             cluster: "c-sim".into(),
@@ -337,6 +348,9 @@ impl World {
         match ev {
             Ev::CoordStart => {
                 if self.coord.is_none() {
+                    if self.coord_run > 0 && self.param_rng.random_bool(0.5) {
+                        self.change_fence_params();
+                    }
                     self.coord_run += 1;
                     self.note(|| "coordinator starts".into());
                     let mut host = CoordHost::start(
@@ -344,6 +358,7 @@ impl World {
                         self.clock.clone(),
                         self.params,
                         !self.knobs.forget_restart_hold,
+                        self.knobs.forget_old_fence_params,
                     );
                     host.send_before_durable = self.knobs.send_before_durable;
                     host.handover_lease_past_hold = self.knobs.handover_lease_past_hold;
@@ -914,7 +929,10 @@ impl World {
                 if self.coord.is_some() {
                     // A planned restart (SIGTERM): the hold is recorded, made durable, then
                     // hold leases are granted for three beats and the process exits.
-                    let hold = self.rng.random_range(ms(3_000)..=ms(20_000));
+                    // At least lease + fence grace + 1 s, as the config requires.
+                    let least =
+                        (self.params.lease + self.params.fence_grace).as_nanos() as u64 + ms(1_000);
+                    let hold = self.rng.random_range(least.max(ms(3_000))..=ms(20_000));
                     self.note(|| {
                         format!(
                             "FAULT the coordinator restarts (planned, hold {} ms)",
@@ -974,6 +992,47 @@ impl World {
             self.rng.random_range(ms(50)..=ms(3_000))
         };
         self.at(now + back, Ev::AgentStart(i));
+    }
+
+    /// An operator changes the coordinator's lease or fence kill timeout while it is down
+    /// (issue 12, defect 7): agents that stayed up keep the old kill timeout until they are
+    /// welcomed again, and their copies the old lease.
+    fn change_fence_params(&mut self) {
+        const LEASES_MS: [u64; 3] = [600, 1_000, 1_500];
+        const KILLS_MS: [u64; 5] = [50, 250, 500, 1_000, 2_000];
+        let lease = Duration::from_millis(LEASES_MS[self.param_rng.random_range(0..3)]);
+        let fence_kill = Duration::from_millis(KILLS_MS[self.param_rng.random_range(0..5)]);
+        if lease == self.params.lease && fence_kill == self.params.fence_kill {
+            return;
+        }
+        self.report.fence_changes += 1;
+        let old = self.params;
+        self.note(|| {
+            format!(
+                "CONFIG lease {} -> {} ms, fence kill timeout {} -> {} ms",
+                old.lease.as_millis(),
+                lease.as_millis(),
+                old.fence_kill.as_millis(),
+                fence_kill.as_millis()
+            )
+        });
+        self.params.lease = lease;
+        self.params.fence_kill = fence_kill;
+        self.params.fence_grace = if self.knobs.no_fence_grace {
+            Duration::ZERO
+        } else {
+            fence_kill + lease / 20 + Duration::from_millis(50)
+        };
+        // The config's least restart grace follows the new values (lease + fence grace): an
+        // operator who shortens both gets a short one, shorter than the old values needed.
+        // Half the time the least.
+        let least = (lease + self.params.fence_grace).as_nanos() as u64;
+        let grace = if self.param_rng.random_bool(0.5) {
+            least
+        } else {
+            self.param_rng.random_range(least..=least.max(ms(5_000)))
+        };
+        self.params.restart_grace = Duration::from_nanos(grace);
     }
 
     fn crash_coordinator(&mut self) {
