@@ -44,6 +44,44 @@ fn drain_moves_a_job_stopping_the_old_copy_first() -> Result<()> {
     Ok(())
 }
 
+/// Found by the simulation: a job submitted while every node of its cluster drains is pending
+/// ("no node ... can take it"), and ending the drain (`POST /v1/nodes/{id}/undrain`) left it
+/// pending for good, since nothing looked at the cluster again. Checks: it runs on the node
+/// once the drain ends.
+///
+/// On the code before the fix: `timed out ... waiting for the job running and writing` (still
+/// `pending`, its reason naming the drain).
+#[test]
+fn a_job_pending_during_a_drain_runs_when_the_drain_ends() -> Result<()> {
+    let mut f = Fleet::new("undrain", "pool")?;
+    f.start_agents(&["undrain-a"], &[])?;
+    let node_id = f.api().node("undrain-a").context("node")?["id"]
+        .as_str()
+        .context("id")?
+        .to_string();
+    f.api()
+        .post(&format!("/v1/nodes/{node_id}/drain"), &json!({}))?;
+    let w = f.submit_writer("undrain-writer", 0, json!({}))?;
+    wait_for(
+        Duration::from_secs(10),
+        "the job pending for the drain",
+        || {
+            let j = f.job(&w.id).ok()?;
+            (j["state"] == "pending"
+                && j["state_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("draining")))
+            .then_some(())
+        },
+    )?;
+    f.api()
+        .post(&format!("/v1/nodes/{node_id}/undrain"), &json!({}))?;
+    let j = f.wait_running(&w)?;
+    let (node, _) = f.placement(&j)?;
+    check(node == "undrain-a", || format!("runs on {node}"))?;
+    Ok(())
+}
+
 /// The GPU UUIDs of the two-GPU fixture.
 fn fixture_uuids() -> Result<Vec<String>> {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(l4_fixture())?)?;

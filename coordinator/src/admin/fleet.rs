@@ -162,11 +162,8 @@ pub(super) async fn drain(
     State(s): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    // Draining moves the node's jobs away (old copy stopped first): `Engine::set_draining`.
     let rec = s.membership.set_draining(&id, true)?;
-    // Draining moves the node's jobs away (old copy stopped first).
-    s.membership.job_event(crate::jobs::planner::Event::Drain {
-        node: rec.id.clone(),
-    })?;
     node_json(&s, &rec.id)
 }
 

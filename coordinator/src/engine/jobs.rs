@@ -53,9 +53,20 @@ impl Engine {
             if idle && t.jobs.is_empty() {
                 return Ok(());
             }
-            let out = self.run_planner(&mut t, |p, v, now| p.handle(v, &event, now))?;
-            self.dispatch(&t, out);
+            self.job_event_locked(&mut t, &event)?;
         }
+        Ok(())
+    }
+
+    /// [`Engine::job_event`] for a caller that holds the fleet lock and has just changed the
+    /// table the event is about: decided under the same lock as the change (check and act
+    /// under one state).
+    pub(super) fn job_event_locked(&self, t: &mut Fleet, event: &Event) -> Result<(), StoreError> {
+        if t.jobs.is_empty() {
+            return Ok(());
+        }
+        let out = self.run_planner(t, |p, v, now| p.handle(v, event, now))?;
+        self.dispatch(t, out);
         Ok(())
     }
 

@@ -47,7 +47,17 @@ impl Engine {
         let mut t = self.lock();
         let id = find_node_id(&t, id_or_name)?;
         let mut rec = t.nodes[&id].record.clone();
+        // Draining moves the node's jobs away (old copy stopped first); the end of a drain
+        // lets jobs that waited for room be placed on it. Decided under the lock the record
+        // changes under, and again for a repeated request (a drain recorded just before a
+        // crash has its jobs moved then).
+        let planned = if draining {
+            crate::jobs::planner::Event::Drain { node: id.clone() }
+        } else {
+            crate::jobs::planner::Event::NodeOpen { node: id.clone() }
+        };
         if rec.draining == draining {
+            self.job_event_locked(&mut t, &planned)?;
             return Ok(rec);
         }
         rec.draining = draining;
@@ -67,6 +77,7 @@ impl Engine {
         if let Some(e) = t.nodes.get_mut(&id) {
             e.record = rec.clone();
         }
+        self.job_event_locked(&mut t, &planned)?;
         Ok(rec)
     }
 
@@ -262,9 +273,14 @@ impl Engine {
         if let Some(e) = t.nodes.get_mut(&id) {
             e.record = rec.clone();
         }
-        drop(t);
-        // Its jobs start moving now, as a drain moves them (old copy stopped first).
-        self.job_event(crate::jobs::planner::Event::Drain { node: id })?;
+        // Its jobs start moving now, as a drain moves them (old copy stopped first), and then
+        // the jobs of its new cluster that wait for room may take it; both under the lock of
+        // the move.
+        self.job_event_locked(
+            &mut t,
+            &crate::jobs::planner::Event::Drain { node: id.clone() },
+        )?;
+        self.job_event_locked(&mut t, &crate::jobs::planner::Event::NodeOpen { node: id })?;
         Ok(rec)
     }
 

@@ -134,6 +134,15 @@ pub enum Event {
         /// The node.
         node: NodeId,
     },
+    /// `node` may take work it could not take before: it is no longer draining, or it was
+    /// moved into its cluster. Its clusters are reconciled, so that jobs waiting for room are
+    /// placed; the view says what it may take (nothing about it is overridden). Without it, a
+    /// job left pending while every node was draining stayed pending after the drain ended
+    /// (the simulation found it).
+    NodeOpen {
+        /// The node.
+        node: NodeId,
+    },
     /// The agent on `node` started `job` with `fencing_token`.
     JobStarted {
         /// The job's id.
@@ -321,6 +330,7 @@ impl Planner {
                 *announce = Some(node.clone());
                 w.clusters_of(node)
             }
+            Event::NodeOpen { node } => w.clusters_of(node),
             Event::JobStarted {
                 job,
                 node,

@@ -82,7 +82,7 @@ fn main() {
     }
     let started = std::time::Instant::now();
     let (mut events, mut copies, mut failed) = (0u64, 0u64, 0u64);
-    let (mut readopted, mut handovers, mut fence_changes) = (0u64, 0u64, 0u64);
+    let (mut readopted, mut handovers, mut fence_changes, mut moves) = (0u64, 0u64, 0u64, 0u64);
     for seed in a.from..a.from + a.seeds {
         match tandem_sim::run(seed, knobs, false) {
             Ok(r) => {
@@ -91,6 +91,7 @@ fn main() {
                 readopted += r.readopted;
                 handovers += r.agent_handovers;
                 fence_changes += r.fence_changes;
+                moves += r.node_moves;
             }
             Err(v) => {
                 failed += 1;
@@ -99,7 +100,7 @@ fn main() {
         }
     }
     println!(
-        "{} seeds from {} in {:.1} s: {failed} failed, {events} events, {copies} job copies, {handovers} agent hand-overs, {readopted} copies re-adopted after an agent restart, {fence_changes} restarts with new fence parameters",
+        "{} seeds from {} in {:.1} s: {failed} failed, {events} events, {copies} job copies, {handovers} agent hand-overs, {readopted} copies re-adopted after an agent restart, {fence_changes} restarts with new fence parameters, {moves} nodes moved between clusters",
         a.seeds,
         a.from,
         started.elapsed().as_secs_f64()

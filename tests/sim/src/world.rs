@@ -74,6 +74,8 @@ pub struct Report {
     pub agent_handovers: u64,
     /// Coordinator restarts with a new lease or fence kill timeout.
     pub fence_changes: u64,
+    /// Nodes moved to the other cluster or back.
+    pub node_moves: u64,
     /// Simulated milliseconds.
     pub sim_ms: u64,
     /// The steps, when traced.
@@ -98,6 +100,9 @@ enum Ev {
     Heal(usize, Dir),
     Fault,
     Admin,
+    /// An operator's rarer request: moving a node to the other cluster or back, forcing
+    /// failover in the paused cluster.
+    Operator,
     IdleCheck,
     ConnTimeout(u64),
     /// The agent's wait for an answer to its Hello on a connection ends
@@ -129,6 +134,8 @@ struct World {
     /// `rng`, so that a run without a change takes the same course it took before they were
     /// simulated.
     param_rng: StdRng,
+    /// Chance for [`Ev::Operator`], apart from `rng` for the same reason.
+    ops_rng: StdRng,
     ledger: Ledger,
     jobs: Vec<SimJob>,
     cluster: String,
@@ -142,6 +149,8 @@ struct World {
     traced_event: u64,
     /// The deliberate bugs switched on.
     knobs: Knobs,
+    /// Whether the cluster pairs its nodes (standbys take no jobs).
+    ha_pairs: bool,
     /// A drain of the outboxes is scheduled.
     drain_due: bool,
 }
@@ -207,7 +216,17 @@ impl World {
             model: None,
             created_ms: 0,
         };
-        let mut changes = vec![Change::PutCluster(Box::new(cluster))];
+        // A second cluster, for an operator moving nodes out of the first and back.
+        let other = ClusterRecord {
+            id: "c-other".into(),
+            name: "other".into(),
+            mode: ClusterMode::Pool,
+            ..cluster.clone()
+        };
+        let mut changes = vec![
+            Change::PutCluster(Box::new(cluster)),
+            Change::PutCluster(Box::new(other)),
+        ];
         let mut agents = Vec::new();
         let mut by_node = BTreeMap::new();
         for i in 0..n {
@@ -265,6 +284,7 @@ impl World {
             coord_run: 0,
             params,
             param_rng: StdRng::seed_from_u64(seed ^ 0x0fe5_ce00),
+            ops_rng: StdRng::seed_from_u64(seed ^ 0x0b5e_4a70),
             ledger: Ledger::default(),
             jobs: Vec::new(),
             cluster: "c-sim".into(),
@@ -280,6 +300,7 @@ impl World {
             traced_jobs: BTreeMap::new(),
             traced_event: 0,
             knobs,
+            ha_pairs,
             drain_due: false,
         };
         w.at(0, Ev::CoordStart);
@@ -295,6 +316,10 @@ impl World {
         w.at(ms(500), Ev::Fault);
         w.at(ms(1_000), Ev::IdleCheck);
         w.at(storm_until, Ev::Settle);
+        for _ in 0..w.ops_rng.random_range(0..=3) {
+            let t = w.ops_rng.random_range(ms(500)..=storm_until);
+            w.at(t, Ev::Operator);
+        }
         w
     }
 
@@ -493,6 +518,7 @@ impl World {
                 }
             }
             Ev::Admin => self.admin()?,
+            Ev::Operator => self.operator()?,
             Ev::IdleCheck => {
                 for conn in self.net.idle_out(now) {
                     self.close_conn(conn)?;
@@ -1192,6 +1218,47 @@ impl World {
         Ok(())
     }
 
+    /// A node moved to the other cluster or back (its jobs move away as from a drain, each
+    /// old copy stopped first), or failover forced in the paused cluster.
+    fn operator(&mut self) -> Result<(), String> {
+        let Some(h) = &self.coord else {
+            return Ok(());
+        };
+        let m = h.m.clone();
+        if self.ops_rng.random_bool(0.6) {
+            let present: Vec<usize> = (0..self.agents.len())
+                .filter(|&i| !self.agents[i].removed)
+                .collect();
+            let i = present[self.ops_rng.random_range(0..present.len())];
+            let name = format!("sim-{i}");
+            let now_in = m.read(|t| {
+                t.nodes
+                    .values()
+                    .find(|e| e.record.name == name)
+                    .and_then(|e| e.record.cluster.clone())
+            });
+            let to = if now_in.as_deref() == Some("c-other") {
+                "c-sim"
+            } else {
+                "c-other"
+            };
+            self.note(|| format!("ADMIN move node {i} to cluster {to}"));
+            self.report.node_moves += 1;
+            self.coord_io(|h, _| {
+                let _ = h.m.move_node(&name, to);
+                h.answer();
+            })?;
+        } else {
+            self.note(|| "ADMIN force failover in cluster sim".into());
+            let c = self.cluster.clone();
+            self.coord_io(|h, _| {
+                let _ = h.m.force_failover(&c);
+                h.answer();
+            })?;
+        }
+        Ok(())
+    }
+
     /// The storm ends: every link heals, every node and agent is started, the coordinator too.
     fn settle(&mut self) -> Result<(), String> {
         self.settled = true;
@@ -1240,6 +1307,24 @@ impl World {
         m.read(|t| self.check_jobs(t))
     }
 
+    /// A node of the jobs' cluster that is ready, not draining, connected, and holds no
+    /// copy of any job, if there is one.
+    fn idle_node(&self, t: &tandem_coordinator::engine::Fleet) -> Option<String> {
+        let busy: std::collections::BTreeSet<&NodeId> = t
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_terminal())
+            .filter_map(|j| j.current.as_ref().map(|p| &p.node))
+            .collect();
+        t.nodes
+            .values()
+            .filter(|e| e.record.cluster.as_deref() == Some(self.cluster.as_str()))
+            .filter(|e| e.record.state == NodeState::Ready && !e.record.draining)
+            .filter(|e| e.live.is_some() && !busy.contains(&e.record.id))
+            .map(|e| e.record.name.clone())
+            .next()
+    }
+
     fn check_jobs(&self, t: &tandem_coordinator::engine::Fleet) -> Result<(), String> {
         for j in &self.jobs {
             let Some(rec) = t.jobs.get(&j.id) else {
@@ -1264,6 +1349,14 @@ impl World {
                 JobState::Pending => {
                     if rec.state_reason.is_empty() {
                         return Err(format!("job {} is pending without a reason", j.id));
+                    }
+                    // Each node has room for one job: in a pool cluster, a ready node of the
+                    // cluster that runs nothing should have taken it.
+                    if let Some(idle) = self.idle_node(t).filter(|_| !self.ha_pairs) {
+                        return Err(format!(
+                            "job {} is stranded in Pending ({}) while node {idle} of its cluster is ready and runs nothing",
+                            j.id, rec.state_reason
+                        ));
                     }
                     if let Some(a) = alive {
                         return Err(format!("job {} is pending while copy {a:?} runs", j.id));

@@ -873,3 +873,37 @@ fn submit_and_stop() {
         ));
     }
 }
+
+#[test]
+fn a_job_left_pending_by_a_drain_is_placed_when_the_drain_ends() {
+    // The simulation found it: every node draining, a job pending "no node can take it", the
+    // drain ended, and the job stayed pending (nothing reconciled the cluster again).
+    let mut fx = pool(1, 0);
+    fx.jobs = vec![job(1, spec(100, GIB, 0))];
+    fx.node(&id(1)).draining = true;
+    let mut p = Planner::new(LEASE);
+    let out = fx.handle(&mut p, Event::Submitted { job: jid(1) }, 0);
+    assert!(
+        !out.iter().any(|d| matches!(d, Decision::Start { .. })),
+        "{out:?}"
+    );
+    fx.node(&id(1)).draining = false;
+    let out = fx.handle(&mut p, Event::NodeOpen { node: id(1) }, 10);
+    assert!(
+        matches!(&out[..], [Decision::Start { to, fencing_token: 1, .. }] if to.node == id(1)),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_node_open_event_overrides_nothing_a_draining_node_takes_no_job() {
+    let mut fx = pool(1, 0);
+    fx.jobs = vec![job(1, spec(100, GIB, 0))];
+    fx.node(&id(1)).draining = true;
+    let mut p = Planner::new(LEASE);
+    let out = fx.handle(&mut p, Event::NodeOpen { node: id(1) }, 10);
+    assert!(
+        !out.iter().any(|d| matches!(d, Decision::Start { .. })),
+        "{out:?}"
+    );
+}
