@@ -174,18 +174,23 @@ impl Engine {
                 );
             }
         }
+        // Decided under the lock of the removal (the detector's lock comes after the table's).
         if may_hold_lease {
             t.removing.insert(id.clone(), tomb);
-            drop(t);
             // Its jobs start moving now (stop first, as a drain does); none starts elsewhere
             // before its copy there has ended or the node is declared down.
-            self.job_event(crate::jobs::planner::Event::Drain { node: id.clone() })?;
+            self.job_event_locked(
+                &mut t,
+                &crate::jobs::planner::Event::Drain { node: id.clone() },
+            )?;
         } else {
-            drop(t);
             self.forget(&id);
             // A failover hold that counted it (it went down with more than half of its
             // cluster) must not wait for it to return.
-            self.job_event(crate::jobs::planner::Event::NodeRemoved { node: id.clone() })?;
+            self.job_event_locked(
+                &mut t,
+                &crate::jobs::planner::Event::NodeRemoved { node: id.clone() },
+            )?;
         }
         Ok(rec)
     }
