@@ -94,6 +94,8 @@ enum Ev {
     Beat(usize, u64),
     Wake(usize),
     Unhang(usize),
+    /// The packets held for a hung agent are read (if its hang is over).
+    DeliverHeld(usize),
     AgentStart(usize),
     /// A planned agent stop that got no answer in time: the process exits (its run).
     AgentStopTimeout(usize, u64),
@@ -124,6 +126,12 @@ struct World {
     by_node: BTreeMap<NodeId, usize>,
     pending_wake: Vec<Option<u64>>,
     held_back: Vec<Vec<tandem_common::proto::AgentMsg>>,
+    /// What reached a hung agent, in the order it arrived: read when the hang ends, in that
+    /// order (a stopped process reads its socket buffer in order). Each packet rescheduled on
+    /// its own to the hang's end came out of order when a second hang extended the first: a
+    /// stop overtook the start it followed, and the agent ran a copy after its stop (seed
+    /// 56525, a simulation bug).
+    held_in: Vec<std::collections::VecDeque<InFlight>>,
     net: Net,
     weather: Weather,
     store: Arc<MemStore>,
@@ -275,6 +283,7 @@ impl World {
             seq: 0,
             pending_wake: vec![None; n],
             held_back: vec![Vec::new(); n],
+            held_in: vec![Default::default(); n],
             agents,
             by_node,
             net: Net::new(n),
@@ -421,6 +430,16 @@ impl World {
                 }
             }
             Ev::Deliver(f) => self.deliver(f)?,
+            Ev::DeliverHeld(i) => {
+                if self.agents[i].hung_until > now {
+                    let t = self.agents[i].hung_until;
+                    self.at(t, Ev::DeliverHeld(i));
+                } else {
+                    while let Some(f) = self.held_in[i].pop_front() {
+                        self.deliver_down(f)?;
+                    }
+                }
+            }
             Ev::Connect(i, run) => {
                 let a = &self.agents[i];
                 if !a.up || a.run != run || a.removed || a.conn.is_some() {
@@ -584,106 +603,121 @@ impl World {
                 if !c.open_at_agent || self.agents[i].conn != Some(f.conn) || !self.agents[i].up {
                     return Ok(());
                 }
-                if self.agents[i].hung_until > now {
-                    let t = self.agents[i].hung_until;
-                    self.at(t, Ev::Deliver(f));
+                if self.agents[i].hung_until > now || !self.held_in[i].is_empty() {
+                    if self.held_in[i].is_empty() {
+                        let t = self.agents[i].hung_until.max(now);
+                        self.at(t, Ev::DeliverHeld(i));
+                    }
+                    self.held_in[i].push_back(f);
                     return Ok(());
                 }
-                let mut out = Vec::new();
-                match f.packet {
-                    Packet::Coord(m) => {
-                        self.note(|| format!("agent {i} gets {}", short(&format!("{m:?}"))));
-                        let clock = self.clock.clone();
-                        let local = self.agents[i].local(now);
-                        self.agents[i].on_msg(&clock, &mut self.rng, local, f.sent_ns, m, &mut out);
-                    }
-                    Packet::Ack { seq, lease_ms } => {
-                        self.note(|| format!("agent {i} gets the ack of beat {seq}"));
-                        let local = self.agents[i].local(now);
-                        self.agents[i].ack(
-                            &self.clock,
-                            &mut self.rng,
-                            local,
-                            seq,
-                            lease_ms,
-                            &mut out,
-                        )
-                    }
-                    Packet::Closed(why) => {
-                        self.note(|| format!("agent {i}: conn {} closed: {why}", f.conn));
-                        if let Some(c) = self.net.conns.get_mut(&f.conn) {
-                            c.open_at_agent = false;
-                            if !c.open_at_coord {
-                                self.net.conns.remove(&f.conn);
-                            }
-                        }
-                        let local = self.agents[i].local(now);
-                        self.agents[i].disconnected(local, &mut self.rng, &mut out);
-                    }
-                    _ => {}
-                }
-                self.agent_outs(i, out)
+                self.deliver_down(f)
             }
-            Dir::Up => {
-                if self.coord.is_none() {
-                    return Ok(());
-                }
-                if !c.open_at_coord {
-                    // A packet for a connection this process does not know: a stateless reset.
-                    let w = self.weather;
-                    for (t, f) in self.net.send(
-                        &mut self.rng,
-                        w,
-                        now,
-                        f.conn,
-                        Dir::Down,
-                        Packet::Closed("reset"),
-                    ) {
-                        self.at(t, Ev::Deliver(f));
-                    }
-                    return Ok(());
-                }
-                if let Packet::Agent(m) = &f.packet {
-                    self.note(|| {
-                        format!(
-                            "coordinator gets from agent {i}: {}",
-                            short(&format!("{m:?}"))
-                        )
-                    });
-                    let exits: &[tandem_common::proto::JobExitReport] = match m {
-                        tandem_common::proto::AgentMsg::JobExited(r) => std::slice::from_ref(r),
-                        tandem_common::proto::AgentMsg::Hello(h) => &h.exited,
-                        tandem_common::proto::AgentMsg::JobsHeld { exited, .. } => exited,
-                        _ => &[],
-                    };
-                    // Only the end of the copy the coordinator holds current counts: a copy
-                    // that ended while its node was declared down (unknown to anyone) was
-                    // failed over in good faith, as by any scheduler.
-                    let node = self.agents[i].node.clone();
-                    let h = self.coord.as_ref().expect("checked above");
-                    // A Hello from a node that is no longer a member (removed) never reaches
-                    // the coordinator for real: its certificate serial is revoked, and the
-                    // TLS handshake refuses it (`tls::is_member`). Nobody was told.
-                    let hello_refused = matches!(m, tandem_common::proto::AgentMsg::Hello(_))
-                        && !h.m.read(|t| t.nodes.contains_key(&node));
-                    for r in exits.iter().filter(|_| !hello_refused) {
-                        let current = h.m.read(|t| {
-                            t.jobs
-                                .get(&r.job_id)
-                                .and_then(|j| j.current.as_ref())
-                                .is_some_and(|p| {
-                                    p.node == node && p.fencing_token == r.fencing_token
-                                })
-                        });
-                        if r.cause == tandem_common::proto::ExitCause::Exited && current {
-                            self.ledger.end_told(&r.job_id, now);
-                        }
-                    }
-                }
+            Dir::Up => self.deliver_up(f),
+        }
+    }
+
+    /// A packet reaches agent `i`, which is not hung.
+    fn deliver_down(&mut self, f: InFlight) -> Result<(), String> {
+        let now = self.clock.ns();
+        let Some(c) = self.net.conns.get(&f.conn) else {
+            return Ok(());
+        };
+        let i = c.agent;
+        if !c.open_at_agent || self.agents[i].conn != Some(f.conn) || !self.agents[i].up {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        match f.packet {
+            Packet::Coord(m) => {
+                self.note(|| format!("agent {i} gets {}", short(&format!("{m:?}"))));
                 let clock = self.clock.clone();
-                self.coord_io(|h, out| h.on_packet(&clock, f.conn, f.packet, out))
+                let local = self.agents[i].local(now);
+                self.agents[i].on_msg(&clock, &mut self.rng, local, f.sent_ns, m, &mut out);
+            }
+            Packet::Ack { seq, lease_ms } => {
+                self.note(|| format!("agent {i} gets the ack of beat {seq}"));
+                let local = self.agents[i].local(now);
+                self.agents[i].ack(&self.clock, &mut self.rng, local, seq, lease_ms, &mut out)
+            }
+            Packet::Closed(why) => {
+                self.note(|| format!("agent {i}: conn {} closed: {why}", f.conn));
+                if let Some(c) = self.net.conns.get_mut(&f.conn) {
+                    c.open_at_agent = false;
+                    if !c.open_at_coord {
+                        self.net.conns.remove(&f.conn);
+                    }
+                }
+                let local = self.agents[i].local(now);
+                self.agents[i].disconnected(local, &mut self.rng, &mut out);
+            }
+            _ => {}
+        }
+        self.agent_outs(i, out)
+    }
+
+    /// A packet reaches the coordinator.
+    fn deliver_up(&mut self, f: InFlight) -> Result<(), String> {
+        let now = self.clock.ns();
+        let Some(c) = self.net.conns.get(&f.conn) else {
+            return Ok(());
+        };
+        let i = c.agent;
+        if self.coord.is_none() {
+            return Ok(());
+        }
+        if !c.open_at_coord {
+            // A packet for a connection this process does not know: a stateless reset.
+            let w = self.weather;
+            for (t, f) in self.net.send(
+                &mut self.rng,
+                w,
+                now,
+                f.conn,
+                Dir::Down,
+                Packet::Closed("reset"),
+            ) {
+                self.at(t, Ev::Deliver(f));
+            }
+            return Ok(());
+        }
+        if let Packet::Agent(m) = &f.packet {
+            self.note(|| {
+                format!(
+                    "coordinator gets from agent {i}: {}",
+                    short(&format!("{m:?}"))
+                )
+            });
+            let exits: &[tandem_common::proto::JobExitReport] = match m {
+                tandem_common::proto::AgentMsg::JobExited(r) => std::slice::from_ref(r),
+                tandem_common::proto::AgentMsg::Hello(h) => &h.exited,
+                tandem_common::proto::AgentMsg::JobsHeld { exited, .. } => exited,
+                _ => &[],
+            };
+            // Only the end of the copy the coordinator holds current counts: a copy
+            // that ended while its node was declared down (unknown to anyone) was
+            // failed over in good faith, as by any scheduler.
+            let node = self.agents[i].node.clone();
+            let h = self.coord.as_ref().expect("checked above");
+            // A Hello from a node that is no longer a member (removed) never reaches
+            // the coordinator for real: its certificate serial is revoked, and the
+            // TLS handshake refuses it (`tls::is_member`). Nobody was told.
+            let hello_refused = matches!(m, tandem_common::proto::AgentMsg::Hello(_))
+                && !h.m.read(|t| t.nodes.contains_key(&node));
+            for r in exits.iter().filter(|_| !hello_refused) {
+                let current = h.m.read(|t| {
+                    t.jobs
+                        .get(&r.job_id)
+                        .and_then(|j| j.current.as_ref())
+                        .is_some_and(|p| p.node == node && p.fencing_token == r.fencing_token)
+                });
+                if r.cause == tandem_common::proto::ExitCause::Exited && current {
+                    self.ledger.end_told(&r.job_id, now);
+                }
             }
         }
+        let clock = self.clock.clone();
+        self.coord_io(|h, out| h.on_packet(&clock, f.conn, f.packet, out))
     }
 
     /// Runs `f` on the coordinator, then drains its outboxes onto the network.

@@ -83,9 +83,12 @@ fn ten_thousand_seeds_keep_the_promise_but_for_the_known_open_bugs() {
 /// timeout raised across a planned restart left the hold where it was, and a node removed
 /// during the hold was let go at its end while its copy still had the new, longer kill timeout
 /// to run (`engine::fence_params_at_start` now moves the holds on).
+/// 56525 and 111845 (once drains moved jobs in the simulation): a simulation bug, packets to
+/// a hung agent read out of order when a second hang extended the first, so a stop overtook
+/// the start it followed.
 #[test]
 fn seeds_a_long_soak_found_stay_fixed() {
-    for seed in [107_385, 123, 165_740] {
+    for seed in [107_385, 123, 165_740, 56_525, 111_845] {
         if let Err(v) = run(seed, Knobs::default(), false) {
             panic!("seed {seed}: {v}");
         }
