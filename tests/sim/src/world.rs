@@ -382,7 +382,15 @@ impl World {
         match ev {
             Ev::CoordStart => {
                 if self.coord.is_none() {
-                    if self.coord_run > 0 && self.param_rng.random_bool(0.5) {
+                    // Half the runs restart with new values; every one of them when the values
+                    // in force are to be forgotten (a deliberate bug), to catch it in fewer
+                    // seeds.
+                    let p = if self.knobs.forget_old_fence_params {
+                        1.0
+                    } else {
+                        0.5
+                    };
+                    if self.coord_run > 0 && self.param_rng.random_bool(p) {
                         self.change_fence_params();
                     }
                     self.coord_run += 1;
@@ -1263,6 +1271,9 @@ impl World {
             let present: Vec<usize> = (0..self.agents.len())
                 .filter(|&i| !self.agents[i].removed)
                 .collect();
+            if present.is_empty() {
+                return Ok(());
+            }
             let i = present[self.ops_rng.random_range(0..present.len())];
             let name = format!("sim-{i}");
             let now_in = m.read(|t| {
@@ -1342,7 +1353,7 @@ impl World {
     }
 
     /// A node of the jobs' cluster that is ready, not draining, connected, and holds no
-    /// copy of any job, if there is one.
+    /// copy of any job, if there is one (in `ha_pairs`: a pair of two, the primary named).
     fn idle_node(&self, t: &tandem_coordinator::engine::Fleet) -> Option<String> {
         let busy: std::collections::BTreeSet<&NodeId> = t
             .jobs
@@ -1350,11 +1361,25 @@ impl World {
             .filter(|j| !j.state.is_terminal())
             .filter_map(|j| j.current.as_ref().map(|p| &p.node))
             .collect();
+        let idle = |id: &NodeId| {
+            t.nodes.get(id).is_some_and(|e| {
+                e.record.cluster.as_deref() == Some(self.cluster.as_str())
+                    && e.record.state == NodeState::Ready
+                    && !e.record.draining
+                    && e.live.is_some()
+                    && !busy.contains(id)
+            })
+        };
+        if self.ha_pairs {
+            return t
+                .pairs
+                .values()
+                .filter(|p| p.cluster == self.cluster && idle(&p.primary) && idle(&p.standby))
+                .find_map(|p| t.nodes.get(&p.primary).map(|e| e.record.name.clone()));
+        }
         t.nodes
             .values()
-            .filter(|e| e.record.cluster.as_deref() == Some(self.cluster.as_str()))
-            .filter(|e| e.record.state == NodeState::Ready && !e.record.draining)
-            .filter(|e| e.live.is_some() && !busy.contains(&e.record.id))
+            .filter(|e| idle(&e.record.id))
             .map(|e| e.record.name.clone())
             .next()
     }
@@ -1385,8 +1410,9 @@ impl World {
                         return Err(format!("job {} is pending without a reason", j.id));
                     }
                     // Each node has room for one job: in a pool cluster, a ready node of the
-                    // cluster that runs nothing should have taken it.
-                    if let Some(idle) = self.idle_node(t).filter(|_| !self.ha_pairs) {
+                    // cluster that runs nothing should have taken it; in `ha_pairs`, a pair of
+                    // two such nodes.
+                    if let Some(idle) = self.idle_node(t) {
                         return Err(format!(
                             "job {} is stranded in Pending ({}) while node {idle} of its cluster is ready and runs nothing",
                             j.id, rec.state_reason
