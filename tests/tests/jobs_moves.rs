@@ -206,3 +206,54 @@ fn ha_pairs_the_standby_is_promoted_and_takes_the_job() -> Result<()> {
     check(gpus.len() == 1, || format!("{moved}"))?;
     Ok(())
 }
+
+/// Found by the simulation: in `ha_pairs` a job runs on a pair's primary, so one submitted
+/// while the cluster has no pair is pending ("no primary/standby pair yet"); pairing two nodes
+/// by hand (`POST /v1/clusters/{id}/pairs`) left it pending for good. Checks: it runs on the
+/// new primary once the pair is made.
+///
+/// On the code before the fix: `timed out ... waiting for the job running and writing`.
+#[test]
+fn a_job_waiting_for_a_pair_runs_once_two_nodes_are_paired_by_hand() -> Result<()> {
+    let fixture = l4_fixture();
+    let fx = fixture.to_str().context("utf-8")?;
+    let mut f = Fleet::new("hpm", "ha_pairs")?;
+    for n in ["hpm-a", "hpm-b"] {
+        f.start_agent(n, None, &["--gpu-fixture", fx])?;
+        f.wait_ready(n)?;
+    }
+    let pair = wait_for(LONG, "a healthy pair", || {
+        let ps = pairs(&f).ok()?;
+        (ps.len() == 1 && ps[0]["state"] == "healthy").then(|| ps[0].clone())
+    })?;
+    let pair_id = pair["id"].as_str().context("pair id")?;
+    let (s, v) = f.api().send(
+        "DELETE",
+        &format!("/v1/clusters/{}/pairs/{pair_id}", f.cluster),
+        None,
+    )?;
+    check(s == 200, || format!("unpairing: {s} {v}"))?;
+    let w = f.submit_writer("hpm-writer", 0, json!({}))?;
+    wait_for(
+        Duration::from_secs(10),
+        "the job pending for a pair",
+        || {
+            let j = f.job(&w.id).ok()?;
+            (j["state"] == "pending"
+                && j["state_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("no primary/standby pair")))
+            .then_some(())
+        },
+    )?;
+    f.api().post(
+        &format!("/v1/clusters/{}/pairs", f.cluster),
+        &json!({"primary": "hpm-a", "standby": "hpm-b"}),
+    )?;
+    let j = f.wait_running(&w)?;
+    let (node, _) = f.placement(&j)?;
+    check(node == "hpm-a", || {
+        format!("runs on {node}, not on the primary")
+    })?;
+    Ok(())
+}

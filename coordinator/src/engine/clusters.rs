@@ -437,6 +437,12 @@ impl Engine {
             .ok_or_else(|| OpError::FailedPrecondition("the pair could not be formed".into()))?;
         self.store().apply(plan.changes.clone())?;
         super::pairs::install(&mut t, &cid, plan);
+        // A job waits for a pair in `ha_pairs`: the new one may take it now (the simulation
+        // found jobs pending "no primary/standby pair yet" beside a pair made by hand).
+        self.job_event_locked(
+            &mut t,
+            &crate::jobs::planner::Event::NodeOpen { node: p.clone() },
+        )?;
         Ok(made)
     }
 

@@ -134,8 +134,8 @@ pub enum Event {
         /// The node.
         node: NodeId,
     },
-    /// `node` may take work it could not take before: it is no longer draining, or it was
-    /// moved into its cluster. Its clusters are reconciled, so that jobs waiting for room are
+    /// `node` may take work it could not take before: it is no longer draining, it was moved
+    /// into its cluster, or it was made a pair's primary by hand. Its clusters are reconciled, so that jobs waiting for room are
     /// placed; the view says what it may take (nothing about it is overridden). Without it, a
     /// job left pending while every node was draining stayed pending after the drain ended
     /// (the simulation found it).
