@@ -35,34 +35,28 @@ use tandem_common::proto::{CoordMsg, StartJob};
 impl Engine {
     /// Feeds one event to the planner, makes its decisions durable, and sends the commands.
     pub fn job_event(&self, event: Event) -> Result<(), StoreError> {
-        {
-            let mut t = self.lock();
-            // The planner's view holds every node: building it costs O(fleet). In a fleet
-            // without jobs, a node coming up (or back) holding nothing, or going down, cannot
-            // lead to any decision; in a join storm, or a mass failure, of thousands of nodes
-            // that cost would be paid once per node (seconds of CPU at 5,000 nodes). The
-            // guard's memory of recent downs only matters to jobs, and a job submitted later
-            // is placed on live nodes only.
-            let idle = match &event {
-                Event::NodeUp { running, .. } => running.is_empty(),
-                Event::Recovered { .. } | Event::NodeDown { .. } | Event::NodeRemoved { .. } => {
-                    true
-                }
-                _ => false,
-            };
-            if idle && t.jobs.is_empty() {
-                return Ok(());
-            }
-            self.job_event_locked(&mut t, &event)?;
-        }
-        Ok(())
+        self.job_event_locked(&mut self.lock(), &event)
     }
 
     /// [`Engine::job_event`] for a caller that holds the fleet lock and has just changed the
     /// table the event is about: decided under the same lock as the change (check and act
     /// under one state).
     pub(super) fn job_event_locked(&self, t: &mut Fleet, event: &Event) -> Result<(), StoreError> {
-        if t.jobs.is_empty() {
+        // The planner's view holds every node: building it costs O(fleet). In a fleet
+        // without jobs, a node coming up (or back) holding nothing, going down, or opening
+        // to work cannot lead to any decision; in a join storm, or a mass failure, of
+        // thousands of nodes that cost would be paid once per node (seconds of CPU at 5,000
+        // nodes). The guard's memory of recent downs only matters to jobs, and a job
+        // submitted later is placed on live nodes only.
+        let idle = match event {
+            Event::NodeUp { running, .. } => running.is_empty(),
+            Event::Recovered { .. }
+            | Event::NodeDown { .. }
+            | Event::NodeRemoved { .. }
+            | Event::NodeOpen { .. } => true,
+            _ => false,
+        };
+        if idle && t.jobs.is_empty() {
             return Ok(());
         }
         let out = self.run_planner(t, |p, v, now| p.handle(v, event, now))?;
