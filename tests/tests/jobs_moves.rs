@@ -44,6 +44,19 @@ fn drain_moves_a_job_stopping_the_old_copy_first() -> Result<()> {
     Ok(())
 }
 
+/// Waits until the writer's job is pending with a reason that contains `why`.
+fn wait_pending(f: &Fleet, w: &Writer, why: &str) -> Result<()> {
+    wait_for(
+        Duration::from_secs(10),
+        &format!("the job pending ({why})"),
+        || {
+            let j = f.job(&w.id).ok()?;
+            (j["state"] == "pending" && j["state_reason"].as_str().is_some_and(|r| r.contains(why)))
+                .then_some(())
+        },
+    )
+}
+
 /// Found by the simulation: a job submitted while every node of its cluster drains is pending
 /// ("no node ... can take it"), and ending the drain (`POST /v1/nodes/{id}/undrain`) left it
 /// pending for good, since nothing looked at the cluster again. Checks: it runs on the node
@@ -62,18 +75,7 @@ fn a_job_pending_during_a_drain_runs_when_the_drain_ends() -> Result<()> {
     f.api()
         .post(&format!("/v1/nodes/{node_id}/drain"), &json!({}))?;
     let w = f.submit_writer("undrain-writer", 0, json!({}))?;
-    wait_for(
-        Duration::from_secs(10),
-        "the job pending for the drain",
-        || {
-            let j = f.job(&w.id).ok()?;
-            (j["state"] == "pending"
-                && j["state_reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains("draining")))
-            .then_some(())
-        },
-    )?;
+    wait_pending(&f, &w, "draining")?;
     f.api()
         .post(&format!("/v1/nodes/{node_id}/undrain"), &json!({}))?;
     let j = f.wait_running(&w)?;
@@ -234,18 +236,7 @@ fn a_job_waiting_for_a_pair_runs_once_two_nodes_are_paired_by_hand() -> Result<(
     )?;
     check(s == 200, || format!("unpairing: {s} {v}"))?;
     let w = f.submit_writer("hpm-writer", 0, json!({}))?;
-    wait_for(
-        Duration::from_secs(10),
-        "the job pending for a pair",
-        || {
-            let j = f.job(&w.id).ok()?;
-            (j["state"] == "pending"
-                && j["state_reason"]
-                    .as_str()
-                    .is_some_and(|r| r.contains("no primary/standby pair")))
-            .then_some(())
-        },
-    )?;
+    wait_pending(&f, &w, "no primary/standby pair")?;
     f.api().post(
         &format!("/v1/clusters/{}/pairs", f.cluster),
         &json!({"primary": "hpm-a", "standby": "hpm-b"}),

@@ -874,13 +874,19 @@ fn submit_and_stop() {
     }
 }
 
+/// One pool node, draining, and one job not placed yet.
+fn one_draining_node_and_a_pending_job() -> Fx {
+    let mut fx = pool(1, 0);
+    fx.jobs = vec![job(1, spec(100, GIB, 0))];
+    fx.node(&id(1)).draining = true;
+    fx
+}
+
 #[test]
 fn a_job_left_pending_by_a_drain_is_placed_when_the_drain_ends() {
     // The simulation found it: every node draining, a job pending "no node can take it", the
     // drain ended, and the job stayed pending (nothing reconciled the cluster again).
-    let mut fx = pool(1, 0);
-    fx.jobs = vec![job(1, spec(100, GIB, 0))];
-    fx.node(&id(1)).draining = true;
+    let mut fx = one_draining_node_and_a_pending_job();
     let mut p = Planner::new(LEASE);
     let out = fx.handle(&mut p, Event::Submitted { job: jid(1) }, 0);
     assert!(
@@ -897,9 +903,7 @@ fn a_job_left_pending_by_a_drain_is_placed_when_the_drain_ends() {
 
 #[test]
 fn a_node_open_event_overrides_nothing_a_draining_node_takes_no_job() {
-    let mut fx = pool(1, 0);
-    fx.jobs = vec![job(1, spec(100, GIB, 0))];
-    fx.node(&id(1)).draining = true;
+    let mut fx = one_draining_node_and_a_pending_job();
     let mut p = Planner::new(LEASE);
     let out = fx.handle(&mut p, Event::NodeOpen { node: id(1) }, 10);
     assert!(
