@@ -76,8 +76,11 @@ pub fn expired<'a>(
         jobs: jobs
             .into_iter()
             .filter(|j| {
+                // A stopped job whose last copy may still run keeps its record (and so its
+                // name and its room) until that copy's end is known.
                 j.state.is_terminal()
                     && j.current.is_none()
+                    && j.waits_for.is_none()
                     && older(job_ended_ms(j), r.finished_jobs)
             })
             .map(|j| j.id.clone())

@@ -126,9 +126,10 @@ fn tandemctl_runs_lists_shows_tails_and_stops_a_job() -> Result<()> {
         ensure!(shown.contains(want), "no {want:?} in:\n{shown}");
     }
 
-    // jobs stop: the job ends as `stopped`, its placement as `stopped by user`.
+    // jobs stop: the job ends as `stopped`, its placement as `stopped by user`; it returns
+    // once the copy has ended (`--detach`: at once).
     let stopped = ctl_ok(api, &["jobs", "stop", "hello"])?;
-    ensure!(stopped.contains("stop requested"), "{stopped}");
+    ensure!(stopped.contains("stopped"), "{stopped}");
     wait_for(LONG, "the job stopped", || {
         let t = ctl_ok(api, &["jobs", "list", "--state", "stopped"]).ok()?;
         row(&t, "hello").map(|_| ())

@@ -333,10 +333,18 @@ pub enum JobsCmd {
         /// Job id or name.
         job: String,
     },
-    /// Stop a job (SIGTERM to its process group, SIGKILL after the kill timeout).
+    /// Stop a job (SIGTERM to its process group, SIGKILL after the kill timeout), and wait
+    /// until its last copy has ended: its name is free again once this returns.
     Stop {
         /// Job id or name.
         job: String,
+        /// Return once the stop is recorded, without waiting for the copy's end.
+        #[arg(long)]
+        detach: bool,
+        /// How long to wait for the copy's end, in seconds (a copy on a node that is cut off
+        /// ends when its lease runs out).
+        #[arg(long, default_value_t = 120)]
+        wait_s: u64,
     },
     /// Print the name of the node the job is placed on now (exits 1 when it is on none), for
     /// scripts: `kill -9 $(cat $TANDEM_DEV/agents/$(tandemctl jobs node demo)/agent.pid)`.

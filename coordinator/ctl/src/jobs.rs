@@ -238,16 +238,50 @@ pub fn jobs(c: &Client, out: Output, cmd: JobsCmd) -> Result<(), CtlError> {
             let v = c.get(&format!("/v1/jobs/{}", enc(&id)))?;
             emit(out, &v, |v| print_job(&Names::load(c, true, true), v));
         }
-        JobsCmd::Stop { job } => {
+        JobsCmd::Stop {
+            job,
+            detach,
+            wait_s,
+        } => {
             let id = job_id(c, &job)?;
-            let v = c.call("DELETE", &format!("/v1/jobs/{}", enc(&id)), None)?;
+            let path = format!("/v1/jobs/{}", enc(&id));
+            let mut v = c.call("DELETE", &path, None)?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_s);
+            // Ended (stopped now, or completed or failed before), and its last copy's end
+            // known (`stopping` null): the name is free.
+            let done = |v: &Value| {
+                ["stopped", "completed", "failed"].contains(&v["state"].as_str().unwrap_or(""))
+                    && v["stopping"].is_null()
+            };
+            while !detach && !done(&v) {
+                if std::time::Instant::now() >= deadline {
+                    return Err(CtlError::StillStopping {
+                        job,
+                        detail: format!(
+                            "its copy on node {} (token {}) had not ended after {wait_s} s;                              it ends by its lease if its node is cut off",
+                            s(&v["stopping"]["node"]),
+                            s(&v["stopping"]["fencing_token"])
+                        ),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                v = c.get(&path)?;
+            }
             emit(out, &v, |v| {
-                println!(
-                    "Job {} ({}) stop requested: {}",
-                    s(&v["name"]),
-                    s(&v["id"]),
-                    s(&v["state"])
-                )
+                if done(v) {
+                    println!("Job {} ({}) {}", s(&v["name"]), s(&v["id"]), s(&v["state"]))
+                } else {
+                    println!(
+                        "Job {} ({}) stop requested: {}",
+                        s(&v["name"]),
+                        s(&v["id"]),
+                        if v["stopping"].is_null() {
+                            s(&v["state"])
+                        } else {
+                            "stopping (its copy has not ended yet)".to_string()
+                        }
+                    )
+                }
             });
         }
         JobsCmd::Node { job } => {
@@ -575,7 +609,7 @@ mod tests {
         assert!(parse(&["jobs", "show"]).is_err());
         assert!(matches!(
             parse(&["jobs", "stop", "web"]).unwrap().cmd,
-            Cmd::Jobs(JobsCmd::Stop { job }) if job == "web"
+            Cmd::Jobs(JobsCmd::Stop { job, detach: false, wait_s: 120 }) if job == "web"
         ));
         assert!(matches!(
             parse(&["jobs", "logs", "web"]).unwrap().cmd,

@@ -83,6 +83,14 @@ pub enum CtlError {
         /// Its state and the reason.
         state: String,
     },
+    /// A stopped job's last copy did not end within the wait (`jobs stop`).
+    #[error("still_stopping: job {job}: {detail}")]
+    StillStopping {
+        /// The job.
+        job: String,
+        /// Where its copy is and how long was waited.
+        detail: String,
+    },
     /// The heartbeat check found the node not alive.
     #[error("not_alive: node {node}: {reason}")]
     NotAlive {

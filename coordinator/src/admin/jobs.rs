@@ -23,6 +23,8 @@ pub fn view(j: &JobRecord) -> Value {
         .as_ref()
         .map(|p| p.gpus.clone())
         .unwrap_or_default());
+    // A stopped job's last copy whose end is not known yet (null: none).
+    v["stopping"] = json!(j.stopping());
     v
 }
 
@@ -60,7 +62,8 @@ pub(super) async fn submit(
     );
     let id = job.id.clone();
     s.membership.submit_job(job).map_err(|e| match e {
-        crate::engine::SubmitError::NameTaken { .. } => {
+        crate::engine::SubmitError::NameTaken { .. }
+        | crate::engine::SubmitError::NameStopping { .. } => {
             ApiError::new(Code::AlreadyExists, e.to_string())
         }
         crate::engine::SubmitError::Store(e) => e.into(),

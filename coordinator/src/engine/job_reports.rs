@@ -5,6 +5,7 @@ use super::core::Engine;
 use super::job_state::{awaits_start, lock, send_in, start_cmd, start_msg, waits_for};
 use crate::jobs::model::{Exit, JobRecord};
 use crate::jobs::planner::{Event, Reported};
+use crate::model::NewEvent;
 use crate::store::{Change, StoreError};
 use std::time::Duration;
 use tandem_common::ids::NodeId;
@@ -309,9 +310,25 @@ impl Engine {
         if done.is_empty() {
             return;
         }
+        // Stopped jobs whose last copy is over: their name and their room are free now.
+        let freed: Vec<(NodeId, String)> = done
+            .iter()
+            .filter(|j| j.state.is_terminal())
+            .filter_map(|j| {
+                let old = t.jobs.get(&j.id)?.waits_for.clone()?;
+                Some((old.node, format!("job {} ({}) has stopped: its last copy (token {}) has ended; its name is free", j.spec.name, j.id, old.fencing_token)))
+            })
+            .collect();
         let changes = done
             .iter()
             .map(|j| Change::PutJob(Box::new(j.clone())))
+            .chain(freed.iter().map(|(node, message)| {
+                Change::Event(NewEvent {
+                    kind: "job",
+                    node: Some(node.clone()),
+                    message: message.clone(),
+                })
+            }))
             .collect();
         if let Err(e) = self.store().apply(changes) {
             tracing::error!(error = %e, "could not record that a pending job's old copy ended; it still waits");
@@ -319,6 +336,15 @@ impl Engine {
         }
         for j in done {
             t.jobs.insert(j.id.clone(), j);
+        }
+        // The room those copies held may be what a pending job waits for.
+        let mut nodes: Vec<NodeId> = freed.into_iter().map(|(n, _)| n).collect();
+        nodes.sort();
+        nodes.dedup();
+        for node in nodes {
+            if let Err(e) = self.job_event_locked(&mut t, &Event::NodeOpen { node }) {
+                tracing::error!(error = %e, "could not place pending jobs in the room a stopped job left");
+            }
         }
     }
 
@@ -338,7 +364,8 @@ impl Engine {
                     .get(old_node)
                     .is_some_and(|r| r.state != crate::model::NodeState::Down))
             };
-            for j in t.jobs.values().filter(|j| !j.state.is_terminal()) {
+            // Stopped jobs too: a last copy on a node that is gone has ended.
+            for j in t.jobs.values() {
                 if let Some(a) = j.waits_for.as_ref().filter(|a| node_gone(&a.node)) {
                     gone.push((a.node.clone(), a.fencing_token, j.id.clone()));
                 }

@@ -31,6 +31,19 @@ pub enum SubmitError {
         /// The other job's id.
         id: String,
     },
+    /// A stopped job of this name still has a copy that may run (its end is not known yet):
+    /// a job submitted under the name now would run beside it.
+    #[error("a job named `{name}` is still stopping ({id}): its copy on {node} (token {token}) has not ended yet; submit it again once that copy has ended (`tandemctl jobs stop` waits for that)")]
+    NameStopping {
+        /// The name.
+        name: String,
+        /// The stopped job's id.
+        id: String,
+        /// The node of its copy.
+        node: String,
+        /// The copy's token.
+        token: u64,
+    },
     /// The store failed; the job was not recorded (or, if it was, it is placed at the next
     /// start's reconciliation).
     #[error(transparent)]

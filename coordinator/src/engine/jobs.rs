@@ -91,20 +91,30 @@ impl Engine {
     }
 
     /// Records a new job and places it. The name is checked under the same lock the job is
-    /// inserted under: two submits of one name at once cannot both pass.
+    /// inserted under: two submits of one name at once cannot both pass. A name stays taken
+    /// after a stop until the stopped job's last copy has ended.
     pub fn submit_job(&self, job: JobRecord) -> Result<(), SubmitError> {
         {
             let mut t = self.lock();
-            if let Some(j) = t
-                .jobs
-                .values()
-                .find(|j| j.spec.name == job.spec.name && !j.state.is_terminal())
-            {
-                return Err(SubmitError::NameTaken {
-                    name: job.spec.name.clone(),
-                    state: j.state.as_str(),
-                    id: j.id.clone(),
-                });
+            for j in t.jobs.values().filter(|j| j.spec.name == job.spec.name) {
+                if !j.state.is_terminal() {
+                    return Err(SubmitError::NameTaken {
+                        name: job.spec.name.clone(),
+                        state: j.state.as_str(),
+                        id: j.id.clone(),
+                    });
+                }
+                if let Some(c) = j.stopping() {
+                    return Err(SubmitError::NameStopping {
+                        name: job.spec.name.clone(),
+                        id: j.id.clone(),
+                        node: t
+                            .nodes
+                            .get(&c.node)
+                            .map_or_else(|| c.node.to_string(), |e| e.record.name.clone()),
+                        token: c.fencing_token,
+                    });
+                }
             }
             self.store().apply(vec![
                 Change::PutJob(Box::new(job.clone())),
@@ -558,5 +568,59 @@ mod tests {
         let (e, _) = engine_with(tandem_common::proto::LIMITS_PROTOCOL_VERSION);
         e.submit_job(as_user.clone()).expect("submitted");
         assert!(e.lock().jobs[&as_user.id].current.is_some());
+    }
+
+    /// A stopped job keeps its name and its room until its last copy's end is reported: then
+    /// the name is free, and a job that waited for the room is placed.
+    #[test]
+    fn a_stopped_job_keeps_its_name_and_room_until_its_copy_has_ended() {
+        use crate::engine::SubmitError;
+        use crate::jobs::planner::Event;
+        let (e, _) = engine_with(tandem_common::proto::LIMITS_PROTOCOL_VERSION);
+        let node = e.lock().nodes.keys().next().cloned().expect("a node");
+        let mut old = job(1, spec(6000, 1 << 20, 0));
+        old.spec.name = "w".into();
+        e.submit_job(old.clone()).expect("submitted");
+        let token = e.lock().jobs[&old.id].fencing_token().expect("placed");
+        e.job_event(Event::StopRequested {
+            job: old.id.clone(),
+        })
+        .expect("stopped");
+        assert_eq!(e.lock().jobs[&old.id].state, JobState::Stopped);
+
+        let mut again = job(2, spec(100, 1 << 20, 0));
+        again.spec.name = "w".into();
+        let refused = e.submit_job(again.clone());
+        assert!(
+            matches!(refused, Err(SubmitError::NameStopping { token: t, .. }) if t == token),
+            "{refused:?}"
+        );
+        let mut big = job(3, spec(6000, 1 << 20, 0));
+        big.spec.name = "big".into();
+        e.submit_job(big.clone()).expect("submitted");
+        assert_eq!(
+            e.lock().jobs[&big.id].state,
+            JobState::Pending,
+            "the stopped copy still holds its room"
+        );
+
+        e.exits_reported(
+            &node,
+            &[tandem_common::proto::JobExitReport {
+                job_id: old.id.clone(),
+                fencing_token: token,
+                code: None,
+                signal: Some(15),
+                cause: tandem_common::proto::ExitCause::Stopped,
+                reason: "stopped".into(),
+            }],
+        );
+        assert!(e.lock().jobs[&old.id].stopping().is_none());
+        assert_eq!(
+            e.lock().jobs[&big.id].state,
+            JobState::Starting,
+            "placed in the room the copy left"
+        );
+        e.submit_job(again).expect("the name is free");
     }
 }

@@ -423,7 +423,21 @@ impl Decision {
                 j.state_reason = reason.clone();
             }
             Self::Stop { reason, .. } => {
-                j.waits_for = None;
+                // The job is over, but not its last copy: until that copy's end is reported
+                // (or its node is down, or registers without it) the job keeps its name and
+                // its room on that node (`waits_for`). Before, a stop freed both at once, and
+                // the job submitted again under its name ran beside the old copy for the
+                // old copy's SIGTERM-to-SIGKILL timeout (session 12). The copy that may run
+                // is the current one, or, when the current placement still waited for an
+                // older copy (its start withheld), that older one.
+                let last = j.current.as_ref().map(|p| match &p.after {
+                    Some(a) if p.started_ms.is_none() => a.clone(),
+                    _ => super::model::OldCopy {
+                        node: p.node.clone(),
+                        fencing_token: p.fencing_token,
+                    },
+                });
+                j.waits_for = last.or(j.waits_for.take());
                 j.end_current(now_ms, "stopped by user");
                 j.state = JobState::Stopped;
                 j.state_reason = reason.clone();
@@ -551,6 +565,39 @@ mod tests {
             reason: "x".into(),
         };
         assert!(!d.apply(&mut jobs, 0), "a running job needs an end reason");
+    }
+
+    #[test]
+    fn a_stop_keeps_the_last_copy_that_may_run_until_its_end_is_known() {
+        let stop = Decision::Stop {
+            job: jobs_id(),
+            node: Some(id(1)),
+            fencing_token: Some(4),
+            reason: "DELETE".into(),
+        };
+        let mut jobs = vec![running(1, spec(100, 1 << 20, 1), 1, 4, &["GPU-1-0"])];
+        assert!(stop.apply(&mut jobs, 9));
+        let last = jobs[0]
+            .stopping()
+            .expect("the copy on node 1 may still run");
+        assert_eq!((last.node.clone(), last.fencing_token), (id(1), 4));
+        assert_eq!(jobs[0].gpus_of(last), ["GPU-1-0".to_string()]);
+        // A move's placement whose start was withheld never ran: the older copy is the one.
+        let mut jobs = vec![running(1, spec(100, 1 << 20, 0), 2, 5, &[])];
+        if let Some(p) = jobs[0].current.as_mut() {
+            p.started_ms = None;
+            p.after = Some(super::super::model::OldCopy {
+                node: id(1),
+                fencing_token: 4,
+            });
+        }
+        assert!(stop.apply(&mut jobs, 9));
+        let last = jobs[0].stopping().expect("the older copy may still run");
+        assert_eq!((last.node.clone(), last.fencing_token), (id(1), 4));
+        // A job that never ran anywhere has nothing to wait for.
+        let mut jobs = vec![crate::jobs::testkit::job(1, spec(100, 1 << 20, 0))];
+        assert!(stop.apply(&mut jobs, 9));
+        assert!(jobs[0].stopping().is_none());
     }
 
     #[test]

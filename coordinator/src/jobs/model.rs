@@ -277,7 +277,9 @@ pub struct JobRecord {
     pub created_ms: u64,
     /// A copy that may still run, left from a placement that waited for it and was given up
     /// (its new node died and no other could take the job): the job's next placement waits
-    /// for it too. Cleared once that copy has ended or its node is down.
+    /// for it too. On a stopped job: its last copy, not yet known to have ended; the job keeps
+    /// its name and its room on that node until then ([`JobRecord::stopping`]). Cleared once
+    /// that copy has ended, its node is down, or its node registers without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waits_for: Option<OldCopy>,
 }
@@ -297,6 +299,22 @@ impl JobRecord {
             created_ms,
             waits_for: None,
         }
+    }
+
+    /// A stopped job's last copy that may still run (the API's `stopping`): its name is not
+    /// free, nor its room on that node, until the copy's end is known.
+    pub fn stopping(&self) -> Option<&OldCopy> {
+        self.waits_for.as_ref().filter(|_| self.state.is_terminal())
+    }
+
+    /// The GPUs the copy `c` of this job was given (from its placement).
+    pub fn gpus_of(&self, c: &OldCopy) -> &[String] {
+        self.current
+            .iter()
+            .chain(self.history.iter().rev())
+            .find(|p| p.node == c.node && p.fencing_token == c.fencing_token)
+            .map(|p| p.gpus.as_slice())
+            .unwrap_or_default()
     }
 
     /// The node it runs on now (the API's `node`).

@@ -274,7 +274,8 @@ pub fn hold(held: &mut Held, spec: &JobSpec, gpus: &[String]) {
 }
 
 /// What `jobs` hold on each node: every job with a current placement holds its CPU, memory and
-/// GPUs on that node; in addition, when that node is the primary of one of `pairs`, the job's
+/// GPUs on that node, and a job without one that waits for a copy still running (a stopped
+/// job's last copy) holds them on that copy's node; in addition, when that node is the primary of one of `pairs`, the job's
 /// CPU, memory and GPU count are reserved on the pair's standby. The reserved GPUs are the
 /// standby's lowest free ones (`nodes` gives its GPUs), job by job in id order: which UUIDs
 /// does not matter (the job gets fresh ones when it fails over), only that they are counted
@@ -290,6 +291,16 @@ pub fn held_by_jobs<'a>(
     let mut held: HashMap<NodeId, Held> = HashMap::new();
     let mut reserving: Vec<(&JobRecord, &NodeId)> = Vec::new();
     for job in jobs {
+        // A copy that may still run (a stopped job's last copy, or one a pending job still
+        // waits for) keeps its room, GPUs included, until its end is known: a job placed in
+        // that room would share a GPU with a process that has not let go of it.
+        if let Some(old) = job.waits_for.as_ref().filter(|_| job.current.is_none()) {
+            hold(
+                held.entry(old.node.clone()).or_default(),
+                &job.spec,
+                job.gpus_of(old),
+            );
+        }
         let Some(p) = &job.current else { continue };
         hold(held.entry(p.node.clone()).or_default(), &job.spec, &p.gpus);
         if let Some(pair) = pairs.iter().find(|pr| pr.primary == p.node) {

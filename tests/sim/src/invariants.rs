@@ -49,6 +49,11 @@ pub struct Ledger {
     pub natural_exits: BTreeMap<String, u32>,
     /// Copies begun, in all.
     pub copies_started: u64,
+    /// Each job's name: one name never has two copies at once either, whichever jobs they
+    /// belong to (a job stopped and submitted again under its name is a new job).
+    names: BTreeMap<String, String>,
+    /// Copies of a job begun while an earlier job of its name was stopped.
+    pub reused_names: u64,
 }
 
 impl Ledger {
@@ -66,6 +71,24 @@ impl Ledger {
                 "two copies of job {job}: token {token} began on node {node} while token {} is alive on node {}",
                 other.1, other.0
             ));
+        }
+        if let Some(name) = self.names.get(job) {
+            for (other, copies) in &self.alive {
+                if other == job || copies.is_empty() || self.names.get(other) != Some(name) {
+                    continue;
+                }
+                return Err(format!(
+                    "two copies of job name `{name}`: job {job} token {token} began on node {node} while job {other} token {} is alive on node {}",
+                    copies[0].1, copies[0].0
+                ));
+            }
+            if self
+                .names
+                .iter()
+                .any(|(other, n)| n == name && other != job && self.stopped_at.contains_key(other))
+            {
+                self.reused_names += 1;
+            }
         }
         if let Some(last) = self.last_token.get(job) {
             if token <= *last {
@@ -130,6 +153,11 @@ impl Ledger {
         self.stopped_at.entry(job.to_string()).or_insert(now_ns);
     }
 
+    /// `job` was submitted under `name`.
+    pub fn named(&mut self, job: &str, name: &str) {
+        self.names.insert(job.to_string(), name.to_string());
+    }
+
     /// Whether a stop of `job` was acknowledged.
     pub fn was_stopped(&self, job: &str) -> bool {
         self.stopped_at.contains_key(job)
@@ -182,6 +210,15 @@ mod tests {
             .unwrap_err()
             .contains("ran to its end"));
         l.began("k", 0, 1, 0).unwrap();
+        l.named("a", "web");
+        l.named("b", "web");
+        l.began("a", 0, 1, 0).unwrap();
+        assert!(l
+            .began("b", 3, 1, 0)
+            .unwrap_err()
+            .contains("job name `web`"));
+        l.ended("a", 0, 1, false, false);
+        l.began("b", 3, 1, 0).unwrap();
         l.stop_acknowledged("k", 10);
         l.ended("k", 0, 1, false, false);
         l.began("k", 0, 2, 5).unwrap();

@@ -62,6 +62,8 @@ pub struct Report {
     pub jobs: usize,
     /// Job copies whose process began.
     pub copies_started: u64,
+    /// Of those, copies of a job submitted under the name of a stopped one.
+    pub reused_names: u64,
     /// Faults injected.
     pub faults: u64,
     /// Coordinator crashes.
@@ -115,6 +117,7 @@ enum Ev {
 
 struct SimJob {
     id: String,
+    name: String,
 }
 
 struct World {
@@ -144,6 +147,9 @@ struct World {
     param_rng: StdRng,
     /// Chance for [`Ev::Operator`], apart from `rng` for the same reason.
     ops_rng: StdRng,
+    /// Whether a submit reuses a stopped job's name (a new version of it): a stream of its
+    /// own, so that the other draws of a seed stay as they were.
+    name_rng: StdRng,
     ledger: Ledger,
     jobs: Vec<SimJob>,
     cluster: String,
@@ -177,6 +183,7 @@ pub fn run(seed: u64, knobs: Knobs, trace: bool) -> Result<Report, Box<Violation
     })?;
     w.report.sim_ms = w.clock.ns() / 1_000_000;
     w.report.copies_started = w.ledger.copies_started;
+    w.report.reused_names = w.ledger.reused_names;
     w.report.trace = w.trace.take().unwrap_or_default();
     Ok(w.report)
 }
@@ -294,6 +301,7 @@ impl World {
             params,
             param_rng: StdRng::seed_from_u64(seed ^ 0x0fe5_ce00),
             ops_rng: StdRng::seed_from_u64(seed ^ 0x0b5e_4a70),
+            name_rng: StdRng::seed_from_u64(seed ^ 0x4a3e_5eed),
             ledger: Ledger::default(),
             jobs: Vec::new(),
             cluster: "c-sim".into(),
@@ -1150,8 +1158,22 @@ impl World {
                 "SIM_RESTART".to_string(),
                 if never { "never" } else { "other" }.to_string(),
             );
+            // Half the time, a new version of a stopped job: its name again, as an operator
+            // changes a job (stop it, submit it again).
+            let stopped: Vec<&SimJob> = self
+                .jobs
+                .iter()
+                .filter(|j| self.ledger.was_stopped(&j.id))
+                .collect();
+            let name = match stopped.len() {
+                0 => format!("job-{n}"),
+                k if self.name_rng.random_bool(0.5) => {
+                    stopped[self.name_rng.random_range(0..k)].name.clone()
+                }
+                _ => format!("job-{n}"),
+            };
             let spec = JobSpec {
-                name: format!("job-{n}"),
+                name: name.clone(),
                 cluster: self.cluster.clone(),
                 command: b.command(),
                 env,
@@ -1174,7 +1196,7 @@ impl World {
                 spec,
                 tandem_coordinator::clock::Clock::unix_ms(&*self.clock),
             );
-            self.note(|| format!("ADMIN submit {id} ({restart:?}, {b:?})"));
+            self.note(|| format!("ADMIN submit {id} `{name}` ({restart:?}, {b:?})"));
             let mut ok = false;
             let r = self.coord_io(|h, _| {
                 ok = h.m.submit_job(rec).is_ok();
@@ -1182,7 +1204,8 @@ impl World {
             });
             r?;
             if ok && m.read(|t| t.jobs.contains_key(&id)) {
-                self.jobs.push(SimJob { id });
+                self.ledger.named(&id, &name);
+                self.jobs.push(SimJob { id, name });
                 self.report.jobs += 1;
             }
         } else if roll < 70 {

@@ -400,6 +400,28 @@ fn ha_pairs_without_pairs_say_so() {
 }
 
 #[test]
+fn a_stopped_jobs_last_copy_keeps_its_room_and_gpus_until_it_has_ended() {
+    let nodes = [node(1, C, 8, 32, 2)];
+    let mut stopped = running(1, spec(1000, GIB, 1), 1, 3, &["GPU-1-1"]);
+    let d = crate::jobs::decision::Decision::Stop {
+        job: stopped.id.clone(),
+        node: Some(id(1)),
+        fencing_token: Some(3),
+        reason: "DELETE".into(),
+    };
+    let mut jobs = vec![stopped.clone()];
+    assert!(d.apply(&mut jobs, 5));
+    stopped = jobs.remove(0);
+    let held = held_by_jobs([&stopped], &[], &nodes);
+    let h = &held[&id(1)];
+    assert_eq!((h.cpu_millis, h.memory_bytes), (1000, GIB));
+    assert_eq!(h.gpu_uuids, vec!["GPU-1-1".to_string()]);
+    // Once its end is known the room is free.
+    stopped.waits_for = None;
+    assert!(held_by_jobs([&stopped], &[], &nodes).is_empty());
+}
+
+#[test]
 fn held_by_jobs_counts_placements_and_reserves_on_standbys() {
     let nodes = [
         node(1, C, 8, 32, 2),
