@@ -294,12 +294,7 @@ impl Planner {
                 // A node removed while it was down is no longer in the view: the holds that
                 // count it are found by it.
                 let mut cs = w.clusters_of(node);
-                cs.extend(
-                    self.guards
-                        .iter()
-                        .filter(|(_, g)| g.holding.as_ref().is_some_and(|h| h.down.contains(node)))
-                        .map(|(c, _)| c.clone()),
-                );
+                cs.extend(self.holds_counting(node));
                 for c in &cs {
                     self.maybe_resume(w, c, node, "was removed");
                 }
@@ -330,7 +325,24 @@ impl Planner {
                 *announce = Some(node.clone());
                 w.clusters_of(node)
             }
-            Event::NodeOpen { node } => w.clusters_of(node),
+            Event::NodeOpen { node } => {
+                // A node moved out of a cluster whose hold waits for it to return is, for that
+                // cluster, as good as removed: it never returns there. Before, the hold waited
+                // for ever, and the jobs of the node it held stayed `migrating` (found by a
+                // soak, seed 479960).
+                let mut cs = w.clusters_of(node);
+                let now_in = w.node(node).and_then(|n| n.cluster.clone());
+                let left: BTreeSet<String> = self
+                    .holds_counting(node)
+                    .into_iter()
+                    .filter(|c| now_in.as_ref() != Some(c))
+                    .collect();
+                for c in &left {
+                    self.maybe_resume(w, c, node, "moved to another cluster");
+                }
+                cs.extend(left);
+                cs
+            }
             Event::JobStarted {
                 job,
                 node,
@@ -534,6 +546,15 @@ impl Planner {
             jobs,
             reason,
         });
+    }
+
+    /// The clusters whose hold counts `node` among the nodes that went down.
+    fn holds_counting(&self, node: &NodeId) -> BTreeSet<String> {
+        self.guards
+            .iter()
+            .filter(|(_, g)| g.holding.as_ref().is_some_and(|h| h.down.contains(node)))
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 
     fn maybe_resume(&mut self, w: &mut Work, cluster: &str, node: &NodeId, what: &str) {

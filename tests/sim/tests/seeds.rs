@@ -88,9 +88,11 @@ fn ten_thousand_seeds_keep_the_promise_but_for_the_known_open_bugs() {
 /// the start it followed.
 /// 78028 (once a job pending beside an idle pair counted as stranded): pairing two nodes by
 /// hand left a job waiting for a pair pending.
+/// 479960: a failover hold waiting for a node that an operator then moved to another cluster
+/// waited for ever (the planner's `NodeOpen` now resumes it), and four jobs stayed `migrating`.
 #[test]
 fn seeds_a_long_soak_found_stay_fixed() {
-    for seed in [107_385, 123, 165_740, 56_525, 111_845, 78_028] {
+    for seed in [107_385, 123, 165_740, 56_525, 111_845, 78_028, 479_960] {
         if let Err(v) = run(seed, Knobs::default(), false) {
             panic!("seed {seed}: {v}");
         }

@@ -474,6 +474,38 @@ fn a_removed_node_does_not_pause_failover() {
     );
 }
 
+/// Found by a soak (seed 479960): a hold waiting for a node to come back waited for ever once
+/// an operator moved that node to another cluster; the jobs it held stayed `migrating`.
+#[test]
+fn a_hold_waiting_for_a_node_moved_to_another_cluster_resumes() {
+    let mut fx = pool(2, 0);
+    fx.jobs = vec![running(1, spec(1000, GIB, 0), 1, 2, &[])];
+    let mut p = Planner::new(LEASE);
+    fx.handle(&mut p, down(2), 0);
+    let out = fx.handle(&mut p, down(1), 10 * LEASE);
+    assert!(
+        out.iter().any(|d| matches!(d, Decision::Hold { .. })),
+        "{out:?}"
+    );
+    assert!(p.holding(C).is_some());
+    // Node 1 is moved to another cluster (the move sends `NodeOpen`).
+    for n in fx.nodes.iter_mut().filter(|n| n.id == id(1)) {
+        n.cluster = Some("c-other".into());
+    }
+    let out = fx.handle(&mut p, Event::NodeOpen { node: id(1) }, 11 * LEASE);
+    assert!(
+        out.iter()
+            .any(|d| matches!(d, Decision::Resume { cluster, .. } if cluster == C)),
+        "{out:?}"
+    );
+    assert!(p.holding(C).is_none(), "the hold is over");
+    assert_eq!(
+        fx.job(1).state,
+        JobState::Pending,
+        "decided again: no live node of its cluster is left"
+    );
+}
+
 #[test]
 fn exits_follow_the_restart_policy_and_max_restarts() {
     let mut p = Planner::new(LEASE);
