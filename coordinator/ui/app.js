@@ -363,6 +363,7 @@ async function jobPage(id) {
     const node = j.node ? link('#/node/' + enc(j.node), names[j.node] || j.node) : '-';
     fill('job-info', h('h2', {}, j.name, ' ', state(j.state)), kv([
       ['id', j.id], ['state', j.state_reason || j.state, 'job-reason'], ['node', node, 'job-node'],
+      ...(j.stopping ? [['stopping', `its copy on ${names[j.stopping.node] || j.stopping.node} (token ${j.stopping.fencing_token}) has not ended yet; the name is free once it has`, 'job-stopping']] : []),
       ['fencing token', j.fencing_token ?? '-', 'job-token'],
       ['restarts', `${j.restarts} of ${j.spec.max_restarts} (${j.spec.restart})`],
       ['command', j.spec.command.join(' ')], ['GPUs', (j.gpus || []).join(', ') || '-'],

@@ -1,6 +1,8 @@
 //! The fleet's tables: every node (with its live session's outbox, never its connection),
-//! cluster, pair and job, and the nodes being removed. Plain data, owned by the [`Engine`]
-//! (`super::core`) and changed only under its lock.
+//! cluster, pair and job, the nodes being removed, and the job commands in flight. Plain
+//! data, owned by the [`Engine`] (`super::core`) and changed only under its lock: what a
+//! decision checks and what it changes are one state (before, the commands in flight had
+//! locks of their own, taken in a set order beside the table's).
 //!
 //! [`Engine`]: super::Engine
 
@@ -43,6 +45,10 @@ pub struct Fleet {
     /// certificate is revoked, their name is free), kept as tombstones in the store, and shown
     /// to the job planner as live and draining until the detector declares them down.
     pub removing: HashMap<NodeId, NodeRecord>,
+    /// The job commands in flight (delayed starts, starts waiting for an old copy, starts not
+    /// answered yet): under the same lock as the records they are checked against, so a
+    /// check and what it acts on never see two states.
+    pub(crate) in_flight: super::job_state::InFlight,
     /// Node ids by name (names are unique), kept with `nodes` by [`Fleet::insert_node`] and
     /// [`Fleet::remove_node`]: a join or a look-up by name must not compare every name of a
     /// large fleet (at 25,000 nodes those scans were a fifth of a join storm's CPU).

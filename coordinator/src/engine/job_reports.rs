@@ -2,6 +2,7 @@
 //! that wait for an old copy to end: reconciled against the job records, never assumed.
 
 use super::core::Engine;
+use super::fleet::Fleet;
 use super::job_state::{awaits_start, lock, send_in, start_cmd, start_msg, waits_for};
 use crate::jobs::model::{Exit, JobRecord};
 use crate::jobs::planner::{Event, Reported};
@@ -23,7 +24,9 @@ impl Engine {
     ) {
         self.exits_reported(node, exited);
         let t = self.lock();
-        let resend: Vec<(String, u64)> = lock(&self.jobs.unanswered)
+        let resend: Vec<(String, u64)> = t
+            .in_flight
+            .unanswered
             .iter()
             .filter(|((job, token), (n, _))| {
                 n == node
@@ -244,25 +247,22 @@ impl Engine {
     }
 
     pub(super) fn release_waiting(&self, matches: impl Fn(&NodeId, u64, &str) -> bool) {
-        let ready: Vec<(NodeId, StartJob)> = {
-            let mut w = lock(&self.jobs.waiting);
-            let keys: Vec<String> = w
-                .iter()
-                .filter(|(j, (n, t, _, _))| matches(n, *t, j))
-                .map(|(j, _)| j.clone())
-                .collect();
-            keys.into_iter()
-                .filter_map(|k| w.remove(&k))
-                .map(|(_, _, to, cmd)| (to, cmd))
-                .collect()
-        };
-        self.release_pending_waits(&matches);
-        if ready.is_empty() {
-            return;
-        }
-        // Only if it is still the job's current placement: checked, made durable (the wait is
-        // over: a restarted coordinator must not wait again) and sent under one lock.
+        // Taken, checked, made durable and sent under one lock.
         let mut t = self.lock();
+        let w = &mut t.in_flight.waiting;
+        let keys: Vec<String> = w
+            .iter()
+            .filter(|(j, (n, tok, _, _))| matches(n, *tok, j))
+            .map(|(j, _)| j.clone())
+            .collect();
+        let ready: Vec<(NodeId, StartJob)> = keys
+            .into_iter()
+            .filter_map(|k| w.remove(&k))
+            .map(|(_, _, to, cmd)| (to, cmd))
+            .collect();
+        self.release_pending_waits(&mut t, &matches);
+        // Only if it is still the job's current placement: checked, made durable (the wait is
+        // over: a restarted coordinator must not wait again) and sent.
         for (to, cmd) in ready {
             let Some(j) = t.jobs.get(&cmd.job_id) else {
                 continue;
@@ -284,15 +284,18 @@ impl Engine {
                 }
                 t.jobs.insert(j.id.clone(), j);
             }
-            self.start_sent(&to, &cmd);
+            self.start_sent(&mut t, &to, &cmd);
             send_in(&t, &to, start_msg(&t, cmd));
         }
     }
 
     /// Pending jobs whose left-over wait (`JobRecord::waits_for`) is for a copy that `matches`
     /// (it ended, or its node is down): the wait is over, durably.
-    pub(super) fn release_pending_waits(&self, matches: &impl Fn(&NodeId, u64, &str) -> bool) {
-        let mut t = self.lock();
+    pub(super) fn release_pending_waits(
+        &self,
+        t: &mut Fleet,
+        matches: &impl Fn(&NodeId, u64, &str) -> bool,
+    ) {
         let done: Vec<JobRecord> = t
             .jobs
             .values()
@@ -342,7 +345,7 @@ impl Engine {
         nodes.sort();
         nodes.dedup();
         for node in nodes {
-            if let Err(e) = self.job_event_locked(&mut t, &Event::NodeOpen { node }) {
+            if let Err(e) = self.job_event_locked(t, &Event::NodeOpen { node }) {
                 tracing::error!(error = %e, "could not place pending jobs in the room a stopped job left");
             }
         }
@@ -352,8 +355,8 @@ impl Engine {
     /// waited for again; one whose old node is gone or down is released at once.
     pub(super) fn rebuild_waiting(&self) {
         let gone: Vec<(NodeId, u64, String)> = {
-            let t = self.lock();
-            let mut w = lock(&self.jobs.waiting);
+            let mut t = self.lock();
+            let mut w = Vec::new();
             let mut gone = Vec::new();
             let node_gone = |old_node: &NodeId| {
                 !(t.nodes.get(old_node).is_some_and(|e| {
@@ -383,7 +386,7 @@ impl Engine {
                 if !alive {
                     gone.push((old_node.clone(), old_token, j.id.clone()));
                 }
-                w.insert(
+                w.push((
                     j.id.clone(),
                     (
                         old_node,
@@ -391,8 +394,9 @@ impl Engine {
                         p.node.clone(),
                         start_cmd(j, p.fencing_token, &p.gpus),
                     ),
-                );
+                ));
             }
+            t.in_flight.waiting.extend(w);
             gone
         };
         for (node, token, job) in gone {
@@ -406,10 +410,11 @@ impl Engine {
         // Nothing waits: neither a start (the waiting map) nor a pending job's left-over wait.
         // (Checking the map alone skipped the pending jobs: one waited for ever for a copy
         // its node, back without it after a power cut, no longer held. Found by a soak.)
-        // One lock at a time (elsewhere the table is locked before the waiting map).
-        let no_start_waits = lock(&self.jobs.waiting).is_empty();
-        if no_start_waits && !self.lock().jobs.values().any(|j| j.waits_for.is_some()) {
-            return;
+        {
+            let t = self.lock();
+            if t.in_flight.waiting.is_empty() && !t.jobs.values().any(|j| j.waits_for.is_some()) {
+                return;
+            }
         }
         self.release_waiting(|n, t, j| {
             n == node && !held.iter().any(|h| h.job_id == j && h.fencing_token == t)

@@ -1,6 +1,7 @@
-//! The job side's state: the planner, delayed starts (timers with tokens), moves waiting for
-//! an old copy, unanswered starts and log requests; and the commands the planner's decisions
-//! become.
+//! The job side's state: the commands in flight ([`InFlight`]: delayed starts, which are
+//! timers with tokens, moves waiting for an old copy, unanswered starts), kept in the fleet
+//! table under its lock; the planner and the log requests waiting for their answer; and the
+//! commands the planner's decisions become.
 
 use super::fleet::Fleet;
 use crate::clock::Map as HashMap;
@@ -88,19 +89,25 @@ pub(super) struct DelayedStart {
     pub(super) token: u64,
 }
 
+/// The job commands in flight, kept in the fleet table ([`Fleet`]) and so changed only under
+/// its lock, with the job records they are checked against.
+#[derive(Default)]
+pub struct InFlight {
+    /// Delayed starts by due time (and a sequence number, to keep equal times apart).
+    pub(super) timers: std::collections::BTreeMap<(std::time::Instant, u64), DelayedStart>,
+    pub(super) timer_seq: u64,
+    /// Starts waiting for an old copy to end, by job.
+    pub(super) waiting: HashMap<String, (NodeId, u64, NodeId, StartJob)>,
+    /// Starts sent and not yet answered, by `(job, token)`: where, and when sent (or last
+    /// asked about). See [`Engine::check_unanswered_starts`](super::Engine::check_unanswered_starts).
+    pub(super) unanswered: HashMap<(String, u64), (NodeId, std::time::Instant)>,
+}
+
 /// The job side of the coordinator.
 pub struct JobRuntime {
     pub(super) planner: Mutex<Planner>,
-    /// Delayed starts by due time (and a sequence number, to keep equal times apart).
-    pub(super) timers: Mutex<std::collections::BTreeMap<(std::time::Instant, u64), DelayedStart>>,
-    pub(super) timer_seq: std::sync::atomic::AtomicU64,
-    /// Starts waiting for an old copy to end, by job.
-    pub(super) waiting: Mutex<HashMap<String, (NodeId, u64, NodeId, StartJob)>>,
     /// Log requests waiting for their answer.
     pub(super) logs: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<AgentMsg>>>,
-    /// Starts sent and not yet answered, by `(job, token)`: where, and when sent (or last
-    /// asked about). See [`Engine::check_unanswered_starts`].
-    pub(super) unanswered: Mutex<HashMap<(String, u64), (NodeId, std::time::Instant)>>,
     pub(super) fence_kill_timeout_ms: u32,
 }
 
@@ -113,11 +120,7 @@ impl JobRuntime {
     pub fn new(lease: Duration, fence_kill_timeout: Duration) -> Self {
         Self {
             planner: Mutex::new(Planner::new(lease.as_millis() as u64)),
-            timers: Mutex::new(Default::default()),
-            timer_seq: Default::default(),
-            waiting: Mutex::new(HashMap::default()),
             logs: Mutex::new(HashMap::default()),
-            unanswered: Mutex::new(HashMap::default()),
             fence_kill_timeout_ms: fence_kill_timeout.as_millis() as u32,
         }
     }

@@ -69,7 +69,7 @@ impl Engine {
     pub(super) fn decide(&self, events: &[Event]) -> Result<(), StoreError> {
         let mut t = self.lock();
         let out = self.run_planner(&mut t, |p, v, now| p.handle_all(v, events, now))?;
-        self.dispatch(&t, out);
+        self.dispatch(&mut t, out);
         Ok(())
     }
 
@@ -78,7 +78,7 @@ impl Engine {
         self.rebuild_waiting();
         let mut t = self.lock();
         let out = self.run_planner(&mut t, |p, v, now| p.reconcile(v, now))?;
-        self.dispatch(&t, out);
+        self.dispatch(&mut t, out);
         Ok(())
     }
 
@@ -86,7 +86,7 @@ impl Engine {
     pub fn force_failover(&self, cluster: &str) -> Result<(), StoreError> {
         let mut t = self.lock();
         let out = self.run_planner(&mut t, |p, v, now| p.force_failover(v, cluster, now))?;
-        self.dispatch(&t, out);
+        self.dispatch(&mut t, out);
         Ok(())
     }
 
@@ -343,7 +343,7 @@ impl Engine {
     /// (two decisions dispatched after the lock was released could overtake each other: a
     /// stop queued before the start it stops). A command for a node without a session is
     /// not queued: when the node registers again, the planner sees what it holds.
-    pub(super) fn dispatch(&self, t: &Fleet, out: Vec<Outgoing>) {
+    pub(super) fn dispatch(&self, t: &mut Fleet, out: Vec<Outgoing>) {
         for o in out {
             match o {
                 Outgoing::Start {
@@ -352,7 +352,8 @@ impl Engine {
                     after: Some((old_node, old_token)),
                     ..
                 } => {
-                    lock(&self.jobs.waiting)
+                    t.in_flight
+                        .waiting
                         .insert(cmd.job_id.clone(), (old_node, old_token, node, cmd));
                 }
                 Outgoing::Start {
@@ -361,11 +362,9 @@ impl Engine {
                     delay,
                     after: None,
                 } if !delay.is_zero() => {
-                    let seq = self
-                        .jobs
-                        .timer_seq
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    lock(&self.jobs.timers).insert(
+                    let seq = t.in_flight.timer_seq;
+                    t.in_flight.timer_seq += 1;
+                    t.in_flight.timers.insert(
                         (self.clock().now() + delay, seq),
                         DelayedStart {
                             node,
@@ -375,7 +374,7 @@ impl Engine {
                     );
                 }
                 Outgoing::Start { node, cmd, .. } => {
-                    self.start_sent(&node, &cmd);
+                    self.start_sent(t, &node, &cmd);
                     send_in(t, &node, start_msg(t, cmd))
                 }
                 Outgoing::Stop {
@@ -410,17 +409,11 @@ impl Engine {
     /// Fires the delayed starts due at `now`. Each is sent only if its placement is still the
     /// job's current one and has not started: checked and sent under the same fleet lock.
     pub fn fire_job_timers(&self, now: std::time::Instant) {
-        let due: Vec<DelayedStart> = {
-            let mut timers = lock(&self.jobs.timers);
-            let later = timers.split_off(&(now, u64::MAX));
-            std::mem::replace(&mut *timers, later)
-                .into_values()
-                .collect()
-        };
-        if due.is_empty() {
-            return;
-        }
-        let t = self.lock();
+        let mut t = self.lock();
+        let later = t.in_flight.timers.split_off(&(now, u64::MAX));
+        let due: Vec<DelayedStart> = std::mem::replace(&mut t.in_flight.timers, later)
+            .into_values()
+            .collect();
         for d in due {
             let Some(job) = t.jobs.get(&d.job) else {
                 continue;
@@ -435,13 +428,13 @@ impl Engine {
                 .map(|p| p.gpus.clone())
                 .unwrap_or_default();
             let cmd = start_cmd(job, d.token, &gpus);
-            self.start_sent(&d.node, &cmd);
+            self.start_sent(&mut t, &d.node, &cmd);
             send_in(&t, &d.node, start_msg(&t, cmd));
         }
     }
 
-    pub(super) fn start_sent(&self, node: &NodeId, cmd: &StartJob) {
-        lock(&self.jobs.unanswered).insert(
+    pub(super) fn start_sent(&self, t: &mut Fleet, node: &NodeId, cmd: &StartJob) {
+        t.in_flight.unanswered.insert(
             (cmd.job_id.clone(), cmd.fencing_token),
             (node.clone(), self.clock().now()),
         );
@@ -452,16 +445,16 @@ impl Engine {
     /// holds ([`CoordMsg::ReportJobs`]); the answer ([`Engine::jobs_held`]) decides.
     /// Starts whose placement has since started, ended or been replaced are forgotten.
     pub fn check_unanswered_starts(&self, now: std::time::Instant) {
-        if lock(&self.jobs.unanswered).is_empty() {
+        let mut t = self.lock();
+        if t.in_flight.unanswered.is_empty() {
             return;
         }
-        let t = self.lock();
         let mut ask: Vec<NodeId> = Vec::new();
-        lock(&self.jobs.unanswered).retain(|(job, token), (node, since)| {
-            let waiting = t
-                .jobs
-                .get(job)
-                .is_some_and(|j| awaits_start(j, node, *token));
+        let Fleet {
+            jobs, in_flight, ..
+        } = &mut *t;
+        in_flight.unanswered.retain(|(job, token), (node, since)| {
+            let waiting = jobs.get(job).is_some_and(|j| awaits_start(j, node, *token));
             if waiting && now.duration_since(*since) >= START_DEADLINE {
                 *since = now;
                 if !ask.contains(node) {
