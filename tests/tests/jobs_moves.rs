@@ -84,6 +84,74 @@ fn a_job_pending_during_a_drain_runs_when_the_drain_ends() -> Result<()> {
     Ok(())
 }
 
+/// Found in session 12: a job pending because no node had the label it requires (or every
+/// node carried a taint it does not tolerate) stayed pending after an operator labelled (or
+/// untainted) a node with `PATCH /v1/nodes/{id}`: the edit looked at no job.
+#[test]
+fn a_job_pending_for_a_label_runs_once_a_node_is_labelled_or_untainted() -> Result<()> {
+    let mut f = Fleet::new("relabel", "pool")?;
+    f.start_agents(&["relabel-a"], &[])?;
+    let node_id = f.api().node("relabel-a").context("node")?["id"]
+        .as_str()
+        .context("id")?
+        .to_string();
+    let w = f.submit_writer("relabel-writer", 0, json!({"zone": "a"}))?;
+    wait_pending(&f, &w, "zone")?;
+    let path = format!("/v1/nodes/{node_id}");
+    let (s, v) = f
+        .api()
+        .send("PATCH", &path, Some(&json!({"labels": {"zone": "a"}})))?;
+    check(s == 200, || format!("PATCH labels: {s} {v}"))?;
+    let j = f.wait_running(&w)?;
+    let (node, _) = f.placement(&j)?;
+    check(node == "relabel-a", || format!("runs on {node}"))?;
+
+    // The same for a taint: a node tainted before the job came, untainted after.
+    let (s, v) = f.api().send(
+        "PATCH",
+        &path,
+        Some(&json!({"taints": [{"key": "maint", "value": "yes", "effect": "no_schedule"}]})),
+    )?;
+    check(s == 200, || format!("PATCH taints: {s} {v}"))?;
+    let w2 = f.submit_writer("relabel-writer-2", 0, json!({}))?;
+    wait_pending(&f, &w2, "maint")?;
+    let (s, v) = f.api().send("PATCH", &path, Some(&json!({"taints": []})))?;
+    check(s == 200, || format!("PATCH taints: {s} {v}"))?;
+    f.wait_running(&w2)?;
+    Ok(())
+}
+
+/// Found in session 12: a GPU job pending because every GPU of the cluster was unhealthy
+/// stayed pending after a GPU became healthy again (a hardware update looked at no job).
+#[test]
+fn a_gpu_job_pending_for_want_of_a_healthy_gpu_runs_once_one_recovers() -> Result<()> {
+    let mut f = Fleet::new("gpuback", "pool")?;
+    let gpu_file = f.tmp.path().join("gpus.json");
+    let write = |healthy: bool| -> Result<()> {
+        let mut list: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(l4_fixture())?)?;
+        for g in list.iter_mut().filter(|_| !healthy) {
+            g["health"] =
+                json!({"state": "unhealthy", "reason": "XID 79: GPU has fallen off the bus"});
+        }
+        let next = gpu_file.with_extension("new");
+        std::fs::write(&next, serde_json::to_vec_pretty(&list)?)?;
+        Ok(std::fs::rename(&next, &gpu_file)?)
+    };
+    write(false)?;
+    let fx = gpu_file.to_str().context("utf-8")?.to_string();
+    f.start_agents(
+        &["gpuback-a"],
+        &["--gpu-fixture", &fx, "--sample-interval-ms", "200"],
+    )?;
+    let w = f.submit_writer("gpuback-writer", 1, json!({}))?;
+    wait_pending(&f, &w, "GPU")?;
+    write(true)?;
+    let j = f.wait_running(&w)?;
+    let gpus = j["gpus"].as_array().context("gpus")?;
+    check(gpus.len() == 1, || format!("{j}"))?;
+    Ok(())
+}
+
 /// The GPU UUIDs of the two-GPU fixture.
 fn fixture_uuids() -> Result<Vec<String>> {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(l4_fixture())?)?;

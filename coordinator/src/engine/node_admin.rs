@@ -28,6 +28,10 @@ impl Engine {
             validate::check_taints(&taints)?;
             rec.taints = taints;
         }
+        let placement_changed = {
+            let old = &t.nodes[&id].record;
+            old.labels != rec.labels || old.taints != rec.taints
+        };
         self.store().apply(vec![
             Change::PutNode(Box::new(rec.clone())),
             event(
@@ -38,6 +42,14 @@ impl Engine {
         ])?;
         if let Some(e) = t.nodes.get_mut(&id) {
             e.record = rec.clone();
+        }
+        // New labels, or a taint taken off, may be what a pending job waits for: its cluster
+        // is planned again, under this lock. (Before, the job stayed pending until some other
+        // event looked at the cluster.) Jobs already running stay where they are, as in
+        // Kubernetes: a label or a `no_schedule` taint only steers new placements.
+        if placement_changed {
+            let open = crate::jobs::planner::Event::NodeOpen { node: id };
+            self.job_event_locked(&mut t, &open)?;
         }
         Ok(rec)
     }

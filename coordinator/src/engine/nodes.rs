@@ -333,9 +333,23 @@ impl Engine {
                 message: ev,
             }));
         }
-        // Shown only (placement reads it too, and a decision on it waits for its flush).
+        // Placement reads it too: a decision on it waits for its flush.
         self.store.apply(changes)?;
+        let view = |r: &crate::model::NodeRecord| {
+            let v = crate::jobs::placement::NodeView::from_record(r);
+            (v.cores, v.memory_bytes, v.gpus)
+        };
+        let room_changed = view(&e.record) != view(&rec);
         e.record = rec;
+        // A GPU healthy again (or one more GPU, more cores or memory) may be what a pending
+        // job waits for: the node's cluster is planned again, under this lock. (Before, a GPU
+        // job stayed pending after the GPU it waited for recovered.)
+        if room_changed {
+            let open = crate::jobs::planner::Event::NodeOpen { node: node.clone() };
+            if let Err(e) = self.job_event_locked(&mut t, &open) {
+                tracing::error!(%node, error = %e, "could not plan again after a hardware change");
+            }
+        }
         Ok(())
     }
 
