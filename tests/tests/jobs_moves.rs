@@ -68,10 +68,7 @@ fn wait_pending(f: &Fleet, w: &Writer, why: &str) -> Result<()> {
 fn a_job_pending_during_a_drain_runs_when_the_drain_ends() -> Result<()> {
     let mut f = Fleet::new("undrain", "pool")?;
     f.start_agents(&["undrain-a"], &[])?;
-    let node_id = f.api().node("undrain-a").context("node")?["id"]
-        .as_str()
-        .context("id")?
-        .to_string();
+    let node_id = tandem_tests::jobs::node_id(&f, "undrain-a")?;
     f.api()
         .post(&format!("/v1/nodes/{node_id}/drain"), &json!({}))?;
     let w = f.submit_writer("undrain-writer", 0, json!({}))?;
@@ -91,10 +88,7 @@ fn a_job_pending_during_a_drain_runs_when_the_drain_ends() -> Result<()> {
 fn a_job_pending_for_a_label_runs_once_a_node_is_labelled_or_untainted() -> Result<()> {
     let mut f = Fleet::new("relabel", "pool")?;
     f.start_agents(&["relabel-a"], &[])?;
-    let node_id = f.api().node("relabel-a").context("node")?["id"]
-        .as_str()
-        .context("id")?
-        .to_string();
+    let node_id = tandem_tests::jobs::node_id(&f, "relabel-a")?;
     let w = f.submit_writer("relabel-writer", 0, json!({"zone": "a"}))?;
     wait_pending(&f, &w, "zone")?;
     let path = format!("/v1/nodes/{node_id}");

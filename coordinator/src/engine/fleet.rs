@@ -10,6 +10,32 @@ use crate::clock::Map as HashMap;
 use crate::model::{ClusterRecord, NodeRecord, PairRecord};
 use std::sync::Arc;
 use tandem_common::ids::NodeId;
+use tandem_common::proto::StartJob;
+
+/// A start that waits out its restart backoff. It carries the placement's token and is checked
+/// again when it fires, under the fleet lock it is sent under: a stop (or any other decision)
+/// made during the backoff ends or replaces that placement, and the timer then does nothing.
+/// (Before, a task slept and sent the start blindly: a stop during the backoff was undone.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DelayedStart {
+    pub(crate) node: NodeId,
+    pub(crate) job: String,
+    pub(crate) token: u64,
+}
+
+/// The job commands in flight, kept in the fleet table ([`Fleet`]) and so changed only under
+/// its lock, with the job records they are checked against.
+#[derive(Default)]
+pub struct InFlight {
+    /// Delayed starts by due time (and a sequence number, to keep equal times apart).
+    pub(crate) timers: std::collections::BTreeMap<(std::time::Instant, u64), DelayedStart>,
+    pub(crate) timer_seq: u64,
+    /// Starts waiting for an old copy to end, by job.
+    pub(crate) waiting: HashMap<String, (NodeId, u64, NodeId, StartJob)>,
+    /// Starts sent and not yet answered, by `(job, token)`: where, and when sent (or last
+    /// asked about). See [`Engine::check_unanswered_starts`](super::Engine::check_unanswered_starts).
+    pub(crate) unanswered: HashMap<(String, u64), (NodeId, std::time::Instant)>,
+}
 
 /// A node's live connection.
 #[derive(Clone, Debug)]
@@ -48,7 +74,7 @@ pub struct Fleet {
     /// The job commands in flight (delayed starts, starts waiting for an old copy, starts not
     /// answered yet): under the same lock as the records they are checked against, so a
     /// check and what it acts on never see two states.
-    pub(crate) in_flight: super::job_state::InFlight,
+    pub(crate) in_flight: InFlight,
     /// Node ids by name (names are unique), kept with `nodes` by [`Fleet::insert_node`] and
     /// [`Fleet::remove_node`]: a join or a look-up by name must not compare every name of a
     /// large fleet (at 25,000 nodes those scans were a fifth of a join storm's CPU).

@@ -1,6 +1,5 @@
-//! The job side's state: the commands in flight ([`InFlight`]: delayed starts, which are
-//! timers with tokens, moves waiting for an old copy, unanswered starts), kept in the fleet
-//! table under its lock; the planner and the log requests waiting for their answer; and the
+//! The job side's state (the commands in flight, `fleet::InFlight`, are kept in the fleet
+//! table under its lock): the planner and the log requests waiting for their answer; and the
 //! commands the planner's decisions become.
 
 use super::fleet::Fleet;
@@ -76,31 +75,6 @@ pub enum Outgoing {
         /// SIGTERM to SIGKILL.
         kill_timeout_ms: u32,
     },
-}
-
-/// A start that waits out its restart backoff. It carries the placement's token and is checked
-/// again when it fires, under the fleet lock it is sent under: a stop (or any other decision)
-/// made during the backoff ends or replaces that placement, and the timer then does nothing.
-/// (Before, a task slept and sent the start blindly: a stop during the backoff was undone.)
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct DelayedStart {
-    pub(super) node: NodeId,
-    pub(super) job: String,
-    pub(super) token: u64,
-}
-
-/// The job commands in flight, kept in the fleet table ([`Fleet`]) and so changed only under
-/// its lock, with the job records they are checked against.
-#[derive(Default)]
-pub struct InFlight {
-    /// Delayed starts by due time (and a sequence number, to keep equal times apart).
-    pub(super) timers: std::collections::BTreeMap<(std::time::Instant, u64), DelayedStart>,
-    pub(super) timer_seq: u64,
-    /// Starts waiting for an old copy to end, by job.
-    pub(super) waiting: HashMap<String, (NodeId, u64, NodeId, StartJob)>,
-    /// Starts sent and not yet answered, by `(job, token)`: where, and when sent (or last
-    /// asked about). See [`Engine::check_unanswered_starts`](super::Engine::check_unanswered_starts).
-    pub(super) unanswered: HashMap<(String, u64), (NodeId, std::time::Instant)>,
 }
 
 /// The job side of the coordinator.

@@ -17,10 +17,10 @@
 //! copy's exit is reported, or its node is declared down.
 
 use super::core::Engine;
-use super::fleet::Fleet;
+use super::fleet::{DelayedStart, Fleet};
 use super::job_state::{
-    awaits_start, lock, send_in, start_cmd, start_msg, waits_for, DelayedStart, Outgoing,
-    SubmitError, START_DEADLINE, USER_KILL_TIMEOUT_MS,
+    awaits_start, lock, send_in, start_cmd, start_msg, waits_for, Outgoing, SubmitError,
+    START_DEADLINE, USER_KILL_TIMEOUT_MS,
 };
 use crate::jobs::decision::Decision;
 use crate::jobs::model::JobRecord;
