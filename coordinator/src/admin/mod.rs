@@ -127,7 +127,67 @@ pub fn router(state: Arc<AdminState>) -> Router {
             }
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(read_body_first))
         .with_state(state)
+}
+
+/// Reads the whole request body (up to [`MAX_BODY`]) before anything answers.
+///
+/// Why: a refusal (a missing token, an unknown route) or a handler that takes no body would
+/// otherwise answer while the body is still on the wire. hyper then closes the connection
+/// without `Connection: close`, and a keep-alive client's next request on it meets a dead
+/// peer. A body over the limit is refused at once, with `Connection: close`, since its rest
+/// is never read.
+async fn read_body_first(req: Request, next: Next) -> Response {
+    use axum::body::{Body, HttpBody};
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return body_refused(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Err(e) => {
+            let over = e
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            body_refused(if over {
+                too_large()
+            } else {
+                ApiError::new(Code::InvalidArgument, "request body could not be read")
+            })
+        }
+    }
+}
+
+/// The refusal of a body over [`MAX_BODY`].
+fn too_large() -> ApiError {
+    ApiError {
+        code: Code::InvalidArgument,
+        message: format!("request body is over the {MAX_BODY}-byte limit"),
+        status: Some(StatusCode::PAYLOAD_TOO_LARGE),
+    }
+}
+
+/// A refusal after which the connection closes (the body's rest was not read).
+fn body_refused(e: ApiError) -> Response {
+    let mut r = e.into_response();
+    r.headers_mut().insert(
+        header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    r
 }
 
 /// Answers only once every batch the store had applied when the handler finished is durable
@@ -195,10 +255,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                     JsonRejection::BytesRejection(_)
                         if rej.status() == StatusCode::PAYLOAD_TOO_LARGE =>
                     {
-                        (
-                            format!("request body is over the {MAX_BODY}-byte limit"),
-                            Some(StatusCode::PAYLOAD_TOO_LARGE),
-                        )
+                        let e = too_large();
+                        (e.message, e.status)
                     }
                     _ => (format!("request body refused: {}", rej.body_text()), None),
                 };
