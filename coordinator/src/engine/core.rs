@@ -19,7 +19,7 @@ pub struct Engine {
     pub(super) sessions: AtomicU64,
     /// Limits on clusters and their nodes.
     pub quotas: super::quotas::Quotas,
-    /// The job planner and the commands in flight.
+    /// The job side's settings and the log requests waiting for their answer.
     pub jobs: super::job_state::JobRuntime,
     /// Serials of the certificates of current members: any other certificate of our CA is
     /// refused at the TLS handshake (revocation).
@@ -28,9 +28,6 @@ pub struct Engine {
     pub(super) pings: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
     /// Shared with the admin endpoint.
     pub metrics: Arc<Metrics>,
-    /// The configured fence parameters, to be recorded as the ones in force once no node may
-    /// hold older ones (see the detector's "Fence parameters").
-    pub(super) fence_update: Mutex<Option<crate::model::FenceParams>>,
     /// Time and chance (simulated in the deterministic simulation).
     pub(super) clock: Arc<dyn crate::clock::Clock>,
     /// How long finished records are kept.
@@ -45,6 +42,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn lock_mut<T>(m: &mut Mutex<T>) -> &mut T {
+    m.get_mut().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Engine {
     /// Loads the table from the store. Nodes that were alive when the coordinator stopped are
     /// handed to the detector as restored: they have the restart grace to come back.
@@ -55,7 +56,10 @@ impl Engine {
         now: Instant,
     ) -> Result<Self, StoreError> {
         let mut detector = detector;
-        let mut table = Fleet::default();
+        let cfg = *detector.config();
+        let mut table = Fleet::new(crate::jobs::planner::Planner::new(
+            cfg.lease.as_millis() as u64
+        ));
         let mut restored = 0usize;
         for c in store.clusters()? {
             table.clusters.insert(c.id.clone(), c);
@@ -99,7 +103,6 @@ impl Engine {
             .flat_map(|e| [Some(e.record.cert_serial), e.record.previous_cert_serial])
             .flatten()
             .collect();
-        let cfg = *detector.config();
         let fence_kill = cfg
             .fence_grace
             .saturating_sub(cfg.lease / 20 + std::time::Duration::from_millis(50));
@@ -109,11 +112,10 @@ impl Engine {
             detector: Mutex::new(detector),
             sessions: AtomicU64::new(0),
             quotas: Default::default(),
-            jobs: super::job_state::JobRuntime::new(cfg.lease, fence_kill),
+            jobs: super::job_state::JobRuntime::new(fence_kill),
             member_serials: Arc::new(std::sync::RwLock::new(serials)),
             pings: Mutex::new(HashMap::default()),
             metrics,
-            fence_update: Mutex::new(None),
             clock: Arc::new(crate::clock::SystemClock),
             retention: Default::default(),
             usage: Default::default(),
@@ -149,12 +151,11 @@ impl Engine {
     }
 
     /// The configured fence parameters, to record once no node may hold older ones.
-    pub fn with_fence_update(self, configured: Option<crate::model::FenceParams>) -> Self {
-        *lock(&self.fence_update) = configured;
+    pub fn with_fence_update(mut self, configured: Option<crate::model::FenceParams>) -> Self {
+        lock_mut(&mut self.table).fence_update = configured;
         self
     }
 
-    /// Sets how long finished records are kept (at start-up).
     /// Sets the longest agent hand-over granted (zero: none).
     pub fn with_max_handover(mut self, max: std::time::Duration) -> Self {
         self.max_handover = max;

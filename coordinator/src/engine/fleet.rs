@@ -1,6 +1,6 @@
 //! The fleet's tables: every node (with its live session's outbox, never its connection),
-//! cluster, pair and job, the nodes being removed, and the job commands in flight. Plain
-//! data, owned by the [`Engine`] (`super::core`) and changed only under its lock: what a
+//! cluster, pair and job, the nodes being removed, the job commands in flight, the job
+//! planner's memory and the fence parameters waiting to be recorded. Plain data, owned by the [`Engine`] (`super::core`) and changed only under its lock: what a
 //! decision checks and what it changes are one state (before, the commands in flight had
 //! locks of their own, taken in a set order beside the table's).
 //!
@@ -57,7 +57,6 @@ pub struct NodeEntry {
 }
 
 /// Everything membership decides on, under one lock so that decisions are serialised.
-#[derive(Default)]
 pub struct Fleet {
     /// Nodes by id.
     pub nodes: HashMap<NodeId, NodeEntry>,
@@ -75,6 +74,13 @@ pub struct Fleet {
     /// answered yet): under the same lock as the records they are checked against, so a
     /// check and what it acts on never see two states.
     pub(crate) in_flight: InFlight,
+    /// The job planner: what it remembers between decisions (failover holds, the downs its
+    /// disruption guard counts). Only ever asked under this lock, with the tables it decides
+    /// on.
+    pub(crate) planner: crate::jobs::planner::Planner,
+    /// The configured fence parameters, to be recorded as the ones in force once no node may
+    /// hold older ones (see the detector's "Fence parameters"); `None` once recorded.
+    pub(crate) fence_update: Option<crate::model::FenceParams>,
     /// Node ids by name (names are unique), kept with `nodes` by [`Fleet::insert_node`] and
     /// [`Fleet::remove_node`]: a join or a look-up by name must not compare every name of a
     /// large fleet (at 25,000 nodes those scans were a fifth of a join storm's CPU).
@@ -82,6 +88,22 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// Empty tables around `planner` (made with the coordinator's lease: there is no default
+    /// one, so no table can be made with a planner that has the wrong lease).
+    pub fn new(planner: crate::jobs::planner::Planner) -> Self {
+        Self {
+            nodes: HashMap::default(),
+            clusters: HashMap::default(),
+            pairs: HashMap::default(),
+            jobs: HashMap::default(),
+            removing: HashMap::default(),
+            in_flight: InFlight::default(),
+            planner,
+            fence_update: None,
+            names: HashMap::default(),
+        }
+    }
+
     /// Adds (or replaces) a node, keeping the name index.
     pub fn insert_node(&mut self, entry: NodeEntry) {
         if let Some(old) = self.nodes.get(&entry.record.id) {
@@ -115,7 +137,7 @@ mod tests {
 
     #[test]
     fn the_name_index_follows_inserts_replacements_and_removals() {
-        let mut f = Fleet::default();
+        let mut f = Fleet::new(crate::jobs::planner::Planner::new(1000));
         let a = crate::model::test_node("a");
         let id = a.id.clone();
         f.insert_node(NodeEntry {

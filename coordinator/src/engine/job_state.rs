@@ -1,11 +1,10 @@
-//! The job side's state (the commands in flight, `fleet::InFlight`, are kept in the fleet
-//! table under its lock): the planner and the log requests waiting for their answer; and the
-//! commands the planner's decisions become.
+//! The job side's settings and the log requests waiting for their answer (the planner and
+//! the commands in flight, `fleet::InFlight`, are kept in the fleet table under its lock), and
+//! the commands the planner's decisions become.
 
 use super::fleet::Fleet;
 use crate::clock::Map as HashMap;
 use crate::jobs::model::JobRecord;
-use crate::jobs::planner::Planner;
 use crate::store::StoreError;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -79,7 +78,6 @@ pub enum Outgoing {
 
 /// The job side of the coordinator.
 pub struct JobRuntime {
-    pub(super) planner: Mutex<Planner>,
     /// Log requests waiting for their answer.
     pub(super) logs: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<AgentMsg>>>,
     pub(super) fence_kill_timeout_ms: u32,
@@ -90,10 +88,9 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl JobRuntime {
-    /// A runtime for a coordinator with this lease and fencing kill timeout.
-    pub fn new(lease: Duration, fence_kill_timeout: Duration) -> Self {
+    /// A runtime for a coordinator with this fencing kill timeout.
+    pub fn new(fence_kill_timeout: Duration) -> Self {
         Self {
-            planner: Mutex::new(Planner::new(lease.as_millis() as u64)),
             logs: Mutex::new(HashMap::default()),
             fence_kill_timeout_ms: fence_kill_timeout.as_millis() as u32,
         }

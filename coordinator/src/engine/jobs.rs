@@ -19,8 +19,8 @@
 use super::core::Engine;
 use super::fleet::{DelayedStart, Fleet};
 use super::job_state::{
-    awaits_start, lock, send_in, start_cmd, start_msg, waits_for, Outgoing, SubmitError,
-    START_DEADLINE, USER_KILL_TIMEOUT_MS,
+    awaits_start, send_in, start_cmd, start_msg, waits_for, Outgoing, SubmitError, START_DEADLINE,
+    USER_KILL_TIMEOUT_MS,
 };
 use crate::jobs::decision::Decision;
 use crate::jobs::model::JobRecord;
@@ -166,7 +166,7 @@ impl Engine {
                 pairs: &pairs,
                 jobs: &jobs,
             };
-            decide(&mut lock(&self.jobs.planner), &view, now)
+            decide(&mut t.planner, &view, now)
         };
         if decisions.is_empty() {
             return Ok(Vec::new());

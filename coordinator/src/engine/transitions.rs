@@ -17,8 +17,8 @@ impl Engine {
     /// Records the configured fence parameters as the ones in force once no node may hold
     /// the old ones any more.
     pub(super) fn maybe_record_fence_params(&self, now: Instant) {
-        let mut pending = lock(&self.fence_update);
-        let Some(p) = *pending else { return };
+        let mut t = self.lock();
+        let Some(p) = t.fence_update else { return };
         if lock(&self.detector).legacy_left(now) {
             return;
         }
@@ -37,7 +37,7 @@ impl Engine {
         ]) {
             Ok(_) => {
                 tracing::info!(lease_ms = p.lease_ms, fence_kill_timeout_ms = p.fence_kill_timeout_ms, "every node holds the new fence parameters");
-                *pending = None;
+                t.fence_update = None;
             }
             Err(err) => tracing::error!(%err, "could not record the fence parameters in force"),
         }
