@@ -1,5 +1,5 @@
-//! Cluster and pair administration: the operations behind the admin API's cluster and pair
-//! routes, and the cluster rules a joining node must meet.
+//! Cluster administration: the operations behind the admin API's cluster routes (the pair
+//! routes' are in `pairs`), and the cluster rules a joining node must meet.
 //!
 //! Every operation checks its input (the rules live in `cluster::validate`), decides under the
 //! fleet lock, applies the records and an event to the store, and only then changes the
@@ -396,85 +396,6 @@ impl Engine {
         ])?;
         t.clusters.remove(&id);
         Ok(c)
-    }
-
-    /// Pairs two nodes of an `ha_pairs` cluster by hand.
-    pub fn create_pair(
-        &self,
-        cluster: &str,
-        primary: &str,
-        standby: &str,
-    ) -> Result<PairRecord, OpError> {
-        let mut t = self.lock();
-        let cid = find_cluster_id(&t.clusters, cluster)?;
-        let c = t.clusters[&cid].clone();
-        if c.mode != ClusterMode::HaPairs {
-            return Err(OpError::FailedPrecondition(format!(
-                "cluster {} is not an ha_pairs cluster",
-                c.name
-            )));
-        }
-        let p = find_node_id(&t, primary)?;
-        let s = find_node_id(&t, standby)?;
-        let nodes = super::pairs::pair_nodes(&t, &cid, None);
-        let current = super::pairs::cluster_pairs(&t, &cid);
-        let d = crate::cluster::pairing::manual_pair(&nodes, &current, &p, &s)
-            .map_err(|e| OpError::FailedPrecondition(e.to_string()))?;
-        let plan = super::pairs::plan(
-            &t,
-            &c,
-            &nodes,
-            vec![d],
-            self.clock().unix_ms(),
-            false,
-            self.clock(),
-        );
-        let made = plan
-            .pairs
-            .iter()
-            .find(|x| x.primary == p && x.standby == s)
-            .cloned()
-            .ok_or_else(|| OpError::FailedPrecondition("the pair could not be formed".into()))?;
-        self.store().apply(plan.changes.clone())?;
-        super::pairs::install(&mut t, &cid, plan);
-        // A job waits for a pair in `ha_pairs`: the new one may take it now (the simulation
-        // found jobs pending "no primary/standby pair yet" beside a pair made by hand).
-        self.job_event_locked(
-            &mut t,
-            &crate::jobs::planner::Event::NodeOpen { node: p.clone() },
-        )?;
-        Ok(made)
-    }
-
-    /// Dissolves a pair. Its nodes are not paired again automatically until one of them
-    /// changes state.
-    pub fn delete_pair(&self, cluster: &str, pair: &str) -> Result<PairRecord, OpError> {
-        let mut t = self.lock();
-        let cid = find_cluster_id(&t.clusters, cluster)?;
-        let c = t.clusters[&cid].clone();
-        let existing = t
-            .pairs
-            .get(pair)
-            .filter(|p| p.cluster == cid)
-            .cloned()
-            .ok_or_else(|| OpError::NotFound(format!("no pair `{pair}` in cluster {}", c.name)))?;
-        let nodes = super::pairs::pair_nodes(&t, &cid, None);
-        let d = crate::cluster::pairing::PairDecision::Unpair {
-            pair: pair.to_string(),
-            reason: "unpaired by an operator".into(),
-        };
-        let plan = super::pairs::plan(
-            &t,
-            &c,
-            &nodes,
-            vec![d],
-            self.clock().unix_ms(),
-            false,
-            self.clock(),
-        );
-        self.store().apply(plan.changes.clone())?;
-        super::pairs::install(&mut t, &cid, plan);
-        Ok(existing)
     }
 
     /// Checks that a node may join cluster `cid`. Returns the cluster, with its hardware model

@@ -1,8 +1,8 @@
 //! The coordinator engine: the one owner of fleet state.
 //!
 //! [`Engine`] holds every piece of fleet state: nodes and their sessions' outboxes, clusters,
-//! pairs, jobs and placements, moves waiting for an old copy, delayed starts, unanswered starts,
-//! pending pings and log requests, and the failure detector. It does no I/O of its own and
+//! pairs, jobs and placements, the job planner, moves waiting for an old copy, delayed starts,
+//! unanswered starts, pending pings and log requests, and the failure detector. It does no I/O of its own and
 //! never waits: not for the disk, not for a node.
 //!
 //! # Inputs and what comes out
@@ -51,7 +51,8 @@
 //!   after.
 //! - `transitions`: the detector's tick carried out (suspect, down, recovered, a removal's
 //!   end), fence parameters in force, retention.
-//! - `pairs`: pair decisions turned into records, inside the batch that caused them.
+//! - `pairs`: pair decisions turned into records, inside the batch that caused them; pairs
+//!   made and dissolved by hand.
 //! - `job_state`: the job side's state and the commands decisions become.
 //! - `jobs`: job decisions (events to the planner, submits, delayed and unanswered starts).
 //! - `job_reports`: what agents report about their jobs, and moves waiting for an old copy.
