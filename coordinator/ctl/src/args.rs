@@ -141,7 +141,7 @@ pub enum ClustersCmd {
     Create(CreateCluster),
     /// Edit a cluster.
     Edit(EditCluster),
-    /// Delete an empty cluster without deletion protection.
+    /// Delete a cluster without deletion protection, nodes or jobs that have not ended.
     Delete {
         /// Cluster id or name.
         cluster: String,

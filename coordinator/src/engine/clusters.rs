@@ -386,6 +386,37 @@ impl Engine {
                 c.name
             )));
         }
+        // A removed node may still run the cluster's jobs until its lease is over; deleting
+        // the cluster under it would leave them pending for a cluster that does not exist.
+        let removing = t
+            .removing
+            .values()
+            .filter(|r| r.cluster.as_deref() == Some(id.as_str()))
+            .count();
+        if removing > 0 {
+            return Err(OpError::FailedPrecondition(format!(
+                "cluster {} still has {removing} node(s) being removed whose lease may not have ended; try again once they are gone",
+                c.name
+            )));
+        }
+        let mut jobs: Vec<&str> = t
+            .jobs
+            .values()
+            .filter(|j| j.spec.cluster == id)
+            .filter(|j| !j.state.is_terminal() || j.stopping().is_some())
+            .map(|j| j.spec.name.as_str())
+            .collect();
+        if !jobs.is_empty() {
+            jobs.sort_unstable();
+            let n = jobs.len();
+            jobs.truncate(5);
+            return Err(OpError::FailedPrecondition(format!(
+                "cluster {} still has {n} job(s) that have not ended ({}{}); stop them first",
+                c.name,
+                jobs.join(", "),
+                if n > 5 { ", ..." } else { "" }
+            )));
+        }
         self.store().apply(vec![
             Change::DeleteCluster(id.clone()),
             event(

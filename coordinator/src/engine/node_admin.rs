@@ -510,4 +510,56 @@ mod tests {
             .iter()
             .any(|ev| ev.kind == "pair" && ev.message.contains("dissolved")));
     }
+
+    #[test]
+    fn a_cluster_is_not_deleted_while_a_job_or_a_removed_node_may_still_run_there() {
+        use crate::jobs::planner::Event;
+        let (e, store) = engine(100);
+        let c = cluster(&e, "c", ClusterMode::Pool, None);
+        let a = join(&e, "a", "Brand X", &c);
+        let mut hw = HardwareReport::default();
+        hw.cpu.logical_cores = 4;
+        hw.memory.total_bytes = 8 << 30;
+        let out = Arc::new(crate::outbox::Outbox::new(store.clone()));
+        let now = std::time::Instant::now();
+        e.register(
+            &a,
+            1,
+            "127.0.0.1:1".parse().unwrap(),
+            "0.1.0".into(),
+            hw,
+            out,
+            now,
+        )
+        .unwrap();
+        // A live node that is removed may still run jobs until its lease is over.
+        e.remove_node("a", "test").unwrap();
+        assert!(e.lock().removing.contains_key(&a));
+        let err = e.delete_cluster("c").unwrap_err();
+        assert!(
+            matches!(&err, OpError::FailedPrecondition(m) if m.contains("being removed")),
+            "{err}"
+        );
+        assert!(e.cluster("c").is_some());
+
+        // A cluster without nodes that still has a job that has not ended.
+        let empty = cluster(&e, "empty", ClusterMode::Pool, None);
+        let mut spec = crate::jobs::testkit::spec(100, 1 << 20, 0);
+        spec.cluster = empty.id.clone();
+        let job = crate::jobs::testkit::job(7, spec);
+        e.submit_job(job.clone()).unwrap();
+        let err = e.delete_cluster("empty").unwrap_err();
+        assert!(
+            matches!(&err, OpError::FailedPrecondition(m) if m.contains("1 job(s)") && m.contains("job-7")),
+            "{err}"
+        );
+        assert!(store.clusters().unwrap().iter().any(|k| k.id == empty.id));
+        // Once it is stopped (it never ran: no copy to wait for), the cluster goes.
+        e.job_event(Event::StopRequested {
+            job: job.id.clone(),
+        })
+        .unwrap();
+        e.delete_cluster("empty").unwrap();
+        assert!(!store.clusters().unwrap().iter().any(|k| k.id == empty.id));
+    }
 }
