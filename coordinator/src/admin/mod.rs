@@ -41,6 +41,10 @@ use tandem_common::pki::CertificateAuthority;
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// How long a request's body may take to arrive once its head has (64 KiB at 64 kbit/s):
+/// a client that trickles one, or never sends it, does not hold a connection for ever.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the handlers share.
 pub struct AdminState {
     /// The membership table.
@@ -136,8 +140,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
 /// Why: a refusal (a missing token, an unknown route) or a handler that takes no body would
 /// otherwise answer while the body is still on the wire. hyper then closes the connection
 /// without `Connection: close`, and a keep-alive client's next request on it meets a dead
-/// peer. A body over the limit is refused at once, with `Connection: close`, since its rest
-/// is never read.
+/// peer. A body over the limit is refused at once, and one that takes longer than
+/// [`BODY_READ_TIMEOUT`] with 408; both with `Connection: close`, since the rest is never read.
 async fn read_body_first(req: Request, next: Next) -> Response {
     use axum::body::{Body, HttpBody};
     if req.body().is_end_stream() {
@@ -152,7 +156,18 @@ async fn read_body_first(req: Request, next: Next) -> Response {
         return body_refused(too_large());
     }
     let (parts, body) = req.into_parts();
-    match axum::body::to_bytes(body, MAX_BODY).await {
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, MAX_BODY));
+    let Ok(read) = read.await else {
+        return body_refused(ApiError {
+            code: Code::InvalidArgument,
+            message: format!(
+                "request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+            status: Some(StatusCode::REQUEST_TIMEOUT),
+        });
+    };
+    match read {
         Ok(bytes) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
