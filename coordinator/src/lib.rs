@@ -342,21 +342,48 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     })
 }
 
-/// Serves the admin router on `listener` (plain TCP or HTTPS) until `stopped` resolves.
+/// How long a request's head may take to arrive on an admin connection (and an idle
+/// keep-alive connection may wait for its next one): a client that trickles a head, or opens
+/// connections and sends nothing, does not hold them for ever.
+pub const ADMIN_HEAD_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the admin router on `listener` (plain TCP or HTTPS) until `stopped` resolves, then
+/// lets each connection finish its request in flight.
+///
+/// hyper serves each connection with [`ADMIN_HEAD_READ_TIMEOUT`] on request heads (axum's
+/// `serve` sets no timer, so a half-sent head held its connection for ever); the body's own
+/// deadline is `admin::BODY_READ_TIMEOUT`.
 async fn serve_admin<L>(
-    listener: L,
+    mut listener: L,
     router: axum::Router,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
 {
-    if let Err(e) = axum::serve(listener, router)
-        .with_graceful_shutdown(stopped)
-        .await
-    {
-        tracing::error!(error = %e, "admin endpoint failed");
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEAD_READ_TIMEOUT);
+    tokio::pin!(stopped);
+    loop {
+        let (io, _peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stopped => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        // No upgrades: the API has no WebSocket (its event stream is server-sent events).
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
+        tokio::spawn(async move {
+            // A connection's end (a closed peer, a head that came too late) is its own.
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended");
+            }
+        });
     }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 impl Running {
