@@ -344,8 +344,10 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
 
 /// How long a request's head may take to arrive on an admin connection (and an idle
 /// keep-alive connection may wait for its next one): a client that trickles a head, or opens
-/// connections and sends nothing, does not hold them for ever.
-pub const ADMIN_HEAD_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// connections and sends nothing, does not hold them for ever. hyper's own default, and
+/// longer than clients keep an idle connection to reuse (ureq: 15 s), so a client does not
+/// send its next request into a connection the server is closing.
+pub const ADMIN_HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves the admin router on `listener` (plain TCP or HTTPS) until `stopped` resolves, then
 /// lets each connection finish its request in flight.

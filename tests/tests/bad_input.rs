@@ -972,8 +972,8 @@ fn an_admin_request_head_that_never_ends_or_an_idle_connection_is_closed_in_boun
     let mut conns = Vec::new();
     for head in [&b"GET /healthz HTTP/1.1\r\nHost: x\r\n"[..], b""] {
         let mut s = TcpStream::connect_timeout(&admin, T)?;
-        // Longer than the server's bound, so a server that waits for ever fails the read.
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        // Longer than the server's bound (30 s), so a server that waits for ever fails.
+        s.set_read_timeout(Some(Duration::from_secs(45)))?;
         s.write_all(head)?;
         conns.push(s);
     }
