@@ -1,5 +1,5 @@
 //! Cluster administration: the operations behind the admin API's cluster routes (the pair
-//! routes' are in `pairs`), and the cluster rules a joining node must meet.
+//! routes' are in `pair_admin`), and the cluster rules a joining node must meet.
 //!
 //! Every operation checks its input (the rules live in `cluster::validate`), decides under the
 //! fleet lock, applies the records and an event to the store, and only then changes the

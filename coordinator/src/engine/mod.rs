@@ -51,8 +51,8 @@
 //!   after.
 //! - `transitions`: the detector's tick carried out (suspect, down, recovered, a removal's
 //!   end), fence parameters in force, retention.
-//! - `pairs`: pair decisions turned into records, inside the batch that caused them; pairs
-//!   made and dissolved by hand.
+//! - `pairs`: pair decisions turned into records, inside the batch that caused them.
+//! - `pair_admin`: pairs made and dissolved by hand.
 //! - `job_state`: the job side's state and the commands decisions become.
 //! - `jobs`: job decisions (events to the planner, submits, delayed and unanswered starts).
 //! - `job_reports`: what agents report about their jobs, and moves waiting for an old copy.
@@ -70,6 +70,7 @@ mod job_state;
 mod jobs;
 mod node_admin;
 mod nodes;
+mod pair_admin;
 mod pairs;
 mod quotas;
 mod session;

@@ -1,13 +1,11 @@
 //! Pairs in `ha_pairs` clusters: turning the planner's decisions (`cluster::pairing`) into
-//! durable changes, and the operator's pair operations (made and dissolved by hand).
+//! durable changes.
 //!
 //! The planner decides; this module gives new pairs their ids, builds the records and events
 //! for one batch, and returns the pair table to install with it. The engine applies them in
 //! the same batch as the node change that caused them, so a promotion is never acted on (or
 //! acknowledged) before it is durable.
 
-use super::clusters::{find_cluster_id, find_node_id, OpError};
-use super::core::Engine;
 use super::fleet::Fleet;
 use crate::cluster::is_live;
 use crate::cluster::pairing::{self, PairDecision, PairNode};
@@ -167,86 +165,5 @@ pub fn install(t: &mut Fleet, cluster: &str, plan: PairPlan) {
     t.pairs.retain(|_, p| p.cluster != cluster);
     for p in plan.pairs {
         t.pairs.insert(p.id.clone(), p);
-    }
-}
-
-impl Engine {
-    /// Pairs two nodes of an `ha_pairs` cluster by hand.
-    pub fn create_pair(
-        &self,
-        cluster: &str,
-        primary: &str,
-        standby: &str,
-    ) -> Result<PairRecord, OpError> {
-        let mut t = self.lock();
-        let cid = find_cluster_id(&t.clusters, cluster)?;
-        let c = t.clusters[&cid].clone();
-        if c.mode != ClusterMode::HaPairs {
-            return Err(OpError::FailedPrecondition(format!(
-                "cluster {} is not an ha_pairs cluster",
-                c.name
-            )));
-        }
-        let p = find_node_id(&t, primary)?;
-        let s = find_node_id(&t, standby)?;
-        let nodes = pair_nodes(&t, &cid, None);
-        let current = cluster_pairs(&t, &cid);
-        let d = crate::cluster::pairing::manual_pair(&nodes, &current, &p, &s)
-            .map_err(|e| OpError::FailedPrecondition(e.to_string()))?;
-        let plan = plan(
-            &t,
-            &c,
-            &nodes,
-            vec![d],
-            self.clock().unix_ms(),
-            false,
-            self.clock(),
-        );
-        let made = plan
-            .pairs
-            .iter()
-            .find(|x| x.primary == p && x.standby == s)
-            .cloned()
-            .ok_or_else(|| OpError::FailedPrecondition("the pair could not be formed".into()))?;
-        self.store().apply(plan.changes.clone())?;
-        install(&mut t, &cid, plan);
-        // A job waits for a pair in `ha_pairs`: the new one may take it now (the simulation
-        // found jobs pending "no primary/standby pair yet" beside a pair made by hand).
-        self.job_event_locked(
-            &mut t,
-            &crate::jobs::planner::Event::NodeOpen { node: p.clone() },
-        )?;
-        Ok(made)
-    }
-
-    /// Dissolves a pair. Its nodes are not paired again automatically until one of them
-    /// changes state.
-    pub fn delete_pair(&self, cluster: &str, pair: &str) -> Result<PairRecord, OpError> {
-        let mut t = self.lock();
-        let cid = find_cluster_id(&t.clusters, cluster)?;
-        let c = t.clusters[&cid].clone();
-        let existing = t
-            .pairs
-            .get(pair)
-            .filter(|p| p.cluster == cid)
-            .cloned()
-            .ok_or_else(|| OpError::NotFound(format!("no pair `{pair}` in cluster {}", c.name)))?;
-        let nodes = pair_nodes(&t, &cid, None);
-        let d = crate::cluster::pairing::PairDecision::Unpair {
-            pair: pair.to_string(),
-            reason: "unpaired by an operator".into(),
-        };
-        let plan = plan(
-            &t,
-            &c,
-            &nodes,
-            vec![d],
-            self.clock().unix_ms(),
-            false,
-            self.clock(),
-        );
-        self.store().apply(plan.changes.clone())?;
-        install(&mut t, &cid, plan);
-        Ok(existing)
     }
 }
