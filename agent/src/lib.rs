@@ -73,19 +73,10 @@ pub async fn run(
             "jobs are contained by their process group only: a job that leaves it (setsid, \
              set -m, a daemon) escapes the fence"
         ),
-        m => {
-            tracing::info!(containment = m.name(), "{}", contained.note());
-            let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-            if !containment::cgroup::favors_dynmods(&mounts) {
-                tracing::info!(
-                    "each job start moves processes into cgroups, and the kernel makes the \
-                     first move after a quiet spell wait for an RCU grace period (about 10 ms \
-                     of every failover's start); mounting the cgroup hierarchies with \
-                     `favordynmods` (Linux 6.0+, or booting with cgroup_favordynmods=true) \
-                     removes most of it"
-                );
-            }
-        }
+        m => tracing::info!(containment = m.name(), "{}", contained.note()),
+    }
+    if let Some(hint) = contained.slow_moves_hint() {
+        tracing::info!("{hint}");
     }
     link.set_containment(std::sync::Arc::clone(&contained));
     match &cfg.job_user {

@@ -361,7 +361,6 @@ async fn serve_admin<L>(
     stopped: impl Future<Output = ()> + Send + 'static,
 ) where
     L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
 {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

@@ -324,6 +324,22 @@ impl Containment {
         &self.note
     }
 
+    /// In cgroup modes, when no cgroup mount has `favordynmods` (see
+    /// [`cgroup::favors_dynmods`]): what each job start pays for its moves, and how to avoid it.
+    /// Reads `/proc/mounts` (once, at start).
+    pub fn slow_moves_hint(&self) -> Option<&'static str> {
+        if self.mode == Mode::ProcessGroup {
+            return None;
+        }
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        (!cgroup::favors_dynmods(&mounts)).then_some(
+            "each job start moves processes into cgroups, and the kernel makes the first move \
+             after a quiet spell wait for an RCU grace period (about 10 ms of every failover's \
+             start); mounting the cgroup hierarchies with `favordynmods` (Linux 6.0+, or \
+             booting with cgroup_favordynmods=true) removes most of it",
+        )
+    }
+
     /// The cgroup of `job_id` (whether or not it exists), in cgroup modes, with the v1
     /// cgroups for the controllers `limits` needs.
     fn job_with(&self, job_id: &str, limits: Option<&Limits>) -> Option<JobCgroup> {

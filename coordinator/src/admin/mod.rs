@@ -24,8 +24,7 @@ mod views;
 pub use error::{ApiError, Code};
 
 use crate::engine::Engine;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -130,7 +129,6 @@ pub fn router(state: Arc<AdminState>) -> Router {
                 status: Some(StatusCode::METHOD_NOT_ALLOWED),
             }
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(read_body_first))
         .with_state(state)
 }
@@ -265,21 +263,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
             Err(rej) => {
                 // axum answers 422 for well-formed JSON of the wrong shape (an unknown field, a
                 // wrong type) and 415 for a missing content type; our contract says
-                // `invalid_argument` is 400. Only an oversized body keeps its own status (413).
-                let (message, status) = match &rej {
-                    JsonRejection::BytesRejection(_)
-                        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-                    {
-                        let e = too_large();
-                        (e.message, e.status)
-                    }
-                    _ => (format!("request body refused: {}", rej.body_text()), None),
-                };
-                Err(ApiError {
-                    code: Code::InvalidArgument,
-                    message,
-                    status,
-                })
+                // `invalid_argument` is 400. An oversized body never gets here:
+                // `read_body_first` refused it with its own status (413).
+                Err(ApiError::new(
+                    Code::InvalidArgument,
+                    format!("request body refused: {}", rej.body_text()),
+                ))
             }
         }
     }

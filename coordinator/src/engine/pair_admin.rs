@@ -3,7 +3,8 @@
 
 use super::clusters::{find_cluster_id, find_node_id, OpError};
 use super::core::Engine;
-use super::pairs::{cluster_pairs, install, pair_nodes, plan};
+use super::fleet::Fleet;
+use super::pairs::{cluster_pairs, install, pair_nodes, plan, PairPlan};
 use crate::model::*;
 
 impl Engine {
@@ -29,15 +30,7 @@ impl Engine {
         let current = cluster_pairs(&t, &cid);
         let d = crate::cluster::pairing::manual_pair(&nodes, &current, &p, &s)
             .map_err(|e| OpError::FailedPrecondition(e.to_string()))?;
-        let plan = plan(
-            &t,
-            &c,
-            &nodes,
-            vec![d],
-            self.clock().unix_ms(),
-            false,
-            self.clock(),
-        );
+        let plan = self.operator_plan(&t, &c, &nodes, d);
         let made = plan
             .pairs
             .iter()
@@ -72,17 +65,28 @@ impl Engine {
             pair: pair.to_string(),
             reason: "unpaired by an operator".into(),
         };
-        let plan = plan(
-            &t,
-            &c,
-            &nodes,
+        let plan = self.operator_plan(&t, &c, &nodes, d);
+        self.store().apply(plan.changes.clone())?;
+        install(&mut t, &cid, plan);
+        Ok(existing)
+    }
+
+    /// The plan of one pair decision an operator made (now, no automatic pairing beside it).
+    fn operator_plan(
+        &self,
+        t: &Fleet,
+        c: &ClusterRecord,
+        nodes: &[crate::cluster::pairing::PairNode],
+        d: crate::cluster::pairing::PairDecision,
+    ) -> PairPlan {
+        plan(
+            t,
+            c,
+            nodes,
             vec![d],
             self.clock().unix_ms(),
             false,
             self.clock(),
-        );
-        self.store().apply(plan.changes.clone())?;
-        install(&mut t, &cid, plan);
-        Ok(existing)
+        )
     }
 }
