@@ -282,7 +282,13 @@ impl Engine {
         }
         changes.extend(new_plan.changes.iter().cloned());
         self.store().apply(changes)?;
+        // A pair formed in the old cluster may take the jobs pending there for want of one (the
+        // simulation found one stranded: seed 1043135).
+        let mut reopened = Vec::new();
         if let Some((old, p)) = old_plan {
+            if p.changed {
+                reopened.extend(p.pairs.iter().map(|x| x.primary.clone()));
+            }
             super::pairs::install(&mut t, &old, p);
         }
         super::pairs::install(&mut t, &cid, new_plan);
@@ -298,6 +304,9 @@ impl Engine {
             &crate::jobs::planner::Event::Drain { node: id.clone() },
         )?;
         self.job_event_locked(&mut t, &crate::jobs::planner::Event::NodeOpen { node: id })?;
+        for node in reopened {
+            self.job_event_locked(&mut t, &crate::jobs::planner::Event::NodeOpen { node })?;
+        }
         Ok(rec)
     }
 
