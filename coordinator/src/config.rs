@@ -54,6 +54,10 @@ pub struct RawConfig {
     /// Extra host names and IP addresses the admin HTTPS certificate names, besides
     /// `localhost` and the bind address (the names operators reach the endpoint by).
     pub admin_tls_names: Vec<String>,
+    /// Admin connections held at most, by every client together; more are answered 429.
+    pub admin_max_connections: usize,
+    /// Admin connections one client address holds at most; more are answered 429.
+    pub admin_max_connections_per_client: usize,
     /// Largest control-stream frame accepted.
     pub max_frame_bytes: usize,
     /// Kernel receive and send buffer of the QUIC socket that every agent shares.
@@ -90,6 +94,9 @@ impl Default for RawConfig {
             cert_validity_s: None,
             admin_tls: false,
             admin_tls_names: Vec::new(),
+            admin_max_connections: crate::admin::serve::ConnectionLimits::default().total,
+            admin_max_connections_per_client: crate::admin::serve::ConnectionLimits::default()
+                .per_client,
             max_frame_bytes: tandem_common::codec::DEFAULT_MAX_FRAME,
             udp_buffer_bytes: 16 << 20,
             max_clusters: 50,
@@ -169,6 +176,8 @@ pub struct Config {
     pub admin_tls_ips: Vec<std::net::IpAddr>,
     /// Extra DNS names the admin certificate names.
     pub admin_tls_dns: Vec<String>,
+    /// How many admin connections are held at most.
+    pub admin_connections: crate::admin::serve::ConnectionLimits,
     /// How long finished records are kept.
     pub retention: crate::retention::Retention,
     /// Largest frame.
@@ -315,6 +324,18 @@ impl RawConfig {
                 "must be between 1 and 1000000",
             ));
         }
+        if !(1..=1_000_000).contains(&self.admin_max_connections) {
+            return Err(invalid(
+                "admin_max_connections",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(1..=self.admin_max_connections).contains(&self.admin_max_connections_per_client) {
+            return Err(invalid(
+                "admin_max_connections_per_client",
+                "must be at least 1 and at most admin_max_connections",
+            ));
+        }
         let token_path = data_dir.join(&self.admin_token_file);
         let admin_token = std::fs::read_to_string(&token_path)
             .map_err(|source| ConfigError::Read {
@@ -363,6 +384,10 @@ impl RawConfig {
             admin_tls: self.admin_tls,
             admin_tls_ips,
             admin_tls_dns,
+            admin_connections: crate::admin::serve::ConnectionLimits {
+                total: self.admin_max_connections,
+                per_client: self.admin_max_connections_per_client,
+            },
             max_frame_bytes: self.max_frame_bytes,
             udp_buffer_bytes: self.udp_buffer_bytes,
             quotas: crate::engine::Quotas {
@@ -414,6 +439,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("quic_addr"));
+        let raw = RawConfig {
+            admin_max_connections: 10,
+            admin_max_connections_per_client: 11,
+            ..Default::default()
+        };
+        let e = raw.validate(d.path()).unwrap_err().to_string();
+        assert!(e.contains("admin_max_connections_per_client"), "{e}");
         let e = toml::from_str::<RawConfig>("bogus = 1")
             .unwrap_err()
             .to_string();

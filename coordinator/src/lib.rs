@@ -304,9 +304,21 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
                 source,
             }
         })?;
-        tokio::spawn(serve_admin(listener, router, stopped))
+        tokio::spawn(admin::serve::serve(
+            listener,
+            router,
+            cfg.admin_connections,
+            membership.metrics.clone(),
+            stopped,
+        ))
     } else {
-        tokio::spawn(serve_admin(listener, router, stopped))
+        tokio::spawn(admin::serve::serve(
+            listener,
+            router,
+            cfg.admin_connections,
+            membership.metrics.clone(),
+            stopped,
+        ))
     };
 
     // Tell tools where we listen (tests bind port 0 and read this).
@@ -340,51 +352,6 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         restart_hold: cfg.restart_hold,
         heartbeat: cfg.heartbeat,
     })
-}
-
-/// How long a request's head may take to arrive on an admin connection (and an idle
-/// keep-alive connection may wait for its next one): a client that trickles a head, or opens
-/// connections and sends nothing, does not hold them for ever. hyper's own default, and
-/// longer than clients keep an idle connection to reuse (ureq: 15 s), so a client does not
-/// send its next request into a connection the server is closing.
-pub const ADMIN_HEAD_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Serves the admin router on `listener` (plain TCP or HTTPS) until `stopped` resolves, then
-/// lets each connection finish its request in flight.
-///
-/// hyper serves each connection with [`ADMIN_HEAD_READ_TIMEOUT`] on request heads (axum's
-/// `serve` sets no timer, so a half-sent head held its connection for ever); the body's own
-/// deadline is `admin::BODY_READ_TIMEOUT`.
-async fn serve_admin<L>(
-    mut listener: L,
-    router: axum::Router,
-    stopped: impl Future<Output = ()> + Send + 'static,
-) where
-    L: axum::serve::Listener,
-{
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(ADMIN_HEAD_READ_TIMEOUT);
-    tokio::pin!(stopped);
-    loop {
-        let (io, _peer) = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut stopped => break,
-        };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        // No upgrades: the API has no WebSocket (its event stream is server-sent events).
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(io), service));
-        tokio::spawn(async move {
-            // A connection's end (a closed peer, a head that came too late) is its own.
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection ended");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
 }
 
 impl Running {

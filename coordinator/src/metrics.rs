@@ -90,6 +90,10 @@ pub struct Metrics {
     pub certificate_renewals: AtomicU64,
     /// QUIC connections held now, from the first packet (handshakes included) to the close.
     pub quic_connections: AtomicU64,
+    /// Admin connections held now.
+    pub admin_connections: AtomicU64,
+    /// Admin connections refused over a connection limit.
+    pub admin_connections_refused: AtomicU64,
     /// Nodes declared down.
     pub nodes_declared_down: AtomicU64,
     /// Heartbeat round trip as the agents measure it.
@@ -113,6 +117,8 @@ impl Default for Metrics {
             joins: AtomicU64::new(0),
             certificate_renewals: AtomicU64::new(0),
             quic_connections: AtomicU64::new(0),
+            admin_connections: AtomicU64::new(0),
+            admin_connections_refused: AtomicU64::new(0),
             nodes_declared_down: AtomicU64::new(0),
             heartbeat_rtt: Histogram::new(RTT_BUCKETS),
             detection: Histogram::new(DETECT_BUCKETS),
@@ -139,6 +145,7 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP tandem_nodes_connected Nodes with a live connection.\n# TYPE tandem_nodes_connected gauge\ntandem_nodes_connected {connected}");
         let _ = writeln!(out, "# HELP tandem_quic_connections QUIC connections held, handshakes in progress included.\n# TYPE tandem_quic_connections gauge\ntandem_quic_connections {}", self.quic_connections.load(Relaxed));
+        let _ = writeln!(out, "# HELP tandem_admin_connections Admin HTTP connections held.\n# TYPE tandem_admin_connections gauge\ntandem_admin_connections {}", self.admin_connections.load(Relaxed));
         let counters = [
             (
                 "tandem_heartbeats_received_total",
@@ -194,6 +201,11 @@ impl Metrics {
                 "tandem_certificate_renewals_total",
                 "Node certificates renewed over a live connection.",
                 &self.certificate_renewals,
+            ),
+            (
+                "tandem_admin_connections_refused_total",
+                "Admin connections refused over admin_max_connections or admin_max_connections_per_client.",
+                &self.admin_connections_refused,
             ),
             (
                 "tandem_nodes_declared_down_total",

@@ -19,6 +19,8 @@ pub enum Code {
     FailedPrecondition,
     /// 429: a quota would be exceeded.
     QuotaExceeded,
+    /// 429: the endpoint holds as many connections as it may (in all, or for this client).
+    ResourceExhausted,
     /// 500: the coordinator failed.
     Internal,
 }
@@ -32,6 +34,7 @@ impl Code {
             Code::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
             Code::FailedPrecondition => (StatusCode::CONFLICT, "failed_precondition"),
             Code::QuotaExceeded => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded"),
+            Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
             Code::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -67,6 +70,17 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The envelope, without the log line (for refusals whose logging is budgeted by the
+    /// caller: a flood of them must not flood the log).
+    pub(crate) fn unlogged_response(self) -> Response {
+        let (status, code) = self.code.parts();
+        let status = self.status.unwrap_or(status);
+        let body = serde_json::json!({"error": {"code": code, "message": self.message}});
+        (status, Json(body)).into_response()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.code.parts();
@@ -76,7 +90,6 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(code, message = %self.message, "admin request refused");
         }
-        let body = serde_json::json!({"error": {"code": code, "message": self.message}});
-        (status, Json(body)).into_response()
+        self.unlogged_response()
     }
 }

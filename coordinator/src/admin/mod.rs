@@ -16,6 +16,7 @@ mod fleet;
 pub mod https;
 mod jobs;
 mod overview;
+pub mod serve;
 mod stream;
 mod tokens;
 mod ui;

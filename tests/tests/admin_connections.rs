@@ -1,0 +1,169 @@
+//! End to end: the admin endpoint's connection limits, against a real coordinator.
+//!
+//! Loopback has a whole /8, so each "client" here is its own source address (127.0.0.1, .2,
+//! ...), as separate machines would be. A connection counts as held once a request on it has
+//! been answered 200 and it is kept open (keep-alive); one over a limit is answered 429
+//! `resource_exhausted`, with the limit it hit, and closed.
+
+use anyhow::{bail, ensure, Context, Result};
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
+use tandem_tests::*;
+
+const T: Duration = Duration::from_secs(10);
+
+/// A TCP connection to `admin` from the source address `from`.
+fn connect_from(from: IpAddr, admin: SocketAddr) -> Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::new(from, 0).into())?;
+    s.connect_timeout(&admin.into(), T)?;
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(T))?;
+    Ok(s)
+}
+
+/// Sends `GET path` on `s` and reads the answer whole: its status and its body.
+fn get(s: &mut TcpStream, path: &str) -> Result<(u16, String)> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_string();
+            let status: u16 = head
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .context("a status")?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .context("a content-length")?;
+            while got.len() < end + 4 + len {
+                let n = s.read(&mut buf)?;
+                ensure!(n > 0, "the connection ended inside the body");
+                got.extend_from_slice(&buf[..n]);
+            }
+            let body = String::from_utf8_lossy(&got[end + 4..end + 4 + len]).to_string();
+            return Ok((status, body));
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            bail!("the connection ended before an answer");
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A connection from `from` that the coordinator holds: its request was answered 200 and it
+/// stays open. Retried within a deadline, since a slot given back a moment ago is released
+/// just after the client saw its connection close.
+fn held(from: IpAddr, admin: SocketAddr) -> Result<TcpStream> {
+    wait_for(T, &format!("a held connection from {from}"), || {
+        let mut s = connect_from(from, admin).ok()?;
+        matches!(get(&mut s, "/healthz"), Ok((200, _))).then_some(s)
+    })
+}
+
+/// A connection from `from` over a limit: answered 429 with the envelope, then closed.
+fn refused(from: IpAddr, admin: SocketAddr) -> Result<String> {
+    let mut s = connect_from(from, admin)?;
+    let (status, body) = get(&mut s, "/healthz")?;
+    ensure!(
+        status == 429,
+        "a connection over the limit got {status}: {body}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    ensure!(v["error"]["code"] == "resource_exhausted", "{body}");
+    // Closed after the answer, although the request did not ask for it.
+    let mut rest = Vec::new();
+    let n = s.read_to_end(&mut rest)?;
+    ensure!(
+        n == 0,
+        "more after the refusal: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    Ok(v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, last])
+}
+
+#[test]
+fn a_client_over_its_share_or_the_endpoint_over_its_total_is_refused_and_nobody_else_is_harmed(
+) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let coord = Coordinator::start_with(&tmp.path().join("coord"), None, |t| {
+        t.lines()
+            .map(|l| match l.split(' ').next() {
+                Some("admin_max_connections") => "admin_max_connections = 6",
+                Some("admin_max_connections_per_client") => "admin_max_connections_per_client = 4",
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let admin: SocketAddr = coord.api.base.trim_start_matches("http://").parse()?;
+
+    // One client takes its share.
+    let mut mine = Vec::new();
+    for _ in 0..4 {
+        mine.push(held(ip(1), admin)?);
+    }
+    let why = refused(ip(1), admin)?;
+    ensure!(
+        why.contains("127.0.0.1") && why.contains("admin_max_connections_per_client"),
+        "{why}"
+    );
+    // Its held connections still work, and another client is served.
+    ensure!(get(&mut mine[0], "/healthz")?.0 == 200);
+    let mut other = held(ip(2), admin)?;
+
+    // The endpoint reaches its total (4 + 1 + 1): everyone new is refused, with that reason.
+    let third = held(ip(3), admin)?;
+    let why = refused(ip(4), admin)?;
+    ensure!(
+        why.contains("holds 6 connections") && why.contains("admin_max_connections"),
+        "{why}"
+    );
+    ensure!(
+        get(&mut other, "/healthz")?.0 == 200,
+        "a held connection of another client still works"
+    );
+
+    // Given back, the slots serve again.
+    drop(mine);
+    drop(third);
+    let mut again = held(ip(1), admin)?;
+    let (_, metrics) = get(&mut again, "/metrics")?;
+    let refusals = metric(&metrics, "tandem_admin_connections_refused_total")?;
+    ensure!(refusals >= 2, "{refusals} refusals counted\n{metrics}");
+    let held_now = metric(&metrics, "tandem_admin_connections")?;
+    ensure!((2..=6).contains(&held_now), "{held_now} connections held");
+    wait_for(T, "the refusals in the log, with the peer", || {
+        coord
+            .proc
+            .log_text()
+            .lines()
+            .any(|l| {
+                l.contains("admin endpoint refused a connection") && l.contains("peer=127.0.0.4")
+            })
+            .then_some(())
+    })?;
+    Ok(())
+}
+
+fn metric(text: &str, name: &str) -> Result<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .with_context(|| format!("{name} in\n{text}"))
+}
