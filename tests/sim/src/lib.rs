@@ -15,15 +15,16 @@
 //! fence kill timeout and restart grace (what an operator's config change does: agents that
 //! stayed up hold the old values until they are welcomed again); and an operator submitting,
 //! stopping, draining and undraining, removing, pairing and unpairing, moving nodes to another
-//! cluster and back, and forcing failover (pool clusters, and `ha_pairs` clusters
-//! in 40% of runs).
+//! cluster and back, putting `no_schedule` taints on nodes and taking them off, and forcing
+//! failover (pool clusters, and `ha_pairs` clusters in 40% of runs).
 //!
 //! After every step it checks the promise ([`invariants`]): never two copies of a job alive at
 //! once, fencing tokens that only grow, a `never` job that ran to its end never started again,
 //! a stopped job never started again, no node declared down while a copy it ran is still alive.
 //! At the end, after the faults stop and the fleet settles, no acknowledged job is lost: each
 //! runs, is pending with a reason (in a pool cluster, only while no ready node of it is idle:
-//! every simulated node has room for one job), or ended by its policy.
+//! every simulated node has room for one job; a tainted node is not idle), or ended by its
+//! policy.
 //!
 //! # Layout
 //! - `clock`: the simulated clock and seeded chance the coordinator reads.
@@ -32,7 +33,8 @@
 //! - `coordinator`: the coordinator host: `Engine`, its store, its sessions (as the QUIC
 //!   server dispatches them).
 //! - `invariants`: what is checked, and the violation reported.
-//! - `world`: the event loop, the faults and the operator.
+//! - `world`: the event loop, the faults and the operator; `world::taints`, the operator's
+//!   taint edits.
 
 pub mod agent;
 pub mod clock;

@@ -83,7 +83,7 @@ fn main() {
     let started = std::time::Instant::now();
     let (mut events, mut copies, mut failed) = (0u64, 0u64, 0u64);
     let (mut readopted, mut handovers, mut fence_changes, mut moves) = (0u64, 0u64, 0u64, 0u64);
-    let mut reused = 0u64;
+    let (mut reused, mut taints) = (0u64, 0u64);
     for seed in a.from..a.from + a.seeds {
         match tandem_sim::run(seed, knobs, false) {
             Ok(r) => {
@@ -94,6 +94,7 @@ fn main() {
                 fence_changes += r.fence_changes;
                 moves += r.node_moves;
                 reused += r.reused_names;
+                taints += r.taint_edits;
             }
             Err(v) => {
                 failed += 1;
@@ -102,7 +103,7 @@ fn main() {
         }
     }
     println!(
-        "{} seeds from {} in {:.1} s: {failed} failed, {events} events, {copies} job copies, {handovers} agent hand-overs, {readopted} copies re-adopted after an agent restart, {fence_changes} restarts with new fence parameters, {moves} nodes moved between clusters, {reused} copies of jobs submitted again under a stopped job's name",
+        "{} seeds from {} in {:.1} s: {failed} failed, {events} events, {copies} job copies, {handovers} agent hand-overs, {readopted} copies re-adopted after an agent restart, {fence_changes} restarts with new fence parameters, {moves} nodes moved between clusters, {reused} copies of jobs submitted again under a stopped job's name, {taints} taint edits",
         a.seeds,
         a.from,
         started.elapsed().as_secs_f64()

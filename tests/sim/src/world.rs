@@ -20,6 +20,8 @@ use tandem_coordinator::jobs::model::{JobRecord, JobSpec, JobState, Resources, R
 use tandem_coordinator::model::{ClusterMode, ClusterRecord, NodeRecord, NodeState};
 use tandem_coordinator::store::{Change, MemStore, StateStore};
 
+mod taints;
+
 /// Deliberate bugs, to show that the simulation finds what they break.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Knobs {
@@ -78,6 +80,8 @@ pub struct Report {
     pub fence_changes: u64,
     /// Nodes moved to the other cluster or back.
     pub node_moves: u64,
+    /// Taints put on a node or taken off by an operator during the storm.
+    pub taint_edits: u64,
     /// Simulated milliseconds.
     pub sim_ms: u64,
     /// The steps, when traced.
@@ -107,6 +111,10 @@ enum Ev {
     /// An operator's rarer request: moving a node to the other cluster or back, forcing
     /// failover in the paused cluster.
     Operator,
+    /// An operator puts a `no_schedule` taint on a node or takes it off.
+    Taint,
+    /// After the storm: every taint is taken off (checked again until none is left).
+    Untaint,
     IdleCheck,
     ConnTimeout(u64),
     /// The agent's wait for an answer to its Hello on a connection ends
@@ -150,6 +158,8 @@ struct World {
     /// Whether a submit reuses a stopped job's name (a new version of it): a stream of its
     /// own, so that the other draws of a seed stay as they were.
     name_rng: StdRng,
+    /// Chance for [`Ev::Taint`], apart from `rng` for the same reason.
+    taint_rng: StdRng,
     ledger: Ledger,
     jobs: Vec<SimJob>,
     cluster: String,
@@ -302,6 +312,7 @@ impl World {
             param_rng: StdRng::seed_from_u64(seed ^ 0x0fe5_ce00),
             ops_rng: StdRng::seed_from_u64(seed ^ 0x0b5e_4a70),
             name_rng: StdRng::seed_from_u64(seed ^ 0x4a3e_5eed),
+            taint_rng: StdRng::seed_from_u64(seed ^ 0x7a1_47ed),
             ledger: Ledger::default(),
             jobs: Vec::new(),
             cluster: "c-sim".into(),
@@ -336,6 +347,10 @@ impl World {
         for _ in 0..w.ops_rng.random_range(0..=3) {
             let t = w.ops_rng.random_range(ms(500)..=storm_until);
             w.at(t, Ev::Operator);
+        }
+        for _ in 0..w.taint_rng.random_range(0..=3) {
+            let t = w.taint_rng.random_range(ms(500)..=storm_until);
+            w.at(t, Ev::Taint);
         }
         w
     }
@@ -554,6 +569,12 @@ impl World {
             }
             Ev::Admin => self.admin()?,
             Ev::Operator => self.operator()?,
+            Ev::Taint => {
+                if now < self.storm_until {
+                    self.taint()?;
+                }
+            }
+            Ev::Untaint => self.untaint_all()?,
             Ev::IdleCheck => {
                 for conn in self.net.idle_out(now) {
                     self.close_conn(conn)?;
@@ -1342,6 +1363,9 @@ impl World {
             // A hang runs its course (cutting it short would reorder what waited for it).
         }
         self.weather.loss = self.weather.loss.min(0.05);
+        if self.report.taint_edits > 0 {
+            self.at(now + ms(20), Ev::Untaint);
+        }
         if self.coord.is_none() {
             self.at(now + ms(10), Ev::CoordStart);
         }
@@ -1389,6 +1413,7 @@ impl World {
                 e.record.cluster.as_deref() == Some(self.cluster.as_str())
                     && e.record.state == NodeState::Ready
                     && !e.record.draining
+                    && e.record.taints.is_empty()
                     && e.live.is_some()
                     && !busy.contains(id)
             })
