@@ -1,6 +1,7 @@
-//! End to end: the admin endpoint's connection limits, against a real coordinator.
+//! End to end: what the admin endpoint does with connections, against a real coordinator:
+//! deadlines on request heads and bodies, and limits on connections held.
 //!
-//! Loopback has a whole /8, so each "client" here is its own source address (127.0.0.1, .2,
+//! For the limits, loopback has a whole /8, so each "client" here is its own source address (127.0.0.1, .2,
 //! ...), as separate machines would be. A connection counts as held once a request on it has
 //! been answered 200 and it is kept open (keep-alive); one over a limit is answered 429
 //! `resource_exhausted`, with the limit it hit, and closed.
@@ -8,7 +9,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tandem_tests::*;
 
 const T: Duration = Duration::from_secs(10);
@@ -166,4 +167,63 @@ fn metric(text: &str, name: &str) -> Result<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .with_context(|| format!("{name} in\n{text}"))
+}
+
+#[test]
+fn an_admin_request_whose_body_never_comes_is_answered_and_closed_in_bounded_time() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let coord = Coordinator::start(&tmp.path().join("coord"), None)?;
+    let admin: SocketAddr = coord.api.base.trim_start_matches("http://").parse()?;
+    let mut s = TcpStream::connect_timeout(&admin, T)?;
+    // Longer than the server's bound, so a server that waits for ever fails the read.
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    s.write_all(
+        format!(
+            "POST /v1/join-tokens HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n{{\"ttl_s\""
+        )
+        .as_bytes(),
+    )?;
+    let began = Instant::now();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    ensure!(
+        text.starts_with("HTTP/1.1 408") && text.to_ascii_lowercase().contains("connection: close"),
+        "after {:?} without the rest of the body: {text:?}",
+        began.elapsed()
+    );
+    ensure!(text.contains("did not arrive within 10 s"), "{text}");
+    // The server closed the connection (read_to_end returned), and still answers others.
+    ensure!(coord.api.get("/healthz")?["status"] == "ok");
+    Ok(())
+}
+
+#[test]
+fn an_admin_request_head_that_never_ends_or_an_idle_connection_is_closed_in_bounded_time(
+) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let coord = Coordinator::start(&tmp.path().join("coord"), None)?;
+    let admin: SocketAddr = coord.api.base.trim_start_matches("http://").parse()?;
+    let mut conns = Vec::new();
+    for head in [&b"GET /healthz HTTP/1.1\r\nHost: x\r\n"[..], b""] {
+        let mut s = TcpStream::connect_timeout(&admin, T)?;
+        // Longer than the server's bound (30 s), so a server that waits for ever fails.
+        s.set_read_timeout(Some(Duration::from_secs(45)))?;
+        s.write_all(head)?;
+        conns.push(s);
+    }
+    let began = Instant::now();
+    for (i, mut s) in conns.into_iter().enumerate() {
+        let mut buf = [0u8; 256];
+        let r = s.read(&mut buf);
+        ensure!(
+            r.as_ref()
+                .is_ok_and(|n| *n == 0 || buf.starts_with(b"HTTP/1.1 408")),
+            "connection {i} (a half head, then nothing at all) after {:?}: {r:?}",
+            began.elapsed()
+        );
+    }
+    ensure!(coord.api.get("/healthz")?["status"] == "ok");
+    Ok(())
 }
