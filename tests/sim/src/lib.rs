@@ -33,8 +33,9 @@
 //! - `coordinator`: the coordinator host: `Engine`, its store, its sessions (as the QUIC
 //!   server dispatches them).
 //! - `invariants`: what is checked, and the violation reported.
-//! - `world`: the event loop, the faults and the operator; `world::taints`, the operator's
-//!   taint edits.
+//! - `world`: the event loop and delivery; below it `faults` (what the storm breaks),
+//!   `operator` (the admin requests), `taints` (the operator's taint edits) and `settle` (the
+//!   storm's end and the final check).
 
 pub mod agent;
 pub mod clock;
