@@ -13,7 +13,7 @@
 # Runs, old then new for each: bench_failover at the defaults and at the fast settings
 # (50 ms beats, 250 ms lease, 50 ms fence kill timeout), RUNS rounds of each failure kind
 # (crash, hang, cut), then tests/bench_swarm.sh AGENTS 1000 60 (coordinator CPU at AGENTS x
-# 1 Hz; AGENTS=0 skips it). Prints one line per figure; the JSON of each run is kept under
+# 1 Hz; AGENTS=0 skips it; SWARM_ROUNDS=N alternates N rounds of it). Prints one line per figure; the JSON of each run is kept under
 # $OUT (default /tmp/tandem-compare).
 set -euo pipefail
 OLD=$(cd "${1:?old release dir}" && pwd)
@@ -36,21 +36,25 @@ for setting in defaults fast; do
   done
 done
 
-if [ "$AGENTS" -gt 0 ]; then
-  for which in old new; do
-    dir=$OLD; [ "$which" = new ] && dir=$NEW
-    BIN=$dir OUT="$OUT/swarm-$which" "$ROOT/tests/bench_swarm.sh" "$AGENTS" 1000 60 > "$OUT/swarm-$which.json"
-    echo "swarm $AGENTS x 1 Hz $which: $(python3 - "$OUT/swarm-$which.json" <<'PY'
+# The coordinator's figures of one swarm run: bench_swarm.sh reports the coordinator's process
+# as `watched` (the swarm's own as `swarm`).
+swarm_line() { python3 - "$1" <<'PY'
 import json, sys
-def walk(d, path=""):
-    for k, v in d.items():
-        p = f"{path}.{k}" if path else k
-        if isinstance(v, dict):
-            yield from walk(v, p)
-        elif "coordinator" in p and any(w in p for w in ("cpu", "rss", "declared_down")):
-            yield f"{p}={v}"
-print(" ".join(walk(json.load(open(sys.argv[1])))))
+d = json.load(open(sys.argv[1]))
+w = d["watched"]
+print(f"coordinator CPU steady {w['steady_cpu_pct']} % ramp {w['ramp_cpu_pct']} %, RSS at steady end {w['rss_mib_at_steady_end']:.0f} MiB;"
+      f" downs {d['bench']['coordinator_declared_down_total']}, disconnects {d['disconnects']}")
 PY
-)"
+}
+
+# SWARM_ROUNDS (default 1) alternating rounds, old then new: one round's difference is within
+# the machine's noise (a few points of a core), so a claim needs several.
+if [ "$AGENTS" -gt 0 ]; then
+  for round in $(seq 1 "${SWARM_ROUNDS:-1}"); do
+    for which in old new; do
+      dir=$OLD; [ "$which" = new ] && dir=$NEW
+      BIN=$dir OUT="$OUT/swarm-$which-$round" "$ROOT/tests/bench_swarm.sh" "$AGENTS" 1000 60 > "$OUT/swarm-$which-$round.json"
+      echo "swarm $AGENTS x 1 Hz $which (round $round): $(swarm_line "$OUT/swarm-$which-$round.json")"
+    done
   done
 fi
