@@ -286,6 +286,7 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     let stopped = async move {
         let _ = stop_rx.await;
     };
+    let admission = admin::serve::Admission::new(cfg.admin_connections, membership.metrics.clone());
     let admin_task = if cfg.admin_tls {
         let (serial, ticket) = store.reserve_serial()?;
         store.durable(ticket).await;
@@ -298,25 +299,24 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
             .map_err(|e| CoordinatorError::Pki(e.to_string()))?;
         let tls = tandem_common::tls::https_server_config(ca.cert_der(), &cert_pem, &key_pem)
             .map_err(|e| CoordinatorError::Pki(e.to_string()))?;
-        let listener = admin::https::HttpsListener::new(listener, tls).map_err(|source| {
-            CoordinatorError::Io {
-                what: "starting the admin HTTPS listener".into(),
-                source,
-            }
-        })?;
+        let listener =
+            admin::https::HttpsListener::new(listener, tls, admission).map_err(|source| {
+                CoordinatorError::Io {
+                    what: "starting the admin HTTPS listener".into(),
+                    source,
+                }
+            })?;
         tokio::spawn(admin::serve::serve(
             listener,
             router,
-            cfg.admin_connections,
-            membership.metrics.clone(),
+            admin::serve::Admit::ByListener,
             stopped,
         ))
     } else {
         tokio::spawn(admin::serve::serve(
             listener,
             router,
-            cfg.admin_connections,
-            membership.metrics.clone(),
+            admin::serve::Admit::AtAccept(admission),
             stopped,
         ))
     };

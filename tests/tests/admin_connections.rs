@@ -227,3 +227,78 @@ fn an_admin_request_head_that_never_ends_or_an_idle_connection_is_closed_in_boun
     ensure!(coord.api.get("/healthz")?["status"] == "ok");
     Ok(())
 }
+
+/// Over HTTPS, a client that opens connections and never starts its TLS handshake holds at
+/// most its share of the handshake slots: the rest of its connections are closed at once, and
+/// another client is served without waiting for them to time out (before, 300 such connections
+/// took all 256 slots, and everyone else waited 10 s for the first handshake deadline).
+#[test]
+fn over_https_a_client_that_never_says_hello_holds_only_its_share_of_the_handshakes() -> Result<()>
+{
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("coord");
+    let coord = Coordinator::start_with(&dir, None, |t| {
+        t.lines()
+            .map(|l| match l.split(' ').next() {
+                Some("admin_tls") => "admin_tls = true",
+                Some("admin_max_connections_per_client") => "admin_max_connections_per_client = 3",
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    let endpoints: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("endpoints.json"))?)?;
+    let url = endpoints["admin_url"].as_str().context("admin_url")?;
+    let admin: SocketAddr = endpoints["admin"].as_str().context("admin")?.parse()?;
+
+    // 300 connections from 127.0.0.2 that say nothing.
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(connect_from(ip(2), admin)?);
+    }
+    // Another client (tandemctl, from 127.0.0.1) is served at once.
+    let began = Instant::now();
+    let ca = dir.join("ca.pem");
+    let out = std::process::Command::new(bin("tandemctl"))
+        .args(["--endpoint", url, "--token", &coord.api.token, "--ca-file"])
+        .arg(&ca)
+        .args(["nodes", "list"])
+        .env_remove("TANDEM_ENDPOINT")
+        .env_remove("TANDEM_TOKEN")
+        .env_remove("TANDEM_CA_FILE")
+        .output()?;
+    let took = began.elapsed();
+    ensure!(
+        out.status.success(),
+        "tandemctl over HTTPS beside 300 silent connections failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        took < Duration::from_secs(5),
+        "served only after {took:?}: the silent connections held the handshake slots"
+    );
+    // All but three of the silent connections were closed, without a handshake.
+    let mut closed = 0;
+    for s in &mut silent {
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        if matches!(s.read(&mut [0u8; 16]), Ok(0)) {
+            closed += 1;
+        }
+    }
+    ensure!(
+        closed >= 297,
+        "{closed} of 300 silent connections were closed"
+    );
+    wait_for(T, "the refusals in the log, with the peer", || {
+        coord
+            .proc
+            .log_text()
+            .lines()
+            .any(|l| {
+                l.contains("admin endpoint refused a connection") && l.contains("peer=127.0.0.2")
+            })
+            .then_some(())
+    })?;
+    Ok(())
+}

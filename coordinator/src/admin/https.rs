@@ -8,7 +8,11 @@
 //! TLS handshakes run on tasks of their own, never in the accept loop: a client that opens a
 //! TCP connection and then says nothing must not stall everyone else. Handshakes are bounded in
 //! number and in time, and failures are logged within a budget, with the peer and the reason.
+//! A connection is admitted ([`super::serve::Admission`]) before its handshake: one client
+//! holds at most its share of the handshake slots too, and a connection over a limit is closed
+//! before it costs a handshake.
 
+use super::serve::{Admission, Admitted};
 use crate::limits::LogBudget;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -25,7 +29,7 @@ const MAX_HANDSHAKES: usize = 256;
 
 /// A listener that yields connections whose TLS handshake is complete.
 pub struct HttpsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    rx: mpsc::Receiver<(Admitted<TlsStream<TcpStream>>, SocketAddr)>,
     local: SocketAddr,
     accept_task: tokio::task::JoinHandle<()>,
 }
@@ -37,10 +41,11 @@ impl Drop for HttpsListener {
 }
 
 impl HttpsListener {
-    /// Wraps a bound TCP listener.
+    /// Wraps a bound TCP listener; connections are admitted by `admission`.
     pub fn new(
         listener: TcpListener,
         tls: Arc<rustls::ServerConfig>,
+        admission: Admission,
     ) -> std::io::Result<HttpsListener> {
         let local = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
@@ -49,9 +54,6 @@ impl HttpsListener {
         let budget = Arc::new(Mutex::new(LogBudget::new(5.0, 20.0)));
         let accept_task = tokio::spawn(async move {
             loop {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
                 let (tcp, peer) = match listener.accept().await {
                     Ok(x) => x,
                     Err(e) => {
@@ -61,6 +63,13 @@ impl HttpsListener {
                         continue;
                     }
                 };
+                // Over a limit: closed before it costs a handshake (the refusal is logged).
+                let Ok(slot) = admission.admit(peer) else {
+                    continue;
+                };
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 let budget = budget.clone();
@@ -69,7 +78,7 @@ impl HttpsListener {
                     let why =
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                             Ok(Ok(stream)) => {
-                                let _ = tx.send((stream, peer)).await;
+                                let _ = tx.send((Admitted::new(stream, slot), peer)).await;
                                 return;
                             }
                             Ok(Err(e)) => format!("TLS handshake failed: {e}"),
@@ -96,7 +105,7 @@ impl HttpsListener {
 }
 
 impl axum::serve::Listener for HttpsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Admitted<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

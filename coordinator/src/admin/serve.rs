@@ -18,6 +18,11 @@
 //! [`REFUSALS_IN_FLIGHT`] at once, each with a short head deadline ([`REFUSAL_HEAD_TIMEOUT`]);
 //! beyond that, a connection over the limit is closed at once. Refusals are counted on
 //! `/metrics` and logged within a budget, with the peer and the reason.
+//!
+//! Over HTTPS the limits are checked before the TLS handshake ([`super::https`]), so one
+//! client cannot hold every handshake slot by opening connections that never say hello; a
+//! connection over a limit there is closed before its handshake (no 429: there is no TLS
+//! session to send it on), and the slot it was given travels with the stream ([`Admitted`]).
 
 use super::{ApiError, Code};
 use crate::limits::LogBudget;
@@ -75,8 +80,8 @@ struct Books {
     metrics: Arc<Metrics>,
 }
 
-/// One held connection: released when its task ends.
-struct Slot {
+/// One held connection: released when it is dropped (its connection's end).
+pub struct Slot {
     books: Arc<Books>,
     client: IpAddr,
 }
@@ -131,13 +136,121 @@ impl Books {
     }
 }
 
+/// Who may hold admin connections: the books of held connections and their limits, shared by
+/// the accept loop and, over HTTPS, the TLS listener.
+#[derive(Clone)]
+pub struct Admission {
+    books: Arc<Books>,
+    budget: Arc<Mutex<LogBudget>>,
+}
+
+impl Admission {
+    /// Nothing held yet, under `limits`; gauges and refusals go to `metrics`.
+    pub fn new(limits: ConnectionLimits, metrics: Arc<Metrics>) -> Self {
+        Self {
+            books: Arc::new(Books {
+                limits,
+                held: Mutex::new(Held::default()),
+                metrics,
+            }),
+            budget: Arc::new(Mutex::new(LogBudget::new(1.0, 10.0))),
+        }
+    }
+
+    /// A slot for a connection from `peer`, or the refusal, counted and logged (within a
+    /// budget).
+    pub fn admit(&self, peer: SocketAddr) -> Result<Slot, String> {
+        self.books.admit(peer.ip()).inspect_err(|why| {
+            self.books
+                .metrics
+                .admin_connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            let allowed = self
+                .budget
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .allow(Instant::now());
+            if let Some(suppressed) = allowed {
+                tracing::warn!(%peer, suppressed_since_last = suppressed, "admin endpoint refused a connection: {why}");
+            }
+        })
+    }
+}
+
+/// A stream admitted before it reached the accept loop (over HTTPS, before its handshake),
+/// holding its slot until it is dropped.
+pub struct Admitted<Io> {
+    io: Io,
+    _slot: Slot,
+}
+
+impl<Io> Admitted<Io> {
+    /// `io`, holding `slot`.
+    pub fn new(io: Io, slot: Slot) -> Self {
+        Self { io, _slot: slot }
+    }
+}
+
+impl<Io: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Admitted<Io> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<Io: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Admitted<Io> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Where a connection is admitted.
+pub enum Admit {
+    /// In the accept loop; a connection over a limit is answered 429 (plain HTTP).
+    AtAccept(Admission),
+    /// Before the listener yields it (HTTPS: before the handshake); the slot is in the stream.
+    ByListener,
+}
+
 /// Serves the admin router on `listener` (plain TCP or HTTPS) until `stopped` resolves, then
 /// lets each connection finish its request in flight.
 pub async fn serve<L>(
     mut listener: L,
     router: axum::Router,
-    limits: ConnectionLimits,
-    metrics: Arc<Metrics>,
+    admit: Admit,
     stopped: impl Future<Output = ()> + Send + 'static,
 ) where
     L: axum::serve::Listener<Addr = SocketAddr>,
@@ -153,47 +266,34 @@ pub async fn serve<L>(
         .header_read_timeout(REFUSAL_HEAD_TIMEOUT)
         .keep_alive(false);
     let refusals = Arc::new(tokio::sync::Semaphore::new(REFUSALS_IN_FLIGHT));
-    let books = Arc::new(Books {
-        limits,
-        held: Mutex::new(Held::default()),
-        metrics: metrics.clone(),
-    });
-    let budget = Mutex::new(LogBudget::new(1.0, 10.0));
     tokio::pin!(stopped);
     loop {
         let (io, peer) = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut stopped => break,
         };
-        let slot = match books.admit(peer.ip()) {
-            Ok(slot) => slot,
-            Err(why) => {
-                metrics
-                    .admin_connections_refused
-                    .fetch_add(1, Ordering::Relaxed);
-                let allowed = budget
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .allow(Instant::now());
-                if let Some(suppressed) = allowed {
-                    tracing::warn!(%peer, suppressed_since_last = suppressed, "admin endpoint refused a connection: {why}");
+        let slot = match &admit {
+            Admit::ByListener => None,
+            Admit::AtAccept(admission) => match admission.admit(peer) {
+                Ok(slot) => Some(slot),
+                Err(why) => {
+                    // Answered if an answer is affordable, else closed at once (dropped).
+                    if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                        let service = hyper::service::service_fn(move |_req| {
+                            let answer = ApiError::new(Code::ResourceExhausted, why.clone());
+                            std::future::ready(Ok::<_, std::convert::Infallible>(
+                                answer.unlogged_response(),
+                            ))
+                        });
+                        let conn = refuse.serve_connection(TokioIo::new(io), service);
+                        tokio::spawn(async move {
+                            let _permit = permit;
+                            let _ = conn.await;
+                        });
+                    }
+                    continue;
                 }
-                // Answered if an answer is affordable, else closed at once (dropped).
-                if let Ok(permit) = refusals.clone().try_acquire_owned() {
-                    let service = hyper::service::service_fn(move |_req| {
-                        let answer = ApiError::new(Code::ResourceExhausted, why.clone());
-                        std::future::ready(Ok::<_, std::convert::Infallible>(
-                            answer.unlogged_response(),
-                        ))
-                    });
-                    let conn = refuse.serve_connection(TokioIo::new(io), service);
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        let _ = conn.await;
-                    });
-                }
-                continue;
-            }
+            },
         };
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         // No upgrades: the API has no WebSocket (its event stream is server-sent events).
