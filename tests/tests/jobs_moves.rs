@@ -310,3 +310,59 @@ fn a_job_waiting_for_a_pair_runs_once_two_nodes_are_paired_by_hand() -> Result<(
     })?;
     Ok(())
 }
+
+/// Found by the simulation (seed 757, once its nodes had GPUs): a job moving off a node was
+/// counted only where it goes, so the GPUs of its old copy, still being stopped, looked free.
+/// Once the node could take jobs again (undrained, or moved back), a new job was given a GPU
+/// the old copy still held.
+#[test]
+fn a_moving_jobs_old_copy_keeps_its_gpus_until_it_has_ended() -> Result<()> {
+    let fixture = l4_fixture();
+    let fx = fixture.to_str().context("utf-8")?;
+    let mut f = Fleet::new("gpumove", "pool")?;
+    f.start_agents(&["gpumove-a", "gpumove-b"], &["--gpu-fixture", fx])?;
+    f.coord.wait_restart_grace()?;
+    // Both GPUs of its node, and it sits out SIGTERM: its stop takes the whole kill timeout.
+    let j = f.api().post(
+        "/v1/jobs",
+        &json!({"name": "gpumove-old", "cluster": f.cluster,
+                "command": ["/bin/sh", "-c", "trap '' TERM; while sleep 0.1; do :; done"],
+                "resources": {"cpu_millis": 100, "memory_bytes": 67108864, "gpus": 2}}),
+    )?;
+    let id = j["job"]["id"].as_str().context("job id")?.to_string();
+    let first = wait_for(Duration::from_secs(30), "the GPU job running", || {
+        let j = f.job(&id).ok()?;
+        (j["state"] == "running").then_some(j)
+    })?;
+    let node_id = first["node"].as_str().context("node")?.to_string();
+    let token = first["fencing_token"].as_u64().context("token")?;
+
+    // Drained: the job moves to the other node, its old copy is stopped first (and lingers);
+    // then the drain is taken back at once.
+    f.api()
+        .post(&format!("/v1/nodes/{node_id}/drain"), &json!({}))?;
+    wait_for(Duration::from_secs(10), "the job migrating", || {
+        (f.job(&id).ok()?["state"] == "migrating").then_some(())
+    })?;
+    f.api()
+        .post(&format!("/v1/nodes/{node_id}/undrain"), &json!({}))?;
+    check(!copy_pids(&id, Some(token)).is_empty(), || {
+        "the old copy should still be alive (it ignores SIGTERM)".into()
+    })?;
+
+    // A job that wants one GPU: the only ones that look free are the old copy's.
+    let w = f.submit_writer("gpumove-new", 1, json!({}))?;
+    holds_for(Duration::from_millis(2000), || {
+        if copy_pids(&id, Some(token)).is_empty() {
+            return Ok(());
+        }
+        let k = f.job(&w.id)?;
+        check(k["node"] != node_id.as_str(), || {
+            format!("given a GPU of {node_id} while the old copy there still runs: {k}")
+        })
+    })?;
+    // Once the old copy is gone (the kill timeout), the new job runs there.
+    let k = f.wait_running(&w)?;
+    check(k["node"] == node_id.as_str(), || format!("{k}"))?;
+    Ok(())
+}

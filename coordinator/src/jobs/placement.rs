@@ -274,8 +274,10 @@ pub fn hold(held: &mut Held, spec: &JobSpec, gpus: &[String]) {
 }
 
 /// What `jobs` hold on each node: every job with a current placement holds its CPU, memory and
-/// GPUs on that node, and a job without one that waits for a copy still running (a stopped
-/// job's last copy) holds them on that copy's node; in addition, when that node is the primary of one of `pairs`, the job's
+/// GPUs on that node, a placement that waits for an old copy to end (a move) holds them on the
+/// old copy's node too, with the old copy's GPUs, and a job without a placement that waits for
+/// a copy still running (a stopped job's last copy) holds them on that copy's node; in
+/// addition, when that node is the primary of one of `pairs`, the job's
 /// CPU, memory and GPU count are reserved on the pair's standby. The reserved GPUs are the
 /// standby's lowest free ones (`nodes` gives its GPUs), job by job in id order: which UUIDs
 /// does not matter (the job gets fresh ones when it fails over), only that they are counted
@@ -302,6 +304,19 @@ pub fn held_by_jobs<'a>(
             );
         }
         let Some(p) = &job.current else { continue };
+        // Likewise a move's old copy, stopped first: until its end is known it still runs on
+        // the node it leaves, which may take jobs again before then (undrained, moved back).
+        // (On the node it moves to, the new placement's room is the old copy's; only GPUs it
+        // holds that the new placement does not are added.)
+        if let Some(old) = &p.after {
+            let h = held.entry(old.node.clone()).or_default();
+            if old.node != p.node {
+                hold(h, &job.spec, job.gpus_of(old));
+            } else {
+                let extra = job.gpus_of(old).iter().filter(|g| !p.gpus.contains(g));
+                h.gpu_uuids.extend(extra.cloned());
+            }
+        }
         hold(held.entry(p.node.clone()).or_default(), &job.spec, &p.gpus);
         if let Some(pair) = pairs.iter().find(|pr| pr.primary == p.node) {
             reserving.push((job, &pair.standby));

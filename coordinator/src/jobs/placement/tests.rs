@@ -421,6 +421,42 @@ fn a_stopped_jobs_last_copy_keeps_its_room_and_gpus_until_it_has_ended() {
     assert!(held_by_jobs([&stopped], &[], &nodes).is_empty());
 }
 
+/// Found by the simulation (seed 757, once its nodes had GPUs): a job moving off a node (a
+/// drain, a move to another cluster) was counted only where it goes, so its old copy's GPUs
+/// looked free while that copy was still being stopped. Once the node could take jobs again
+/// (undrained, moved back), a new job got the GPU the old copy still held.
+#[test]
+fn a_moving_jobs_old_copy_keeps_its_room_and_gpus_until_it_has_ended() {
+    let nodes = [node(1, C, 8, 32, 2), node(2, C, 8, 32, 2)];
+    let mut moving = running(1, spec(1000, GIB, 1), 1, 3, &["GPU-1-1"]);
+    let d = crate::jobs::decision::Decision::Move {
+        job: moving.id.clone(),
+        from: id(1),
+        old_token: 3,
+        to: Choice {
+            node: id(2),
+            gpus: vec!["GPU-2-0".into()],
+            reserve_on: None,
+        },
+        fencing_token: 4,
+        stop_old_first: true,
+        end_reason: "drained".into(),
+        reason: "drain".into(),
+    };
+    let mut jobs = vec![moving.clone()];
+    assert!(d.apply(&mut jobs, 5));
+    moving = jobs.remove(0);
+    let held = held_by_jobs([&moving], &[], &nodes);
+    let old = &held[&id(1)];
+    assert_eq!((old.cpu_millis, old.memory_bytes), (1000, GIB));
+    assert_eq!(old.gpu_uuids, vec!["GPU-1-1".to_string()]);
+    assert_eq!(held[&id(2)].gpu_uuids, vec!["GPU-2-0".to_string()]);
+    // Once the old copy's end is known, only the new placement holds room.
+    moving.current.as_mut().unwrap().after = None;
+    let held = held_by_jobs([&moving], &[], &nodes);
+    assert!(!held.contains_key(&id(1)), "{held:?}");
+}
+
 #[test]
 fn held_by_jobs_counts_placements_and_reserves_on_standbys() {
     let nodes = [
