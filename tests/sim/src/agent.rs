@@ -40,6 +40,8 @@ pub enum Out {
         token: u64,
         /// When its start was sent.
         sent_ns: u64,
+        /// The GPUs (UUIDs) its start gave it.
+        gpus: Vec<String>,
     },
     /// A copy's process ended.
     Ended {
@@ -105,6 +107,8 @@ pub struct Copy {
     pub job: String,
     /// Token.
     pub token: u64,
+    /// The GPUs (UUIDs) its start gave it.
+    pub gpus: Vec<String>,
     /// A restart-never job.
     pub never: bool,
     /// The shim's decisions.
@@ -383,7 +387,7 @@ impl SimAgent {
                 datagrams: true,
                 jobs: self.held(),
                 exited: self.kept_exits(),
-                hardware: hardware(),
+                hardware: hardware(self.index),
             },
         ))));
     }
@@ -692,6 +696,7 @@ impl SimAgent {
         self.copies.push(Copy {
             job: cmd.job_id,
             token: cmd.fencing_token,
+            gpus: cmd.gpus,
             never,
             guard: Guard::new(deadline, self.fence_kill),
             state: HeldState::Starting,
@@ -739,6 +744,7 @@ impl SimAgent {
                         job: c.job.clone(),
                         token: c.token,
                         sent_ns: c.sent_ns,
+                        gpus: c.gpus.clone(),
                     });
                     if c.owner == run {
                         reports.push(AgentMsg::JobStarted {
@@ -814,11 +820,22 @@ impl SimAgent {
     }
 }
 
-/// What every simulated node reports: 4 cores, 8 GiB, no GPUs.
-pub fn hardware() -> tandem_common::hardware::HardwareReport {
+/// GPUs on every simulated node.
+pub const GPUS_PER_NODE: u32 = 2;
+
+/// What simulated node `node` reports: 4 cores, 8 GiB, [`GPUS_PER_NODE`] healthy GPUs.
+pub fn hardware(node: usize) -> tandem_common::hardware::HardwareReport {
     let mut h = tandem_common::hardware::HardwareReport::default();
     h.cpu.logical_cores = 4;
     h.memory.total_bytes = 8 << 30;
+    h.gpus = (0..GPUS_PER_NODE)
+        .map(|k| tandem_common::hardware::GpuInfo {
+            index: k,
+            uuid: format!("GPU-sim-{node}-{k}"),
+            name: Some("Simulated GPU".into()),
+            ..Default::default()
+        })
+        .collect();
     h
 }
 

@@ -54,18 +54,29 @@ pub struct Ledger {
     names: BTreeMap<String, String>,
     /// Copies of a job begun while an earlier job of its name was stopped.
     pub reused_names: u64,
+    /// The GPUs held by alive copies: (node, GPU UUID) → (job, token).
+    gpus_held: BTreeMap<(usize, String), (String, u64)>,
 }
 
 impl Ledger {
-    /// A copy's process began on `node` with `token`; its start was sent at `sent_ns`.
+    /// A copy's process began on `node` with `token` and `gpus`; its start was sent at
+    /// `sent_ns`.
     pub fn began(
         &mut self,
         job: &str,
         node: usize,
         token: u64,
         sent_ns: u64,
+        gpus: &[String],
     ) -> Result<(), String> {
         self.copies_started += 1;
+        for g in gpus {
+            if let Some((other, t)) = self.gpus_held.get(&(node, g.clone())) {
+                return Err(format!(
+                    "GPU {g} of node {node} held twice: job {job} token {token} began with it while job {other} token {t} is alive with it"
+                ));
+            }
+        }
         if let Some(other) = self.alive.get(job).and_then(|v| v.first()) {
             return Err(format!(
                 "two copies of job {job}: token {token} began on node {node} while token {} is alive on node {}",
@@ -116,6 +127,10 @@ impl Ledger {
             }
         }
         self.last_token.insert(job.to_string(), token);
+        for g in gpus {
+            self.gpus_held
+                .insert((node, g.clone()), (job.to_string(), token));
+        }
         self.alive
             .entry(job.to_string())
             .or_default()
@@ -125,6 +140,8 @@ impl Ledger {
 
     /// A copy's process ended; `natural` when it exited by itself (not killed).
     pub fn ended(&mut self, job: &str, node: usize, token: u64, natural: bool, never: bool) {
+        self.gpus_held
+            .retain(|(n, _), (j, t)| !(*n == node && j == job && *t == token));
         if let Some(v) = self.alive.get_mut(job) {
             v.retain(|c| *c != (node, token));
             if v.is_empty() {
@@ -188,47 +205,69 @@ mod tests {
     #[test]
     fn a_second_alive_copy_is_refused() {
         let mut l = Ledger::default();
-        l.began("j", 0, 1, 0).unwrap();
-        assert!(l.began("j", 1, 2, 0).unwrap_err().contains("two copies"));
+        l.began("j", 0, 1, 0, &[]).unwrap();
+        assert!(l
+            .began("j", 1, 2, 0, &[])
+            .unwrap_err()
+            .contains("two copies"));
         l.ended("j", 0, 1, false, false);
-        l.began("j", 1, 2, 0).unwrap();
+        l.began("j", 1, 2, 0, &[]).unwrap();
     }
 
     #[test]
     fn tokens_grow_never_jobs_end_and_stops_hold() {
         let mut l = Ledger::default();
-        l.began("j", 0, 5, 0).unwrap();
+        l.began("j", 0, 5, 0, &[]).unwrap();
         l.ended("j", 0, 5, false, true);
-        assert!(l.began("j", 0, 5, 0).unwrap_err().contains("did not grow"));
-        l.began("j", 0, 6, 0).unwrap();
+        assert!(l
+            .began("j", 0, 5, 0, &[])
+            .unwrap_err()
+            .contains("did not grow"));
+        l.began("j", 0, 6, 0, &[]).unwrap();
         l.ended("j", 0, 6, true, true);
-        l.began("j", 0, 7, 0).unwrap();
+        l.began("j", 0, 7, 0, &[]).unwrap();
         l.ended("j", 0, 7, false, true);
         l.end_told("j", 10);
         assert!(l
-            .began("j", 0, 8, 11)
+            .began("j", 0, 8, 11, &[])
             .unwrap_err()
             .contains("ran to its end"));
-        l.began("k", 0, 1, 0).unwrap();
+        l.began("k", 0, 1, 0, &[]).unwrap();
         l.named("a", "web");
         l.named("b", "web");
-        l.began("a", 0, 1, 0).unwrap();
+        l.began("a", 0, 1, 0, &[]).unwrap();
         assert!(l
-            .began("b", 3, 1, 0)
+            .began("b", 3, 1, 0, &[])
             .unwrap_err()
             .contains("job name `web`"));
         l.ended("a", 0, 1, false, false);
-        l.began("b", 3, 1, 0).unwrap();
+        l.began("b", 3, 1, 0, &[]).unwrap();
         l.stop_acknowledged("k", 10);
         l.ended("k", 0, 1, false, false);
-        l.began("k", 0, 2, 5).unwrap();
+        l.began("k", 0, 2, 5, &[]).unwrap();
         l.ended("k", 0, 2, false, false);
         assert!(l
-            .began("k", 0, 3, 11)
+            .began("k", 0, 3, 11, &[])
             .unwrap_err()
             .contains("after its stop"));
-        l.began("m", 2, 1, 0).unwrap();
+        l.began("m", 2, 1, 0, &[]).unwrap();
         assert!(l.declared_down(2).is_err());
         assert!(l.declared_down(1).is_ok());
+    }
+
+    #[test]
+    fn a_gpu_is_held_by_one_alive_copy_at_a_time() {
+        let mut l = Ledger::default();
+        let g = |s: &str| vec![s.to_string()];
+        l.began("a", 0, 1, 0, &g("GPU-0")).unwrap();
+        // Another node's GPU of the same name is another GPU.
+        l.began("b", 1, 1, 0, &g("GPU-0")).unwrap();
+        let e = l.began("c", 0, 1, 0, &g("GPU-0")).unwrap_err();
+        assert!(
+            e.contains("GPU GPU-0 of node 0 held twice") && e.contains("job a"),
+            "{e}"
+        );
+        l.ended("a", 0, 1, false, false);
+        l.began("c", 0, 1, 0, &g("GPU-0")).unwrap();
     }
 }

@@ -19,8 +19,10 @@
 //! failover (pool clusters, and `ha_pairs` clusters in 40% of runs).
 //!
 //! After every step it checks the promise ([`invariants`]): never two copies of a job alive at
-//! once, fencing tokens that only grow, a `never` job that ran to its end never started again,
-//! a stopped job never started again, no node declared down while a copy it ran is still alive.
+//! once, never one GPU held by two alive copies (every node has two, and some jobs ask for
+//! one or both), fencing tokens that only grow, a `never` job that ran to its end never
+//! started again, a stopped job never started again, no node declared down while a copy it
+//! ran is still alive.
 //! At the end, after the faults stop and the fleet settles, no acknowledged job is lost: each
 //! runs, is pending with a reason (in a pool cluster, only while no ready node of it is idle:
 //! every simulated node has room for one job; a tainted node is not idle), or ended by its

@@ -166,6 +166,8 @@ struct World {
     name_rng: StdRng,
     /// Chance for [`Ev::Taint`], apart from `rng` for the same reason.
     taint_rng: StdRng,
+    /// How many GPUs a submitted job asks for, apart from `rng` for the same reason.
+    gpu_rng: StdRng,
     ledger: Ledger,
     jobs: Vec<SimJob>,
     cluster: String,
@@ -277,7 +279,7 @@ impl World {
                 key_sha256: String::new(),
                 created_ms: 0,
                 joined_with_token: "t-sim".into(),
-                hardware: crate::agent::hardware(),
+                hardware: crate::agent::hardware(i),
                 cluster: Some("c-sim".into()),
                 labels: Default::default(),
                 taints: Vec::new(),
@@ -319,6 +321,7 @@ impl World {
             ops_rng: StdRng::seed_from_u64(seed ^ 0x0b5e_4a70),
             name_rng: StdRng::seed_from_u64(seed ^ 0x4a3e_5eed),
             taint_rng: StdRng::seed_from_u64(seed ^ 0x7a1_47ed),
+            gpu_rng: StdRng::seed_from_u64(seed ^ 0x6b0_5eed),
             ledger: Ledger::default(),
             jobs: Vec::new(),
             cluster: "c-sim".into(),
@@ -878,9 +881,12 @@ impl World {
                     job,
                     token,
                     sent_ns,
+                    gpus,
                 } => {
-                    self.note(|| format!("copy {job}/{token} begins on node {i}"));
-                    self.ledger.began(&job, i, token, sent_ns)?;
+                    self.note(|| {
+                        format!("copy {job}/{token} begins on node {i} with GPUs {gpus:?}")
+                    });
+                    self.ledger.began(&job, i, token, sent_ns, &gpus)?;
                 }
                 Out::Ended {
                     job,

@@ -64,7 +64,12 @@ impl World {
                 resources: Resources {
                     cpu_millis: 1_000,
                     memory_bytes: 1 << 30,
-                    gpus: 0,
+                    // Most jobs want no GPU; some one or all of a node's.
+                    gpus: match self.gpu_rng.random_range(0..10) {
+                        0..=5 => 0,
+                        6..=8 => 1,
+                        _ => crate::agent::GPUS_PER_NODE,
+                    },
                 },
                 restart,
                 max_restarts: 2,
