@@ -255,15 +255,16 @@ impl Engine {
             .filter(|(j, (n, tok, _, _))| matches(n, *tok, j))
             .map(|(j, _)| j.clone())
             .collect();
-        let ready: Vec<(NodeId, StartJob)> = keys
+        let ready: Vec<(NodeId, NodeId, StartJob)> = keys
             .into_iter()
             .filter_map(|k| w.remove(&k))
-            .map(|(_, _, to, cmd)| (to, cmd))
+            .map(|(old_node, _, to, cmd)| (old_node, to, cmd))
             .collect();
         self.release_pending_waits(&mut t, &matches);
         // Only if it is still the job's current placement: checked, made durable (the wait is
         // over: a restarted coordinator must not wait again) and sent.
-        for (to, cmd) in ready {
+        let mut left: Vec<NodeId> = Vec::new();
+        for (old_node, to, cmd) in ready {
             let Some(j) = t.jobs.get(&cmd.job_id) else {
                 continue;
             };
@@ -283,9 +284,24 @@ impl Engine {
                     continue;
                 }
                 t.jobs.insert(j.id.clone(), j);
+                left.push(old_node);
             }
             self.start_sent(&mut t, &to, &cmd);
             send_in(&t, &to, start_msg(&t, cmd));
+        }
+        // The old copies held their room (GPUs included) on the nodes they left until now
+        // (`placement::held_by_jobs`): a pending job may have waited for exactly that room.
+        left.sort();
+        left.dedup();
+        left.retain(|n| {
+            t.nodes
+                .get(n)
+                .is_some_and(|e| crate::cluster::is_live(e.record.state))
+        });
+        for node in left {
+            if let Err(e) = self.job_event_locked(&mut t, &Event::NodeOpen { node }) {
+                tracing::error!(error = %e, "could not place pending jobs in the room a move's old copy left");
+            }
         }
     }
 

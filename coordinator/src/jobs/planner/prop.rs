@@ -353,6 +353,9 @@ impl World {
 
     /// Plays decisions the way the shell must, checking each as it goes.
     fn play(&mut self, out: Vec<Decision>) -> Result<(), TestCaseError> {
+        // Nodes a move's old copy left (its wait is over): their room is free now, and the
+        // runtime tells the planner so (`NodeOpen`), as it does after a real copy's end.
+        let mut left: Vec<NodeId> = Vec::new();
         for d in out {
             let applied = d.apply(&mut self.jobs, self.now);
             match &d {
@@ -390,7 +393,9 @@ impl World {
                             .find(|r| r.id == job)
                             .and_then(|r| r.current.as_mut())
                         {
-                            p.after = None;
+                            if p.after.take().is_some() {
+                                left.push(from.clone());
+                            }
                         }
                     }
                     let others: Vec<_> = self.copies.keys().filter(|(k, _, _)| *k == job).collect();
@@ -434,6 +439,15 @@ impl World {
                 | Decision::Resume { .. }
                 | Decision::Keep { .. }
                 | Decision::Ignore { .. } => {}
+            }
+        }
+        left.sort();
+        left.dedup();
+        for node in left {
+            if self.nodes.iter().any(|n| n.id == node && n.live) {
+                let open = Event::NodeOpen { node };
+                let out = self.run(|p, v, now| p.handle(v, &open, now));
+                self.play(out)?;
             }
         }
         self.check()
