@@ -95,6 +95,21 @@ fn refused(from: IpAddr, admin: SocketAddr) -> Result<String> {
         .to_string())
 }
 
+/// `coordinator.toml` (as `init` wrote it, every key on its own line) with `keys` set to
+/// new values.
+fn set(toml: &str, keys: &[(&str, &str)]) -> String {
+    toml.lines()
+        .map(|l| {
+            let key = l.split(' ').next().unwrap_or_default();
+            match keys.iter().find(|(k, _)| *k == key) {
+                Some((k, v)) => format!("{k} = {v}"),
+                None => l.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn ip(last: u8) -> IpAddr {
     IpAddr::from([127, 0, 0, last])
 }
@@ -104,14 +119,13 @@ fn a_client_over_its_share_or_the_endpoint_over_its_total_is_refused_and_nobody_
 ) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let coord = Coordinator::start_with(&tmp.path().join("coord"), None, |t| {
-        t.lines()
-            .map(|l| match l.split(' ').next() {
-                Some("admin_max_connections") => "admin_max_connections = 6",
-                Some("admin_max_connections_per_client") => "admin_max_connections_per_client = 4",
-                _ => l,
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        set(
+            t,
+            &[
+                ("admin_max_connections", "6"),
+                ("admin_max_connections_per_client", "4"),
+            ],
+        )
     })?;
     let admin: SocketAddr = coord.api.base.trim_start_matches("http://").parse()?;
 
@@ -238,14 +252,13 @@ fn over_https_a_client_that_never_says_hello_holds_only_its_share_of_the_handsha
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("coord");
     let coord = Coordinator::start_with(&dir, None, |t| {
-        t.lines()
-            .map(|l| match l.split(' ').next() {
-                Some("admin_tls") => "admin_tls = true",
-                Some("admin_max_connections_per_client") => "admin_max_connections_per_client = 3",
-                _ => l,
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        set(
+            t,
+            &[
+                ("admin_tls", "true"),
+                ("admin_max_connections_per_client", "3"),
+            ],
+        )
     })?;
     let endpoints: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("endpoints.json"))?)?;
