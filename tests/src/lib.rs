@@ -519,3 +519,35 @@ pub fn agent_status(dir: &Path) -> Result<Value> {
     }
     serde_json::from_str(&o.stdout).with_context(|| o.stdout.clone())
 }
+
+/// Reads one HTTP/1.1 answer from `s` whole: its head and its body (by `content-length`, none
+/// without one). `None` if the connection ended, or a read failed, before it was all there.
+pub fn read_http_answer(s: &mut impl std::io::Read) -> Option<(String, String)> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while got.len() < end + 4 + len {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = String::from_utf8_lossy(&got[end + 4..end + 4 + len]).to_string();
+            return Some((head, body));
+        }
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //! been answered 200 and it is kept open (keep-alive); one over a limit is answered 429
 //! `resource_exhausted`, with the limit it hit, and closed.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -27,38 +27,26 @@ fn connect_from(from: IpAddr, admin: SocketAddr) -> Result<TcpStream> {
 /// Sends `GET path` on `s` and reads the answer whole: its status and its body.
 fn get(s: &mut TcpStream, path: &str) -> Result<(u16, String)> {
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_string();
-            let status: u16 = head
-                .split(' ')
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .context("a status")?;
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .context("a content-length")?;
-            while got.len() < end + 4 + len {
-                let n = s.read(&mut buf)?;
-                ensure!(n > 0, "the connection ended inside the body");
-                got.extend_from_slice(&buf[..n]);
-            }
-            let body = String::from_utf8_lossy(&got[end + 4..end + 4 + len]).to_string();
-            return Ok((status, body));
-        }
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            bail!("the connection ended before an answer");
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
+    let (head, body) = read_http_answer(s).context("the connection ended before a whole answer")?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("a status")?;
+    Ok((status, body))
+}
+
+/// Waits until the coordinator has logged a refused connection from `peer`.
+fn refusal_logged(coord: &Coordinator, peer: IpAddr) -> Result<()> {
+    let peer = format!("peer={peer}:");
+    wait_for(T, "the refusals in the log, with the peer", || {
+        coord
+            .proc
+            .log_text()
+            .lines()
+            .any(|l| l.contains("admin endpoint refused a connection") && l.contains(&peer))
+            .then_some(())
+    })
 }
 
 /// A connection from `from` that the coordinator holds: its request was answered 200 and it
@@ -164,16 +152,7 @@ fn a_client_over_its_share_or_the_endpoint_over_its_total_is_refused_and_nobody_
     ensure!(refusals >= 2, "{refusals} refusals counted\n{metrics}");
     let held_now = metric(&metrics, "tandem_admin_connections")?;
     ensure!((2..=6).contains(&held_now), "{held_now} connections held");
-    wait_for(T, "the refusals in the log, with the peer", || {
-        coord
-            .proc
-            .log_text()
-            .lines()
-            .any(|l| {
-                l.contains("admin endpoint refused a connection") && l.contains("peer=127.0.0.4")
-            })
-            .then_some(())
-    })?;
+    refusal_logged(&coord, ip(4))?;
     Ok(())
 }
 
@@ -303,15 +282,6 @@ fn over_https_a_client_that_never_says_hello_holds_only_its_share_of_the_handsha
         closed >= 297,
         "{closed} of 300 silent connections were closed"
     );
-    wait_for(T, "the refusals in the log, with the peer", || {
-        coord
-            .proc
-            .log_text()
-            .lines()
-            .any(|l| {
-                l.contains("admin endpoint refused a connection") && l.contains("peer=127.0.0.2")
-            })
-            .then_some(())
-    })?;
+    refusal_logged(&coord, ip(2))?;
     Ok(())
 }

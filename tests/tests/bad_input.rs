@@ -893,44 +893,14 @@ fn late_body_then_get(admin: SocketAddr, path: &str, token: Option<&str>) -> Res
     let mut heads = Vec::new();
     // Written blind: the server may have closed already (the bug this guards against).
     if s.write_all(b"{}").is_ok() {
-        heads.extend(read_answer(&mut s)?);
+        heads.extend(read_http_answer(&mut s).map(|(head, _)| head));
     }
     if s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes())
         .is_ok()
     {
-        heads.extend(read_answer(&mut s)?);
+        heads.extend(read_http_answer(&mut s).map(|(head, _)| head));
     }
     Ok(heads)
-}
-
-/// Reads one HTTP answer with a `content-length`; `None` if the connection ended first.
-fn read_answer(s: &mut TcpStream) -> Result<Option<String>> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            while got.len() < end + 4 + len {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => return Ok(None),
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
-            return Ok(Some(head));
-        }
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => return Ok(None),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
 }
 
 /// The `tandem_quic_connections` gauge from `/metrics`.
