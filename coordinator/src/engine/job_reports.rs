@@ -291,16 +291,22 @@ impl Engine {
         }
         // The old copies held their room (GPUs included) on the nodes they left until now
         // (`placement::held_by_jobs`): a pending job may have waited for exactly that room.
-        left.sort();
-        left.dedup();
         left.retain(|n| {
             t.nodes
                 .get(n)
                 .is_some_and(|e| crate::cluster::is_live(e.record.state))
         });
-        for node in left {
-            if let Err(e) = self.job_event_locked(&mut t, &Event::NodeOpen { node }) {
-                tracing::error!(error = %e, "could not place pending jobs in the room a move's old copy left");
+        self.plan_again(&mut t, left, "a move's old copy");
+    }
+
+    /// Plans `nodes` again (each once): the room that `what` held on them is free, and may be
+    /// what a pending job waits for.
+    fn plan_again(&self, t: &mut Fleet, mut nodes: Vec<NodeId>, what: &str) {
+        nodes.sort();
+        nodes.dedup();
+        for node in nodes {
+            if let Err(e) = self.job_event_locked(t, &Event::NodeOpen { node }) {
+                tracing::error!(error = %e, "could not place pending jobs in the room {what} left");
             }
         }
     }
@@ -356,15 +362,8 @@ impl Engine {
         for j in done {
             t.jobs.insert(j.id.clone(), j);
         }
-        // The room those copies held may be what a pending job waits for.
-        let mut nodes: Vec<NodeId> = freed.into_iter().map(|(n, _)| n).collect();
-        nodes.sort();
-        nodes.dedup();
-        for node in nodes {
-            if let Err(e) = self.job_event_locked(t, &Event::NodeOpen { node }) {
-                tracing::error!(error = %e, "could not place pending jobs in the room a stopped job left");
-            }
-        }
+        let nodes = freed.into_iter().map(|(n, _)| n).collect();
+        self.plan_again(t, nodes, "a stopped job");
     }
 
     /// After a restart: the starts that wait for an older copy to end (moves in progress) are
