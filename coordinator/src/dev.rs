@@ -125,22 +125,32 @@ pub async fn run(
     let running = crate::start(cfg.clone()).await?;
 
     // The `dev` pool cluster the agents join (kept from an earlier run of the same `--dir`).
-    let engine = &running.membership;
-    let cluster = match engine.create_cluster(
-        NewCluster {
-            name: DEV_CLUSTER.into(),
-            alias: String::new(),
-            description: "made by tandem-coordinator dev".into(),
-            mode: ClusterMode::Pool,
-            labels: Default::default(),
-            deletion_protection: false,
-            min_node: None,
-            failback: false,
-        },
-        engine.quotas,
-    ) {
-        Ok((c, _)) => c,
-        Err(OpError::AlreadyExists(_)) => engine.cluster(DEV_CLUSTER).ok_or_else(|| {
+    let made = running
+        .engine
+        .call(|e| {
+            e.create_cluster(
+                NewCluster {
+                    name: DEV_CLUSTER.into(),
+                    alias: String::new(),
+                    description: "made by tandem-coordinator dev".into(),
+                    mode: ClusterMode::Pool,
+                    labels: Default::default(),
+                    deletion_protection: false,
+                    min_node: None,
+                    failback: false,
+                },
+                e.quotas,
+            )
+            .map(|(c, _)| Some(c))
+            .or_else(|err| match err {
+                // Kept from an earlier run of the same `--dir`.
+                OpError::AlreadyExists(_) => Ok(e.cluster(DEV_CLUSTER)),
+                other => Err(other),
+            })
+        })
+        .await;
+    let cluster = match made {
+        Ok(c) => c.ok_or_else(|| {
             CoordinatorError::Dev(format!("cluster {DEV_CLUSTER} vanished meanwhile"))
         })?,
         Err(e) => {
@@ -152,7 +162,7 @@ pub async fn run(
 
     let tok = JoinToken::generate(running.ca.pin());
     let now = tandem_common::time::unix_ms();
-    let store = running.membership.store();
+    let store = running.engine.store();
     let (_, ticket) = store.apply(vec![
         Change::PutToken(TokenRecord::issued(
             &tok,

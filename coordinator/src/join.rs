@@ -14,10 +14,11 @@
 //! certificate for the same id, and no token use is spent. Anyone else asking for the name is
 //! refused.
 
-use crate::engine::{Engine, MembershipError};
+use crate::engine::MembershipError;
 use crate::model::{NodeRecord, NodeState};
+use crate::runtime::EngineHandle;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tandem_common::ids::NodeId;
 use tandem_common::pki::CertificateAuthority;
@@ -28,8 +29,8 @@ use tandem_common::token;
 pub struct Joiner {
     /// The CA that signs node certificates.
     pub ca: Arc<CertificateAuthority>,
-    /// The table the node is added to.
-    pub membership: Arc<Engine>,
+    /// The engine the node is added to.
+    pub engine: EngineHandle,
     /// Node certificate lifetime.
     pub cert_validity: Duration,
     /// The lease told to agents.
@@ -38,7 +39,7 @@ pub struct Joiner {
     /// joins (and failed checks) per source address. Shared with the admin API, whose token
     /// revocation takes it too, so a join in flight cannot write back a token it read before
     /// the revocation.
-    pub lock: Arc<Mutex<crate::limits::FailedJoins>>,
+    pub lock: Arc<tokio::sync::Mutex<crate::limits::FailedJoins>>,
 }
 
 fn refused(code: RejectCode, reason: impl Into<String>) -> MembershipError {
@@ -68,7 +69,7 @@ pub fn check_node_name(name: &str) -> Result<(), String> {
 impl Joiner {
     /// Admits a new node, or says why not. The admission is applied to the store; the caller
     /// waits for the returned ticket to be durable before sending the certificate.
-    pub fn join(
+    pub async fn join(
         &self,
         hello: &Hello,
         peer: SocketAddr,
@@ -80,7 +81,7 @@ impl Joiner {
             )
         })?;
         check_node_name(&hello.name).map_err(|r| refused(RejectCode::NotAdmitted, r))?;
-        let mut failures = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failures = self.lock.lock().await;
         let now = std::time::Instant::now();
         if let Err(wait) = failures.check(peer.ip(), now) {
             return Err(refused(
@@ -92,7 +93,7 @@ impl Joiner {
                 ),
             ));
         }
-        let r = self.join_locked(hello, req, peer);
+        let r = self.join_locked(hello, req, peer).await;
         if let Err(MembershipError::Refused {
             code: RejectCode::BadToken,
             ..
@@ -117,7 +118,7 @@ impl Joiner {
                 "the join token is not valid (unknown id or wrong secret)",
             )
         };
-        let rec = self.membership.store().token(id)?.ok_or_else(bad)?;
+        let rec = self.engine.store().token(id)?.ok_or_else(bad)?;
         let stored = hex::decode(&rec.secret_sha256)
             .ok()
             .and_then(|v| <[u8; 32]>::try_from(v).ok());
@@ -132,16 +133,16 @@ impl Joiner {
         Ok(rec)
     }
 
-    fn join_locked(
+    async fn join_locked(
         &self,
         hello: &Hello,
         req: &tandem_common::proto::JoinRequest,
         peer: SocketAddr,
     ) -> Result<(Joined, crate::store::Ticket), MembershipError> {
-        let store = self.membership.store();
+        let store = self.engine.store();
         let rec = self.verify_token(&req.token_id, &req.token_secret)?;
         let now_ms = tandem_common::time::unix_ms();
-        if let Some(other) = self.membership.node_named(&hello.name) {
+        if let Some(other) = self.node_named(&hello.name).await {
             // The same node asking again because the answer to its first join was lost (a
             // timeout, a crash of either side): same token, same key, not registered yet. It
             // gets its node back, even if that join spent the token's last use.
@@ -151,7 +152,7 @@ impl Joiner {
                 && tandem_common::pki::csr_key_sha256(&req.csr_pem)
                     .is_ok_and(|k| k == other.key_sha256);
             if retry {
-                return self.join_again(req, other, peer);
+                return self.join_again(req, other, peer).await;
             }
             return Err(refused(
                 RejectCode::NotAdmitted,
@@ -162,11 +163,10 @@ impl Joiner {
             .map_err(|r| refused(RejectCode::BadToken, r))?;
         // A token for a cluster admits only nodes that meet the cluster's rules.
         let cluster = match &rec.cluster {
-            Some(cid) => Some(self.membership.admit_to_cluster(
-                cid,
-                &hello.name,
-                &hello.hardware,
-            )?),
+            Some(cid) => Some(
+                self.admit_to_cluster(cid.clone(), &hello.name, &hello.hardware)
+                    .await?,
+            ),
             None => None,
         };
         let node_id = NodeId::random();
@@ -204,7 +204,10 @@ impl Joiner {
             draining: false,
             removed_ms: None,
         };
-        let ticket = self.membership.record_join(record, rec, cluster)?;
+        let ticket = self
+            .engine
+            .call(move |e| e.record_join(record, rec, cluster))
+            .await?;
         tracing::info!(%peer, node = %node_id, name = %hello.name, "node joined");
         Ok((
             Joined {
@@ -219,15 +222,40 @@ impl Joiner {
 }
 
 impl Joiner {
+    /// The node that holds `name`, if any (the engine's look-up).
+    pub(crate) async fn node_named(&self, name: &str) -> Option<NodeRecord> {
+        let name = name.to_string();
+        self.engine.call(move |e| e.node_named(&name)).await
+    }
+
+    /// The cluster `id` (id or name), if it exists.
+    pub(crate) async fn cluster(&self, id: &str) -> Option<crate::model::ClusterRecord> {
+        let id = id.to_string();
+        self.engine.call(move |e| e.cluster(&id)).await
+    }
+
+    /// The cluster `cid` if a node `name` with `hw` meets its rules (the engine's check).
+    pub(crate) async fn admit_to_cluster(
+        &self,
+        cid: String,
+        name: &str,
+        hw: &tandem_common::hardware::HardwareReport,
+    ) -> Result<crate::model::ClusterRecord, MembershipError> {
+        let (name, hw) = (name.to_string(), hw.clone());
+        self.engine
+            .call(move |e| e.admit_to_cluster(&cid, &name, &hw))
+            .await
+    }
+
     /// Answers a retried join of `node` (see `join_locked`) with a new certificate for the same
     /// node id.
-    fn join_again(
+    async fn join_again(
         &self,
         req: &tandem_common::proto::JoinRequest,
         node: NodeRecord,
         peer: SocketAddr,
     ) -> Result<(Joined, crate::store::Ticket), MembershipError> {
-        let (serial, _) = self.membership.store().reserve_serial()?;
+        let (serial, _) = self.engine.store().reserve_serial()?;
         let issued = self
             .ca
             .sign_node_csr(&req.csr_pem, &node.id, serial, self.cert_validity)
@@ -237,7 +265,11 @@ impl Joiner {
                     format!("the certificate signing request was refused: {e}"),
                 )
             })?;
-        let ticket = self.membership.record_join_retry(&node.id, &issued, peer)?;
+        let (id, cert) = (node.id.clone(), issued.clone());
+        let ticket = self
+            .engine
+            .call(move |e| e.record_join_retry(&id, &cert, peer))
+            .await?;
         tracing::info!(%peer, node = %node.id, name = %node.name, serial, "join retried with the same key: same node, new certificate");
         Ok((
             Joined {
@@ -253,14 +285,14 @@ impl Joiner {
     /// Renews a member's certificate over its live connection, which presented `conn_serial`:
     /// signs a certificate for the CSR's key with a new serial and applies its record; the
     /// caller sends it only once the store's newest ticket is durable. The node's id and cluster stay; only the key, serial and expiry change.
-    pub fn renew(
+    pub async fn renew(
         &self,
         node: &NodeId,
         conn_serial: u64,
         csr_pem: &str,
     ) -> Result<tandem_common::pki::IssuedCert, MembershipError> {
         // Durable with the renewal's own batch, which the caller waits for before answering.
-        let (serial, _) = self.membership.store().reserve_serial()?;
+        let (serial, _) = self.engine.store().reserve_serial()?;
         let issued = self
             .ca
             .sign_node_csr(csr_pem, node, serial, self.cert_validity)
@@ -270,7 +302,10 @@ impl Joiner {
                     format!("the certificate signing request was refused: {e}"),
                 )
             })?;
-        self.membership.record_renewal(node, conn_serial, &issued)?;
+        let (id, cert) = (node.clone(), issued.clone());
+        self.engine
+            .call(move |e| e.record_renewal(&id, conn_serial, &cert))
+            .await?;
         tracing::info!(%node, old_serial = conn_serial, serial = issued.serial, not_after_unix = issued.not_after_unix, "node certificate renewed");
         Ok(issued)
     }

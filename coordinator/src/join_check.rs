@@ -34,16 +34,16 @@ fn skipped(why: &str) -> Verdict {
 impl Joiner {
     /// Judges `req` from `peer`; `cert` is the node id and serial of the client certificate
     /// the connection presented, if any.
-    pub fn check(
+    pub async fn check(
         &self,
         req: &CheckJoin,
         cert: Option<(NodeId, u64)>,
         peer: SocketAddr,
     ) -> JoinCheck {
         let Some(tok) = &req.token else {
-            return self.check_certificate(cert);
+            return self.check_certificate(cert).await;
         };
-        let mut failures = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut failures = self.lock.lock().await;
         let now = std::time::Instant::now();
         if let Err(wait) = failures.check(peer.ip(), now) {
             return JoinCheck {
@@ -95,7 +95,7 @@ impl Joiner {
         ));
         let cluster = match &rec.cluster {
             None => Verdict::Ok("the token names no cluster; the node joins none".into()),
-            Some(cid) => match self.membership.cluster(cid) {
+            Some(cid) => match self.cluster(cid).await {
                 Some(c) => {
                     let mode = match c.mode {
                         crate::model::ClusterMode::HaPairs => "ha_pairs",
@@ -118,16 +118,16 @@ impl Joiner {
         JoinCheck {
             token,
             cluster,
-            admission: self.check_admission(req, rec.cluster.as_deref()),
+            admission: self.check_admission(req, rec.cluster.clone()).await,
         }
     }
 
     /// The name rules and the cluster's rules, as `join_locked` applies them.
-    fn check_admission(&self, req: &CheckJoin, cluster: Option<&str>) -> Verdict {
+    async fn check_admission(&self, req: &CheckJoin, cluster: Option<String>) -> Verdict {
         if let Err(r) = check_node_name(&req.name) {
             return Verdict::Failed(r);
         }
-        if let Some(other) = self.membership.node_named(&req.name) {
+        if let Some(other) = self.node_named(&req.name).await {
             return Verdict::Failed(format!(
                 "node name `{}` is already used by node {}; remove that node first or choose another --name",
                 req.name, other.id
@@ -143,14 +143,14 @@ impl Joiner {
         );
         match cluster {
             None => Verdict::Ok(format!("{what} may join")),
-            Some(cid) => match self.membership.admit_to_cluster(cid, &req.name, hw) {
+            Some(cid) => match self.admit_to_cluster(cid, &req.name, hw).await {
                 Ok(c) => Verdict::Ok(format!("{what} meets the rules of cluster {}", c.name)),
                 Err(e) => Verdict::Failed(reason(e)),
             },
         }
     }
 
-    fn check_certificate(&self, cert: Option<(NodeId, u64)>) -> JoinCheck {
+    async fn check_certificate(&self, cert: Option<(NodeId, u64)>) -> JoinCheck {
         let not_a_join = || skipped("the node has its identity; it does not join again");
         let Some((node, serial)) = cert else {
             return JoinCheck {
@@ -161,7 +161,14 @@ impl Joiner {
                 admission: skipped("nothing to check"),
             };
         };
-        let token = match self.membership.certificate_accepted(&node, serial) {
+        let token = match self
+            .engine
+            .call({
+                let node = node.clone();
+                move |e| e.certificate_accepted(&node, serial)
+            })
+            .await
+        {
             Ok(name) => Verdict::Ok(format!(
                 "the certificate (serial {serial}) is accepted: node {name} ({node})"
             )),

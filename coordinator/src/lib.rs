@@ -12,6 +12,8 @@
 //! - `engine`: the one owner of fleet state (nodes, clusters, pairs, jobs, timers): decides
 //!   on every input, applies each batch to the store, and queues what it sends to outboxes
 //!   that send only once the batch is durable.
+//! - `runtime`: the engine's task: every call reaches the engine through its queue, one at
+//!   a time, and what the engine decides is carried out from there.
 //! - `limits`: failed-join, refusal-log and per-session message limits against floods.
 //! - `retention`: which finished jobs, spent tokens and finished operations are deleted.
 //! - `join`: join tokens and CSRs traded for node certificates.
@@ -40,6 +42,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod retention;
+pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod usage;
@@ -47,6 +50,7 @@ pub mod usage;
 use crate::config::Config;
 use crate::detector::{DetectorConfig, FailureDetector};
 use crate::engine::Engine;
+use crate::runtime::EngineHandle;
 use crate::store::{SledStore, StateStore};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -102,11 +106,12 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// Where the QUIC endpoint listens.
     pub quic_addr: SocketAddr,
-    /// The membership table (for in-process use, e.g. dev mode).
-    pub membership: Arc<Engine>,
+    /// The way to the engine task (for in-process use, e.g. dev mode).
+    pub engine: EngineHandle,
     /// The CA.
     pub ca: Arc<CertificateAuthority>,
     endpoint: quinn::Endpoint,
+    engine_task: tokio::task::JoinHandle<()>,
     admin_stop: tokio::sync::oneshot::Sender<()>,
     admin_task: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -152,20 +157,24 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         now,
     )
     .with_legacy(in_force.lease() + in_force.fence_grace());
-    let membership = Arc::new(
-        Engine::load(store.clone(), detector, metrics, now)?
-            .with_quotas(cfg.quotas)
-            .with_retention(cfg.retention)
-            .with_max_handover(cfg.max_handover)
-            .with_fence_update((in_force != configured).then_some(configured)),
-    );
+    let engine = Engine::load(store.clone(), detector, metrics, now)?
+        .with_quotas(cfg.quotas)
+        .with_retention(cfg.retention)
+        .with_max_handover(cfg.max_handover)
+        .with_fence_update((in_force != configured).then_some(configured));
     // Finish what a previous run decided but may not have carried out (e.g. a failover cut
     // short by a crash): the records are durable, the planner re-derives the commands.
-    membership.reconcile_jobs()?;
+    engine.reconcile_jobs()?;
     // A planned restart's hold from the run before: nobody is declared down before it ends.
-    membership.honour_restart_hold(now)?;
+    engine.honour_restart_hold(now)?;
     // And the agent hand-overs: those nodes are not declared down before theirs end.
-    membership.honour_node_holds(now)?;
+    engine.honour_node_holds(now)?;
+    // Revocation is checked at the TLS handshake, outside the engine: the engine keeps the
+    // set of member serials it reads.
+    let serial_check = engine.serial_check();
+    let node_count = engine.node_count();
+    // From here on the engine belongs to its task: everything reaches it through the handle.
+    let (engine, engine_task) = EngineHandle::spawn(engine);
 
     // A fresh server certificate at every start; agents trust the CA, not this certificate.
     let (serial, ticket) = store.reserve_serial()?;
@@ -177,13 +186,9 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     let (cert_pem, key_pem) = ca
         .issue_server_cert(serial, &ips)
         .map_err(|e| CoordinatorError::Pki(e.to_string()))?;
-    let mut server_cfg = tandem_common::tls::server_config(
-        ca.cert_der(),
-        &cert_pem,
-        &key_pem,
-        membership.serial_check(),
-    )
-    .map_err(|e| CoordinatorError::Pki(e.to_string()))?;
+    let mut server_cfg =
+        tandem_common::tls::server_config(ca.cert_der(), &cert_pem, &key_pem, serial_check)
+            .map_err(|e| CoordinatorError::Pki(e.to_string()))?;
     server_cfg.transport_config(Arc::new(tandem_common::transport::transport_config()));
     let socket = server::udp_socket(cfg.quic_addr, cfg.udp_buffer_bytes).map_err(|source| {
         CoordinatorError::Io {
@@ -208,12 +213,12 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
             source,
         })?;
 
-    let join_lock: Arc<std::sync::Mutex<limits::FailedJoins>> = Default::default();
+    let join_lock: Arc<tokio::sync::Mutex<limits::FailedJoins>> = Default::default();
     let srv = Arc::new(server::Server {
-        membership: membership.clone(),
+        engine: engine.clone(),
         joiner: join::Joiner {
             ca: ca.clone(),
-            membership: membership.clone(),
+            engine: engine.clone(),
             cert_validity: cfg.cert_validity,
             lease: cfg.lease,
             lock: join_lock.clone(),
@@ -224,7 +229,7 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         log_budget: std::sync::Mutex::new(limits::LogBudget::new(20.0, 100.0)),
     });
     let mut tasks = vec![tokio::spawn(srv.serve(endpoint.clone()))];
-    let m = membership.clone();
+    let m = engine.clone();
     tasks.push(tokio::spawn(async move {
         let mut iv = tokio::time::interval(TICK);
         iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -235,16 +240,11 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
         loop {
             iv.tick().await;
             watchdog.ping_if_due(Instant::now());
-            let ticked = m.clone();
-            // The tick may write to the store (fsync): keep it off the async workers.
-            let _ = tokio::task::spawn_blocking(move || ticked.tick(Instant::now())).await;
+            m.call(|e| e.tick(Instant::now())).await;
             if swept.is_none_or(|s| s.elapsed() >= SWEEP_EVERY) {
                 swept = Some(Instant::now());
-                let m = m.clone();
-                let swept =
-                    tokio::task::spawn_blocking(move || m.sweep(tandem_common::time::unix_ms()))
-                        .await;
-                if let Ok(Err(err)) = swept {
+                let swept = m.call(|e| e.sweep(tandem_common::time::unix_ms())).await;
+                if let Err(err) = swept {
                     tracing::error!(%err, "retention sweep failed");
                 }
             }
@@ -277,7 +277,7 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
             source,
         })?;
     let router = admin::router(Arc::new(admin::AdminState {
-        membership: membership.clone(),
+        engine: engine.clone(),
         ca: ca.clone(),
         admin_token: cfg.admin_token.clone(),
         join_lock,
@@ -286,7 +286,7 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     let stopped = async move {
         let _ = stop_rx.await;
     };
-    let admission = admin::serve::Admission::new(cfg.admin_connections, membership.metrics.clone());
+    let admission = admin::serve::Admission::new(cfg.admin_connections, engine.metrics.clone());
     let admin_task = if cfg.admin_tls {
         let (serial, ticket) = store.reserve_serial()?;
         store.durable(ticket).await;
@@ -335,15 +335,15 @@ pub async fn start(cfg: Config) -> Result<Running, CoordinatorError> {
     {
         tracing::warn!("could not write endpoints.json");
     }
-    tracing::info!(admin = %admin_addr, quic = %quic_addr, nodes = membership.node_count(), "coordinator serving");
+    tracing::info!(admin = %admin_addr, quic = %quic_addr, nodes = node_count, "coordinator serving");
     tandem_common::notify::ready(&format!(
-        "serving: admin {admin_addr}, QUIC {quic_addr}, {} nodes",
-        membership.node_count()
+        "serving: admin {admin_addr}, QUIC {quic_addr}, {node_count} nodes"
     ));
     Ok(Running {
         admin_addr,
         quic_addr,
-        membership,
+        engine,
+        engine_task,
         ca,
         endpoint,
         admin_stop,
@@ -372,6 +372,9 @@ impl Running {
             t.abort();
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        // The engine task ends once the last handle (ours, the sessions') is gone.
+        drop(self.engine);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.engine_task).await;
         Ok(())
     }
 }
@@ -382,21 +385,26 @@ impl Running {
     /// live node has had one (or three beats have passed). The nodes' jobs then ride through
     /// until the next run honours the hold (see the detector's "hold").
     async fn hold_for_the_restart(&self) {
-        let Some(hold) = self.restart_hold.for_fleet(self.membership.node_count()) else {
+        let nodes = self.engine.call(|e| e.node_count()).await;
+        let Some(hold) = self.restart_hold.for_fleet(nodes) else {
             return;
         };
-        let ticket = match self.membership.begin_restart_hold(hold, Instant::now()) {
+        let ticket = match self
+            .engine
+            .call(move |e| e.begin_restart_hold(hold, Instant::now()))
+            .await
+        {
             Ok(t) => t,
             Err(err) => {
                 tracing::error!(%err, "could not record the restart hold; stopping without it: jobs are fenced after their lease");
                 return;
             }
         };
-        self.membership.store().durable(ticket).await;
-        self.membership.grant_hold_leases();
+        self.engine.store().durable(ticket).await;
+        self.engine.call(|e| e.grant_hold_leases()).await;
         let until = Instant::now() + self.heartbeat * 3 + Duration::from_millis(500);
         let (granted, alive) = loop {
-            let (granted, alive) = self.membership.hold_leases_granted();
+            let (granted, alive) = self.engine.call(|e| e.hold_leases_granted()).await;
             if granted >= alive || Instant::now() >= until {
                 break (granted, alive);
             }

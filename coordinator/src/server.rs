@@ -6,8 +6,9 @@
 //! refusal is logged with the peer's address and reason and answered with a `Reject` before the
 //! connection closes; nothing a peer sends can panic this code or touch another node.
 
-use crate::engine::{Engine, Handled, MembershipError};
+use crate::engine::{Handled, MembershipError};
 use crate::join::Joiner;
+use crate::runtime::EngineHandle;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -79,8 +80,8 @@ pub fn udp_socket(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::
 
 /// What the connection tasks share.
 pub struct Server {
-    /// The membership table.
-    pub membership: Arc<Engine>,
+    /// The way to the engine.
+    pub engine: EngineHandle,
     /// Join handling.
     pub joiner: Joiner,
     /// Heartbeat interval and lease told to agents.
@@ -129,7 +130,7 @@ impl Server {
             let server = self.clone();
             let handshaking = handshaking.clone();
             tokio::spawn(async move {
-                let _held = ConnectionGauge::new(&server.membership.metrics.quic_connections);
+                let _held = ConnectionGauge::new(&server.engine.metrics.quic_connections);
                 let in_handshake = ConnectionGauge::new(&handshaking);
                 let conn = match tokio::time::timeout(HELLO_TIMEOUT, incoming).await {
                     Ok(Ok(c)) => c,
@@ -200,7 +201,7 @@ impl Server {
     ) {
         let cert = tandem_common::tls::peer_node_id(conn)
             .map(|n| (n, tandem_common::tls::peer_cert_serial(conn).unwrap_or(0)));
-        let answer = self.joiner.check(check, cert, peer);
+        let answer = self.joiner.check(check, cert, peer).await;
         tracing::info!(%peer, name = %check.name, token = ?answer.token, cluster = ?answer.cluster, admission = ?answer.admission, "join check answered");
         let _ = codec::write_msg(send, &CoordMsg::JoinCheck(answer), self.max_frame).await;
         let _ = send.finish();
@@ -233,10 +234,10 @@ impl Server {
         let cert_node = tandem_common::tls::peer_node_id(&conn);
         let Some(cert_node) = cert_node else {
             // No client certificate: the only thing such a peer may do is join.
-            let reply = match self.joiner.join(&hello, peer) {
+            let reply = match self.joiner.join(&hello, peer).await {
                 Ok((joined, ticket)) => {
                     // The certificate goes out only once the node record is on disk.
-                    self.membership.store().durable(ticket).await;
+                    self.engine.store().durable(ticket).await;
                     CoordMsg::Joined(joined)
                 }
                 Err(e) => return self.refuse_err(&conn, &mut send, peer, e).await,
@@ -268,7 +269,7 @@ impl Server {
         let serial = tandem_common::tls::peer_cert_serial(&conn).unwrap_or(0);
         // Commands go out as the session's protocol version understands them.
         let outbox = Arc::new(
-            crate::outbox::Outbox::new(self.membership.store().clone())
+            crate::outbox::Outbox::new(self.engine.store().clone())
                 .for_protocol(hello.protocol_version),
         );
         // Only what the session needs outlives this point: the Hello (with a hardware report of
@@ -282,20 +283,28 @@ impl Server {
             hardware,
             ..
         } = *hello;
-        let reg = match self.membership.register(
-            &cert_node,
-            serial,
-            peer,
-            agent_version,
-            hardware,
-            outbox.clone(),
-            Instant::now(),
-        ) {
+        let registered = {
+            let (node, outbox) = (cert_node.clone(), outbox.clone());
+            self.engine
+                .call(move |e| {
+                    e.register(
+                        &node,
+                        serial,
+                        peer,
+                        agent_version,
+                        hardware,
+                        outbox,
+                        Instant::now(),
+                    )
+                })
+                .await
+        };
+        let reg = match registered {
             Ok(r) => r,
             Err(e) => return self.refuse_err(&conn, &mut send, peer, e).await,
         };
         // Welcome (and with it the first lease) only once the registration is on disk.
-        self.membership.store().durable(reg.ticket).await;
+        self.engine.store().durable(reg.ticket).await;
         tracing::info!(%peer, node = %cert_node, name = %reg.name, session = reg.session, "node registered");
         let lease = self.joiner.lease;
         let welcome = CoordMsg::Welcome(Welcome {
@@ -310,7 +319,7 @@ impl Server {
             .await
             .is_err()
         {
-            self.membership.disconnected(&cert_node, reg.session);
+            self.disconnected(&cert_node, reg.session).await;
             return;
         }
         // Sessions that know it learn what this coordinator speaks (hand-overs, re-adoption).
@@ -322,14 +331,18 @@ impl Server {
                 .await
                 .is_err()
             {
-                self.membership.disconnected(&cert_node, reg.session);
+                self.disconnected(&cert_node, reg.session).await;
                 return;
             }
         }
         // What the node holds, and the exits it kept, decide which of its jobs stay, go, or are
         // placed again.
-        self.membership
-            .node_reported(&cert_node, &held_jobs, &exited);
+        {
+            let node = cert_node.clone();
+            self.engine
+                .call(move |e| e.node_reported(&node, &held_jobs, &exited))
+                .await;
+        }
         let why = self
             .session(
                 &conn,
@@ -345,7 +358,7 @@ impl Server {
             .await;
         tracing::info!(%peer, node = %cert_node, session = reg.session, reason = %why, "node connection ended");
         outbox.close();
-        self.membership.disconnected(&cert_node, reg.session);
+        self.disconnected(&cert_node, reg.session).await;
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -415,26 +428,26 @@ impl Server {
                 }
                 msg = control.recv(), if control_open && throttled.is_none() => {
                     if let Some(wait) = budget.take(Instant::now()) {
-                        self.membership.metrics.agent_messages_throttled.fetch_add(1, Ordering::Relaxed);
+                        self.engine.metrics.agent_messages_throttled.fetch_add(1, Ordering::Relaxed);
                         self.log_refusal(peer, &format!(": node {node} is over its budget of {} control messages a second; its stream is read again in {} ms", crate::limits::MESSAGES_PER_SECOND, wait.as_millis()));
                         throttled = Some(tokio::time::Instant::now() + wait);
                     }
                     match msg.transpose() {
-                        Ok(Some(msg)) => match self.membership.on_agent_msg(node, session, msg) {
+                        Ok(Some(msg)) => match self.on_agent_msg(node, session, msg).await {
                             Handled::Done => {}
                             Handled::Left { ticket, reason } => {
                                 if let Some(ticket) = ticket {
-                                    self.membership.store().durable(ticket).await;
+                                    self.engine.store().durable(ticket).await;
                                 }
                                 return format!("the agent left: {reason}");
                             }
                             Handled::Renew { csr_pem } => {
                                 let allowed = budget.renewal(Instant::now());
                                 let reply = if !allowed {
-                                    self.membership.metrics.renewals_throttled.fetch_add(1, Ordering::Relaxed);
+                                    self.engine.metrics.renewals_throttled.fetch_add(1, Ordering::Relaxed);
                                     tracing::warn!(%peer, %node, "refused a certificate renewal: asked again within {} s", crate::limits::RENEWAL_EVERY.as_secs());
                                     CoordMsg::RenewalRefused { reason: format!("renewal asked again within {} s; try later", crate::limits::RENEWAL_EVERY.as_secs()) }
-                                } else { match self.joiner.renew(node, serial, &csr_pem) {
+                                } else { match self.joiner.renew(node, serial, &csr_pem).await {
                                     Ok(issued) => CoordMsg::CertificateRenewed {
                                         cert_pem: issued.cert_pem,
                                         not_after_unix: issued.not_after_unix,
@@ -445,7 +458,7 @@ impl Server {
                                     }
                                 } };
                                 // The new certificate (and its serial) is recorded before it leaves.
-                                let store = self.membership.store();
+                                let store = self.engine.store();
                                 store.durable(store.last_ticket()).await;
                                 if let Err(e) = codec::write_msg(&mut send, &reply, self.max_frame).await {
                                     return format!("control stream write failed: {e}");
@@ -456,8 +469,9 @@ impl Server {
                                 // The lease goes out only once the node's hold is durable.
                                 let granted = match hold {
                                     Ok(ticket) => {
-                                        self.membership.store().durable(ticket).await;
-                                        self.membership.grant_handover(node, session, Instant::now())
+                                        self.engine.store().durable(ticket).await;
+                                        let node = node.clone();
+                                        self.engine.call(move |e| e.grant_handover(&node, session, Instant::now())).await
                                     }
                                     Err(why) => Err(why),
                                 };
@@ -476,13 +490,13 @@ impl Server {
                         },
                         Ok(None) => control_open = false,
                         Err(CodecError::Decode(e)) => {
-                            self.membership.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
+                            self.engine.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(%peer, %node, error = %e, "refused a control frame that does not decode; closing the connection");
                             conn.close(CloseCode::Protocol.into(), b"control frame does not decode");
                             return format!("bad frame: {e}");
                         }
                         Err(e) => {
-                            self.membership.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
+                            self.engine.metrics.bad_messages.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(%peer, %node, error = %e, "control stream failed; closing the connection");
                             conn.close(CloseCode::Protocol.into(), b"control stream error");
                             return e.to_string();
@@ -528,7 +542,7 @@ impl Server {
         let beat = match codec::decode_datagram::<AgentDatagram>(body) {
             Ok(AgentDatagram::Heartbeat(b)) => b,
             Err(e) => {
-                self.membership
+                self.engine
                     .metrics
                     .bad_messages
                     .fetch_add(1, Ordering::Relaxed);
@@ -536,11 +550,17 @@ impl Server {
                 return;
             }
         };
-        let Some(lease) = self.membership.heartbeat(node, session, Instant::now()) else {
+        let lease = {
+            let node = node.clone();
+            self.engine
+                .call(move |e| e.heartbeat(&node, session, Instant::now()))
+                .await
+        };
+        let Some(lease) = lease else {
             return;
         };
         if beat.last_rtt_us > 0 {
-            self.membership
+            self.engine
                 .metrics
                 .heartbeat_rtt
                 .observe(Duration::from_micros(beat.last_rtt_us.into()));
@@ -562,6 +582,22 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// A control message of a registered session, decided by the engine.
+    async fn on_agent_msg(&self, node: &NodeId, session: u64, msg: AgentMsg) -> Handled {
+        let node = node.clone();
+        self.engine
+            .call(move |e| e.on_agent_msg(&node, session, msg))
+            .await
+    }
+
+    /// The session `session` of `node` has ended.
+    async fn disconnected(&self, node: &NodeId, session: u64) {
+        let node = node.clone();
+        self.engine
+            .call(move |e| e.disconnected(&node, session))
+            .await;
     }
 
     async fn refuse_err(
@@ -611,7 +647,7 @@ impl Server {
         code: RejectCode,
         reason: String,
     ) {
-        self.membership
+        self.engine
             .metrics
             .registrations_refused
             .fetch_add(1, Ordering::Relaxed);

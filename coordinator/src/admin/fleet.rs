@@ -32,10 +32,16 @@ pub(super) async fn create_cluster(
     State(s): Shared,
     ApiJson(req): ApiJson<NewCluster>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (c, op) = s.membership.create_cluster(req, s.membership.quotas)?;
+    let (c, op) = s
+        .engine
+        .call(move |e| {
+            e.create_cluster(req, e.quotas)
+                .map(|(c, op)| (views::cluster(e, &c), op))
+        })
+        .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"cluster": views::cluster(&s.membership, &c), "operation_id": op})),
+        Json(json!({"cluster": c, "operation_id": op})),
     ))
 }
 
@@ -82,20 +88,23 @@ pub(super) async fn list_clusters(
     };
     let needle = q.q.as_deref().map(str::to_lowercase);
     let clusters: Vec<Value> = s
-        .membership
-        .clusters()
-        .into_iter()
-        .filter(|c| {
-            needle.as_ref().is_none_or(|n| {
-                c.name.to_lowercase().contains(n) || c.alias.to_lowercase().contains(n)
-            }) && label
-                .as_ref()
-                .is_none_or(|(k, v)| c.labels.get(k) == Some(v))
-                && after.is_none_or(|a| c.created_ms >= a)
-                && before.is_none_or(|b| c.created_ms < b)
+        .engine
+        .call(move |e| {
+            e.clusters()
+                .into_iter()
+                .filter(|c| {
+                    needle.as_ref().is_none_or(|n| {
+                        c.name.to_lowercase().contains(n) || c.alias.to_lowercase().contains(n)
+                    }) && label
+                        .as_ref()
+                        .is_none_or(|(k, v)| c.labels.get(k) == Some(v))
+                        && after.is_none_or(|a| c.created_ms >= a)
+                        && before.is_none_or(|b| c.created_ms < b)
+                })
+                .map(|c| views::cluster(e, &c))
+                .collect()
         })
-        .map(|c| views::cluster(&s.membership, &c))
-        .collect();
+        .await;
     Ok(Json(json!({ "clusters": clusters })))
 }
 
@@ -103,10 +112,7 @@ pub(super) async fn get_cluster(
     State(s): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let c = s.membership.cluster(&id).ok_or_else(|| {
-        ApiError::new(Code::NotFound, format!("no cluster with id or name `{id}`"))
-    })?;
-    Ok(Json(views::cluster(&s.membership, &c)))
+    Ok(Json(cluster_json(&s, id).await?))
 }
 
 pub(super) async fn patch_cluster(
@@ -114,15 +120,18 @@ pub(super) async fn patch_cluster(
     Path(id): Path<String>,
     ApiJson(p): ApiJson<ClusterPatch>,
 ) -> Result<Json<Value>, ApiError> {
-    let c = s.membership.patch_cluster(&id, p)?;
-    Ok(Json(views::cluster(&s.membership, &c)))
+    let c = s
+        .engine
+        .call(move |e| e.patch_cluster(&id, p).map(|c| views::cluster(e, &c)))
+        .await?;
+    Ok(Json(c))
 }
 
 pub(super) async fn delete_cluster(
     State(s): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let c = s.membership.delete_cluster(&id)?;
+    let c = s.engine.call(move |e| e.delete_cluster(&id)).await?;
     Ok(Json(json!({"deleted": c.id, "name": c.name})))
 }
 
@@ -131,22 +140,37 @@ pub(super) async fn get_operation(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let op = s
-        .membership
+        .engine
+        .store()
         .operation(&id)?
         .ok_or_else(|| ApiError::new(Code::NotFound, format!("no operation `{id}`")))?;
     Ok(Json(json!(op)))
 }
 
+/// The cluster object of `id` (id or name) as it is now.
+async fn cluster_json(s: &super::AdminState, id: String) -> Result<Value, ApiError> {
+    s.engine
+        .call(move |e| e.cluster(&id).map(|c| views::cluster(e, &c)).ok_or(id))
+        .await
+        .map_err(|id| ApiError::new(Code::NotFound, format!("no cluster with id or name `{id}`")))
+}
+
 /// The node object of `id` as it is now.
-fn node_json(
+async fn node_json(
     s: &super::AdminState,
-    id: &tandem_common::ids::NodeId,
+    id: tandem_common::ids::NodeId,
 ) -> Result<Json<Value>, ApiError> {
-    let e = s
-        .membership
-        .find(id.as_str())
-        .ok_or_else(|| ApiError::new(Code::NotFound, format!("node {id} was removed meanwhile")))?;
-    Ok(Json(views::node(&s.membership, &e, Instant::now())))
+    let now = Instant::now();
+    let facts = s
+        .engine
+        .call(move |e| {
+            e.find(id.as_str())
+                .map(|n| views::node_facts(e, n, now))
+                .ok_or(id)
+        })
+        .await
+        .map_err(|id| ApiError::new(Code::NotFound, format!("node {id} was removed meanwhile")))?;
+    Ok(Json(views::node(&s.engine.usage, &facts, now)))
 }
 
 pub(super) async fn patch_node(
@@ -154,8 +178,8 @@ pub(super) async fn patch_node(
     Path(id): Path<String>,
     ApiJson(p): ApiJson<NodePatch>,
 ) -> Result<Json<Value>, ApiError> {
-    let rec = s.membership.patch_node(&id, p)?;
-    node_json(&s, &rec.id)
+    let rec = s.engine.call(move |e| e.patch_node(&id, p)).await?;
+    node_json(&s, rec.id).await
 }
 
 pub(super) async fn drain(
@@ -163,16 +187,16 @@ pub(super) async fn drain(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     // Draining moves the node's jobs away (old copy stopped first): `Engine::set_draining`.
-    let rec = s.membership.set_draining(&id, true)?;
-    node_json(&s, &rec.id)
+    let rec = s.engine.call(move |e| e.set_draining(&id, true)).await?;
+    node_json(&s, rec.id).await
 }
 
 pub(super) async fn undrain(
     State(s): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let rec = s.membership.set_draining(&id, false)?;
-    node_json(&s, &rec.id)
+    let rec = s.engine.call(move |e| e.set_draining(&id, false)).await?;
+    node_json(&s, rec.id).await
 }
 
 #[derive(Deserialize)]
@@ -189,15 +213,18 @@ pub(super) async fn move_node(
     Path(id): Path<String>,
     ApiJson(r): ApiJson<MoveRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let rec = s.membership.move_node(&id, &r.cluster)?;
-    node_json(&s, &rec.id)
+    let rec = s.engine.call(move |e| e.move_node(&id, &r.cluster)).await?;
+    node_json(&s, rec.id).await
 }
 
 pub(super) async fn remove_node(
     State(s): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let rec = s.membership.remove_node(&id, "removed by an operator")?;
+    let rec = s
+        .engine
+        .call(move |e| e.remove_node(&id, "removed by an operator"))
+        .await?;
     Ok(Json(
         json!({"removed": rec.id, "name": rec.name, "revoked_cert_serial": rec.cert_serial}),
     ))
@@ -207,16 +234,17 @@ pub(super) async fn check_node(
     State(s): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let e = s
-        .membership
-        .find(&id)
-        .ok_or_else(|| ApiError::new(Code::NotFound, format!("no node with id or name `{id}`")))?;
+    let node = s
+        .engine
+        .call(move |e| e.find(&id).map(|e| e.record.id).ok_or(id))
+        .await
+        .map_err(|id| ApiError::new(Code::NotFound, format!("no node with id or name `{id}`")))?;
     Ok(Json(
-        match s.membership.check(&e.record.id, CHECK_TIMEOUT).await {
+        match s.engine.check(node.clone(), CHECK_TIMEOUT).await {
             Ok(rtt) => {
-                json!({"node": e.record.id, "alive": true, "rtt_ms": (rtt.as_secs_f64() * 1e6).round() / 1e3})
+                json!({"node": node, "alive": true, "rtt_ms": (rtt.as_secs_f64() * 1e6).round() / 1e3})
             }
-            Err(reason) => json!({"node": e.record.id, "alive": false, "reason": reason}),
+            Err(reason) => json!({"node": node, "alive": false, "reason": reason}),
         },
     ))
 }
@@ -231,7 +259,8 @@ pub(super) async fn recycle(
     State(s): Shared,
     ApiJson(r): ApiJson<RecycleRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let (removed, skipped) = s.membership.recycle(r.down_for_s.saturating_mul(1000))?;
+    let down_for_ms = r.down_for_s.saturating_mul(1000);
+    let (removed, skipped) = s.engine.call(move |e| e.recycle(down_for_ms)).await?;
     Ok(Json(json!({
         "removed": removed.iter().map(|n| json!({"id": n.id, "name": n.name})).collect::<Vec<_>>(),
         "skipped": skipped.iter().map(|(n, why)| json!({"name": n, "reason": why})).collect::<Vec<_>>(),
@@ -249,10 +278,7 @@ pub(super) async fn list_pairs(
     State(s): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let c = s.membership.cluster(&id).ok_or_else(|| {
-        ApiError::new(Code::NotFound, format!("no cluster with id or name `{id}`"))
-    })?;
-    let v = views::cluster(&s.membership, &c);
+    let v = cluster_json(&s, id).await?;
     Ok(Json(json!({"pairs": v["pairs"]})))
 }
 
@@ -261,19 +287,23 @@ pub(super) async fn create_pair(
     Path(id): Path<String>,
     ApiJson(p): ApiJson<NewPair>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let pair = s.membership.create_pair(&id, &p.primary, &p.standby)?;
-    let name =
-        |n: &tandem_common::ids::NodeId| s.membership.find(n.as_str()).map(|e| e.record.name);
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"pair": views::pair(&pair, name(&pair.primary), name(&pair.standby))})),
-    ))
+    let pair = s
+        .engine
+        .call(move |e| {
+            e.create_pair(&id, &p.primary, &p.standby).map(|pair| {
+                let name =
+                    |n: &tandem_common::ids::NodeId| e.find(n.as_str()).map(|e| e.record.name);
+                views::pair(&pair, name(&pair.primary), name(&pair.standby))
+            })
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "pair": pair }))))
 }
 
 pub(super) async fn delete_pair(
     State(s): Shared,
     Path((id, pair)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let p = s.membership.delete_pair(&id, &pair)?;
+    let p = s.engine.call(move |e| e.delete_pair(&id, &pair)).await?;
     Ok(Json(json!({"deleted": p.id})))
 }

@@ -28,25 +28,37 @@ pub fn view(j: &JobRecord) -> Value {
     v
 }
 
-fn find(s: &super::AdminState, id: &str) -> Result<JobRecord, ApiError> {
-    let t = s.membership.lock();
-    t.jobs
-        .get(id)
-        .or_else(|| {
-            // By name: the live job of that name first, else the newest.
-            let mut named: Vec<_> = t.jobs.values().filter(|j| j.spec.name == id).collect();
-            named.sort_by_key(|j| (!j.state.is_terminal(), j.created_ms));
-            named.pop()
+async fn find(s: &super::AdminState, id: &str) -> Result<JobRecord, ApiError> {
+    let key = id.to_string();
+    s.engine
+        .call(move |e| {
+            let t = e.lock();
+            t.jobs
+                .get(&key)
+                .or_else(|| {
+                    // By name: the live job of that name first, else the newest.
+                    let mut named: Vec<_> =
+                        t.jobs.values().filter(|j| j.spec.name == key).collect();
+                    named.sort_by_key(|j| (!j.state.is_terminal(), j.created_ms));
+                    named.pop()
+                })
+                .cloned()
         })
-        .cloned()
+        .await
         .ok_or_else(|| ApiError::new(Code::NotFound, format!("no job with id or name `{id}`")))
+}
+
+/// The cluster of `id` (id or name), if there is one.
+async fn cluster(s: &super::AdminState, id: &str) -> Option<crate::model::ClusterRecord> {
+    let id = id.to_string();
+    s.engine.call(move |e| e.cluster(&id)).await
 }
 
 pub(super) async fn submit(
     State(s): Shared,
     ApiJson(mut spec): ApiJson<JobSpec>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let cluster = s.membership.cluster(&spec.cluster).ok_or_else(|| {
+    let cluster = cluster(&s, &spec.cluster).await.ok_or_else(|| {
         ApiError::new(
             Code::InvalidArgument,
             format!("cluster: no cluster with id or name `{}`", spec.cluster),
@@ -61,14 +73,17 @@ pub(super) async fn submit(
         tandem_common::time::unix_ms(),
     );
     let id = job.id.clone();
-    s.membership.submit_job(job).map_err(|e| match e {
-        crate::engine::SubmitError::NameTaken { .. }
-        | crate::engine::SubmitError::NameStopping { .. } => {
-            ApiError::new(Code::AlreadyExists, e.to_string())
-        }
-        crate::engine::SubmitError::Store(e) => e.into(),
-    })?;
-    let job = find(&s, &id)?;
+    s.engine
+        .call(move |e| e.submit_job(job))
+        .await
+        .map_err(|e| match e {
+            crate::engine::SubmitError::NameTaken { .. }
+            | crate::engine::SubmitError::NameStopping { .. } => {
+                ApiError::new(Code::AlreadyExists, e.to_string())
+            }
+            crate::engine::SubmitError::Store(e) => e.into(),
+        })?;
+    let job = find(&s, &id).await?;
     Ok((StatusCode::CREATED, Json(json!({ "job": view(&job) }))))
 }
 
@@ -100,7 +115,7 @@ pub(super) async fn list(
         ));
     }
     let cluster = match &q.cluster {
-        Some(c) => Some(s.membership.cluster(c).map(|c| c.id).ok_or_else(|| {
+        Some(c) => Some(cluster(&s, c).await.map(|c| c.id).ok_or_else(|| {
             ApiError::new(
                 Code::NotFound,
                 format!("cluster: no cluster with id or name `{c}`"),
@@ -109,15 +124,26 @@ pub(super) async fn list(
         None => None,
     };
     let node = match &q.node {
-        Some(n) => Some(s.membership.find(n).map(|e| e.record.id.0).ok_or_else(|| {
-            ApiError::new(
-                Code::NotFound,
-                format!("node: no node with id or name `{n}`"),
-            )
-        })?),
+        Some(n) => Some(
+            {
+                let n = n.clone();
+                s.engine
+                    .call(move |e| e.find(&n).map(|e| e.record.id.0))
+                    .await
+            }
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::NotFound,
+                    format!("node: no node with id or name `{n}`"),
+                )
+            })?,
+        ),
         None => None,
     };
-    let mut jobs: Vec<JobRecord> = s.membership.lock().jobs.values().cloned().collect();
+    let mut jobs: Vec<JobRecord> = s
+        .engine
+        .call(|e| e.lock().jobs.values().cloned().collect())
+        .await;
     jobs.sort_by_key(|j| j.created_ms);
     let jobs: Vec<Value> = jobs
         .iter()
@@ -133,9 +159,9 @@ pub(super) async fn list(
 }
 
 pub(super) async fn get(State(s): Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let j = find(&s, &id)?;
+    let j = find(&s, &id).await?;
     let mut v = view(&j);
-    v["usage"] = usage(&s.membership.usage, &j, std::time::Instant::now());
+    v["usage"] = usage(&s.engine.usage, &j, std::time::Instant::now());
     Ok(Json(v))
 }
 
@@ -163,11 +189,12 @@ pub(super) async fn stop(
     State(s): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = find(&s, &id)?;
-    s.membership.job_event(Event::StopRequested {
-        job: job.id.clone(),
-    })?;
-    Ok(Json(view(&find(&s, &job.id)?)))
+    let job = find(&s, &id).await?;
+    let stopped = job.id.clone();
+    s.engine
+        .call(move |e| e.job_event(Event::StopRequested { job: stopped }))
+        .await?;
+    Ok(Json(view(&find(&s, &job.id).await?)))
 }
 
 #[derive(Deserialize)]
@@ -181,10 +208,10 @@ pub(super) async fn logs(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = find(&s, &id)?;
+    let job = find(&s, &id).await?;
     let (stdout, stderr) = s
-        .membership
-        .job_logs(&job, q.tail.unwrap_or(100).clamp(1, 10_000))
+        .engine
+        .job_logs(job.clone(), q.tail.unwrap_or(100).clamp(1, 10_000))
         .await
         .map_err(|e| {
             ApiError::new(
@@ -201,9 +228,10 @@ pub(super) async fn force_failover(
     State(s): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let c = s.membership.cluster(&id).ok_or_else(|| {
+    let c = cluster(&s, &id).await.ok_or_else(|| {
         ApiError::new(Code::NotFound, format!("no cluster with id or name `{id}`"))
     })?;
-    s.membership.force_failover(&c.id)?;
+    let cid = c.id.clone();
+    s.engine.call(move |e| e.force_failover(&cid)).await?;
     Ok(Json(json!({ "cluster": c.id, "failover": "forced" })))
 }

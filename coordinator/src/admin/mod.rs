@@ -6,9 +6,10 @@
 //! with `invalid_argument` and the parser's reason, and unknown routes answer `not_found` in the
 //! same envelope.
 //!
-//! Handlers decide under the fleet lock and apply their batches to the store without waiting
-//! for the disk; [`durable_replies`] holds every answer back until every batch applied before
-//! it is durable. So an acknowledged change survives a crash, nothing waits for a flush under
+//! Handlers decide through the engine task ([`crate::runtime`]), whose decisions apply their
+//! batches to the store without waiting for the disk; [`durable_replies`] holds every answer
+//! back until every batch applied before it is durable. What takes long to render (a page of
+//! node objects, `/metrics`) is read in the engine task and rendered outside it. So an acknowledged change survives a crash, nothing waits for a flush under
 //! the lock or blocks an async worker, and a read never shows a state a crash could undo.
 
 mod error;
@@ -24,7 +25,7 @@ mod views;
 
 pub use error::{ApiError, Code};
 
-use crate::engine::Engine;
+use crate::runtime::EngineHandle;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -47,15 +48,15 @@ pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// What the handlers share.
 pub struct AdminState {
-    /// The membership table.
-    pub membership: Arc<Engine>,
+    /// The way to the engine.
+    pub engine: EngineHandle,
     /// The CA (its pin goes into join tokens).
     pub ca: Arc<CertificateAuthority>,
     /// The bearer token.
     pub admin_token: String,
     /// The joins' lock (`Joiner::lock`): a revocation holds it, so no join in flight writes
     /// back a token it read before.
-    pub join_lock: Arc<std::sync::Mutex<crate::limits::FailedJoins>>,
+    pub join_lock: Arc<tokio::sync::Mutex<crate::limits::FailedJoins>>,
 }
 
 pub(crate) type Shared = State<Arc<AdminState>>;
@@ -208,7 +209,7 @@ fn body_refused(e: ApiError) -> Response {
 /// (the handler's own, and any it read: see `outbox` for why the newest ticket is the one).
 async fn durable_replies(State(s): Shared, req: Request, next: Next) -> Response {
     let response = next.run(req).await;
-    let store = s.membership.store();
+    let store = s.engine.store();
     store.durable(store.last_ticket()).await;
     response
 }
@@ -278,9 +279,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 /// Liveness, and how long the restart grace (a planned restart's hold included) still holds
 /// failover back.
 async fn healthz(State(s): Shared) -> Json<serde_json::Value> {
-    let now = Instant::now();
-    let left = s.membership.restart_grace_left(now);
-    let hold = s.membership.restart_hold_left(now).unwrap_or_default();
+    let (left, hold) = s
+        .engine
+        .call(|e| {
+            let now = Instant::now();
+            (
+                e.restart_grace_left(now),
+                e.restart_hold_left(now).unwrap_or_default(),
+            )
+        })
+        .await;
     Json(serde_json::json!({
         "status": "ok",
         "restart_grace_remaining_ms": left.as_millis() as u64,
@@ -293,12 +301,21 @@ async fn healthz(State(s): Shared) -> Json<serde_json::Value> {
 pub const MAX_GPU_SERIES: usize = 4096;
 
 async fn metrics(State(s): Shared) -> Result<impl IntoResponse, ApiError> {
-    // Off the async workers: they carry every agent's heartbeats.
+    let ((by_state, connected), gpus, hold) = s
+        .engine
+        .call(|e| {
+            (
+                e.counts(),
+                e.gpus_for_metrics(MAX_GPU_SERIES),
+                e.restart_hold_left(Instant::now()),
+            )
+        })
+        .await;
+    // Rendered off the async workers (they carry every agent's heartbeats) and outside the
+    // engine task.
     let text = tokio::task::spawn_blocking(move || {
-        let (by_state, connected) = s.membership.counts();
-        let gpus = s.membership.gpus_for_metrics(MAX_GPU_SERIES);
         let mut text =
-            s.membership
+            s.engine
                 .metrics
                 .render(&by_state, connected, gpus.as_deref().unwrap_or_default());
         if gpus.is_none() {
@@ -306,8 +323,7 @@ async fn metrics(State(s): Shared) -> Result<impl IntoResponse, ApiError> {
                 "# per-GPU series left out: the fleet has more than {MAX_GPU_SERIES} GPUs\n"
             ));
         }
-        s.membership.usage.render(&mut text);
-        let hold = s.membership.restart_hold_left(Instant::now());
+        s.engine.usage.render(&mut text);
         text.push_str(&format!(
             "# HELP tandem_restart_hold_remaining_seconds Time left of a planned restart's hold: nobody is declared down before it ends.\n# TYPE tandem_restart_hold_remaining_seconds gauge\ntandem_restart_hold_remaining_seconds {:.3}\n",
             hold.unwrap_or_default().as_secs_f64()
@@ -354,17 +370,28 @@ async fn list_nodes(
     }
     let now = Instant::now();
     let limit = q.limit.unwrap_or(usize::MAX);
+    let (page, more) = s
+        .engine
+        .call(move |e| {
+            let (page, more) = e.page(after.as_deref(), limit);
+            let page: Vec<_> = page
+                .into_iter()
+                .map(|n| views::node_facts(e, n, now))
+                .collect();
+            (page, more)
+        })
+        .await;
     // A page of full node objects (hardware reports of several KiB each) takes tens of
-    // milliseconds to render: off the async workers, which carry every agent's heartbeats.
+    // milliseconds to render: off the async workers, which carry every agent's heartbeats,
+    // and outside the engine task.
     tokio::task::spawn_blocking(move || {
-        let (page, more) = s.membership.page(after.as_deref(), limit);
         let nodes: Vec<_> = page
             .iter()
-            .map(|e| views::node(&s.membership, e, now))
+            .map(|f| views::node(&s.engine.usage, f, now))
             .collect();
         let mut out = serde_json::json!({ "nodes": nodes });
         if more {
-            if let Some(last) = page.last() {
+            if let Some((last, _)) = page.last() {
                 out["next_page_token"] = serde_json::json!(hex::encode(&last.record.name));
             }
         }
@@ -378,11 +405,13 @@ async fn get_node(
     State(s): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let e = s
-        .membership
-        .find(&id)
-        .ok_or_else(|| ApiError::new(Code::NotFound, format!("no node with id or name `{id}`")))?;
-    Ok(Json(views::node(&s.membership, &e, Instant::now())))
+    let now = Instant::now();
+    let facts = s
+        .engine
+        .call(move |e| e.find(&id).map(|n| views::node_facts(e, n, now)).ok_or(id))
+        .await
+        .map_err(|id| ApiError::new(Code::NotFound, format!("no node with id or name `{id}`")))?;
+    Ok(Json(views::node(&s.engine.usage, &facts, now)))
 }
 
 #[derive(Deserialize)]
@@ -398,13 +427,18 @@ async fn list_events(
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let store = s.membership.store();
+    let store = s.engine.store();
     let mut events = match q.after {
         Some(after) => store.events_after(after, limit)?,
         None => store.recent_events(if q.node.is_some() { 10_000 } else { limit })?,
     };
     if let Some(n) = &q.node {
-        let id = s.membership.find(n).map(|e| e.record.id.0);
+        let id = {
+            let n = n.clone();
+            s.engine
+                .call(move |e| e.find(&n).map(|e| e.record.id.0))
+                .await
+        };
         events.retain(|e| e.node.as_deref() == Some(n.as_str()) || (id.is_some() && e.node == id));
         let skip = events.len().saturating_sub(limit);
         events.drain(..skip);

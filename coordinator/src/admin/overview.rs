@@ -17,45 +17,7 @@ use std::collections::BTreeMap;
 const FAILOVERS: usize = 10;
 
 pub(super) async fn overview(State(s): Shared) -> Json<Value> {
-    let mut nodes: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut jobs: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut names = BTreeMap::new();
-    let mut failovers = Vec::new();
-    {
-        let t = s.membership.lock();
-        for e in t.nodes.values() {
-            let r = &e.record;
-            let state = if r.draining && r.state == NodeState::Ready {
-                "draining"
-            } else {
-                r.state.as_str()
-            };
-            *nodes.entry(state).or_default() += 1;
-        }
-        for j in t.jobs.values() {
-            *jobs.entry(j.state.as_str()).or_default() += 1;
-            let placements: Vec<_> = j.history.iter().chain(j.current.iter()).collect();
-            for w in placements.windows(2) {
-                if w[0].end_reason.as_deref() == Some("node down") {
-                    failovers.push((
-                        j.id.clone(),
-                        j.spec.name.clone(),
-                        w[0].clone(),
-                        w[1].clone(),
-                    ));
-                }
-            }
-        }
-        failovers.sort_by_key(|f| std::cmp::Reverse(f.2.ended_ms));
-        failovers.truncate(FAILOVERS);
-        for f in &failovers {
-            for n in [&f.2.node, &f.3.node] {
-                if let Some(e) = t.nodes.get(n) {
-                    names.insert(n.clone(), e.record.name.clone());
-                }
-            }
-        }
-    }
+    let (nodes, jobs, names, failovers) = s.engine.call(counted).await;
     let name = |n: &tandem_common::ids::NodeId| names.get(n).cloned().unwrap_or(n.to_string());
     let failovers: Vec<Value> = failovers
         .iter()
@@ -83,4 +45,60 @@ pub(super) async fn overview(State(s): Shared) -> Json<Value> {
         "jobs_total": jobs.values().sum::<u64>(),
         "failovers": failovers,
     }))
+}
+
+type Failover = (
+    String,
+    String,
+    crate::jobs::model::Placement,
+    crate::jobs::model::Placement,
+);
+
+type Counted = (
+    BTreeMap<&'static str, u64>,
+    BTreeMap<&'static str, u64>,
+    BTreeMap<tandem_common::ids::NodeId, String>,
+    Vec<Failover>,
+);
+
+/// Counts in one pass over the fleet, in the engine task.
+fn counted(e: &crate::engine::Engine) -> Counted {
+    let mut nodes: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut jobs: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut names = BTreeMap::new();
+    let mut failovers = Vec::new();
+    let t = e.lock();
+    for e in t.nodes.values() {
+        let r = &e.record;
+        let state = if r.draining && r.state == NodeState::Ready {
+            "draining"
+        } else {
+            r.state.as_str()
+        };
+        *nodes.entry(state).or_default() += 1;
+    }
+    for j in t.jobs.values() {
+        *jobs.entry(j.state.as_str()).or_default() += 1;
+        let placements: Vec<_> = j.history.iter().chain(j.current.iter()).collect();
+        for w in placements.windows(2) {
+            if w[0].end_reason.as_deref() == Some("node down") {
+                failovers.push((
+                    j.id.clone(),
+                    j.spec.name.clone(),
+                    w[0].clone(),
+                    w[1].clone(),
+                ));
+            }
+        }
+    }
+    failovers.sort_by_key(|f| std::cmp::Reverse(f.2.ended_ms));
+    failovers.truncate(FAILOVERS);
+    for f in &failovers {
+        for n in [&f.2.node, &f.3.node] {
+            if let Some(e) = t.nodes.get(n) {
+                names.insert(n.clone(), e.record.name.clone());
+            }
+        }
+    }
+    (nodes, jobs, names, failovers)
 }

@@ -30,14 +30,14 @@ pub(super) async fn stream_events(
     State(s): Shared,
     ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let store = s.membership.store();
+    let store = s.engine.store();
     let after = match q.after {
         Some(a) => a,
         None => store.recent_events(1)?.last().map_or(0, |e| e.seq),
     };
     let stream = futures_util::stream::unfold((s, after), |(s, mut after)| async move {
         loop {
-            let events = match s.membership.store().events_after(after, BATCH) {
+            let events = match s.engine.store().events_after(after, BATCH) {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::error!(error = %e, "reading events for a stream");

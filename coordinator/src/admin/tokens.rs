@@ -50,15 +50,17 @@ pub(super) async fn create_token(
     }
     let cluster = match &req.cluster {
         Some(c) => Some(
-            s.membership
-                .cluster(c)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        Code::NotFound,
-                        format!("cluster: no cluster with id or name `{c}`"),
-                    )
-                })?
-                .id,
+            {
+                let c = c.clone();
+                s.engine.call(move |e| e.cluster(&c)).await
+            }
+            .ok_or_else(|| {
+                ApiError::new(
+                    Code::NotFound,
+                    format!("cluster: no cluster with id or name `{c}`"),
+                )
+            })?
+            .id,
         ),
         None => None,
     };
@@ -66,7 +68,7 @@ pub(super) async fn create_token(
     let now = tandem_common::time::unix_ms();
     let rec =
         crate::model::TokenRecord::issued(&tok, now, req.ttl_s * 1000, req.uses, cluster.clone());
-    s.membership.store().apply(vec![
+    s.engine.store().apply(vec![
         crate::store::Change::PutToken(rec.clone()),
         crate::store::Change::Event(crate::model::NewEvent {
             kind: "token_created",
@@ -105,7 +107,7 @@ fn view(t: &crate::model::TokenRecord, now_ms: u64) -> serde_json::Value {
 /// `GET /v1/join-tokens`: every token kept, oldest first.
 pub(super) async fn list_tokens(State(s): Shared) -> Result<Json<serde_json::Value>, ApiError> {
     let now = tandem_common::time::unix_ms();
-    let mut all = s.membership.store().tokens()?;
+    let mut all = s.engine.store().tokens()?;
     all.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
     let tokens: Vec<_> = all.iter().map(|t| view(t, now)).collect();
     Ok(Json(serde_json::json!({ "tokens": tokens })))
@@ -118,8 +120,8 @@ pub(super) async fn revoke_token(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let now = tandem_common::time::unix_ms();
-    let _joins = s.join_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let store = s.membership.store();
+    let _joins = s.join_lock.lock().await;
+    let store = s.engine.store();
     let Some(mut rec) = store.token(&id)? else {
         return Err(ApiError::new(
             Code::NotFound,

@@ -3,16 +3,26 @@
 
 use crate::engine::{Engine, NodeEntry};
 use crate::model::{ClusterRecord, Event, NodeState, PairRecord};
+use crate::usage::UsageBoard;
 use serde_json::{json, Value};
 use std::time::Instant;
 use tandem_common::ids::NodeId;
 use tandem_common::time::rfc3339;
 
+/// A node and what only the engine knows of it: milliseconds since its last beat.
+pub type NodeFacts = (NodeEntry, Option<u64>);
+
+/// The facts of `e` (read in the engine task; the JSON is made outside it).
+pub fn node_facts(m: &Engine, e: NodeEntry, now: Instant) -> NodeFacts {
+    let silent = m.silent_for_ms(&e.record.id, now);
+    (e, silent)
+}
+
 /// A node object.
-pub fn node(m: &Engine, e: &NodeEntry, now: Instant) -> Value {
+pub fn node(usage: &UsageBoard, (e, silent_ms): &NodeFacts, now: Instant) -> Value {
     let r = &e.record;
     // From the node's last usage report (protocol 6); `null` where its agent is older.
-    let u = m.usage.node(&r.id, now);
+    let u = usage.node(&r.id, now);
     json!({
         "id": r.id,
         "name": r.name,
@@ -20,7 +30,7 @@ pub fn node(m: &Engine, e: &NodeEntry, now: Instant) -> Value {
         "state_reason": r.state_reason,
         "state_since": rfc3339(r.state_since_ms),
         "state_since_ms": r.state_since_ms,
-        "last_heartbeat_age_ms": m.silent_for_ms(&r.id, now),
+        "last_heartbeat_age_ms": silent_ms,
         "connected": e.live.is_some(),
         "address": r.address,
         "agent_version": r.agent_version,

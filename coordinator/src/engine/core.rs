@@ -33,7 +33,7 @@ pub struct Engine {
     /// How long finished records are kept.
     pub(super) retention: crate::retention::Retention,
     /// What each node's jobs use, as last reported (memory only: never stored).
-    pub usage: crate::usage::UsageBoard,
+    pub usage: Arc<crate::usage::UsageBoard>,
     /// The longest agent hand-over granted (zero: none; see `handover`).
     pub(super) max_handover: std::time::Duration,
 }

@@ -8,7 +8,6 @@ use crate::jobs::model::{Exit, JobRecord};
 use crate::jobs::planner::{Event, Reported};
 use crate::model::NewEvent;
 use crate::store::{Change, StoreError};
-use std::time::Duration;
 use tandem_common::ids::NodeId;
 use tandem_common::proto::{AgentMsg, CoordMsg, ExitCause, JobExitReport, StartJob};
 
@@ -436,12 +435,13 @@ impl Engine {
         });
     }
 
-    /// Asks the node running `job` for the end of its logs.
-    pub async fn job_logs(
+    /// Asks the node running `job` for the end of its logs. The runtime waits for the answer
+    /// (`EngineHandle::job_logs`) and then calls `end_job_logs`.
+    pub fn begin_job_logs(
         &self,
         job: &JobRecord,
         lines: u32,
-    ) -> Result<(Vec<String>, Vec<String>), String> {
+    ) -> Result<(u64, tokio::sync::oneshot::Receiver<AgentMsg>), String> {
         let node = job
             .current
             .as_ref()
@@ -463,23 +463,16 @@ impl Engine {
                 lines,
             })
             .is_ok();
-        let r = if !sent {
-            Err("the node's connection closed".to_string())
-        } else {
-            match tokio::time::timeout(Duration::from_secs(3), rx).await {
-                Ok(Ok(AgentMsg::Logs {
-                    stdout,
-                    stderr,
-                    error: None,
-                    ..
-                })) => Ok((stdout, stderr)),
-                Ok(Ok(AgentMsg::Logs { error: Some(e), .. })) => Err(e),
-                Ok(_) => Err("the node's connection closed".to_string()),
-                Err(_) => Err("the node did not answer within 3 s".to_string()),
-            }
-        };
+        if !sent {
+            lock(&self.jobs.logs).remove(&request);
+            return Err("the node's connection closed".to_string());
+        }
+        Ok((request, rx))
+    }
+
+    /// The log request `request` has ended (answered or not): its waiter is forgotten.
+    pub fn end_job_logs(&self, request: u64) {
         lock(&self.jobs.logs).remove(&request);
-        r
     }
 
     /// A log answer arrived.

@@ -6,8 +6,12 @@
 //! never waits: not for the disk, not for a node.
 //!
 //! # Inputs and what comes out
-//! Inputs are calls, each decided under the engine's lock with time and chance from its
-//! [`Clock`](crate::clock::Clock) (simulated in `tests/sim`): a message from a node's session
+//! Inputs are calls, each decided with time and chance from its
+//! [`Clock`](crate::clock::Clock) (simulated in `tests/sim`). In the coordinator one task owns
+//! the engine and makes every call, one at a time ([`crate::runtime`]); the simulation is a
+//! runtime of its own and calls it directly. The fleet table and the detector keep a lock of
+//! their own, which that one caller always finds free; it guards the table's invariants
+//! within a call ("the fleet lock" below). The inputs: a message from a node's session
 //! (`register`, `heartbeat`, and the rest through `on_agent_msg`), an admin
 //! request (`submit_job`, `set_draining`, `remove_node`, ...), a tick (`tick`: the detector,
 //! delayed starts, unanswered starts, fence parameters), a session that closed

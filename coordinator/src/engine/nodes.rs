@@ -491,43 +491,35 @@ impl Engine {
         }
     }
 
-    /// The on-demand heartbeat check: pings the node over its live connection now and waits
-    /// at most `timeout` for the answer. `Ok(round trip)` or `Err(why not alive)`.
-    pub async fn check(
+    /// The on-demand heartbeat check begins: pings the node over its live connection now.
+    /// The runtime waits for the pong (`EngineHandle::check`) and then calls `end_check`.
+    /// `Err(why not alive)` when there is no connection to ping.
+    pub fn begin_check(
         &self,
         node: &NodeId,
-        timeout: std::time::Duration,
-    ) -> Result<std::time::Duration, String> {
-        let control = {
-            let t = self.lock();
-            let e = t.nodes.get(node).ok_or_else(|| format!("no node {node}"))?;
-            match &e.live {
-                Some(l) => l.control.clone(),
-                None => {
-                    return Err(format!(
-                        "node {} has no connection to the coordinator (state {})",
-                        e.record.name,
-                        e.record.state.as_str()
-                    ))
-                }
-            }
+    ) -> Result<(u64, tokio::sync::oneshot::Receiver<()>), String> {
+        let t = self.lock();
+        let e = t.nodes.get(node).ok_or_else(|| format!("no node {node}"))?;
+        let Some(l) = &e.live else {
+            return Err(format!(
+                "node {} has no connection to the coordinator (state {})",
+                e.record.name,
+                e.record.state.as_str()
+            ));
         };
-        let nonce = rand::random::<u64>();
+        let nonce = self.clock().random_u64();
         let (tx, rx) = tokio::sync::oneshot::channel();
         lock(&self.pings).insert(nonce, tx);
-        let start = Instant::now();
-        let sent = control.push(CoordMsg::Ping { nonce }).is_ok();
-        let r = if !sent {
-            Err("the node's connection closed".to_string())
-        } else {
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(())) => Ok(start.elapsed()),
-                Ok(Err(_)) => Err("the node's connection closed".to_string()),
-                Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-            }
-        };
+        if l.control.push(CoordMsg::Ping { nonce }).is_err() {
+            lock(&self.pings).remove(&nonce);
+            return Err("the node's connection closed".to_string());
+        }
+        Ok((nonce, rx))
+    }
+
+    /// The check with `nonce` has ended (answered or not): its waiter is forgotten.
+    pub fn end_check(&self, nonce: u64) {
         lock(&self.pings).remove(&nonce);
-        r
     }
 
     /// A pong arrived.
