@@ -96,6 +96,8 @@ pub struct Metrics {
     pub admin_connections_refused: AtomicU64,
     /// Nodes declared down.
     pub nodes_declared_down: AtomicU64,
+    /// Engine calls whose decision panicked (each logged; the engine went on).
+    pub engine_panics: AtomicU64,
     /// Heartbeat round trip as the agents measure it.
     pub heartbeat_rtt: Histogram,
     /// Time from a node's last beat to its being declared down.
@@ -120,6 +122,7 @@ impl Default for Metrics {
             admin_connections: AtomicU64::new(0),
             admin_connections_refused: AtomicU64::new(0),
             nodes_declared_down: AtomicU64::new(0),
+            engine_panics: AtomicU64::new(0),
             heartbeat_rtt: Histogram::new(RTT_BUCKETS),
             detection: Histogram::new(DETECT_BUCKETS),
         }
@@ -211,6 +214,11 @@ impl Metrics {
                 "tandem_nodes_declared_down_total",
                 "Nodes declared down by the failure detector.",
                 &self.nodes_declared_down,
+            ),
+            (
+                "tandem_engine_panics_total",
+                "Engine calls whose decision panicked (logged; the engine went on with the next).",
+                &self.engine_panics,
             ),
         ];
         for (name, help, v) in counters {

@@ -64,11 +64,15 @@ impl EngineHandle {
             metrics: engine.metrics.clone(),
             usage: engine.usage.clone(),
         };
+        let metrics = engine.metrics.clone();
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
                 for call in batch.drain(..) {
                     if std::panic::catch_unwind(AssertUnwindSafe(|| call(&engine))).is_err() {
+                        metrics
+                            .engine_panics
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::error!(
                             "a decision panicked; its caller fails, the engine goes on"
                         );
@@ -99,6 +103,11 @@ impl EngineHandle {
         }
         rx.await
             .expect("the engine's decision panicked (see the log above)")
+    }
+
+    /// Calls queued now and not yet taken by the engine task (`tandem_engine_calls_queued`).
+    pub fn queued(&self) -> usize {
+        QUEUE - self.calls.capacity()
     }
 
     /// The store, for waiting on tickets and for reads of records the engine does not keep
@@ -221,6 +230,13 @@ mod tests {
             h.call(|e| e.node_count()).await,
             0,
             "later calls are served"
+        );
+        assert_eq!(
+            h.metrics
+                .engine_panics
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "counted"
         );
     }
 

@@ -104,6 +104,15 @@ fn gpus_health_and_model_reach_the_coordinator() -> Result<()> {
     );
     assert!(metrics.contains("tandem_heartbeats_received_total"));
     assert!(metrics.contains("tandem_heartbeat_rtt_seconds_bucket"));
+    // The engine task's queue and its panics (none).
+    assert!(
+        metrics.contains("\ntandem_engine_calls_queued "),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\ntandem_engine_panics_total 0\n"),
+        "{metrics}"
+    );
 
     let out = Command::new(bin("tandemctl"))
         .args([

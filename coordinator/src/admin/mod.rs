@@ -325,6 +325,11 @@ async fn metrics(State(s): Shared) -> Result<impl IntoResponse, ApiError> {
         }
         s.engine.usage.render(&mut text);
         text.push_str(&format!(
+            "# HELP tandem_engine_calls_queued Calls waiting for the engine task (a bound of {}; past it callers wait).\n# TYPE tandem_engine_calls_queued gauge\ntandem_engine_calls_queued {}\n",
+            crate::runtime::QUEUE,
+            s.engine.queued()
+        ));
+        text.push_str(&format!(
             "# HELP tandem_restart_hold_remaining_seconds Time left of a planned restart's hold: nobody is declared down before it ends.\n# TYPE tandem_restart_hold_remaining_seconds gauge\ntandem_restart_hold_remaining_seconds {:.3}\n",
             hold.unwrap_or_default().as_secs_f64()
         ));
