@@ -550,33 +550,45 @@ impl Server {
                 return;
             }
         };
-        let lease = {
-            let node = node.clone();
-            self.engine
-                .call(move |e| e.heartbeat(&node, session, Instant::now()))
-                .await
-        };
-        let Some(lease) = lease else {
-            return;
-        };
-        if beat.last_rtt_us > 0 {
-            self.engine
-                .metrics
-                .heartbeat_rtt
-                .observe(Duration::from_micros(beat.last_rtt_us.into()));
-        }
-        let ack = CoordDatagram::HeartbeatAck {
-            seq: beat.seq,
-            lease_ms: lease.as_millis() as u32,
-        };
-        let Ok(body) = codec::encode(&ack) else {
-            return;
+        // The beat counts from its arrival, not from when the engine reaches it: the node was
+        // alive then (and its own lease counts from its send, earlier still).
+        let arrived = Instant::now();
+        let node = node.clone();
+        let metrics = self.engine.metrics.clone();
+        // The lease the engine grants, as the ack that carries it; `None`: no lease (a stale
+        // session, a node declared down), no ack.
+        let answer = move |e: &crate::engine::Engine| {
+            let lease = e.heartbeat(&node, session, arrived)?;
+            if beat.last_rtt_us > 0 {
+                metrics
+                    .heartbeat_rtt
+                    .observe(Duration::from_micros(beat.last_rtt_us.into()));
+            }
+            Some(CoordDatagram::HeartbeatAck {
+                seq: beat.seq,
+                lease_ms: lease.as_millis() as u32,
+            })
         };
         match ack_stream {
             None => {
-                let _ = conn.send_datagram(body.into());
+                // Over datagrams the beat goes to the engine's beat lane and the engine task
+                // sends the ack itself, right after the decision (a datagram is queued to the
+                // connection without waiting): no wake per beat, and no hop back to this task.
+                let conn = conn.clone();
+                self.engine
+                    .queue_beat(move |e| {
+                        if let Some(ack) = answer(e) {
+                            if let Ok(body) = codec::encode(&ack) {
+                                let _ = conn.send_datagram(body.into());
+                            }
+                        }
+                    })
+                    .await;
             }
             Some(s) => {
+                let Some(ack) = self.engine.call(answer).await else {
+                    return;
+                };
                 if let Ok(frame) = codec::encode_frame(&ack, self.max_frame) {
                     let _ = tokio::io::AsyncWriteExt::write_all(s, &frame).await;
                 }

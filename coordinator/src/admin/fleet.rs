@@ -36,12 +36,12 @@ pub(super) async fn create_cluster(
         .engine
         .call(move |e| {
             e.create_cluster(req, e.quotas)
-                .map(|(c, op)| (views::cluster(e, &c), op))
+                .map(|(c, op)| (views::cluster_facts(e, c), op))
         })
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"cluster": c, "operation_id": op})),
+        Json(json!({"cluster": views::cluster(&c), "operation_id": op})),
     ))
 }
 
@@ -87,7 +87,7 @@ pub(super) async fn list_clusters(
         None => None,
     };
     let needle = q.q.as_deref().map(str::to_lowercase);
-    let clusters: Vec<Value> = s
+    let clusters: Vec<views::ClusterFacts> = s
         .engine
         .call(move |e| {
             e.clusters()
@@ -101,10 +101,11 @@ pub(super) async fn list_clusters(
                         && after.is_none_or(|a| c.created_ms >= a)
                         && before.is_none_or(|b| c.created_ms < b)
                 })
-                .map(|c| views::cluster(e, &c))
+                .map(|c| views::cluster_facts(e, c))
                 .collect()
         })
         .await;
+    let clusters: Vec<Value> = clusters.iter().map(views::cluster).collect();
     Ok(Json(json!({ "clusters": clusters })))
 }
 
@@ -122,9 +123,9 @@ pub(super) async fn patch_cluster(
 ) -> Result<Json<Value>, ApiError> {
     let c = s
         .engine
-        .call(move |e| e.patch_cluster(&id, p).map(|c| views::cluster(e, &c)))
+        .call(move |e| e.patch_cluster(&id, p).map(|c| views::cluster_facts(e, c)))
         .await?;
-    Ok(Json(c))
+    Ok(Json(views::cluster(&c)))
 }
 
 pub(super) async fn delete_cluster(
@@ -150,8 +151,9 @@ pub(super) async fn get_operation(
 /// The cluster object of `id` (id or name) as it is now.
 async fn cluster_json(s: &super::AdminState, id: String) -> Result<Value, ApiError> {
     s.engine
-        .call(move |e| e.cluster(&id).map(|c| views::cluster(e, &c)).ok_or(id))
+        .call(move |e| e.cluster(&id).map(|c| views::cluster_facts(e, c)).ok_or(id))
         .await
+        .map(|f| views::cluster(&f))
         .map_err(|id| ApiError::new(Code::NotFound, format!("no cluster with id or name `{id}`")))
 }
 

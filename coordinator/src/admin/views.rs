@@ -65,9 +65,40 @@ pub fn event(e: &Event) -> Value {
     })
 }
 
-/// A cluster object: the record, its status, capacity, nodes, pairs and jobs.
-pub fn cluster(m: &Engine, c: &ClusterRecord) -> Value {
+/// What a cluster object shows, read together in the engine task; the JSON is made outside it.
+pub struct ClusterFacts {
+    c: ClusterRecord,
+    nodes: Vec<crate::engine::Member>,
+    pairs: Vec<PairRecord>,
+    status: crate::cluster::pairing::ClusterStatus,
+    capacity: crate::cluster::capacity::Capacity,
+    jobs: Vec<crate::jobs::model::JobRecord>,
+}
+
+/// The facts of cluster `c`.
+pub fn cluster_facts(m: &Engine, c: ClusterRecord) -> ClusterFacts {
     let (nodes, pairs, status, capacity) = m.cluster_overview(&c.id);
+    let jobs = m.jobs_of(&c.id);
+    ClusterFacts {
+        c,
+        nodes,
+        pairs,
+        status,
+        capacity,
+        jobs,
+    }
+}
+
+/// A cluster object: the record, its status, capacity, nodes, pairs and jobs.
+pub fn cluster(f: &ClusterFacts) -> Value {
+    let ClusterFacts {
+        c,
+        nodes,
+        pairs,
+        status,
+        capacity,
+        jobs,
+    } = f;
     let name_of = |id: &NodeId| nodes.iter().find(|n| n.id == *id).map(|n| n.name.clone());
     json!({
         "id": c.id,
@@ -91,7 +122,7 @@ pub fn cluster(m: &Engine, c: &ClusterRecord) -> Value {
             "model": n.model,
         })).collect::<Vec<_>>(),
         "pairs": pairs.iter().map(|p| pair(p, name_of(&p.primary), name_of(&p.standby))).collect::<Vec<_>>(),
-        "jobs": m.jobs_of(&c.id).iter().map(|j| json!({
+        "jobs": jobs.iter().map(|j| json!({
             "id": j.id,
             "name": j.spec.name,
             "state": j.state.as_str(),
