@@ -228,12 +228,6 @@ impl Joiner {
         self.engine.call(move |e| e.node_named(&name)).await
     }
 
-    /// The cluster `id` (id or name), if it exists.
-    pub(crate) async fn cluster(&self, id: &str) -> Option<crate::model::ClusterRecord> {
-        let id = id.to_string();
-        self.engine.call(move |e| e.cluster(&id)).await
-    }
-
     /// The cluster `cid` if a node `name` with `hw` meets its rules (the engine's check).
     pub(crate) async fn admit_to_cluster(
         &self,

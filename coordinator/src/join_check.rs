@@ -95,7 +95,7 @@ impl Joiner {
         ));
         let cluster = match &rec.cluster {
             None => Verdict::Ok("the token names no cluster; the node joins none".into()),
-            Some(cid) => match self.cluster(cid).await {
+            Some(cid) => match self.engine.cluster(cid).await {
                 Some(c) => {
                     let mode = match c.mode {
                         crate::model::ClusterMode::HaPairs => "ha_pairs",

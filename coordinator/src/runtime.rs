@@ -126,6 +126,18 @@ impl EngineHandle {
             .expect("the engine's decision panicked (see the log above)")
     }
 
+    /// The cluster `id_or_name`, if there is one.
+    pub async fn cluster(&self, id_or_name: &str) -> Option<crate::model::ClusterRecord> {
+        let key = id_or_name.to_string();
+        self.call(move |e| e.cluster(&key)).await
+    }
+
+    /// The id of the node `id_or_name`, if there is one.
+    pub async fn node_id(&self, id_or_name: &str) -> Option<NodeId> {
+        let key = id_or_name.to_string();
+        self.call(move |e| e.find(&key).map(|n| n.record.id)).await
+    }
+
     /// Queues `f` to the beat lane: it runs within [`BEAT_LANE`], without waking the engine
     /// task for it. At 10,000 beats a second, a wake of the engine task and of a worker thread
     /// per beat cost more than the decision; the lane takes the beats of every session
@@ -200,23 +212,10 @@ impl EngineHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detector::{DetectorConfig, FailureDetector};
-    use crate::store::MemStore;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     fn engine() -> Engine {
-        let now = Instant::now();
-        let detector = FailureDetector::new(
-            DetectorConfig {
-                heartbeat: Duration::from_millis(200),
-                lease: Duration::from_secs(1),
-                fence_grace: Duration::from_millis(300),
-                suspect_after_missed: 3,
-                restart_grace: Duration::from_secs(2),
-            },
-            now,
-        );
-        Engine::load(Arc::new(MemStore::new()), detector, Default::default(), now).expect("loads")
+        Engine::for_tests().0
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 impl From<OpError> for ApiError {
     fn from(e: OpError) -> Self {
@@ -162,17 +162,10 @@ async fn node_json(
     s: &super::AdminState,
     id: tandem_common::ids::NodeId,
 ) -> Result<Json<Value>, ApiError> {
-    let now = Instant::now();
-    let facts = s
-        .engine
-        .call(move |e| {
-            e.find(id.as_str())
-                .map(|n| views::node_facts(e, n, now))
-                .ok_or(id)
-        })
+    let v = super::node_object(s, id.as_str())
         .await
-        .map_err(|id| ApiError::new(Code::NotFound, format!("node {id} was removed meanwhile")))?;
-    Ok(Json(views::node(&s.engine.usage, &facts, now)))
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("node {id} was removed meanwhile")))?;
+    Ok(Json(v))
 }
 
 pub(super) async fn patch_node(
@@ -236,11 +229,10 @@ pub(super) async fn check_node(
     State(s): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let node = s
-        .engine
-        .call(move |e| e.find(&id).map(|e| e.record.id).ok_or(id))
-        .await
-        .map_err(|id| ApiError::new(Code::NotFound, format!("no node with id or name `{id}`")))?;
+    let node =
+        s.engine.node_id(&id).await.ok_or_else(|| {
+            ApiError::new(Code::NotFound, format!("no node with id or name `{id}`"))
+        })?;
     Ok(Json(
         match s.engine.check(node.clone(), CHECK_TIMEOUT).await {
             Ok(rtt) => {

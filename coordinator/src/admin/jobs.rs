@@ -48,17 +48,11 @@ async fn find(s: &super::AdminState, id: &str) -> Result<JobRecord, ApiError> {
         .ok_or_else(|| ApiError::new(Code::NotFound, format!("no job with id or name `{id}`")))
 }
 
-/// The cluster of `id` (id or name), if there is one.
-async fn cluster(s: &super::AdminState, id: &str) -> Option<crate::model::ClusterRecord> {
-    let id = id.to_string();
-    s.engine.call(move |e| e.cluster(&id)).await
-}
-
 pub(super) async fn submit(
     State(s): Shared,
     ApiJson(mut spec): ApiJson<JobSpec>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let cluster = cluster(&s, &spec.cluster).await.ok_or_else(|| {
+    let cluster = s.engine.cluster(&spec.cluster).await.ok_or_else(|| {
         ApiError::new(
             Code::InvalidArgument,
             format!("cluster: no cluster with id or name `{}`", spec.cluster),
@@ -115,7 +109,7 @@ pub(super) async fn list(
         ));
     }
     let cluster = match &q.cluster {
-        Some(c) => Some(cluster(&s, c).await.map(|c| c.id).ok_or_else(|| {
+        Some(c) => Some(s.engine.cluster(c).await.map(|c| c.id).ok_or_else(|| {
             ApiError::new(
                 Code::NotFound,
                 format!("cluster: no cluster with id or name `{c}`"),
@@ -124,20 +118,12 @@ pub(super) async fn list(
         None => None,
     };
     let node = match &q.node {
-        Some(n) => Some(
-            {
-                let n = n.clone();
-                s.engine
-                    .call(move |e| e.find(&n).map(|e| e.record.id.0))
-                    .await
-            }
-            .ok_or_else(|| {
-                ApiError::new(
-                    Code::NotFound,
-                    format!("node: no node with id or name `{n}`"),
-                )
-            })?,
-        ),
+        Some(n) => Some(s.engine.node_id(n).await.map(|id| id.0).ok_or_else(|| {
+            ApiError::new(
+                Code::NotFound,
+                format!("node: no node with id or name `{n}`"),
+            )
+        })?),
         None => None,
     };
     let mut jobs: Vec<JobRecord> = s
@@ -228,7 +214,7 @@ pub(super) async fn force_failover(
     State(s): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let c = cluster(&s, &id).await.ok_or_else(|| {
+    let c = s.engine.cluster(&id).await.ok_or_else(|| {
         ApiError::new(Code::NotFound, format!("no cluster with id or name `{id}`"))
     })?;
     let cid = c.id.clone();

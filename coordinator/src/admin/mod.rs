@@ -410,13 +410,22 @@ async fn get_node(
     State(s): Shared,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let v = node_object(&s, &id)
+        .await
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("no node with id or name `{id}`")))?;
+    Ok(Json(v))
+}
+
+/// The node object of `id_or_name` as it is now: its facts read in the engine task, its JSON
+/// made outside it. `None`: no such node.
+pub(super) async fn node_object(s: &AdminState, id_or_name: &str) -> Option<serde_json::Value> {
     let now = Instant::now();
+    let key = id_or_name.to_string();
     let facts = s
         .engine
-        .call(move |e| e.find(&id).map(|n| views::node_facts(e, n, now)).ok_or(id))
-        .await
-        .map_err(|id| ApiError::new(Code::NotFound, format!("no node with id or name `{id}`")))?;
-    Ok(Json(views::node(&s.engine.usage, &facts, now)))
+        .call(move |e| e.find(&key).map(|n| views::node_facts(e, n, now)))
+        .await?;
+    Some(views::node(&s.engine.usage, &facts, now))
 }
 
 #[derive(Deserialize)]
@@ -438,12 +447,7 @@ async fn list_events(
         None => store.recent_events(if q.node.is_some() { 10_000 } else { limit })?,
     };
     if let Some(n) = &q.node {
-        let id = {
-            let n = n.clone();
-            s.engine
-                .call(move |e| e.find(&n).map(|e| e.record.id.0))
-                .await
-        };
+        let id = s.engine.node_id(n).await.map(|id| id.0);
         events.retain(|e| e.node.as_deref() == Some(n.as_str()) || (id.is_some() && e.node == id));
         let skip = events.len().saturating_sub(limit);
         events.drain(..skip);

@@ -50,17 +50,16 @@ pub(super) async fn create_token(
     }
     let cluster = match &req.cluster {
         Some(c) => Some(
-            {
-                let c = c.clone();
-                s.engine.call(move |e| e.cluster(&c)).await
-            }
-            .ok_or_else(|| {
-                ApiError::new(
-                    Code::NotFound,
-                    format!("cluster: no cluster with id or name `{c}`"),
-                )
-            })?
-            .id,
+            s.engine
+                .cluster(c)
+                .await
+                .ok_or_else(|| {
+                    ApiError::new(
+                        Code::NotFound,
+                        format!("cluster: no cluster with id or name `{c}`"),
+                    )
+                })?
+                .id,
         ),
         None => None,
     };
