@@ -298,6 +298,10 @@ impl Planner {
                 for c in &cs {
                     self.maybe_resume(w, c, node, "was removed");
                 }
+                // Nor does it count toward a wave still to come (seed 1545794).
+                for g in self.guards.values_mut() {
+                    g.recent.retain(|(_, n)| n != node);
+                }
                 cs
             }
             Event::NodeUp {
@@ -309,7 +313,11 @@ impl Planner {
                     n.live = true;
                     n.suspect = false;
                 });
-                let cs = w.clusters_of(node);
+                // Every hold that counts the node, not only those of the clusters it belongs
+                // to or holds jobs of: a node moved away whose jobs have moved on (its Hello's
+                // exits come first) still counts in its old cluster's hold (seed 1545794).
+                let mut cs = w.clusters_of(node);
+                cs.extend(self.holds_counting(node));
                 on_up(w, node, running, placed_since);
                 for c in &cs {
                     self.maybe_resume(w, c, node, "is back");
@@ -432,7 +440,7 @@ impl Planner {
         let down = self.guards.get(cluster).map_or(0, |g| {
             g.recent
                 .iter()
-                .filter(|(t, n)| w.now_ms.saturating_sub(*t) <= self.lease_ms && !w.live(n))
+                .filter(|(t, n)| w.now_ms.saturating_sub(*t) <= self.lease_ms && w.down_member(n))
                 .count()
         });
         (down > 0 && guard(live + down, down + suspects.len())).then(|| {
@@ -449,7 +457,7 @@ impl Planner {
         let (now, lease) = (w.now_ms, self.lease_ms);
         let g = self.guards.entry(cluster.to_string()).or_default();
         g.recent
-            .retain(|(t, n)| now.saturating_sub(*t) <= lease && n != node && !w.live(n));
+            .retain(|(t, n)| now.saturating_sub(*t) <= lease && n != node && w.down_member(n));
         g.recent.push((now, node.clone()));
         if let Some(h) = &mut g.holding {
             h.down.insert(node.clone());
@@ -563,7 +571,7 @@ impl Planner {
         };
         let Some(h) = &mut g.holding else { return };
         h.down.remove(node);
-        let still = h.down.iter().filter(|n| !w.live(n)).count();
+        let still = h.down.iter().filter(|n| w.down_member(n)).count();
         if guard(h.ready_before, still) {
             return;
         }

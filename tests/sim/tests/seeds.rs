@@ -95,7 +95,7 @@ fn ten_thousand_seeds_keep_the_promise_but_for_the_known_open_bugs() {
 #[test]
 fn seeds_a_long_soak_found_stay_fixed() {
     for seed in [
-        107_385, 123, 165_740, 56_525, 111_845, 78_028, 479_960, 1_043_135, 757,
+        107_385, 123, 165_740, 56_525, 111_845, 78_028, 479_960, 1_043_135, 757, 1_545_794,
     ] {
         if let Err(v) = run(seed, Knobs::default(), false) {
             panic!("seed {seed}: {v}");

@@ -943,3 +943,68 @@ fn a_node_open_event_overrides_nothing_a_draining_node_takes_no_job() {
         "{out:?}"
     );
 }
+
+/// Found by a soak (seed 1545794): a node was removed after its lease ended, and another went
+/// down within the lease after. The removed node was still counted among the wave ("2 of 3
+/// ready nodes went down"), and since a removed node never returns, the hold never ended: the
+/// jobs it held stayed `migrating`. A removed node leaves the guard's memory: the cluster has
+/// two nodes now, and one down of two is not a wave.
+#[test]
+fn a_removed_node_leaves_the_guards_memory() {
+    let mut fx = pool(3, 0);
+    fx.jobs = vec![
+        running(1, spec(1000, GIB, 0), 1, 2, &[]),
+        running(3, spec(1000, GIB, 0), 3, 2, &[]),
+    ];
+    let mut p = Planner::new(LEASE);
+    fx.handle(&mut p, down(3), 0);
+    fx.nodes.retain(|n| n.id != id(3));
+    fx.handle(&mut p, Event::NodeRemoved { node: id(3) }, 150);
+    let out = fx.handle(&mut p, down(1), 640);
+    assert!(
+        !out.iter().any(|d| matches!(d, Decision::Hold { .. })),
+        "one down of the two nodes left is not a wave: {out:?}"
+    );
+    assert!(p.holding(C).is_none());
+    assert_eq!(fx.job(1).current.as_ref().unwrap().node, id(2), "{out:?}");
+}
+
+/// Found by a soak (seed 1545794): a node moved to another cluster while its jobs were still
+/// on it went down, and the hold of its old cluster counted it (its jobs are held there). When
+/// it came back, only the clusters it belongs to and holds jobs of were asked to resume; its
+/// jobs had moved, so the old cluster's hold waited for it for ever.
+#[test]
+fn a_hold_counting_a_node_ends_when_that_node_returns_from_another_cluster() {
+    let mut fx = pool(3, 0);
+    fx.clusters.push(cluster("c-other", ClusterMode::Pool));
+    fx.jobs = vec![
+        running(1, spec(1000, GIB, 0), 1, 2, &[]),
+        running(2, spec(1000, GIB, 0), 2, 2, &[]),
+    ];
+    let mut p = Planner::new(LEASE);
+    fx.handle(&mut p, down(3), 0);
+    let out = fx.handle(&mut p, down(1), 500);
+    assert!(p.holding(C).is_some(), "{out:?}");
+    fx.node(&id(2)).cluster = Some("c-other".into());
+    fx.handle(&mut p, Event::NodeOpen { node: id(2) }, 2000);
+    fx.handle(&mut p, down(2), 3000);
+    assert!(p.holding(C).unwrap().down.contains(&id(2)));
+    fx.handle(&mut p, up(1, &[(1, 2)]), 4000);
+    assert!(p.holding(C).is_some(), "two of three are still down");
+    // Node 2 returns and reports its copy fenced (its Hello's exits come first): the job is
+    // placed again, so node 2 no longer holds anything of cluster C.
+    let lost = Event::CopyLost {
+        job: jid(2),
+        node: id(2),
+        fencing_token: 2,
+        how: "fenced by its agent (lease lost)".into(),
+    };
+    fx.node(&id(2)).live = true;
+    let out = p.handle_all(&fx.view(), &[lost, up(2, &[])], 5000);
+    assert!(
+        out.iter()
+            .any(|d| matches!(d, Decision::Resume { cluster, .. } if cluster == C)),
+        "{out:?}"
+    );
+    assert!(p.holding(C).is_none(), "{out:?}");
+}

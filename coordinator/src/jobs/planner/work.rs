@@ -54,6 +54,12 @@ impl<'v> Work<'v> {
         self.node(id).is_some_and(|n| n.live)
     }
 
+    /// Whether `id` is a node of the view (not removed) that is down: what the disruption
+    /// guard counts. A removed node never returns, so a hold that counted it would never end.
+    pub(super) fn down_member(&self, id: &NodeId) -> bool {
+        self.node(id).is_some_and(|n| !n.live)
+    }
+
     pub(super) fn name(&self, id: &NodeId) -> String {
         self.node(id)
             .map_or_else(|| id.to_string(), |n| n.name.clone())
