@@ -175,14 +175,13 @@ impl EngineHandle {
     /// at most `timeout` for the answer. `Ok(round trip)` or `Err(why not alive)`.
     pub async fn check(&self, node: NodeId, timeout: Duration) -> Result<Duration, String> {
         let (nonce, rx) = self.call(move |e| e.begin_check(&node)).await?;
+        let _forget = self.when_dropped(move |e| e.end_check(nonce));
         let start = Instant::now();
-        let r = match tokio::time::timeout(timeout, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(())) => Ok(start.elapsed()),
             Ok(Err(_)) => Err("the node's connection closed".to_string()),
             Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-        };
-        self.call(move |e| e.end_check(nonce)).await;
-        r
+        }
     }
 
     /// Asks the node running `job` for the end of its logs: `(stdout, stderr)` or why not.
@@ -193,7 +192,8 @@ impl EngineHandle {
     ) -> Result<(Vec<String>, Vec<String>), String> {
         use tandem_common::proto::AgentMsg;
         let (request, rx) = self.call(move |e| e.begin_job_logs(&job, lines)).await?;
-        let r = match tokio::time::timeout(Duration::from_secs(3), rx).await {
+        let _forget = self.when_dropped(move |e| e.end_job_logs(request));
+        match tokio::time::timeout(Duration::from_secs(3), rx).await {
             Ok(Ok(AgentMsg::Logs {
                 stdout,
                 stderr,
@@ -203,9 +203,37 @@ impl EngineHandle {
             Ok(Ok(AgentMsg::Logs { error: Some(e), .. })) => Err(e),
             Ok(_) => Err("the node's connection closed".to_string()),
             Err(_) => Err("the node did not answer within 3 s".to_string()),
-        };
-        self.call(move |e| e.end_job_logs(request)).await;
-        r
+        }
+    }
+
+    /// Runs `f` in the engine task (through the beat lane, so it needs no `await`) when the
+    /// returned guard is dropped: when the wait it guards ends, and also when its caller is
+    /// dropped mid-wait (an HTTP client that hangs up drops its handler's future). Before, the
+    /// engine forgot a wait only after it ended, so each abandoned check or log tail left its
+    /// waiter in the engine's tables for good.
+    fn when_dropped(&self, f: impl FnOnce(&Engine) + Send + 'static) -> WhenDropped {
+        WhenDropped {
+            beats: self.beats.clone(),
+            call: Some(Box::new(f)),
+        }
+    }
+}
+
+/// See [`EngineHandle::when_dropped`].
+struct WhenDropped {
+    beats: Arc<std::sync::Mutex<Vec<Call>>>,
+    call: Option<Call>,
+}
+
+impl Drop for WhenDropped {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            // Past the lane's bound too: a forget is tiny, and dropping it would leak again.
+            self.beats
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(call);
+        }
     }
 }
 
@@ -343,5 +371,31 @@ mod tests {
             n,
             "every call ran, none was dropped"
         );
+    }
+
+    /// An HTTP client that hangs up mid-check drops the handler's future; what the wait
+    /// registered in the engine is forgotten all the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_dropped_midway_is_forgotten_by_the_engine() {
+        let (h, _task) = EngineHandle::spawn(engine());
+        let forgot = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (h, forgot) = (h.clone(), forgot.clone());
+            tokio::spawn(async move {
+                let _forget = h.when_dropped(move |_| forgot.store(true, Ordering::SeqCst));
+                std::future::pending::<()>().await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!forgot.load(Ordering::SeqCst), "not while the wait goes on");
+        waiter.abort();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !forgot.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "the engine never forgot the wait"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
