@@ -26,7 +26,10 @@
 //! cargo build --release --workspace --bins
 //! target/release/bench_failover [--runs 20] [--kind crash|hang|all] [--mode pool|ha_pairs]
 //!                               [--fast] [--fence-kill-ms N] [--traffic-s 10] [--ignore-term]
+//!                               [--containment auto|process-group]
 //! ```
+//! `--containment process-group` starts the agents without cgroups: beside a run with them, it
+//! tells how much of a start the cgroup moves take on this host.
 //! `--ignore-term` makes the job ignore SIGTERM, so that a fenced copy lives until the SIGKILL
 //! after the fence kill timeout: the overlap check then covers the longest an old copy lives.
 //! `--fast` writes `heartbeat_ms = 50` and `lease_ms = 250` into coordinator.toml before
@@ -76,11 +79,13 @@ struct Opts {
     fence_kill_ms: Option<u64>,
     traffic_s: u64,
     ignore_term: bool,
+    /// The agents' `--containment` (their default, `auto`, when not given).
+    containment: Option<String>,
 }
 
 fn usage() -> String {
     "usage: bench_failover [--runs N] [--kind crash|hang|all] [--mode pool|ha_pairs] [--fast] \
-     [--fence-kill-ms N] [--traffic-s N] [--ignore-term]"
+     [--fence-kill-ms N] [--traffic-s N] [--ignore-term] [--containment auto|process-group]"
         .into()
 }
 
@@ -93,6 +98,7 @@ fn opts() -> Result<Opts> {
         fence_kill_ms: None,
         traffic_s: 10,
         ignore_term: false,
+        containment: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -123,6 +129,7 @@ fn opts() -> Result<Opts> {
             "--fence-kill-ms" => {
                 o.fence_kill_ms = Some(value()?.parse().context("--fence-kill-ms")?)
             }
+            "--containment" => o.containment = Some(value()?),
             "--traffic-s" => o.traffic_s = value()?.parse().context("--traffic-s")?,
             "-h" | "--help" => {
                 println!("{}", usage());
@@ -660,12 +667,15 @@ fn main() -> Result<()> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let extra = if o.ha_pairs {
+    let mut extra = if o.ha_pairs {
         let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/gpus-2x-l4.json");
         vec!["--gpu-fixture".to_string(), f.display().to_string()]
     } else {
         Vec::new()
     };
+    if let Some(c) = &o.containment {
+        extra.extend(["--containment".to_string(), c.clone()]);
+    }
     let token = coord.api.post(
         "/v1/join-tokens",
         &json!({"ttl_s": 600, "uses": n_nodes, "cluster": "bench"}),
