@@ -92,6 +92,12 @@ fn ten_thousand_seeds_keep_the_promise_but_for_the_known_open_bugs() {
 /// waited for ever (the planner's `NodeOpen` now resumes it), and four jobs stayed `migrating`.
 /// 1043135: moving a node out of an `ha_pairs` cluster paired two of the nodes left there, but
 /// the job pending there for want of a pair was not planned again (stranded).
+/// 757 (once nodes had GPUs): a moving job's old copy, still being stopped, had its GPUs given
+/// to a new job once its node could take jobs again.
+/// 1545794: a node removed after its lease ended still counted in the disruption guard's wave
+/// when another went down within the lease, and a removed node never returns, so failover
+/// stayed paused and two jobs stayed `migrating`/`starting` (a removal now leaves the guard's
+/// memory, and a node's return ends every hold that counts it).
 #[test]
 fn seeds_a_long_soak_found_stay_fixed() {
     for seed in [
