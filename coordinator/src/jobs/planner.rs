@@ -298,10 +298,6 @@ impl Planner {
                 for c in &cs {
                     self.maybe_resume(w, c, node, "was removed");
                 }
-                // Nor does it count toward a wave still to come (seed 1545794).
-                for g in self.guards.values_mut() {
-                    g.recent.retain(|(_, n)| n != node);
-                }
                 cs
             }
             Event::NodeUp {
