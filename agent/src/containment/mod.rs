@@ -39,10 +39,16 @@
 //! agent's cgroup, which then may hold no process: that needs the agent started in a subgroup
 //! (`DelegateSubgroup=agent`, systemd 254+) or at the root; otherwise memory and CPU limits are
 //! refused with the reason, and jobs are still held and killed in their cgroups.
+//!
+//! # Starts ([`warm`])
+//! A move into a cgroup after a quiet spell waits for an RCU grace period in the kernel (4-8 ms
+//! on CI's host). When a start arrives the agent sets that wait going at once, in a thread of
+//! its own, so that it passes beside the start's durable writes instead of after them.
 
 pub mod cgroup;
 pub mod limits;
 pub mod user;
+pub mod warm;
 
 pub use limits::Limits;
 use limits::V1;
@@ -163,6 +169,8 @@ pub struct Containment {
     /// Pure v2: whether the memory, cpu and pids controllers reach the job leaves (else why
     /// not: limits are then refused).
     v2_limits: Result<(), String>,
+    /// Warms the kernel's move lock when a start arrives ([`warm`]), in cgroup modes.
+    warmer: Option<warm::MoveWarmer>,
 }
 
 const V2_MOUNT: &str = "/sys/fs/cgroup";
@@ -211,6 +219,7 @@ impl Containment {
             note: why.into(),
             v1: Vec::new(),
             v2_limits: Err("no cgroups".into()),
+            warmer: None,
         }
     }
 
@@ -265,6 +274,7 @@ impl Containment {
         };
         let abs = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
         let mut base = mount.join(own.trim_start_matches('/'));
+        let warmer = warm::MoveWarmer::new(base.join("cgroup.procs"));
         let in_subgroup = base.file_name().is_some_and(|n| n == "agent");
         // An agent run from a shell inside an old tree must not nest a new tree in it.
         while base
@@ -311,6 +321,7 @@ impl Containment {
             root: Some(root),
             v1,
             v2_limits,
+            warmer: Some(warmer),
         }
     }
 
@@ -338,6 +349,14 @@ impl Containment {
              start); mounting the cgroup hierarchies with `favordynmods` (Linux 6.0+, or \
              booting with cgroup_favordynmods=true) removes most of it",
         )
+    }
+
+    /// A start has arrived: warms the kernel's move lock for its moves, in a thread of its
+    /// own (see [`warm`]). Nothing in process-group mode.
+    pub fn warm_up_moves(&self) {
+        if let Some(w) = &self.warmer {
+            w.warm();
+        }
     }
 
     /// The cgroup of `job_id` (whether or not it exists), in cgroup modes, with the v1

@@ -316,6 +316,9 @@ impl Supervisor {
             Claimed::New(c) => c,
             Claimed::Running(started) => return Ok(started),
         };
+        // The moves into its cgroups come after its durable writes: the kernel's wait before
+        // the first of them is waited out beside those writes.
+        self.containment.warm_up_moves();
         // Subscribe before reading the deadline and the fence kill timeout: a change after
         // these reads reaches the shim.
         let mut fence_kill_rx = self.fence_kill_ms.subscribe();
