@@ -12,7 +12,8 @@
 #
 # Runs, old then new for each: bench_failover at the defaults and at the fast settings
 # (50 ms beats, 250 ms lease, 50 ms fence kill timeout), RUNS rounds of each failure kind
-# (crash, hang, cut), then tests/bench_swarm.sh AGENTS 1000 60 (coordinator CPU at AGENTS x
+# (crash, hang, cut), then the new build's again at the fast settings with its agents in
+# process-group containment (as the old build's were), then tests/bench_swarm.sh AGENTS 1000 60 (coordinator CPU at AGENTS x
 # 1 Hz; AGENTS=0 skips it; SWARM_ROUNDS=N alternates N rounds of it). Prints one line per figure; the JSON of each run is kept under
 # $OUT (default /tmp/tandem-compare).
 set -euo pipefail
@@ -24,7 +25,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-/tmp/tandem-compare}
 mkdir -p "$OUT"
 
-median() { python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print(' '.join(f\"{k}={v['failover_ms']['median']:.0f}\" for k,v in d['results'].items()))" "$1"; }
+# Each kind's median failover, and in brackets its start: failover minus detection (medians).
+median() { python3 -c "import json,sys;d=json.load(open(sys.argv[1]));print(' '.join(f\"{k}={v['failover_ms']['median']:.0f} (start {v['failover_ms']['median']-v['detection_ms']['median']:.0f})\" for k,v in d['results'].items()))" "$1"; }
 
 for setting in defaults fast; do
   args=(--runs "$RUNS")
@@ -35,6 +37,12 @@ for setting in defaults fast; do
     echo "failover $setting $which: $(median "$OUT/failover-$setting-$which.json") (median ms)"
   done
 done
+# Like for like: the old build puts no job in a cgroup; the new one again with its agents in
+# process-group containment, so that what the engine costs is told apart from what the
+# cgroup moves of a start cost.
+"$NEW/bench_failover" --runs "$RUNS" --fast --fence-kill-ms 50 --containment process-group \
+  > "$OUT/failover-fast-new-process-group.json" 2> "$OUT/failover-fast-new-process-group.log"
+echo "failover fast new, process-group containment: $(median "$OUT/failover-fast-new-process-group.json") (median ms)"
 
 # The coordinator's figures of one swarm run: bench_swarm.sh reports the coordinator's process
 # as `watched` (the swarm's own as `swarm`).
