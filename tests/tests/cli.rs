@@ -107,6 +107,30 @@ fn tandemctl_lists_shows_creates_and_refuses() -> Result<()> {
     // nodes list: a table with each name and its state.
     let table = ctl_ok(&with(&["nodes", "list"]), &[])?;
     ensure!(table.contains("NAME") && table.contains("STATE"), "{table}");
+
+    // A reader that stops reading (`| head`) ends it quietly, never with a panic.
+    let (reader, writer) = std::io::pipe()?;
+    drop(reader);
+    let err = tmp.path().join("closed-pipe.err");
+    let mut p = Proc {
+        child: Command::new(bin("tandemctl"))
+            .args(with(&["nodes", "list"]))
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(std::fs::File::create(&err)?)
+            .spawn()?,
+        log: err.clone(),
+    };
+    wait_for(
+        Duration::from_secs(20),
+        "tandemctl into a closed pipe to end",
+        || p.exited(),
+    )?;
+    let said = std::fs::read_to_string(&err)?;
+    ensure!(
+        !said.contains("panicked"),
+        "tandemctl panicked writing to a closed pipe:\n{said}"
+    );
     for n in names {
         let row = table
             .lines()
