@@ -274,7 +274,7 @@ impl Containment {
         };
         let abs = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
         let mut base = mount.join(own.trim_start_matches('/'));
-        let warmer = warm::MoveWarmer::new(base.join("cgroup.procs"));
+        let warmer = warm::MoveWarmer::new(mount.clone());
         let in_subgroup = base.file_name().is_some_and(|n| n == "agent");
         // An agent run from a shell inside an old tree must not nest a new tree in it.
         while base

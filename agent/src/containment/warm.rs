@@ -14,30 +14,32 @@
 //!
 //! # How
 //! When a start arrives, before its durable writes and its cgroups are made, a thread of its
-//! own moves the agent into the cgroup it is in already: a move that changes nothing, but takes
+//! own moves the agent into the cgroup it is in already (read from `/proc/self/cgroup` then,
+//! not remembered from start-up: the agent may have been moved since, and a remembered path
+//! would move it back): a move that changes nothing, but takes
 //! the lock and so waits out the grace period beside the start's other work. The start's moves
 //! a few ms later find the switch made and take about 0.1 ms. (A write of a pid that does not
 //! exist would be refused before the lock is taken, on Linux 6.18: it does not warm anything.)
 //! Best effort: a failed warm-up changes nothing, and one under way is not doubled.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Starts warm-ups of the move lock (see the module): one at a time (clones share it).
 #[derive(Clone, Debug)]
 pub struct MoveWarmer {
-    /// `cgroup.procs` of the cgroup this process runs in.
-    procs: PathBuf,
+    /// The cgroup2 mount that `/proc/self/cgroup`'s `0::` line is relative to.
+    mount: PathBuf,
     busy: Arc<AtomicBool>,
 }
 
 impl MoveWarmer {
-    /// A warmer that moves this process into the cgroup whose `cgroup.procs` is `procs`: the
-    /// one it runs in.
-    pub fn new(procs: PathBuf) -> Self {
+    /// A warmer that moves this process into the cgroup it runs in, in the cgroup2 hierarchy
+    /// mounted at `mount`.
+    pub fn new(mount: PathBuf) -> Self {
         Self {
-            procs,
+            mount,
             busy: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -48,19 +50,34 @@ impl MoveWarmer {
         if self.busy.swap(true, Ordering::AcqRel) {
             return;
         }
-        let procs = self.procs.clone();
+        let mount = self.mount.clone();
         let busy = Arc::clone(&self.busy);
         let spawned = std::thread::Builder::new()
             .name("cgroup-warm-up".into())
             .spawn(move || {
-                if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
-                    tracing::debug!(path = %procs.display(), error = %e, "a warm-up of the cgroup move lock failed (the start's moves may wait)");
+                match super::own_cgroup() {
+                    Some(own) => move_into(&procs_of(&mount, &own)),
+                    None => tracing::debug!(
+                        "no warm-up of the cgroup move lock: this process is in no cgroup2 cgroup"
+                    ),
                 }
                 busy.store(false, Ordering::Release);
             });
         if spawned.is_err() {
             self.busy.store(false, Ordering::Release);
         }
+    }
+}
+
+/// `cgroup.procs` of the cgroup `own` (as `/proc/self/cgroup` names it) under `mount`.
+fn procs_of(mount: &Path, own: &str) -> PathBuf {
+    mount.join(own.trim_start_matches('/')).join("cgroup.procs")
+}
+
+/// Writes this process's pid to `procs` (best effort).
+fn move_into(procs: &Path) {
+    if let Err(e) = std::fs::write(procs, std::process::id().to_string()) {
+        tracing::debug!(path = %procs.display(), error = %e, "a warm-up of the cgroup move lock failed (the start's moves may wait)");
     }
 }
 
@@ -78,28 +95,35 @@ mod tests {
     }
 
     #[test]
+    fn the_warm_up_moves_into_the_cgroup_this_process_is_in_now() {
+        let mount = Path::new("/sys/fs/cgroup/unified");
+        assert_eq!(
+            procs_of(mount, "/system.slice/tandem-agent.service"),
+            mount.join("system.slice/tandem-agent.service/cgroup.procs")
+        );
+        assert_eq!(procs_of(mount, "/"), mount.join("cgroup.procs"));
+    }
+
+    #[test]
     fn a_warm_up_writes_this_process_and_is_not_doubled_while_under_way() {
         let dir = tempfile::tempdir().unwrap();
         let procs = dir.path().join("cgroup.procs");
-        let w = MoveWarmer::new(procs.clone());
         // One under way: a second call starts nothing.
+        let w = MoveWarmer::new(dir.path().into());
         w.busy.store(true, Ordering::Release);
         w.warm();
         std::thread::sleep(Duration::from_millis(50));
         assert!(!procs.exists(), "a second warm-up ran beside the first");
         w.busy.store(false, Ordering::Release);
-        w.warm();
+        move_into(&procs);
         let pid = std::process::id().to_string();
-        wait_for("the warm-up's write", || {
-            std::fs::read_to_string(&procs).is_ok_and(|s| s == pid)
-        });
-        wait_for("the warm-up to end", || !w.busy.load(Ordering::Acquire));
+        assert_eq!(std::fs::read_to_string(&procs).unwrap(), pid);
     }
 
     #[test]
     fn a_failed_warm_up_changes_nothing_and_the_next_one_runs() {
         let dir = tempfile::tempdir().unwrap();
-        let w = MoveWarmer::new(dir.path().join("missing").join("cgroup.procs"));
+        let w = MoveWarmer::new(dir.path().join("missing"));
         w.warm();
         wait_for("the failed warm-up to end", || {
             !w.busy.load(Ordering::Acquire)
